@@ -1,0 +1,89 @@
+//! causeway-alb keeps the lifecycle contract, starts with its examples, and `--check` names
+//! the file, line and key of an error.
+
+use causeway_testkit::lifecycle::{check_example, check_lifecycle, examples_dir, TempDir};
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_causeway-alb");
+
+#[test]
+fn lifecycle_contract() {
+    check_lifecycle(Path::new(BIN), |listen, admin| {
+        format!(
+            r#"
+[server]
+grace_period_seconds = 5
+[admin]
+address = "{admin}"
+[[listeners]]
+address = "{listen}"
+default_action = {{ type = "forward", target_group = "web" }}
+[target_groups.web]
+targets = [{{ address = "127.0.0.1:9" }}]
+"#
+        )
+    });
+}
+
+#[test]
+fn examples_start_and_serve_metrics() {
+    let ex = examples_dir();
+    check_example(
+        Path::new(BIN),
+        &ex.join("alb.toml"),
+        "127.0.0.1:9182".parse().unwrap(),
+    );
+    check_example(
+        Path::new(BIN),
+        &ex.join("alb-2.toml"),
+        "127.0.0.1:9183".parse().unwrap(),
+    );
+}
+
+#[test]
+fn check_flag_reports_file_line_and_key() {
+    let ok = Command::new(BIN)
+        .args(["--check", examples_dir().join("alb.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "ok\n");
+
+    let dir = TempDir::new("check");
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(examples_dir().join("alb.toml")).unwrap();
+    let text = text.replace(
+        "interval_seconds = 2",
+        "interval_seconds = 2\nintervall_seconds = 3",
+    );
+    std::fs::write(&bad, &text).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("intervall_seconds"))
+        .unwrap()
+        + 1;
+    let out = Command::new(BIN)
+        .args(["--check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("bad.toml:{line}:1: target_groups.wordpress.health_check.intervall_seconds: unknown field")),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let v = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(v.status.success());
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("causeway-alb "));
+    let h = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&h.stdout);
+    assert!(
+        help.contains("--config") && help.contains("--check"),
+        "{help}"
+    );
+}

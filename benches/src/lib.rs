@@ -1,0 +1,1 @@
+//! Causeway benchmarks: see benches/ and load/.

@@ -1,0 +1,608 @@
+//! Sections shared by the data planes: server, admin, target groups, targets and health checks.
+
+use crate::error::{in_range, one_of, socket_addr, Check, Violation};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+// ---------------------------------------------------------------- raw file layer
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub workers: Option<i64>,
+    pub grace_period_seconds: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTarget {
+    pub address: String,
+    pub id: Option<String>,
+    pub weight: Option<i64>,
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    pub enabled: Option<bool>,
+    pub protocol: Option<String>,
+    pub path: Option<String>,
+    pub port: Option<FilePort>,
+    pub interval_seconds: Option<i64>,
+    pub timeout_seconds: Option<i64>,
+    pub healthy_threshold_count: Option<i64>,
+    pub unhealthy_threshold_count: Option<i64>,
+    pub matcher: Option<String>,
+}
+
+/// A health check port: `"traffic-port"` or a number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FilePort {
+    Number(i64),
+    Name(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSeconds {
+    pub timeout_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDuration {
+    pub duration_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAlgorithm {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLoadBalancing {
+    #[serde(default)]
+    pub algorithm: FileAlgorithm,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStickiness {
+    pub enabled: Option<bool>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub lb_cookie: FileDuration,
+    #[serde(default)]
+    pub app_cookie: FileAppCookie,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAppCookie {
+    pub cookie_name: Option<String>,
+    pub duration_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTargetGroup {
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub targets: Vec<FileTarget>,
+    #[serde(default)]
+    pub health_check: FileHealthCheck,
+    #[serde(default)]
+    pub deregistration_delay: FileSeconds,
+    #[serde(default)]
+    pub slow_start: FileDuration,
+    #[serde(default)]
+    pub load_balancing: FileLoadBalancing,
+    #[serde(default)]
+    pub stickiness: FileStickiness,
+}
+
+// ---------------------------------------------------------------- validated types
+
+/// Process-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// How long SIGTERM waits for in-flight work before exiting.
+    pub grace_period: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: 0,
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The admin server (`/metrics`, `/healthz`, `/status`, `POST /reload`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+/// One backend address with its weight.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetConfig {
+    /// Stable identity (an EC2 instance id, or the address when none is given).
+    pub id: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub zone: Option<String>,
+}
+
+/// Which HTTP status codes count as healthy (`200`, `200,202`, `200-399`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMatcher {
+    ranges: Vec<(u16, u16)>,
+}
+
+impl StatusMatcher {
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for part in spec.split(',') {
+            let part = part.trim();
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (part, part),
+            };
+            let parse = |s: &str| -> Result<u16, String> {
+                match s.parse::<u16>() {
+                    Ok(c) if (100..=599).contains(&c) => Ok(c),
+                    _ => Err(format!(
+                        "must be codes or ranges of 100..=599 such as \"200\" or \"200-399\", got \"{spec}\""
+                    )),
+                }
+            };
+            let (lo, hi) = (parse(lo)?, parse(hi)?);
+            if lo > hi {
+                return Err(format!("range {lo}-{hi} is reversed"));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(StatusMatcher { ranges })
+    }
+
+    pub fn matches(&self, code: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheckKind {
+    Tcp,
+    Http {
+        path: String,
+        matcher: StatusMatcher,
+    },
+}
+
+/// Active health check settings, with AWS's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub enabled: bool,
+    pub kind: HealthCheckKind,
+    /// `None` checks the target's own (traffic) port.
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// Target selection algorithm of a target group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastOutstandingRequests,
+    WeightedRandom,
+    P2cEwma,
+    /// Flow hash (the nlb): Maglev on the flow tuple.
+    Maglev,
+}
+
+/// Sticky sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stickiness {
+    LbCookie {
+        duration: Duration,
+    },
+    AppCookie {
+        cookie_name: String,
+        duration: Duration,
+    },
+}
+
+/// A validated target group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetGroupConfig {
+    pub name: String,
+    pub protocol: String,
+    pub targets: Vec<TargetConfig>,
+    pub health_check: HealthCheckConfig,
+    pub deregistration_delay: Duration,
+    pub slow_start: Duration,
+    pub algorithm: Algorithm,
+    pub stickiness: Option<Stickiness>,
+}
+
+/// Which data plane a target group belongs to: decides protocols and defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    Alb,
+    Nlb,
+}
+
+fn secs(path: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Check<Duration> {
+    let v = in_range(path, v.unwrap_or(default), lo, hi)?;
+    Ok(Duration::from_secs(v as u64))
+}
+
+impl FileServer {
+    pub fn validate(self, path: &str) -> Check<ServerConfig> {
+        let workers = in_range(
+            &format!("{path}.workers"),
+            self.workers.unwrap_or(0),
+            0,
+            256,
+        )?;
+        let grace = secs(
+            &format!("{path}.grace_period_seconds"),
+            self.grace_period_seconds,
+            30,
+            0,
+            3600,
+        )?;
+        Ok(ServerConfig {
+            workers: workers as usize,
+            grace_period: grace,
+        })
+    }
+}
+
+impl FileAdmin {
+    pub fn validate(self, path: &str) -> Check<AdminConfig> {
+        Ok(AdminConfig {
+            address: socket_addr(&format!("{path}.address"), &self.address)?,
+        })
+    }
+}
+
+impl FileTarget {
+    pub fn validate(self, path: &str) -> Check<TargetConfig> {
+        let address = socket_addr(&format!("{path}.address"), &self.address)?;
+        let weight = in_range(&format!("{path}.weight"), self.weight.unwrap_or(1), 0, 1000)?;
+        Ok(TargetConfig {
+            id: self.id.unwrap_or_else(|| address.to_string()),
+            address,
+            weight: weight as u32,
+            zone: self.zone,
+        })
+    }
+}
+
+/// Validates a list of targets and refuses duplicate addresses.
+pub fn validate_targets(path: &str, raw: Vec<FileTarget>) -> Check<Vec<TargetConfig>> {
+    let mut out: Vec<TargetConfig> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.into_iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let t = t.validate(&p)?;
+        if out.iter().any(|o| o.address == t.address) {
+            return Err(Violation::new(
+                format!("{p}.address"),
+                format!("duplicate target {}", t.address),
+            ));
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+impl FileHealthCheck {
+    pub fn validate(self, path: &str, plane: Plane, tg_protocol: &str) -> Check<HealthCheckConfig> {
+        let default_proto = match (plane, tg_protocol) {
+            (Plane::Alb, _) => "HTTP",
+            (Plane::Nlb, _) => "TCP",
+        };
+        let proto_path = format!("{path}.protocol");
+        let proto = one_of(
+            &proto_path,
+            self.protocol.as_deref().unwrap_or(default_proto),
+            &["HTTP", "TCP"],
+        )?
+        .to_owned();
+        if plane == Plane::Alb && proto == "TCP" {
+            return Err(Violation::new(
+                proto_path,
+                "an alb target group checks with HTTP",
+            ));
+        }
+        let kind = if proto == "HTTP" {
+            let p = self.path.unwrap_or_else(|| "/".to_owned());
+            if !p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(Violation::new(
+                    format!("{path}.path"),
+                    format!("must start with / and hold no spaces or control bytes, got \"{p}\""),
+                ));
+            }
+            let m = self.matcher.as_deref().unwrap_or("200");
+            let matcher = StatusMatcher::parse(m)
+                .map_err(|e| Violation::new(format!("{path}.matcher"), e))?;
+            HealthCheckKind::Http { path: p, matcher }
+        } else {
+            if self.path.is_some() {
+                return Err(Violation::new(
+                    format!("{path}.path"),
+                    "only HTTP checks take a path",
+                ));
+            }
+            if self.matcher.is_some() {
+                return Err(Violation::new(
+                    format!("{path}.matcher"),
+                    "only HTTP checks take a matcher",
+                ));
+            }
+            HealthCheckKind::Tcp
+        };
+        let port = match self.port {
+            None => None,
+            Some(FilePort::Name(s)) if s == "traffic-port" => None,
+            Some(FilePort::Number(n)) => {
+                Some(in_range(&format!("{path}.port"), n, 1, 65535)? as u16)
+            }
+            Some(FilePort::Name(other)) => {
+                return Err(Violation::new(
+                    format!("{path}.port"),
+                    format!("must be \"traffic-port\" or 1..=65535, got \"{other}\""),
+                ))
+            }
+        };
+        let default_timeout = if proto == "HTTP" { 5 } else { 10 };
+        let interval = secs(
+            &format!("{path}.interval_seconds"),
+            self.interval_seconds,
+            30,
+            1,
+            300,
+        )?;
+        let timeout = secs(
+            &format!("{path}.timeout_seconds"),
+            self.timeout_seconds,
+            default_timeout.min(interval.as_secs() as i64),
+            1,
+            120,
+        )?;
+        if timeout > interval {
+            return Err(Violation::new(
+                format!("{path}.timeout_seconds"),
+                format!(
+                    "must not exceed interval_seconds ({}), got {}",
+                    interval.as_secs(),
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        let healthy = in_range(
+            &format!("{path}.healthy_threshold_count"),
+            self.healthy_threshold_count.unwrap_or(5),
+            1,
+            10,
+        )?;
+        let unhealthy = in_range(
+            &format!("{path}.unhealthy_threshold_count"),
+            self.unhealthy_threshold_count.unwrap_or(2),
+            1,
+            10,
+        )?;
+        Ok(HealthCheckConfig {
+            enabled: self.enabled.unwrap_or(true),
+            kind,
+            port,
+            interval,
+            timeout,
+            healthy_threshold: healthy as u32,
+            unhealthy_threshold: unhealthy as u32,
+        })
+    }
+}
+
+impl FileTargetGroup {
+    pub fn validate(self, name: &str, path: &str, plane: Plane) -> Check<TargetGroupConfig> {
+        let (protocols, default_proto): (&[&str], &str) = match plane {
+            Plane::Alb => (&["HTTP"], "HTTP"),
+            Plane::Nlb => (&["TCP"], "TCP"),
+        };
+        let protocol = one_of(
+            &format!("{path}.protocol"),
+            self.protocol.as_deref().unwrap_or(default_proto),
+            protocols,
+        )?
+        .to_owned();
+        let targets = validate_targets(&format!("{path}.targets"), self.targets)?;
+        let health_check =
+            self.health_check
+                .validate(&format!("{path}.health_check"), plane, &protocol)?;
+        let deregistration_delay = secs(
+            &format!("{path}.deregistration_delay.timeout_seconds"),
+            self.deregistration_delay.timeout_seconds,
+            300,
+            0,
+            3600,
+        )?;
+        let ss_path = format!("{path}.slow_start.duration_seconds");
+        let slow_start = secs(&ss_path, self.slow_start.duration_seconds, 0, 0, 900)?;
+        if !slow_start.is_zero() && slow_start < Duration::from_secs(30) {
+            return Err(Violation::new(
+                ss_path,
+                format!("must be 0 (off) or 30..=900, got {}", slow_start.as_secs()),
+            ));
+        }
+        let algo_path = format!("{path}.load_balancing.algorithm.type");
+        let algorithm = match (plane, self.load_balancing.algorithm.kind.as_deref()) {
+            (Plane::Nlb, None) => Algorithm::Maglev,
+            (Plane::Nlb, Some(_)) => {
+                return Err(Violation::new(
+                    algo_path,
+                    "the nlb always chooses by flow hash (Maglev); remove this key",
+                ))
+            }
+            (Plane::Alb, kind) => match one_of(
+                &algo_path,
+                kind.unwrap_or("round_robin"),
+                &[
+                    "round_robin",
+                    "least_outstanding_requests",
+                    "weighted_random",
+                    "p2c_ewma",
+                ],
+            )? {
+                "least_outstanding_requests" => Algorithm::LeastOutstandingRequests,
+                "weighted_random" => Algorithm::WeightedRandom,
+                "p2c_ewma" => Algorithm::P2cEwma,
+                _ => Algorithm::RoundRobin,
+            },
+        };
+        if !slow_start.is_zero()
+            && !matches!(algorithm, Algorithm::RoundRobin | Algorithm::WeightedRandom)
+        {
+            return Err(Violation::new(
+                ss_path,
+                "slow start works with round_robin and weighted_random only (as on AWS)",
+            ));
+        }
+        let stickiness = self
+            .stickiness
+            .validate(&format!("{path}.stickiness"), plane)?;
+        Ok(TargetGroupConfig {
+            name: name.to_owned(),
+            protocol,
+            targets,
+            health_check,
+            deregistration_delay,
+            slow_start,
+            algorithm,
+            stickiness,
+        })
+    }
+}
+
+impl FileStickiness {
+    fn validate(self, path: &str, plane: Plane) -> Check<Option<Stickiness>> {
+        if !self.enabled.unwrap_or(false) {
+            return Ok(None);
+        }
+        if plane == Plane::Nlb {
+            return Err(Violation::new(
+                format!("{path}.enabled"),
+                "the nlb keeps flows on their target already; cookie stickiness is for the alb",
+            ));
+        }
+        let kind = one_of(
+            &format!("{path}.type"),
+            self.kind.as_deref().unwrap_or("lb_cookie"),
+            &["lb_cookie", "app_cookie"],
+        )?;
+        // AWS: 1 second to 7 days, default 1 day.
+        let week = 7 * 24 * 3600;
+        if kind == "lb_cookie" {
+            let d = secs(
+                &format!("{path}.lb_cookie.duration_seconds"),
+                self.lb_cookie.duration_seconds,
+                86400,
+                1,
+                week,
+            )?;
+            Ok(Some(Stickiness::LbCookie { duration: d }))
+        } else {
+            let name_path = format!("{path}.app_cookie.cookie_name");
+            let name = self
+                .app_cookie
+                .cookie_name
+                .ok_or_else(|| Violation::new(&name_path, "required for app_cookie stickiness"))?;
+            let reserved = ["AWSALB", "AWSALBAPP", "AWSALBTG", "CWSTICKY"];
+            if name.is_empty()
+                || reserved.iter().any(|r| name.starts_with(r))
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+            {
+                return Err(Violation::new(
+                    name_path,
+                    format!("must be a cookie name that is not reserved, got \"{name}\""),
+                ));
+            }
+            let d = secs(
+                &format!("{path}.app_cookie.duration_seconds"),
+                self.app_cookie.duration_seconds,
+                86400,
+                1,
+                week,
+            )?;
+            Ok(Some(Stickiness::AppCookie {
+                cookie_name: name,
+                duration: d,
+            }))
+        }
+    }
+}
+
+/// Validates every target group of a file, in name order.
+pub fn validate_target_groups(
+    raw: BTreeMap<String, FileTargetGroup>,
+    plane: Plane,
+) -> Check<BTreeMap<String, TargetGroupConfig>> {
+    let mut out = BTreeMap::new();
+    for (name, tg) in raw {
+        let path = format!("target_groups.{name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Violation::new(
+                path,
+                "a target group name uses letters, digits, - and _ only",
+            ));
+        }
+        out.insert(name.clone(), tg.validate(&name, &path, plane)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matcher_accepts_aws_forms() {
+        let m = StatusMatcher::parse("200,202,300-399").unwrap();
+        assert!(m.matches(200) && m.matches(202) && m.matches(302));
+        assert!(!m.matches(201) && !m.matches(404));
+        assert!(StatusMatcher::parse("abc").is_err());
+        assert!(StatusMatcher::parse("399-300").is_err());
+        assert!(StatusMatcher::parse("99").is_err());
+    }
+}

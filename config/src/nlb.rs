@@ -1,0 +1,92 @@
+//! The nlb's config file: TCP listeners, each forwarding to a target group.
+
+use crate::alb::unique_address;
+use crate::common::{
+    validate_target_groups, AdminConfig, FileAdmin, FileServer, FileTargetGroup, Plane,
+    ServerConfig, TargetGroupConfig,
+};
+use crate::error::one_of;
+use crate::{targets::merge_targets_file, ConfigFile, Context, Invalid, Violation};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNlb {
+    #[serde(default)]
+    pub server: FileServer,
+    pub admin: FileAdmin,
+    #[serde(default)]
+    pub listeners: Vec<FileListener>,
+    #[serde(default)]
+    pub target_groups: BTreeMap<String, FileTargetGroup>,
+    pub targets_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    pub address: String,
+    pub protocol: Option<String>,
+    pub target_group: String,
+}
+
+/// A validated nlb config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NlbConfig {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub listeners: Vec<Listener>,
+    pub target_groups: BTreeMap<String, TargetGroupConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub target_group: String,
+}
+
+impl ConfigFile for FileNlb {
+    type Valid = NlbConfig;
+
+    fn validate(self, cx: &Context) -> Result<NlbConfig, Invalid> {
+        let server = self.server.validate("server")?;
+        let admin = self.admin.validate("admin")?;
+        let mut target_groups = validate_target_groups(self.target_groups, Plane::Nlb)?;
+        if let Some(f) = &self.targets_file {
+            merge_targets_file(&cx.resolve(f), &mut target_groups)?;
+        }
+        if self.listeners.is_empty() {
+            return Err(Violation::new("listeners", "at least one listener is required").into());
+        }
+        let mut seen = vec![admin.address];
+        let mut listeners = Vec::new();
+        for (i, l) in self.listeners.into_iter().enumerate() {
+            let path = format!("listeners[{i}]");
+            let address = unique_address(&mut seen, &format!("{path}.address"), &l.address)?;
+            one_of(
+                &format!("{path}.protocol"),
+                l.protocol.as_deref().unwrap_or("TCP"),
+                &["TCP"],
+            )?;
+            if !target_groups.contains_key(&l.target_group) {
+                return Err(Violation::new(
+                    format!("{path}.target_group"),
+                    format!("no target group named \"{}\"", l.target_group),
+                )
+                .into());
+            }
+            listeners.push(Listener {
+                address,
+                target_group: l.target_group,
+            });
+        }
+        Ok(NlbConfig {
+            server,
+            admin,
+            listeners,
+            target_groups,
+        })
+    }
+}

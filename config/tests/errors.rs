@@ -1,0 +1,174 @@
+//! Config errors name the file, line, column, key path and rule; the examples validate.
+
+use causeway_config::alb::{Action, FileAlb};
+use causeway_config::common::{Algorithm, HealthCheckKind};
+use causeway_config::{parse, ConfigError, Context, Kind};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn cx() -> Context {
+    Context {
+        dir: PathBuf::from("."),
+    }
+}
+
+const BASE: &str = r#"[admin]
+address = "127.0.0.1:9182"
+
+[[listeners]]
+address = "127.0.0.1:8082"
+default_action = { type = "forward", target_group = "wordpress" }
+
+[target_groups.wordpress]
+targets = [{ address = "127.0.0.1:9001" }]
+
+[target_groups.wordpress.health_check]
+path = "/"
+  interval_seconds = 0
+"#;
+
+#[test]
+fn range_error_names_file_line_column_key_and_rule() {
+    let err = parse::<FileAlb>("alb.toml", BASE, &cx()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "alb.toml:13:3: target_groups.wordpress.health_check.interval_seconds: must be 1..=300, got 0"
+    );
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_key_and_line() {
+    let text = BASE
+        .replace("  interval_seconds = 0", "interval_seconds = 5")
+        .replace("path = \"/\"", "path = \"/\"\nhealthy_treshold_count = 3");
+    let err = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("alb.toml:13:1: target_groups.wordpress.health_check.healthy_treshold_count: unknown field `healthy_treshold_count`"),
+        "{msg}"
+    );
+    assert_eq!(err.place().unwrap().line, 13);
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let text = format!("bogus = 1\n{BASE}");
+    let err = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("alb.toml:1:1: bogus: unknown field `bogus`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let text = BASE.replace("  interval_seconds = 0", "interval_seconds = \"ten\"");
+    let err = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap_err();
+    assert_eq!(
+        err.key(),
+        Some("target_groups.wordpress.health_check.interval_seconds"),
+        "{err}"
+    );
+    assert_eq!(err.place().unwrap().line, 13);
+}
+
+#[test]
+fn syntax_error_has_a_place() {
+    let err = parse::<FileAlb>("alb.toml", "[admin\naddress = 1", &cx()).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    assert!(err.to_string().starts_with("alb.toml:1:"), "{err}");
+}
+
+#[test]
+fn forward_to_a_missing_group_is_refused() {
+    let text = BASE.replace("  interval_seconds = 0", "").replace(
+        "target_group = \"wordpress\" }",
+        "target_group = \"nope\" }",
+    );
+    let err = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "alb.toml:6:38: listeners[0].default_action.target_group: no target group named \"nope\""
+    );
+}
+
+#[test]
+fn aws_defaults_apply() {
+    let text = BASE.replace("  interval_seconds = 0", "");
+    let cfg = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap();
+    let tg = &cfg.target_groups["wordpress"];
+    assert_eq!(tg.health_check.interval, Duration::from_secs(30));
+    assert_eq!(tg.health_check.timeout, Duration::from_secs(5));
+    assert_eq!(tg.health_check.healthy_threshold, 5);
+    assert_eq!(tg.health_check.unhealthy_threshold, 2);
+    assert!(
+        matches!(&tg.health_check.kind, HealthCheckKind::Http { matcher, .. } if matcher.matches(200) && !matcher.matches(301))
+    );
+    assert_eq!(tg.deregistration_delay, Duration::from_secs(300));
+    assert_eq!(tg.algorithm, Algorithm::RoundRobin);
+    assert_eq!(tg.targets[0].weight, 1);
+    assert_eq!(
+        cfg.listeners[0].default_action,
+        Action::Forward {
+            target_group: "wordpress".into()
+        }
+    );
+}
+
+#[test]
+fn timeout_longer_than_interval_is_refused() {
+    let text = BASE.replace(
+        "  interval_seconds = 0",
+        "interval_seconds = 5\ntimeout_seconds = 6",
+    );
+    let err = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap_err();
+    assert_eq!(
+        err.key(),
+        Some("target_groups.wordpress.health_check.timeout_seconds")
+    );
+    assert_eq!(err.place().unwrap().line, 14);
+}
+
+#[test]
+fn targets_file_is_merged_and_its_errors_name_it() {
+    let dir = std::env::temp_dir().join(format!("causeway-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        "targets_file = \"targets.toml\"\n{}",
+        BASE.replace("  interval_seconds = 0", "")
+    );
+    let good = "[target_groups.wordpress]\ntargets = [{ id = \"i-1\", address = \"127.10.0.5:80\", zone = \"us-east-1a\" }]\n";
+    std::fs::write(dir.join("targets.toml"), good).unwrap();
+    let cx = Context { dir: dir.clone() };
+    let cfg = parse::<FileAlb>("alb.toml", &text, &cx).unwrap();
+    let t = &cfg.target_groups["wordpress"].targets;
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[1].id, "i-1");
+    assert_eq!(t[1].zone.as_deref(), Some("us-east-1a"));
+
+    let bad = "[target_groups.other]\ntargets = []\n";
+    std::fs::write(dir.join("targets.toml"), bad).unwrap();
+    let err = parse::<FileAlb>("alb.toml", &text, &cx).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("targets.toml:1:"), "{msg}");
+    assert!(
+        msg.contains("target_groups.other: no target group of this name"),
+        "{msg}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_example_validates() {
+    let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for (file, kind) in [
+        ("alb.toml", Kind::Alb),
+        ("alb-2.toml", Kind::Alb),
+        ("nlb.toml", Kind::Nlb),
+        ("edge.toml", Kind::Edge),
+        ("control.toml", Kind::Control),
+    ] {
+        causeway_config::check(kind, &ex.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}

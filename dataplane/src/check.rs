@@ -1,0 +1,331 @@
+//! Active health checks: TCP connect and HTTP GET probes, run by one jittered loop per target
+//! that stops when the target is retired or the process shuts down.
+
+use crate::health::Outcome;
+use crate::target::Target;
+use causeway_config::common::{HealthCheckConfig, HealthCheckKind};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Runs one probe. The real one uses the network; tests script outcomes.
+pub trait Prober: Send + Sync + 'static {
+    fn probe<'a>(
+        &'a self,
+        addr: SocketAddr,
+        hc: &'a HealthCheckConfig,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+}
+
+/// Probes over the network.
+#[derive(Debug, Default)]
+pub struct NetProber;
+
+impl Prober for NetProber {
+    fn probe<'a>(
+        &'a self,
+        addr: SocketAddr,
+        hc: &'a HealthCheckConfig,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(async move {
+            match tokio::time::timeout(hc.timeout, probe_once(addr, &hc.kind)).await {
+                Ok(o) => o,
+                Err(_) => Outcome::Timeout,
+            }
+        })
+    }
+}
+
+async fn probe_once(addr: SocketAddr, kind: &HealthCheckKind) -> Outcome {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return Outcome::Failed;
+    };
+    let HealthCheckKind::Http { path, matcher } = kind else {
+        return Outcome::Success;
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Causeway-HealthChecker/1.0\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return Outcome::Failed;
+    }
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    // The status line's first 12 bytes ("HTTP/1.1 200") are all we need.
+    while n < 12 {
+        match s.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => return Outcome::Failed,
+            Ok(k) => n += k,
+        }
+    }
+    match parse_status(&buf[..n]) {
+        Some(code) if matcher.matches(code) => Outcome::Success,
+        Some(code) => Outcome::BadStatus(code),
+        None => Outcome::Failed,
+    }
+}
+
+/// The status code of an HTTP/1.x status line.
+pub fn parse_status(head: &[u8]) -> Option<u16> {
+    let rest = head
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| head.strip_prefix(b"HTTP/1.0 "))?;
+    let digits = rest.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The address a target is checked at: its own, or the configured check port.
+pub fn check_addr(target: &Target) -> SocketAddr {
+    let mut a = target.cfg.address;
+    if let Some(p) = target.health_check.port {
+        a.set_port(p);
+    }
+    a
+}
+
+/// An interval with ±10% jitter, so checks of many targets do not beat in step.
+pub fn jittered(interval: Duration, rng: &mut fastrand::Rng) -> Duration {
+    let spread = interval.as_millis() as u64 / 10;
+    let ms = interval.as_millis() as u64 - spread + rng.u64(..=2 * spread);
+    Duration::from_millis(ms)
+}
+
+/// Starts the checker of `target` unless it has one. The loop holds only a weak reference.
+pub fn spawn_checker(
+    target: &Arc<Target>,
+    prober: Arc<dyn Prober>,
+    shutdown: watch::Receiver<bool>,
+) {
+    if !target.health_check.enabled || !target.claim_checker() {
+        return;
+    }
+    let weak = Arc::downgrade(target);
+    tokio::spawn(check_loop(weak, prober, shutdown));
+}
+
+async fn check_loop(
+    weak: Weak<Target>,
+    prober: Arc<dyn Prober>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut rng = fastrand::Rng::new();
+    // The first check comes soon, spread over a tenth of the interval.
+    let first = {
+        let Some(t) = weak.upgrade() else { return };
+        let spread = t.health_check.interval.as_millis() as u64 / 10;
+        Duration::from_millis(rng.u64(..=spread))
+    };
+    let mut wait = first;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(t) = weak.upgrade() else { return };
+        if t.is_retired() || !t.state().checked() {
+            return;
+        }
+        let outcome = prober.probe(check_addr(&t), &t.health_check).await;
+        if t.is_retired() {
+            return;
+        }
+        t.record_check(outcome);
+        wait = jittered(t.health_check.interval, &mut rng);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::State;
+    use causeway_config::common::{StatusMatcher, TargetConfig};
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+    /// A prober whose answer the test sets (0 success, 1 refused, 2 timeout), counting calls.
+    struct Scripted(AtomicU8, AtomicUsize);
+
+    fn scripted(mode: u8) -> Arc<Scripted> {
+        Arc::new(Scripted(AtomicU8::new(mode), AtomicUsize::new(0)))
+    }
+
+    impl Prober for Scripted {
+        fn probe<'a>(
+            &'a self,
+            _: SocketAddr,
+            hc: &'a HealthCheckConfig,
+        ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                match self.0.load(Ordering::SeqCst) {
+                    0 => Outcome::Success,
+                    1 => Outcome::Failed,
+                    _ => {
+                        tokio::time::sleep(hc.timeout).await;
+                        Outcome::Timeout
+                    }
+                }
+            })
+        }
+    }
+
+    fn hc() -> HealthCheckConfig {
+        HealthCheckConfig {
+            enabled: true,
+            kind: HealthCheckKind::Tcp,
+            port: None,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 3,
+            unhealthy_threshold: 2,
+        }
+    }
+
+    fn target() -> Arc<Target> {
+        let cfg = TargetConfig {
+            id: "t".into(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
+            zone: None,
+        };
+        Target::new(cfg, Arc::from("g"), &hc())
+    }
+
+    async fn run_for(secs: u64) {
+        for _ in 0..secs * 10 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Advances the paused clock until the prober has been called `n` times in all (and the
+    /// result recorded); returns the time that took.
+    async fn until_calls(p: &Scripted, n: usize) -> Duration {
+        let start = tokio::time::Instant::now();
+        for _ in 0..10_000 {
+            if p.1.load(Ordering::SeqCst) >= n {
+                let took = start.elapsed();
+                // Let a timed-out probe finish and its result be recorded.
+                run_for(3).await;
+                return took;
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        panic!("prober never reached {n} calls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn thresholds_on_a_paused_clock() {
+        let (_tx, rx) = watch::channel(false);
+        let p = scripted(0);
+        let t = target();
+        spawn_checker(&t, p.clone(), rx);
+        // Healthy threshold 3: initial after two successes, healthy after the third.
+        let first = until_calls(&p, 1).await;
+        assert!(
+            first <= Duration::from_millis(1100),
+            "first check comes soon: {first:?}"
+        );
+        until_calls(&p, 2).await;
+        assert_eq!(t.state(), State::Initial);
+        until_calls(&p, 3).await;
+        assert_eq!(t.state(), State::Healthy);
+        // Unhealthy threshold 2: one refusal is not enough, two are.
+        p.0.store(1, Ordering::SeqCst);
+        until_calls(&p, 4).await;
+        assert_eq!(t.state(), State::Healthy);
+        // The gap between checks is the interval, jittered by at most 10%.
+        let gap = until_calls(&p, 5).await;
+        // (until_calls already spent 3 s after the previous call.)
+        assert!(
+            gap >= Duration::from_secs(6) && gap <= Duration::from_millis(8100),
+            "{gap:?}"
+        );
+        assert_eq!(t.state(), State::Unhealthy);
+        assert_eq!(t.reason(), crate::health::Reason::FailedHealthChecks);
+        // Timeouts keep it unhealthy; three successes bring it back, not two.
+        p.0.store(2, Ordering::SeqCst);
+        until_calls(&p, 6).await;
+        assert_eq!(t.reason(), crate::health::Reason::Timeout);
+        p.0.store(0, Ordering::SeqCst);
+        until_calls(&p, 8).await;
+        assert_eq!(t.state(), State::Unhealthy);
+        until_calls(&p, 9).await;
+        assert_eq!(t.state(), State::Healthy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checker_stops_when_target_drains_or_on_shutdown() {
+        let (tx, rx) = watch::channel(false);
+        let p = scripted(1);
+        let t = target();
+        spawn_checker(&t, p.clone(), rx.clone());
+        spawn_checker(&t, p.clone(), rx); // a second call starts nothing
+        until_calls(&p, 1).await;
+        t.drain(tokio::time::Instant::now() + Duration::from_secs(60));
+        run_for(50).await;
+        assert_eq!(
+            p.1.load(Ordering::SeqCst),
+            1,
+            "no check runs on a draining target"
+        );
+        assert_eq!(t.state(), State::Draining);
+
+        let t2 = target();
+        spawn_checker(&t2, p.clone(), tx.subscribe());
+        until_calls(&p, 2).await;
+        tx.send(true).unwrap();
+        run_for(50).await;
+        assert_eq!(p.1.load(Ordering::SeqCst), 2, "no check after shutdown");
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(10), &mut rng);
+            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11));
+        }
+    }
+
+    #[test]
+    fn status_line_parsing() {
+        assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
+        assert_eq!(parse_status(b"HTTP/2 200"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 2x0"), None);
+    }
+
+    #[tokio::test]
+    async fn real_probes_over_loopback() {
+        let origin = causeway_testkit::Origin::builder()
+            .status_for("/bad", 500)
+            .start()
+            .await;
+        let mut hc = hc();
+        hc.kind = HealthCheckKind::Http {
+            path: "/healthz".into(),
+            matcher: StatusMatcher::parse("200-399").unwrap(),
+        };
+        assert_eq!(NetProber.probe(origin.addr(), &hc).await, Outcome::Success);
+        hc.kind = HealthCheckKind::Http {
+            path: "/bad".into(),
+            matcher: StatusMatcher::parse("200").unwrap(),
+        };
+        assert_eq!(
+            NetProber.probe(origin.addr(), &hc).await,
+            Outcome::BadStatus(500)
+        );
+        assert_eq!(origin.hits("/healthz"), 1);
+        hc.kind = HealthCheckKind::Tcp;
+        assert_eq!(NetProber.probe(origin.addr(), &hc).await, Outcome::Success);
+        let closed = causeway_testkit::closed_port().await;
+        assert_eq!(NetProber.probe(closed, &hc).await, Outcome::Failed);
+    }
+}

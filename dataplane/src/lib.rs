@@ -1,0 +1,21 @@
+//! The runtime shared by causeway-nlb, causeway-alb and causeway-edge.
+//!
+//! - [`server`]: the `ArcSwap` snapshot, listeners, reload and drain.
+//! - [`target`], [`health`], [`check`]: targets, their health state machine and active checks.
+//! - [`select`]: selection algorithms (pure).
+//! - [`admin`]: `/metrics`, `/healthz`, `/status`, `POST /reload`.
+//! - [`cli`]: the shared command line and signal handling.
+
+pub mod admin;
+pub mod check;
+pub mod cli;
+pub mod drain;
+pub mod health;
+pub mod listener;
+pub mod reply;
+pub mod select;
+pub mod server;
+pub mod target;
+pub mod telemetry;
+
+pub use server::{Conn, Plane, Server, Snapshot};

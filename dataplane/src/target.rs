@@ -1,0 +1,493 @@
+//! Targets and target groups at run time: health, in-flight counts, latency, draining, and the
+//! selection of a target for a request or flow.
+
+use crate::health::{HealthMachine, Outcome, Reason, State, Transition};
+use crate::select::{self, Maglev, PeakEwma, SmoothWrr};
+use causeway_config::common::{Algorithm, HealthCheckConfig, TargetConfig, TargetGroupConfig};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One backend at run time. Shared by the snapshot, its health checker and in-flight work.
+#[derive(Debug)]
+pub struct Target {
+    pub cfg: TargetConfig,
+    pub group: Arc<str>,
+    pub health_check: HealthCheckConfig,
+    state: AtomicU8,
+    machine: Mutex<HealthMachine>,
+    in_flight: AtomicU64,
+    healthy_since: Mutex<Option<Instant>>,
+    ewma: Mutex<PeakEwma>,
+    drain_deadline: Mutex<Option<Instant>>,
+    /// Set when a newer `Target` replaced this one or it was dropped: its checker stops.
+    retired: AtomicBool,
+    checker_started: AtomicBool,
+}
+
+/// Counts one request or connection in flight on a target while it lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<Target>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl InFlight {
+    pub fn target(&self) -> &Arc<Target> {
+        &self.0
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Target {
+    pub fn new(cfg: TargetConfig, group: Arc<str>, hc: &HealthCheckConfig) -> Arc<Self> {
+        let machine = HealthMachine::new(hc);
+        Self::with_machine(cfg, group, hc, machine, None)
+    }
+
+    fn with_machine(
+        cfg: TargetConfig,
+        group: Arc<str>,
+        hc: &HealthCheckConfig,
+        machine: HealthMachine,
+        healthy_since: Option<Instant>,
+    ) -> Arc<Self> {
+        let healthy_since = healthy_since.or_else(|| machine.state().routable().then(Instant::now));
+        Arc::new(Target {
+            cfg,
+            group,
+            health_check: hc.clone(),
+            state: AtomicU8::new(machine.state().as_u8()),
+            machine: Mutex::new(machine),
+            in_flight: AtomicU64::new(0),
+            healthy_since: Mutex::new(healthy_since),
+            ewma: Mutex::new(PeakEwma::new(
+                Duration::from_secs(10),
+                Duration::from_millis(1),
+            )),
+            drain_deadline: Mutex::new(None),
+            retired: AtomicBool::new(false),
+            checker_started: AtomicBool::new(false),
+        })
+    }
+
+    /// A target that replaces `old` after a reload changed its settings, keeping its health.
+    pub fn carry(
+        cfg: TargetConfig,
+        group: Arc<str>,
+        hc: &HealthCheckConfig,
+        old: &Target,
+    ) -> Arc<Self> {
+        let machine = HealthMachine::carried(&lock(&old.machine), hc);
+        let since = *lock(&old.healthy_since);
+        let t = Self::with_machine(cfg, group, hc, machine, since);
+        *lock(&t.ewma) = *lock(&old.ewma);
+        old.retired.store(true, Ordering::Release);
+        t
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn reason(&self) -> Reason {
+        lock(&self.machine).reason()
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Marks the start of a request or connection on this target.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn apply(
+        &self,
+        f: impl FnOnce(&mut HealthMachine) -> Option<Transition>,
+    ) -> Option<Transition> {
+        let mut m = lock(&self.machine);
+        let t = f(&mut m)?;
+        self.state.store(t.to.as_u8(), Ordering::Release);
+        drop(m);
+        if t.to.routable() {
+            *lock(&self.healthy_since) = Some(Instant::now());
+        }
+        tracing::info!(
+            target_group = %self.group, target = %self.cfg.address, id = %self.cfg.id,
+            from = ?t.from, to = ?t.to, reason = ?t.reason, "target health changed"
+        );
+        metrics::counter!("causeway_target_health_transitions_total",
+            "target_group" => self.group.to_string(), "to" => format!("{:?}", t.to).to_lowercase())
+        .increment(1);
+        Some(t)
+    }
+
+    /// Feeds an active check result.
+    pub fn record_check(&self, outcome: Outcome) -> Option<Transition> {
+        self.apply(|m| m.on_check(outcome))
+    }
+
+    /// Real traffic failed to connect to this target.
+    pub fn record_passive_failure(&self) -> Option<Transition> {
+        self.apply(HealthMachine::on_passive_failure)
+    }
+
+    /// Starts draining: no new work; in-flight work has until `deadline`.
+    pub fn drain(&self, deadline: Instant) {
+        *lock(&self.drain_deadline) = Some(deadline);
+        self.apply(HealthMachine::drain);
+    }
+
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        *lock(&self.drain_deadline)
+    }
+
+    /// Drained: no longer tracked.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.apply(HealthMachine::retire);
+    }
+
+    /// Records a response time for peak-EWMA selection.
+    pub fn observe_latency(&self, rtt: Duration) {
+        lock(&self.ewma).observe(rtt, Instant::now().into_std());
+    }
+
+    /// Weight after slow start.
+    pub fn effective_weight(&self, slow_start: Duration, now: Instant) -> u32 {
+        if slow_start.is_zero() {
+            return self.cfg.weight;
+        }
+        let since = lock(&self.healthy_since).unwrap_or(now);
+        select::slow_start::ramp(
+            self.cfg.weight,
+            now.saturating_duration_since(since),
+            slow_start,
+        )
+    }
+
+    /// Claims the right to run this target's health checker; true once.
+    pub fn claim_checker(&self) -> bool {
+        !self.checker_started.swap(true, Ordering::AcqRel)
+    }
+
+    fn cost(&self) -> f64 {
+        lock(&self.ewma).cost(self.in_flight())
+    }
+}
+
+/// A target group at run time.
+#[derive(Debug)]
+pub struct TargetGroup {
+    pub cfg: TargetGroupConfig,
+    /// Registered targets, in config order.
+    pub targets: Vec<Arc<Target>>,
+    /// Deregistered targets still finishing in-flight work.
+    pub draining: Mutex<Vec<Arc<Target>>>,
+    wrr: SmoothWrr,
+    maglev: Option<Maglev>,
+}
+
+impl TargetGroup {
+    /// Builds a group from config, carrying health and in-flight state over from `old` for
+    /// targets that remain, and moving the targets that left into draining.
+    pub fn build(cfg: TargetGroupConfig, old: Option<&TargetGroup>) -> TargetGroup {
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let now = Instant::now();
+        let mut old_draining = old
+            .map(|o| std::mem::take(&mut *lock(&o.draining)))
+            .unwrap_or_default();
+        let targets: Vec<Arc<Target>> = cfg
+            .targets
+            .iter()
+            .map(|tc| {
+                let prev = old.and_then(|o| o.targets.iter().find(|t| t.cfg.address == tc.address));
+                match prev {
+                    Some(p) if p.cfg == *tc && p.health_check == cfg.health_check => p.clone(),
+                    Some(p) => Target::carry(tc.clone(), name.clone(), &cfg.health_check, p),
+                    None => {
+                        // Re-registered while draining: it starts over, as on AWS.
+                        old_draining.retain(|d| d.cfg.address != tc.address);
+                        Target::new(tc.clone(), name.clone(), &cfg.health_check)
+                    }
+                }
+            })
+            .collect();
+        let mut draining = old_draining;
+        if let Some(o) = old {
+            for t in &o.targets {
+                if !targets.iter().any(|n| n.cfg.address == t.cfg.address) {
+                    t.drain(now + cfg.deregistration_delay);
+                    draining.push(t.clone());
+                }
+            }
+        }
+        let maglev = (cfg.algorithm == Algorithm::Maglev).then(|| {
+            let names: Vec<String> = targets.iter().map(|t| t.cfg.id.clone()).collect();
+            Maglev::new(&names)
+        });
+        TargetGroup {
+            cfg,
+            targets,
+            draining: Mutex::new(draining),
+            wrr: SmoothWrr::new(),
+            maglev,
+        }
+    }
+
+    /// Whether any target is routable; when none is, the group fails open.
+    fn any_routable(&self) -> bool {
+        self.targets.iter().any(|t| t.state().routable())
+    }
+
+    /// The targets a new request may use: the routable ones, or, failing open when none is,
+    /// every registered target.
+    fn usable(&self) -> impl Fn(usize) -> bool + '_ {
+        let fail_open = !self.any_routable();
+        move |i| fail_open || self.targets[i].state().routable()
+    }
+
+    /// Chooses a target for a new request or flow. `hash` is the flow or key hash, used by
+    /// Maglev; the other algorithms ignore it.
+    pub fn select(&self, hash: u64) -> Option<Arc<Target>> {
+        let n = self.targets.len();
+        let usable = self.usable();
+        let now = Instant::now();
+        let weight = |i: usize| {
+            if usable(i) {
+                self.targets[i].effective_weight(self.cfg.slow_start, now)
+            } else {
+                0
+            }
+        };
+        let mut rng = fastrand::Rng::new();
+        let i = match self.cfg.algorithm {
+            Algorithm::RoundRobin => self.wrr.pick(n, weight),
+            Algorithm::WeightedRandom => select::weighted_random(n, weight, &mut rng),
+            Algorithm::LeastOutstandingRequests => select::least_outstanding(
+                n,
+                |i| usable(i).then(|| self.targets[i].in_flight()),
+                &mut rng,
+            ),
+            Algorithm::P2cEwma => {
+                select::p2c::pick(n, |i| usable(i).then(|| self.targets[i].cost()), &mut rng)
+            }
+            Algorithm::Maglev => self.maglev.as_ref()?.lookup_usable(hash, &usable),
+        }?;
+        Some(self.targets[i].clone())
+    }
+
+    /// The usable targets in the order flow `hash` prefers them (Maglev groups), for failing
+    /// over when a connection is refused. Other algorithms get config order.
+    pub fn preference(&self, hash: u64) -> Vec<Arc<Target>> {
+        let usable = self.usable();
+        match &self.maglev {
+            Some(m) => m
+                .preference(hash)
+                .filter(|&i| usable(i))
+                .map(|i| self.targets[i].clone())
+                .collect(),
+            None => (0..self.targets.len())
+                .filter(|&i| usable(i))
+                .map(|i| self.targets[i].clone())
+                .collect(),
+        }
+    }
+
+    /// Retires draining targets that are done (no in-flight work) or past their deadline.
+    /// Returns the retired ones, so the caller can cut their remaining work.
+    pub fn reap_draining(&self, now: Instant) -> Vec<Arc<Target>> {
+        let mut d = lock(&self.draining);
+        let mut done = Vec::new();
+        d.retain(|t| {
+            let over = t.in_flight() == 0 || t.drain_deadline().is_some_and(|dl| now >= dl);
+            if over {
+                t.retire();
+                done.push(t.clone());
+            }
+            !over
+        });
+        done
+    }
+
+    /// (healthy, unhealthy) counts, as AWS's HealthyHostCount and UnHealthyHostCount.
+    pub fn host_counts(&self) -> (usize, usize) {
+        let healthy = self.targets.iter().filter(|t| t.state().routable()).count();
+        let unhealthy = self
+            .targets
+            .iter()
+            .filter(|t| t.state() == State::Unhealthy)
+            .count();
+        (healthy, unhealthy)
+    }
+
+    /// Marks every target of a group that is being replaced or dropped.
+    pub fn retire_all(&self) {
+        for t in &self.targets {
+            t.retire();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use causeway_config::common::HealthCheckKind;
+
+    fn tg(addrs: &[u16], algorithm: Algorithm) -> TargetGroupConfig {
+        TargetGroupConfig {
+            name: "web".into(),
+            protocol: "HTTP".into(),
+            targets: addrs
+                .iter()
+                .map(|p| TargetConfig {
+                    id: format!("t{p}"),
+                    address: format!("127.0.0.1:{p}").parse().unwrap(),
+                    weight: 1,
+                    zone: None,
+                })
+                .collect(),
+            health_check: HealthCheckConfig {
+                enabled: true,
+                kind: HealthCheckKind::Tcp,
+                port: None,
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                healthy_threshold: 1,
+                unhealthy_threshold: 1,
+            },
+            deregistration_delay: Duration::from_secs(30),
+            slow_start: Duration::ZERO,
+            algorithm,
+            stickiness: None,
+        }
+    }
+
+    fn port(t: &Target) -> u16 {
+        t.cfg.address.port()
+    }
+
+    #[tokio::test]
+    async fn fails_open_then_routes_to_healthy_only() {
+        let g = TargetGroup::build(tg(&[1, 2, 3], Algorithm::RoundRobin), None);
+        // All initial: fail open over everything.
+        let picks: Vec<u16> = (0..3).map(|_| port(&g.select(0).unwrap())).collect();
+        assert_eq!(picks, vec![1, 2, 3]);
+        g.targets[1].record_check(Outcome::Success);
+        for _ in 0..5 {
+            assert_eq!(port(&g.select(0).unwrap()), 2);
+        }
+        assert_eq!(g.host_counts(), (1, 0));
+        g.targets[0].record_check(Outcome::Failed);
+        assert_eq!(g.host_counts(), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn reload_keeps_health_and_drains_removed_targets() {
+        let g = TargetGroup::build(tg(&[1, 2], Algorithm::RoundRobin), None);
+        for t in &g.targets {
+            t.record_check(Outcome::Success);
+        }
+        let guard = g.targets[1].begin();
+        let g2 = TargetGroup::build(tg(&[1, 3], Algorithm::RoundRobin), Some(&g));
+        assert!(
+            Arc::ptr_eq(&g.targets[0], &g2.targets[0]),
+            "kept target is the same object"
+        );
+        assert_eq!(g2.targets[0].state(), State::Healthy);
+        assert_eq!(g2.targets[1].state(), State::Initial);
+        let draining = lock(&g2.draining).clone();
+        assert_eq!(draining.len(), 1);
+        assert_eq!(port(&draining[0]), 2);
+        assert_eq!(draining[0].state(), State::Draining);
+        // Never selected while draining.
+        for _ in 0..10 {
+            assert_ne!(port(&g2.select(0).unwrap()), 2);
+        }
+        // Still busy: stays draining until its request ends.
+        assert!(g2.reap_draining(Instant::now()).is_empty());
+        drop(guard);
+        assert_eq!(g2.reap_draining(Instant::now()).len(), 1);
+        assert_eq!(draining[0].state(), State::Unused);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_deadline_cuts_a_busy_target() {
+        let g = TargetGroup::build(tg(&[1, 2], Algorithm::RoundRobin), None);
+        let _busy = g.targets[1].begin();
+        let g2 = TargetGroup::build(tg(&[1], Algorithm::RoundRobin), Some(&g));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(g2.reap_draining(Instant::now()).is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(g2.reap_draining(Instant::now()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn least_outstanding_avoids_busy_targets() {
+        let g = TargetGroup::build(tg(&[1, 2, 3], Algorithm::LeastOutstandingRequests), None);
+        let _a = g.targets[0].begin();
+        let _b = g.targets[2].begin();
+        for _ in 0..10 {
+            assert_eq!(port(&g.select(0).unwrap()), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn maglev_group_agrees_across_builds_and_skips_unhealthy() {
+        let a = TargetGroup::build(tg(&[1, 2, 3], Algorithm::Maglev), None);
+        let b = TargetGroup::build(tg(&[1, 2, 3], Algorithm::Maglev), None);
+        for t in a.targets.iter().chain(&b.targets) {
+            t.record_check(Outcome::Success);
+        }
+        for h in 0..500u64 {
+            let h = crate::select::maglev::hash64(1, &h.to_le_bytes());
+            assert_eq!(port(&a.select(h).unwrap()), port(&b.select(h).unwrap()));
+        }
+        a.targets[0].record_check(Outcome::Failed);
+        for h in 0..500u64 {
+            let h = crate::select::maglev::hash64(1, &h.to_le_bytes());
+            let before = port(&b.select(h).unwrap());
+            let after = port(&a.select(h).unwrap());
+            assert_ne!(after, 1);
+            if before != 1 {
+                assert_eq!(before, after, "flows of healthy targets stay put");
+            }
+            assert_eq!(a.preference(h).len(), 2);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_newly_healthy_target() {
+        let mut cfg = tg(&[1, 2], Algorithm::WeightedRandom);
+        cfg.slow_start = Duration::from_secs(30);
+        for t in &mut cfg.targets {
+            t.weight = 100;
+        }
+        let g = TargetGroup::build(cfg, None);
+        g.targets[0].record_check(Outcome::Success);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        g.targets[1].record_check(Outcome::Success);
+        let now = Instant::now();
+        assert_eq!(g.targets[0].effective_weight(g.cfg.slow_start, now), 100);
+        assert_eq!(g.targets[1].effective_weight(g.cfg.slow_start, now), 1);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(
+            g.targets[1].effective_weight(g.cfg.slow_start, Instant::now()),
+            50
+        );
+    }
+}

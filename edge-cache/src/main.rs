@@ -1,0 +1,5 @@
+//! The causeway-edge binary.
+
+fn main() -> std::process::ExitCode {
+    causeway_dataplane::cli::main::<causeway_edge::Edge>()
+}

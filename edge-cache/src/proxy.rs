@@ -1,0 +1,19 @@
+//! The edge's request path. The cache pipeline is not built yet: every request is answered
+//! `501 Not Implemented` and the connection closed, so nothing pretends to cache.
+
+use crate::Edge;
+use causeway_dataplane::{reply::reply_and_close, Conn, Snapshot};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serves one client connection.
+pub async fn handle(conn: Conn, _snap: Arc<Snapshot<Edge>>) {
+    reply_and_close(
+        conn.stream,
+        501,
+        "Not Implemented",
+        "causeway-edge: caching is not implemented yet\n",
+        Duration::from_secs(10),
+    )
+    .await;
+}

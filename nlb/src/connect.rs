@@ -1,0 +1,52 @@
+//! Connects a flow to its target: the Maglev choice first, then the rest of the flow's
+//! preference list when a target refuses or times out. Each failure counts against the target.
+
+use causeway_dataplane::target::{InFlight, TargetGroup};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// How long one connect attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why no target could take the flow.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("target group has no targets")]
+    NoTargets,
+    #[error("every target refused or timed out ({tried} tried)")]
+    AllFailed { tried: usize },
+}
+
+/// Opens a connection to a target for the flow with hash `flow`.
+pub async fn connect(
+    group: &TargetGroup,
+    flow: u64,
+) -> Result<(TcpStream, InFlight), ConnectError> {
+    let first = group.select(flow).ok_or(ConnectError::NoTargets)?;
+    let mut tried = Vec::new();
+    let candidates = std::iter::once(first).chain(group.preference(flow));
+    for t in candidates {
+        if tried.iter().any(|a| *a == t.cfg.address) {
+            continue;
+        }
+        tried.push(t.cfg.address);
+        let guard = t.begin();
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(t.cfg.address)).await {
+            Ok(Ok(s)) => {
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::debug!(error = %e, "set TCP_NODELAY failed");
+                }
+                return Ok((s, guard));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(target = %t.cfg.address, error = %e, "connect failed");
+            }
+            Err(_) => tracing::debug!(target = %t.cfg.address, "connect timed out"),
+        }
+        metrics::counter!("causeway_nlb_target_connection_error_count",
+            "target_group" => group.cfg.name.clone())
+        .increment(1);
+        t.record_passive_failure();
+    }
+    Err(ConnectError::AllFailed { tried: tried.len() })
+}

@@ -1,0 +1,47 @@
+//! causeway-nlb: L4 pass-through. Flows are spread by Maglev over healthy targets.
+
+pub mod connect;
+pub mod flow;
+pub mod proxy;
+pub mod relay;
+
+use causeway_config::common::{ServerConfig, TargetGroupConfig};
+use causeway_config::nlb::{FileNlb, NlbConfig};
+use causeway_dataplane::{Conn, Plane, Snapshot};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The nlb data plane.
+#[derive(Debug)]
+pub struct Nlb;
+
+impl Plane for Nlb {
+    const NAME: &'static str = "causeway-nlb";
+    const ABOUT: &'static str =
+        "Causeway's L4 load balancer (TCP pass-through, Maglev flow hashing)";
+    type File = FileNlb;
+    type Config = NlbConfig;
+
+    fn server(cfg: &NlbConfig) -> &ServerConfig {
+        &cfg.server
+    }
+
+    fn admin(cfg: &NlbConfig) -> SocketAddr {
+        cfg.admin.address
+    }
+
+    fn listeners(cfg: &NlbConfig) -> Vec<SocketAddr> {
+        cfg.listeners.iter().map(|l| l.address).collect()
+    }
+
+    fn target_groups(cfg: &NlbConfig) -> Vec<TargetGroupConfig> {
+        cfg.target_groups.values().cloned().collect()
+    }
+
+    fn serve(
+        conn: Conn,
+        snap: Arc<Snapshot<Self>>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        proxy::handle(conn, snap)
+    }
+}

@@ -1,0 +1,42 @@
+//! The nlb's request path, in order: listener (accepted by the runtime) → select (Maglev on
+//! the flow tuple) → connect (failing over along the flow's preference list) → relay.
+
+use crate::flow::{self, Proto};
+use crate::{connect, relay, Nlb};
+use causeway_dataplane::{Conn, Snapshot};
+use std::sync::Arc;
+
+/// Serves one client connection.
+pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
+    let listener = snap
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.address == conn.local)
+        .or_else(|| snap.config.listeners.first());
+    let Some(group) = listener.and_then(|l| snap.group(&l.target_group)) else {
+        tracing::warn!(local = %conn.local, "no target group for listener");
+        return;
+    };
+    let labels = [("target_group", group.cfg.name.clone())];
+    metrics::counter!("causeway_nlb_new_flow_count", &labels).increment(1);
+    let hash = flow::hash(Proto::Tcp, conn.peer, conn.local);
+    let (upstream, in_flight) = match connect::connect(group, hash).await {
+        Ok(x) => x,
+        Err(e) => {
+            metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(1);
+            tracing::warn!(peer = %conn.peer, target_group = %group.cfg.name, "{e}");
+            return;
+        }
+    };
+    let active = metrics::gauge!("causeway_nlb_active_flow_count", &labels);
+    active.increment(1.0);
+    match relay::relay(conn.stream, upstream).await {
+        Ok((up, down)) => {
+            metrics::counter!("causeway_nlb_processed_bytes", &labels).increment(up + down);
+        }
+        Err(e) => tracing::debug!(peer = %conn.peer, target = %in_flight.target().cfg.address,
+            error = %e, "relay ended with an error"),
+    }
+    active.decrement(1.0);
+}

@@ -1,0 +1,35 @@
+//! Dev-only test helpers: origins on ephemeral ports that report what they saw (h1 and h2),
+//! raw-socket helpers, child-process helpers, and a moto server fixture.
+
+pub mod lifecycle;
+pub mod moto;
+pub mod origin;
+pub mod process;
+pub mod raw;
+
+pub use origin::{Origin, Seen};
+
+use std::net::SocketAddr;
+
+/// A loopback port with nothing listening on it (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A free loopback port, for configs that must name a port before the process binds it.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The value of a Prometheus sample whose line starts with `series` (name and labels, exactly
+/// as rendered, e.g. `causeway_healthy_host_count{target_group="web"}`).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}

@@ -1,0 +1,192 @@
+//! A test origin: HTTP/1.1 and h2c (prior knowledge) on an ephemeral loopback port. It counts
+//! requests, records what it saw, and answers `origin <name> <path>` with an `x-origin` header,
+//! so tests can assert which target got a request.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// One request as the origin saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    seen: Vec<Seen>,
+}
+
+/// Builds an [`Origin`].
+#[derive(Debug, Default)]
+pub struct Builder {
+    name: Option<String>,
+    addr: Option<SocketAddr>,
+    statuses: HashMap<String, u16>,
+}
+
+impl Builder {
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Binds this address instead of `127.0.0.1:0`.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// Answers `status` for `path`.
+    pub fn status_for(mut self, path: &str, status: u16) -> Self {
+        self.statuses.insert(path.to_owned(), status);
+        self
+    }
+
+    pub async fn start(self) -> Origin {
+        let bind = self.addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let listener = TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let name = self.name.unwrap_or_else(|| addr.to_string());
+        let state = Arc::new(Mutex::new(State::default()));
+        let statuses = Arc::new(self.statuses);
+        let task = tokio::spawn(accept(listener, name.clone(), state.clone(), statuses));
+        Origin {
+            name,
+            addr,
+            state,
+            task,
+        }
+    }
+}
+
+/// A running origin. Dropping it stops it.
+#[derive(Debug)]
+pub struct Origin {
+    name: String,
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    pub async fn start() -> Origin {
+        Builder::default().start().await
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests seen for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.seen().iter().filter(|s| s.path == path).count()
+    }
+
+    /// All requests seen.
+    pub fn total(&self) -> usize {
+        self.state.lock().unwrap().seen.len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    /// Stops accepting (the listener closes); connections already open are cut.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    name: String,
+    state: Arc<Mutex<State>>,
+    statuses: Arc<HashMap<String, u16>>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (name, state, statuses) = (name.clone(), state.clone(), statuses.clone());
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (name, state, statuses) = (name.clone(), state.clone(), statuses.clone());
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let path = parts.uri.path().to_owned();
+                    state.lock().unwrap().seen.push(Seen {
+                        method: parts.method.to_string(),
+                        path: parts
+                            .uri
+                            .path_and_query()
+                            .map_or(path.clone(), |p| p.to_string()),
+                        version: format!("{:?}", parts.version),
+                        headers: parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.to_string(),
+                                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                )
+                            })
+                            .collect(),
+                        body: body.to_vec(),
+                        peer,
+                    });
+                    let status = statuses.get(&path).copied().unwrap_or(200);
+                    let mut resp =
+                        Response::new(Full::new(Bytes::from(format!("origin {name} {path}\n"))));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    resp.headers_mut().insert("x-origin", name.parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Errors here are client disconnects; an origin has nothing to report.
+            drop(builder.serve_connection(TokioIo::new(stream), svc).await);
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}

@@ -1,0 +1,111 @@
+//! Raw-socket helpers: send exact bytes, read exact answers, and a tiny HTTP/1.1 client that
+//! hides nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends `bytes`, then reads until the peer closes or `wait` passes with nothing new.
+pub async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(bytes).await?;
+    read_until_quiet(&mut s, wait).await
+}
+
+/// Reads until EOF, or until `wait` passes without data.
+pub async fn read_until_quiet(s: &mut TcpStream, wait: Duration) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(out),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) if out.is_empty() => return Err(e),
+            Ok(Err(_)) => return Ok(out),
+        }
+    }
+}
+
+/// A parsed HTTP/1.x response.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Parses a whole response (body delimited by Content-Length or by close).
+    pub fn parse(raw: &[u8]) -> Option<RawResponse> {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&raw[..end]).ok()?;
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next()?;
+        let status = status_line.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let mut body = raw[end + 4..].to_vec();
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok());
+        if let Some(n) = len {
+            body.truncate(n);
+        }
+        Some(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// `GET path` with `Connection: close`, plus extra header lines.
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> std::io::Result<RawResponse> {
+    request(addr, "GET", path, extra, b"").await
+}
+
+/// One request with `Connection: close`; the whole answer, parsed.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<RawResponse> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let raw = exchange(addr, &bytes, Duration::from_secs(10)).await?;
+    RawResponse::parse(&raw).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not an HTTP response: {:?}", String::from_utf8_lossy(&raw)),
+        )
+    })
+}
