@@ -1,0 +1,157 @@
+//! The nlb relays TCP through Maglev-chosen targets: spread, failover on refusal with passive
+//! health, half-close, and graceful drain. Origins are testkit origins on loopback.
+
+use causeway_config::nlb::FileNlb;
+use causeway_config::{parse, Context};
+use causeway_dataplane::check::NetProber;
+use causeway_dataplane::health::{Reason, State};
+use causeway_dataplane::Server;
+use causeway_nlb::Nlb;
+use causeway_testkit::{free_port, raw, Origin};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn start_nlb(targets: &[SocketAddr], interval: u32) -> (Arc<Server<Nlb>>, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let list: Vec<String> = targets
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    let text = format!(
+        r#"
+[server]
+grace_period_seconds = 5
+[admin]
+address = "127.0.0.1:{admin}"
+[[listeners]]
+address = "{listen}"
+target_group = "t"
+[target_groups.t]
+targets = [{targets}]
+[target_groups.t.health_check]
+interval_seconds = {interval}
+timeout_seconds = 1
+healthy_threshold_count = 2
+unhealthy_threshold_count = 2
+"#,
+        admin = free_port(),
+        targets = list.join(", ")
+    );
+    let cfg = parse::<FileNlb>("nlb.toml", &text, &Context { dir: ".".into() }).unwrap();
+    let server = Server::<Nlb>::start(Path::new("nlb.toml"), cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    (server, listen)
+}
+
+async fn origins(n: usize) -> Vec<Origin> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(Origin::builder().name(&format!("o{i}")).start().await);
+    }
+    v
+}
+
+#[tokio::test]
+async fn spreads_flows_over_all_targets_and_relays_both_ways() {
+    let os = origins(3).await;
+    let addrs: Vec<SocketAddr> = os.iter().map(Origin::addr).collect();
+    let (_server, listen) = start_nlb(&addrs, 300).await;
+    for i in 0..30 {
+        let r = raw::get(listen, &format!("/p{i}"), &[]).await.unwrap();
+        assert_eq!(r.status, 200);
+        let who = r.header("x-origin").unwrap().to_owned();
+        assert_eq!(
+            r.text(),
+            format!("origin {who} /p{i}\n"),
+            "the body comes back whole"
+        );
+        let o = os.iter().find(|o| o.name() == who).unwrap();
+        assert_eq!(o.hits(&format!("/p{i}")), 1, "exactly one target saw /p{i}");
+    }
+    for o in &os {
+        assert!(o.total() >= 1, "{} got no flow out of 30", o.name());
+    }
+    assert_eq!(os.iter().map(Origin::total).sum::<usize>(), 30);
+}
+
+#[tokio::test]
+async fn refused_target_fails_over_and_turns_unhealthy() {
+    let os = origins(2).await;
+    let dead = causeway_testkit::closed_port().await;
+    let (server, listen) = start_nlb(&[os[0].addr(), dead, os[1].addr()], 300).await;
+    for i in 0..30 {
+        let r = raw::get(listen, &format!("/r{i}"), &[]).await.unwrap();
+        assert_eq!(r.status, 200, "request {i} failed over");
+    }
+    assert_eq!(os[0].total() + os[1].total(), 30);
+    let snap = server.snapshot();
+    let t = &snap.group("t").unwrap().targets[1];
+    assert_eq!(t.cfg.address, dead);
+    assert_eq!(t.state(), State::Unhealthy);
+    assert_eq!(t.reason(), Reason::PassiveFailures);
+}
+
+/// Reads everything, then answers how many bytes it got and closes.
+async fn counting_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                s.write_all(format!("got {}", all.len()).as_bytes())
+                    .await
+                    .unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn half_close_is_propagated() {
+    let target = counting_server().await;
+    let (_server, listen) = start_nlb(&[target], 300).await;
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(&vec![7u8; 100_000]).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "got 100000");
+}
+
+#[tokio::test]
+async fn shutdown_drains_live_flows_and_stops_accepting() {
+    let target = counting_server().await;
+    let (server, listen) = start_nlb(&[target], 300).await;
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    // Wait until the flow is live in the server.
+    for _ in 0..100 {
+        if server.live_connections() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.live_connections(), 1);
+    let s2 = server.clone();
+    let drain = tokio::spawn(async move { s2.shutdown().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        TcpStream::connect(listen).await.is_err(),
+        "no new connections while draining"
+    );
+    c.shutdown().await.unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "got 5", "the live flow finished");
+    assert!(drain.await.unwrap(), "drained within the grace period");
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README gives it. Safe to run on a fresh machine: it prepares what
+# it needs (a Python venv with moto for the AWS tests) and then runs every check CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+step "python venv with moto (AWS tests run against moto's server)"
+if [ ! -x .venv/bin/moto_server ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check 'moto==5.2.*' flask flask-cors boto3
+fi
+export CAUSEWAY_MOTO_SERVER="$PWD/.venv/bin/moto_server"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build (bins, for --check and end-to-end tests)"
+cargo build --workspace --bins --locked
+
+step "--check every example"
+for f in examples/*.toml; do
+  case "$(basename "$f")" in
+    alb*) bin=causeway-alb ;;
+    nlb*) bin=causeway-nlb ;;
+    edge*) bin=causeway-edge ;;
+    control*) bin=causeway-control ;;
+    *) echo "no binary for $f"; exit 1 ;;
+  esac
+  printf '%-28s ' "$f"
+  "target/debug/$bin" --check "$f"
+done
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "cargo bench --no-run"
+cargo bench --workspace --locked --no-run
+
+step "all checks passed"
