@@ -1,8 +1,15 @@
-//! causeway-alb: L7 routing. This crate so far wires the alb into the shared runtime (config,
-//! reload, health checks, admin); its HTTP engine is the subject of the alb issue, and until it
-//! lands every request gets a 501 from `proxy.rs`.
+//! causeway-alb: L7 routing over HTTP/1.1. `proxy.rs` calls the phases in order; each phase
+//! has its own file.
 
+pub mod action;
+pub mod client;
+pub mod error;
+pub mod logging;
 pub mod proxy;
+pub mod request_filter;
+pub mod response_filter;
+pub mod route;
+pub mod upstream;
 
 use causeway_config::alb::{AlbConfig, FileAlb};
 use causeway_config::common::{ServerConfig, TargetGroupConfig};
@@ -14,11 +21,36 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Alb;
 
+/// Routes compiled at load, one router per listener.
+#[derive(Debug)]
+pub struct Routers(Vec<(SocketAddr, route::Router)>);
+
+impl Routers {
+    /// The router of the listener bound at `local`.
+    pub fn router(&self, local: SocketAddr) -> Option<&route::Router> {
+        self.0
+            .iter()
+            .find(|(a, _)| *a == local)
+            .or_else(|| self.0.iter().find(|(a, _)| a.port() == local.port()))
+            .map(|(_, r)| r)
+    }
+}
+
 impl Plane for Alb {
     const NAME: &'static str = "causeway-alb";
     const ABOUT: &'static str = "Causeway's L7 load balancer (HTTP routing, target groups)";
     type File = FileAlb;
     type Config = AlbConfig;
+    type Compiled = Routers;
+
+    fn compile(cfg: &AlbConfig) -> Routers {
+        Routers(
+            cfg.listeners
+                .iter()
+                .map(|l| (l.address, route::Router::compile(l)))
+                .collect(),
+        )
+    }
 
     fn server(cfg: &AlbConfig) -> &ServerConfig {
         &cfg.server

@@ -1,19 +1,199 @@
-//! The alb's request path. The HTTP engine is not built yet: every request is answered
-//! `501 Not Implemented` and the connection closed, so nothing pretends to route.
+//! The alb's request path. One function calls the phases in order, once per request on a
+//! keep-alive connection:
+//!
+//! listener (runtime) → `request_filter` → `route` → `action` (forward / redirect /
+//! fixed-response) → `upstream_peer` + `upstream_request` → `response_filter` → `logging`.
 
-use crate::Alb;
-use causeway_dataplane::{reply::reply_and_close, Conn, Snapshot};
+use crate::action::{self, RedirectInput};
+use crate::client::Client;
+use crate::error::ProxyError;
+use crate::request_filter::{self, Prepared};
+use crate::route::{host_without_port, split_target, RequestView};
+use crate::upstream::{self, Scratch};
+use crate::{logging, Alb};
+use causeway_config::alb::Action;
+use causeway_dataplane::http1::{Framing, RequestHead};
+use causeway_dataplane::select::maglev::hash64;
+use causeway_dataplane::{Conn, Snapshot};
 use std::sync::Arc;
-use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
-/// Serves one client connection.
-pub async fn handle(conn: Conn, _snap: Arc<Snapshot<Alb>>) {
-    reply_and_close(
-        conn.stream,
-        501,
-        "Not Implemented",
-        "causeway-alb: HTTP routing is not implemented yet\n",
-        Duration::from_secs(10),
-    )
-    .await;
+/// Serves one client connection until it closes, idles out, or the process drains.
+pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
+    let Some(router) = snap.compiled.router(conn.local) else {
+        tracing::warn!(local = %conn.local, "no listener config for this socket");
+        return;
+    };
+    let lb = &snap.config.load_balancer;
+    metrics::counter!("causeway_alb_new_connection_count").increment(1);
+    let active = metrics::gauge!("causeway_alb_active_connection_count");
+    active.increment(1.0);
+    let mut client = Client::new(conn);
+    let mut head = RequestHead::default();
+    let mut scratch = Scratch::default();
+    let opened = Instant::now();
+    loop {
+        // request_filter: read and check the head.
+        match request_filter::read_head(&mut client, &mut head, lb).await {
+            Ok(Some(())) => {}
+            Ok(None) => break,
+            Err(e) => {
+                refuse(&mut client, e).await;
+                break;
+            }
+        }
+        let received = Instant::now();
+        client.requests += 1;
+        let req = match request_filter::prepare(&client, &head, lb) {
+            Ok(r) => r,
+            Err(e) => {
+                logging::elb_error(&e);
+                refuse(&mut client, e).await;
+                break;
+            }
+        };
+        let keep_alive_over = opened.elapsed() >= lb.client_keep_alive;
+        // route
+        let action = {
+            let buf = &client.buf;
+            let (path, query) = split_target(head.target(buf));
+            let headers = |name: &str, f: &mut dyn FnMut(&[u8]) -> bool| {
+                head.headers
+                    .iter()
+                    .filter(|h| h.name.get(buf).eq_ignore_ascii_case(name.as_bytes()))
+                    .any(|h| f(h.value.get(buf)))
+            };
+            let view = RequestView {
+                method: head.method(buf),
+                path,
+                query,
+                host: head.header(buf, "host").map(host_without_port),
+                source: client.peer.ip(),
+                headers: &headers,
+            };
+            router.route(&view).0
+        };
+        // action
+        let result = match action {
+            Action::Forward { target_groups } => match upstream::pick_group(&snap, target_groups) {
+                None => Err((ProxyError::NoTargets, None)),
+                Some(group) => {
+                    let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
+                    let r =
+                        upstream::forward(&mut client, &head, &req, group, lb, &mut scratch, hash)
+                            .await;
+                    logging::forwarded(&group.cfg.name, received, &r);
+                    r.map(|o| o.close)
+                }
+            },
+            Action::FixedResponse {
+                status,
+                content_type,
+                body,
+            } => {
+                let close = req.close || keep_alive_over || body_left(&client, &head, &req);
+                scratch.out.clear();
+                action::render(
+                    &mut scratch.out,
+                    *status,
+                    content_type,
+                    body.as_bytes(),
+                    close,
+                    &[],
+                );
+                finish_local(&mut client, &head, &req, &scratch.out, close, *status).await
+            }
+            Action::Redirect(r) => {
+                let (path, query) = split_target(head.target(&client.buf));
+                let input = RedirectInput {
+                    protocol: "http",
+                    host: head
+                        .header(&client.buf, "host")
+                        .map(host_without_port)
+                        .unwrap_or(b""),
+                    port: client.local.port(),
+                    path,
+                    query,
+                };
+                let location = action::location(r, &input);
+                match location {
+                    None => Err((ProxyError::Client(400, "Host cannot be redirected"), None)),
+                    Some(loc) => {
+                        let close = req.close || keep_alive_over || body_left(&client, &head, &req);
+                        scratch.out.clear();
+                        action::render(
+                            &mut scratch.out,
+                            r.status,
+                            "text/plain",
+                            b"",
+                            close,
+                            &[("Location", &loc)],
+                        );
+                        finish_local(&mut client, &head, &req, &scratch.out, close, r.status).await
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(close) if !close && !keep_alive_over && !client.draining() => {
+                if client.buf.is_empty() {
+                    scratch.release();
+                }
+            }
+            Ok(_) => break,
+            Err((e, _)) => {
+                refuse(&mut client, e).await;
+                break;
+            }
+        }
+    }
+    if let Err(e) = client.stream.shutdown().await {
+        tracing::debug!(error = %e, "client shutdown");
+    }
+    active.decrement(1.0);
+}
+
+/// Whether a request body is still unread (a local answer then closes the connection rather
+/// than reading a body nobody wants).
+fn body_left(client: &Client, head: &RequestHead, req: &Prepared) -> bool {
+    match req.framing {
+        Framing::None | Framing::Close => false,
+        Framing::Length(n) => (client.buf.len() - head.len) as u64 != n,
+        Framing::Chunked => true,
+    }
+}
+
+/// Writes a locally generated response and consumes the request.
+async fn finish_local(
+    client: &mut Client,
+    head: &RequestHead,
+    req: &Prepared,
+    response: &[u8],
+    close: bool,
+    status: u16,
+) -> Result<bool, (ProxyError, Option<std::net::SocketAddr>)> {
+    let used = match req.framing {
+        Framing::Length(n) if !close => head.len + n as usize,
+        _ => head.len,
+    };
+    client.consume(used);
+    logging::local(status);
+    client
+        .write_all(response)
+        .await
+        .map_err(|_| (ProxyError::ClientGone, None))?;
+    Ok(close)
+}
+
+/// Answers an error with its status (if it has one); the connection then closes.
+async fn refuse(client: &mut Client, e: ProxyError) {
+    let Some(status) = e.status() else { return };
+    tracing::debug!(peer = %client.peer, error = %e, status, "refusing request");
+    let mut out = Vec::new();
+    let body = format!("{}\n", action::reason(status));
+    action::render(&mut out, status, "text/plain", body.as_bytes(), true, &[]);
+    if let Err(err) = client.write_all(&out).await {
+        tracing::debug!(error = %err, "writing error response");
+    }
 }

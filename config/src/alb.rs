@@ -1,5 +1,6 @@
 //! The alb's config file: listeners with their default action, and target groups.
 
+use crate::cidr::Cidr;
 use crate::common::{
     validate_target_groups, AdminConfig, FileAdmin, FileServer, FileTargetGroup, Plane,
     ServerConfig, TargetGroupConfig,
@@ -21,6 +22,143 @@ pub struct FileAlb {
     #[serde(default)]
     pub target_groups: BTreeMap<String, FileTargetGroup>,
     pub targets_file: Option<String>,
+    #[serde(default)]
+    pub load_balancer: FileLoadBalancer,
+}
+
+/// Load balancer attributes, by AWS's names (`idle_timeout.timeout_seconds`, ...).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLoadBalancer {
+    #[serde(default)]
+    pub idle_timeout: crate::common::FileSeconds,
+    #[serde(default)]
+    pub client_keep_alive: FileKeepAlive,
+    #[serde(default)]
+    pub routing: FileRouting,
+    /// Ours: how long a client may take to send a whole request head (slowloris).
+    pub request_header_timeout_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeepAlive {
+    pub seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouting {
+    #[serde(default)]
+    pub http: FileRoutingHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoutingHttp {
+    pub desync_mitigation_mode: Option<String>,
+    #[serde(default)]
+    pub xff_header_processing: FileMode,
+    #[serde(default)]
+    pub preserve_host_header: FileEnabled,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMode {
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEnabled {
+    pub enabled: Option<bool>,
+}
+
+/// AWS's `routing.http.desync_mitigation_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DesyncMode {
+    Monitor,
+    Defensive,
+    Strictest,
+}
+
+/// AWS's `routing.http.xff_header_processing.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XffMode {
+    Append,
+    Preserve,
+    Remove,
+}
+
+/// Validated load balancer attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadBalancerAttributes {
+    pub idle_timeout: std::time::Duration,
+    pub client_keep_alive: std::time::Duration,
+    pub request_header_timeout: std::time::Duration,
+    pub desync_mitigation_mode: DesyncMode,
+    pub xff: XffMode,
+    pub preserve_host_header: bool,
+}
+
+impl FileLoadBalancer {
+    fn validate(self) -> Check<LoadBalancerAttributes> {
+        let secs =
+            |p: &str, v: Option<i64>, d: i64, lo: i64, hi: i64| -> Check<std::time::Duration> {
+                Ok(std::time::Duration::from_secs(
+                    in_range(p, v.unwrap_or(d), lo, hi)? as u64,
+                ))
+            };
+        let idle = secs(
+            "load_balancer.idle_timeout.timeout_seconds",
+            self.idle_timeout.timeout_seconds,
+            60,
+            1,
+            4000,
+        )?;
+        let keep = secs(
+            "load_balancer.client_keep_alive.seconds",
+            self.client_keep_alive.seconds,
+            3600,
+            60,
+            604_800,
+        )?;
+        let header = secs(
+            "load_balancer.request_header_timeout_seconds",
+            self.request_header_timeout_seconds,
+            20,
+            1,
+            300,
+        )?;
+        let h = self.routing.http;
+        let desync = match one_of(
+            "load_balancer.routing.http.desync_mitigation_mode",
+            h.desync_mitigation_mode.as_deref().unwrap_or("strictest"),
+            &["monitor", "defensive", "strictest"],
+        )? {
+            "monitor" => DesyncMode::Monitor,
+            "defensive" => DesyncMode::Defensive,
+            _ => DesyncMode::Strictest,
+        };
+        let xff = match one_of(
+            "load_balancer.routing.http.xff_header_processing.mode",
+            h.xff_header_processing.mode.as_deref().unwrap_or("append"),
+            &["append", "preserve", "remove"],
+        )? {
+            "preserve" => XffMode::Preserve,
+            "remove" => XffMode::Remove,
+            _ => XffMode::Append,
+        };
+        Ok(LoadBalancerAttributes {
+            idle_timeout: idle,
+            client_keep_alive: keep,
+            request_header_timeout: header,
+            desync_mitigation_mode: desync,
+            xff,
+            preserve_host_header: h.preserve_host_header.enabled.unwrap_or(false),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -29,6 +167,39 @@ pub struct FileListener {
     pub address: String,
     pub protocol: Option<String>,
     pub default_action: FileAction,
+    #[serde(default)]
+    pub rules: Vec<FileRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRule {
+    pub priority: i64,
+    pub conditions: Vec<FileCondition>,
+    pub action: FileAction,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCondition {
+    pub field: String,
+    pub header_name: Option<String>,
+    pub values: Vec<FileValue>,
+}
+
+/// A condition value: a string, or a `{ key, value }` pair for `query-string`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileValue {
+    Str(String),
+    KeyValue(FileKeyValue),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeyValue {
+    pub key: Option<String>,
+    pub value: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,9 +208,30 @@ pub struct FileAction {
     #[serde(rename = "type")]
     pub kind: String,
     pub target_group: Option<String>,
-    pub status_code: Option<i64>,
+    pub target_groups: Option<Vec<FileWeightedGroup>>,
+    pub status_code: Option<FileStatus>,
     pub content_type: Option<String>,
     pub message_body: Option<String>,
+    pub protocol: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<String>,
+    pub path: Option<String>,
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWeightedGroup {
+    pub name: String,
+    pub weight: i64,
+}
+
+/// A status code: `503`, or AWS's redirect form `"HTTP_301"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileStatus {
+    Number(i64),
+    Name(String),
 }
 
 /// A validated alb config.
@@ -47,6 +239,7 @@ pub struct FileAction {
 pub struct AlbConfig {
     pub server: ServerConfig,
     pub admin: AdminConfig,
+    pub load_balancer: LoadBalancerAttributes,
     pub listeners: Vec<Listener>,
     pub target_groups: BTreeMap<String, TargetGroupConfig>,
 }
@@ -55,19 +248,62 @@ pub struct AlbConfig {
 pub struct Listener {
     pub address: SocketAddr,
     pub default_action: Action,
+    /// Rules in priority order (lowest number first).
+    pub rules: Vec<Rule>,
+}
+
+/// A listener rule: every condition must match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub priority: u32,
+    pub conditions: Vec<Condition>,
+    pub action: Action,
+}
+
+/// A rule condition, as AWS's `Field` plus its values (any value may match).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// Case-insensitive, with `*` and `?`.
+    HostHeader(Vec<String>),
+    /// Case-sensitive on the path (no query), with `*` and `?`.
+    PathPattern(Vec<String>),
+    /// Header `name` (case-insensitive) whose value matches a pattern, case-insensitive.
+    HttpHeader {
+        name: String,
+        values: Vec<String>,
+    },
+    /// Exact, case-sensitive method names.
+    Method(Vec<String>),
+    /// Query parameters: optional key and a value pattern, case-insensitive.
+    QueryString(Vec<(Option<String>, String)>),
+    SourceIp(Vec<Cidr>),
+}
+
+/// Where a redirect goes; each part may use `#{protocol}`, `#{host}`, `#{port}`, `#{path}`,
+/// `#{query}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    pub status: u16,
+    pub protocol: String,
+    pub host: String,
+    pub port: String,
+    pub path: String,
+    pub query: String,
 }
 
 /// What a listener does with a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// To one target group, or to several by weight.
     Forward {
-        target_group: String,
+        target_groups: Vec<(String, u32)>,
     },
     FixedResponse {
         status: u16,
         content_type: String,
         body: String,
     },
+    Redirect(Redirect),
 }
 
 impl FileAction {
@@ -79,27 +315,24 @@ impl FileAction {
         let kind = one_of(
             &format!("{path}.type"),
             &self.kind,
-            &["forward", "fixed-response"],
+            &["forward", "fixed-response", "redirect"],
         )?;
-        if kind == "forward" {
-            let tg_path = format!("{path}.target_group");
-            let tg = self
-                .target_group
-                .ok_or_else(|| Violation::new(&tg_path, "required for a forward action"))?;
-            if !groups.contains_key(&tg) {
-                return Err(Violation::new(
-                    tg_path,
-                    format!("no target group named \"{tg}\""),
-                ));
-            }
-            return Ok(Action::Forward { target_group: tg });
+        match kind {
+            "forward" => return self.validate_forward(path, groups),
+            "redirect" => return self.validate_redirect(path),
+            _ => {}
         }
-        let status = in_range(
-            &format!("{path}.status_code"),
-            self.status_code.unwrap_or(200),
-            200,
-            599,
-        )?;
+        let status_path = format!("{path}.status_code");
+        let status = match self.status_code {
+            None => 200,
+            Some(FileStatus::Number(n)) => in_range(&status_path, n, 200, 599)?,
+            Some(FileStatus::Name(s)) => {
+                return Err(Violation::new(
+                    status_path,
+                    format!("must be a number 200..=599, got \"{s}\""),
+                ))
+            }
+        };
         let content_type = self.content_type.unwrap_or_else(|| "text/plain".to_owned());
         one_of(
             &format!("{path}.content_type"),
@@ -127,6 +360,256 @@ impl FileAction {
     }
 }
 
+impl FileAction {
+    fn validate_forward(
+        self,
+        path: &str,
+        groups: &BTreeMap<String, TargetGroupConfig>,
+    ) -> Check<Action> {
+        let known = |p: &str, tg: &str| {
+            if groups.contains_key(tg) {
+                Ok(())
+            } else {
+                Err(Violation::new(p, format!("no target group named \"{tg}\"")))
+            }
+        };
+        let target_groups = match (self.target_group, self.target_groups) {
+            (Some(tg), None) => {
+                known(&format!("{path}.target_group"), &tg)?;
+                vec![(tg, 1)]
+            }
+            (None, Some(list)) if !list.is_empty() && list.len() <= 5 => {
+                let mut out = Vec::new();
+                for (i, g) in list.into_iter().enumerate() {
+                    let p = format!("{path}.target_groups[{i}]");
+                    known(&format!("{p}.name"), &g.name)?;
+                    let w = in_range(&format!("{p}.weight"), g.weight, 0, 999)?;
+                    if out.iter().any(|(n, _): &(String, u32)| *n == g.name) {
+                        return Err(Violation::new(format!("{p}.name"), "listed twice"));
+                    }
+                    out.push((g.name, w as u32));
+                }
+                if out.iter().all(|(_, w)| *w == 0) {
+                    return Err(Violation::new(
+                        format!("{path}.target_groups"),
+                        "at least one weight must be above 0",
+                    ));
+                }
+                out
+            }
+            (None, Some(_)) => {
+                return Err(Violation::new(
+                    format!("{path}.target_groups"),
+                    "must list 1 to 5 target groups",
+                ))
+            }
+            _ => {
+                return Err(Violation::new(
+                    format!("{path}.target_group"),
+                    "a forward action needs target_group or target_groups (not both)",
+                ))
+            }
+        };
+        Ok(Action::Forward { target_groups })
+    }
+
+    fn validate_redirect(self, path: &str) -> Check<Action> {
+        let status_path = format!("{path}.status_code");
+        let status = match self.status_code {
+            Some(FileStatus::Name(s)) if s == "HTTP_301" => 301,
+            Some(FileStatus::Name(s)) if s == "HTTP_302" => 302,
+            Some(FileStatus::Number(n)) if n == 301 || n == 302 => n as u16,
+            None => {
+                return Err(Violation::new(
+                    status_path,
+                    "required: \"HTTP_301\" or \"HTTP_302\"",
+                ))
+            }
+            Some(_) => {
+                return Err(Violation::new(
+                    status_path,
+                    "must be \"HTTP_301\" or \"HTTP_302\"",
+                ))
+            }
+        };
+        let protocol = self.protocol.unwrap_or_else(|| "#{protocol}".into());
+        one_of(
+            &format!("{path}.protocol"),
+            &protocol,
+            &["HTTP", "HTTPS", "#{protocol}"],
+        )?;
+        let port = self.port.unwrap_or_else(|| "#{port}".into());
+        if port != "#{port}" && !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+            return Err(Violation::new(
+                format!("{path}.port"),
+                format!("must be 1..=65535 or \"#{{port}}\", got \"{port}\""),
+            ));
+        }
+        let host = self.host.unwrap_or_else(|| "#{host}".into());
+        let rpath = self.path.unwrap_or_else(|| "/#{path}".into());
+        if !rpath.starts_with('/') {
+            return Err(Violation::new(format!("{path}.path"), "must start with /"));
+        }
+        let query = self.query.unwrap_or_else(|| "#{query}".into());
+        for (k, v) in [("host", &host), ("path", &rpath), ("query", &query)] {
+            if v.len() > 128 || v.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(Violation::new(
+                    format!("{path}.{k}"),
+                    "must be at most 128 characters with no spaces or control bytes",
+                ));
+            }
+        }
+        Ok(Action::Redirect(Redirect {
+            status,
+            protocol,
+            host,
+            port,
+            path: rpath,
+            query,
+        }))
+    }
+}
+
+fn pattern(path: &str, v: &str, max: usize) -> Check<String> {
+    if v.is_empty() || v.len() > max || v.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(Violation::new(
+            path,
+            format!("must be 1..={max} characters with no spaces or control bytes, got \"{v}\""),
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+impl FileCondition {
+    fn validate(self, path: &str) -> Check<Condition> {
+        let field = one_of(
+            &format!("{path}.field"),
+            &self.field,
+            &[
+                "host-header",
+                "path-pattern",
+                "http-header",
+                "http-request-method",
+                "query-string",
+                "source-ip",
+            ],
+        )?
+        .to_owned();
+        let vpath = format!("{path}.values");
+        if self.values.is_empty() || self.values.len() > 5 {
+            return Err(Violation::new(&vpath, "must list 1 to 5 values"));
+        }
+        if field != "http-header" && self.header_name.is_some() {
+            return Err(Violation::new(
+                format!("{path}.header_name"),
+                "only http-header conditions take a header_name",
+            ));
+        }
+        let mut strings = Vec::new();
+        let mut pairs = Vec::new();
+        for (i, v) in self.values.into_iter().enumerate() {
+            let p = format!("{vpath}[{i}]");
+            match (v, field.as_str()) {
+                (FileValue::KeyValue(kv), "query-string") => {
+                    let key = match kv.key {
+                        Some(k) => Some(pattern(&format!("{p}.key"), &k, 128)?),
+                        None => None,
+                    };
+                    pairs.push((key, pattern(&format!("{p}.value"), &kv.value, 128)?));
+                }
+                (FileValue::Str(_), "query-string") => {
+                    return Err(Violation::new(
+                        p,
+                        "query-string values are { key, value } tables",
+                    ))
+                }
+                (FileValue::Str(s), _) => strings.push((p, s)),
+                (FileValue::KeyValue(_), _) => {
+                    return Err(Violation::new(p, "must be a string"));
+                }
+            }
+        }
+        let list = |max: usize| -> Check<Vec<String>> {
+            strings.iter().map(|(p, s)| pattern(p, s, max)).collect()
+        };
+        Ok(match field.as_str() {
+            "host-header" => Condition::HostHeader(
+                list(128)?
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+            ),
+            "path-pattern" => Condition::PathPattern(list(128)?),
+            "http-header" => {
+                let np = format!("{path}.header_name");
+                let name = self
+                    .header_name
+                    .ok_or_else(|| Violation::new(&np, "required for http-header"))?;
+                if name.is_empty()
+                    || name.len() > 40
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+                {
+                    return Err(Violation::new(
+                        np,
+                        format!("must be a header name of at most 40 characters, got \"{name}\""),
+                    ));
+                }
+                Condition::HttpHeader {
+                    name: name.to_ascii_lowercase(),
+                    values: list(128)?,
+                }
+            }
+            "http-request-method" => {
+                let ms = list(40)?;
+                for (p, m) in strings.iter().map(|(p, _)| p).zip(&ms) {
+                    if !m
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+                    {
+                        return Err(Violation::new(
+                            p,
+                            format!("must be an upper-case method name, got \"{m}\""),
+                        ));
+                    }
+                }
+                Condition::Method(ms)
+            }
+            "query-string" => Condition::QueryString(pairs),
+            _ => {
+                let mut cidrs = Vec::new();
+                for (p, s) in &strings {
+                    cidrs.push(Cidr::parse(s).map_err(|e| Violation::new(p, e))?);
+                }
+                Condition::SourceIp(cidrs)
+            }
+        })
+    }
+}
+
+impl FileRule {
+    fn validate(self, path: &str, groups: &BTreeMap<String, TargetGroupConfig>) -> Check<Rule> {
+        let priority = in_range(&format!("{path}.priority"), self.priority, 1, 50_000)? as u32;
+        if self.conditions.is_empty() {
+            return Err(Violation::new(
+                format!("{path}.conditions"),
+                "a rule needs at least one condition",
+            ));
+        }
+        let mut conditions = Vec::new();
+        for (i, c) in self.conditions.into_iter().enumerate() {
+            conditions.push(c.validate(&format!("{path}.conditions[{i}]"))?);
+        }
+        let action = self.action.validate(&format!("{path}.action"), groups)?;
+        Ok(Rule {
+            priority,
+            conditions,
+            action,
+        })
+    }
+}
+
 /// Refuses two listeners on one address.
 pub(crate) fn unique_address(
     seen: &mut Vec<SocketAddr>,
@@ -150,6 +633,7 @@ impl ConfigFile for FileAlb {
     fn validate(self, cx: &Context) -> Result<AlbConfig, Invalid> {
         let server = self.server.validate("server")?;
         let admin = self.admin.validate("admin")?;
+        let load_balancer = self.load_balancer.validate()?;
         let mut target_groups = validate_target_groups(self.target_groups, Plane::Alb)?;
         if let Some(f) = &self.targets_file {
             merge_targets_file(&cx.resolve(f), &mut target_groups)?;
@@ -170,14 +654,33 @@ impl ConfigFile for FileAlb {
             let default_action = l
                 .default_action
                 .validate(&format!("{path}.default_action"), &target_groups)?;
+            let mut rules: Vec<Rule> = Vec::new();
+            for (j, r) in l.rules.into_iter().enumerate() {
+                let rp = format!("{path}.rules[{j}]");
+                let rule = r.validate(&rp, &target_groups)?;
+                if rules.iter().any(|o| o.priority == rule.priority) {
+                    return Err(Violation::new(
+                        format!("{rp}.priority"),
+                        format!(
+                            "priority {} is used by another rule of this listener",
+                            rule.priority
+                        ),
+                    )
+                    .into());
+                }
+                rules.push(rule);
+            }
+            rules.sort_by_key(|r| r.priority);
             listeners.push(Listener {
                 address,
                 default_action,
+                rules,
             });
         }
         Ok(AlbConfig {
             server,
             admin,
+            load_balancer,
             listeners,
             target_groups,
         })

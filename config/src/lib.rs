@@ -4,6 +4,7 @@
 //! `alb.toml:14:3: target_groups.wordpress.health_check.interval_seconds: must be 1..=300, got 0`.
 
 pub mod alb;
+pub mod cidr;
 pub mod common;
 pub mod control;
 pub mod edge;

@@ -111,7 +111,7 @@ fn aws_defaults_apply() {
     assert_eq!(
         cfg.listeners[0].default_action,
         Action::Forward {
-            target_group: "wordpress".into()
+            target_groups: vec![("wordpress".into(), 1)]
         }
     );
 }

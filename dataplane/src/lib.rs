@@ -9,9 +9,12 @@
 pub mod admin;
 pub mod check;
 pub mod cli;
+pub mod desync;
 pub mod drain;
 pub mod health;
+pub mod http1;
 pub mod listener;
+pub mod pool;
 pub mod reply;
 pub mod select;
 pub mod server;

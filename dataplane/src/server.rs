@@ -25,6 +25,10 @@ pub trait Plane: Send + Sync + Sized + 'static {
     const ABOUT: &'static str;
     type File: ConfigFile<Valid = Self::Config>;
     type Config: Send + Sync + 'static;
+    /// What the plane derives from its config once per load (compiled routes, for example).
+    type Compiled: Send + Sync + 'static;
+
+    fn compile(cfg: &Self::Config) -> Self::Compiled;
 
     fn server(cfg: &Self::Config) -> &ServerConfig;
     fn admin(cfg: &Self::Config) -> SocketAddr;
@@ -46,12 +50,21 @@ pub struct Conn {
 }
 
 /// Everything a request or connection needs, swapped as one unit on reload.
-#[derive(Debug)]
 pub struct Snapshot<P: Plane> {
     pub generation: u64,
     pub config: Arc<P::Config>,
+    pub compiled: P::Compiled,
     pub groups: BTreeMap<String, Arc<TargetGroup>>,
     pub loaded_at: SystemTime,
+}
+
+impl<P: Plane> std::fmt::Debug for Snapshot<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("groups", &self.groups.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<P: Plane> Snapshot<P> {
@@ -175,6 +188,7 @@ impl<P: Plane> Server<P> {
         let groups = build_groups(P::target_groups(&config), None);
         let snap = Snapshot::<P> {
             generation: 1,
+            compiled: P::compile(&config),
             config: Arc::new(config),
             groups,
             loaded_at: SystemTime::now(),
@@ -362,6 +376,7 @@ impl<P: Plane> Server<P> {
         }
         self.current.store(Arc::new(Snapshot {
             generation: summary.generation,
+            compiled: P::compile(&config),
             config: Arc::new(config),
             groups,
             loaded_at: SystemTime::now(),

@@ -24,6 +24,8 @@ pub struct Target {
     /// Set when a newer `Target` replaced this one or it was dropped: its checker stops.
     retired: AtomicBool,
     checker_started: AtomicBool,
+    /// Idle keep-alive connections to this target (alb, edge).
+    pub pool: crate::pool::Pool,
 }
 
 /// Counts one request or connection in flight on a target while it lives.
@@ -75,6 +77,7 @@ impl Target {
             drain_deadline: Mutex::new(None),
             retired: AtomicBool::new(false),
             checker_started: AtomicBool::new(false),
+            pool: crate::pool::Pool::default(),
         })
     }
 
@@ -159,6 +162,7 @@ impl Target {
     /// Drained: no longer tracked.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        self.pool.clear();
         self.apply(HealthMachine::retire);
     }
 
@@ -221,7 +225,13 @@ impl TargetGroup {
                     Some(p) => Target::carry(tc.clone(), name.clone(), &cfg.health_check, p),
                     None => {
                         // Re-registered while draining: it starts over, as on AWS.
-                        old_draining.retain(|d| d.cfg.address != tc.address);
+                        old_draining.retain(|d| {
+                            let same = d.cfg.address == tc.address;
+                            if same {
+                                d.retire();
+                            }
+                            !same
+                        });
                         Target::new(tc.clone(), name.clone(), &cfg.health_check)
                     }
                 }

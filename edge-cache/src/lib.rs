@@ -19,6 +19,9 @@ impl Plane for Edge {
     const ABOUT: &'static str = "Causeway's caching edge (RFC 9111 shared cache)";
     type File = FileEdge;
     type Config = EdgeConfig;
+    type Compiled = ();
+
+    fn compile(_cfg: &EdgeConfig) {}
 
     fn server(cfg: &EdgeConfig) -> &ServerConfig {
         &cfg.server

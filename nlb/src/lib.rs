@@ -21,6 +21,9 @@ impl Plane for Nlb {
         "Causeway's L4 load balancer (TCP pass-through, Maglev flow hashing)";
     type File = FileNlb;
     type Config = NlbConfig;
+    type Compiled = ();
+
+    fn compile(_cfg: &NlbConfig) {}
 
     fn server(cfg: &NlbConfig) -> &ServerConfig {
         &cfg.server

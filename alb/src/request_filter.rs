@@ -1,0 +1,151 @@
+//! Phase `request_filter`: read one request head within the deadlines, refuse what is too large
+//! or malformed (414, 431, 400), classify it for desync mitigation, and decide its framing.
+//! It may end the request (with a 4xx, or silently when the client left); it changes nothing.
+
+use crate::client::Client;
+use crate::error::ProxyError;
+use causeway_config::alb::{DesyncMode, LoadBalancerAttributes};
+use causeway_dataplane::desync::{self, Classification, Mode, Verdict};
+use causeway_dataplane::http1::{parse_request, Framing, HeadError, Limits, RequestHead};
+use std::time::Duration;
+
+/// A request ready for routing. Spans refer to `client.buf`.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    pub framing: Framing,
+    /// Close the client connection after this exchange.
+    pub close: bool,
+    pub idempotent: bool,
+    pub is_head: bool,
+    /// `Expect: 100-continue` (answered by us).
+    pub expect_continue: bool,
+    /// A WebSocket upgrade request.
+    pub websocket: bool,
+    pub classification: Classification,
+}
+
+fn mode(m: DesyncMode) -> Mode {
+    match m {
+        DesyncMode::Monitor => Mode::Monitor,
+        DesyncMode::Defensive => Mode::Defensive,
+        DesyncMode::Strictest => Mode::Strictest,
+    }
+}
+
+/// Reads the next request head. `Ok(None)`: the client closed, or idled past the keep-alive
+/// idle timeout, between requests.
+pub async fn read_head(
+    client: &mut Client,
+    head: &mut RequestHead,
+    lb: &LoadBalancerAttributes,
+) -> Result<Option<()>, ProxyError> {
+    let limits = Limits::default();
+    if client.buf.is_empty() {
+        // Idle between requests: hold no buffer, wait for the first byte.
+        match tokio::time::timeout(lb.idle_timeout, client.stream.readable()).await {
+            Err(_) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(())) => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + lb.request_header_timeout;
+    loop {
+        if !client.buf.is_empty() {
+            match parse_request(&client.buf, &limits, head) {
+                Ok(true) => return Ok(Some(())),
+                Ok(false) => {}
+                Err(e @ HeadError::Malformed(why)) => {
+                    return Err(ProxyError::Client(e.status(), why))
+                }
+                Err(e) => return Err(ProxyError::Client(e.status(), "head too large")),
+            }
+        }
+        match tokio::time::timeout_at(deadline, client.fill()).await {
+            Err(_) if client.buf.is_empty() => return Ok(None),
+            Err(_) => return Err(ProxyError::Client(408, "request head not received in time")),
+            Ok(Ok(0)) if client.buf.is_empty() => return Ok(None),
+            Ok(Ok(0)) => return Err(ProxyError::ClientGone),
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(ProxyError::ClientGone),
+        }
+    }
+}
+
+/// Classifies and checks a parsed head.
+pub fn prepare(
+    client: &Client,
+    head: &RequestHead,
+    lb: &LoadBalancerAttributes,
+) -> Result<Prepared, ProxyError> {
+    let buf = &client.buf;
+    let classification = desync::classify(buf, head);
+    let verdict = desync::verdict(mode(lb.desync_mitigation_mode), classification);
+    if classification.tier >= desync::Tier::Ambiguous {
+        metrics::counter!("causeway_alb_desync_mitigation_mode_non_compliant_request_count",
+            "classification" => classification.tier_name())
+        .increment(1);
+    }
+    if verdict == Verdict::Reject {
+        return Err(ProxyError::Client(
+            400,
+            "request refused by desync mitigation",
+        ));
+    }
+    let framing = head
+        .framing(buf)
+        .map_err(|_| ProxyError::Client(400, "ambiguous or invalid message framing"))?;
+    let method = head.method(buf);
+    if head.minor_version == 1 && head.count(buf, "host") != 1 {
+        return Err(ProxyError::Client(400, "HTTP/1.1 needs exactly one Host"));
+    }
+    if head.count(buf, "host") > 1 {
+        return Err(ProxyError::Client(400, "duplicate Host"));
+    }
+    let target = head.target(buf);
+    if !(target.first() == Some(&b'/') || (method == b"OPTIONS" && target == b"*")) {
+        // Absolute-form would let the URI disagree with Host; ALB answers 400 too.
+        return Err(ProxyError::Client(
+            400,
+            "request target must be origin-form",
+        ));
+    }
+    if method == b"CONNECT" {
+        return Err(ProxyError::Client(405, "CONNECT is not supported"));
+    }
+    let connection = head.header(buf, "connection").unwrap_or(b"");
+    let has = |t: &str| causeway_dataplane::http1::head::has_token(connection, t);
+    let close = has("close")
+        || (head.minor_version == 0 && !has("keep-alive"))
+        || verdict == Verdict::AllowThenClose
+        || client.draining();
+    let expect_continue = match head.header(buf, "expect") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case(b"100-continue") => true,
+        Some(_) => return Err(ProxyError::Client(417, "unsupported Expect")),
+    };
+    let websocket = has("upgrade")
+        && head
+            .header(buf, "upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"));
+    if websocket && framing != Framing::None {
+        return Err(ProxyError::Client(400, "an upgrade request has no body"));
+    }
+    if head.header(buf, "upgrade").is_some() && !websocket {
+        // h2c and other upgrades are not honoured; the header is dropped as hop-by-hop.
+        tracing::debug!("ignoring non-WebSocket Upgrade");
+    }
+    Ok(Prepared {
+        framing,
+        close,
+        idempotent: matches!(
+            method,
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        ),
+        is_head: method == b"HEAD",
+        expect_continue,
+        websocket,
+        classification,
+    })
+}
+
+/// How long the whole request may take to arrive when its body streams.
+pub const BODY_IDLE: Duration = Duration::from_secs(60);

@@ -1,0 +1,93 @@
+//! Phase `response_filter`: the response head the client gets. The status line is kept; hop-by-hop
+//! headers (and those the Connection header names) are dropped; framing and connection headers
+//! are set for the client's side of the exchange.
+
+use crate::request_filter::Prepared;
+use causeway_dataplane::http1::head::{has_token, is_hop_by_hop};
+use causeway_dataplane::http1::{Framing, ResponseHead};
+
+/// Writes the client's response head into `out`.
+pub fn build_response_head(
+    out: &mut Vec<u8>,
+    ubuf: &[u8],
+    resp: &ResponseHead,
+    framing: Framing,
+    close: bool,
+    _req: &Prepared,
+) {
+    out.clear();
+    let status_line_end = ubuf.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
+    // Always answer as HTTP/1.1, keeping the status code and reason phrase.
+    out.extend_from_slice(b"HTTP/1.1");
+    out.extend_from_slice(&ubuf[8.min(status_line_end)..status_line_end]);
+    out.extend_from_slice(b"\r\n");
+    let connection = resp.header(ubuf, "connection").unwrap_or(b"");
+    for h in &resp.headers {
+        let name = h.name.get(ubuf);
+        if is_hop_by_hop(name)
+            || (!connection.is_empty()
+                && std::str::from_utf8(name).is_ok_and(|n| has_token(connection, n)))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.get(ubuf));
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use causeway_dataplane::desync::{Classification, Tier};
+    use causeway_dataplane::http1::parse_response;
+
+    fn prepared() -> Prepared {
+        Prepared {
+            framing: Framing::None,
+            close: false,
+            idempotent: true,
+            is_head: false,
+            expect_continue: false,
+            websocket: false,
+            classification: Classification {
+                tier: Tier::Compliant,
+                reason: causeway_dataplane::desync::ClassificationReason::Compliant,
+            },
+        }
+    }
+
+    #[test]
+    fn drops_hop_by_hop_and_sets_framing() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\nX-Private: 1\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut h = ResponseHead::default();
+        assert!(parse_response(raw, 65536, &mut h).unwrap());
+        let mut out = Vec::new();
+        build_response_head(&mut out, raw, &h, Framing::Chunked, true, &prepared());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn http10_upstream_is_answered_as_http11() {
+        let raw = b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        let mut h = ResponseHead::default();
+        assert!(parse_response(raw, 65536, &mut h).unwrap());
+        let mut out = Vec::new();
+        build_response_head(&mut out, raw, &h, Framing::Length(0), false, &prepared());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! Listener rules compiled at load into matchers, and evaluated by priority against a request:
+//! host-header, path-pattern, http-header, http-request-method, query-string and source-ip.
+
+use causeway_config::alb::{Action, Condition, Listener, Rule};
+use causeway_config::cidr::Cidr;
+use std::net::IpAddr;
+
+/// Matches `text` against a pattern with `*` (any run, also empty) and `?` (one byte).
+pub fn glob(pattern: &[u8], text: &[u8], ignore_case: bool) -> bool {
+    let eq = |a: u8, b: u8| {
+        if ignore_case {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
+    };
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && (pattern[p] == b'?' || eq(pattern[p], text[t])) {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Looks headers up: calls the visitor with every value of a (lower-case) header name until it
+/// returns true, and says whether it did.
+pub type HeaderLookup<'a> = &'a dyn Fn(&str, &mut dyn FnMut(&[u8]) -> bool) -> bool;
+
+/// The parts of a request that rules look at.
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a [u8],
+    /// The path, without the query.
+    pub path: &'a [u8],
+    /// The query, without the `?`.
+    pub query: &'a [u8],
+    /// The Host, without its port, if any.
+    pub host: Option<&'a [u8]>,
+    pub source: IpAddr,
+    pub headers: HeaderLookup<'a>,
+}
+
+impl std::fmt::Debug for RequestView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestView")
+            .field("method", &String::from_utf8_lossy(self.method))
+            .field("path", &String::from_utf8_lossy(self.path))
+            .field("host", &self.host.map(String::from_utf8_lossy))
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits a request target into path and query.
+pub fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
+    match target.iter().position(|&b| b == b'?') {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (target, &[]),
+    }
+}
+
+/// Strips the port from a Host value (`example.com:8080`, `[::1]:80`).
+pub fn host_without_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match host.iter().position(|&b| b == b']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    Host(Vec<Vec<u8>>),
+    Path(Vec<Vec<u8>>),
+    Header(String, Vec<Vec<u8>>),
+    Method(Vec<Vec<u8>>),
+    Query(Vec<(Option<Vec<u8>>, Vec<u8>)>),
+    Source(Vec<Cidr>),
+}
+
+impl Matcher {
+    fn compile(c: &Condition) -> Matcher {
+        let bytes = |v: &[String]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
+        match c {
+            Condition::HostHeader(v) => Matcher::Host(bytes(v)),
+            Condition::PathPattern(v) => Matcher::Path(bytes(v)),
+            Condition::HttpHeader { name, values } => Matcher::Header(name.clone(), bytes(values)),
+            Condition::Method(v) => Matcher::Method(bytes(v)),
+            Condition::QueryString(v) => Matcher::Query(
+                v.iter()
+                    .map(|(k, val)| {
+                        (
+                            k.as_ref().map(|k| k.as_bytes().to_vec()),
+                            val.as_bytes().to_vec(),
+                        )
+                    })
+                    .collect(),
+            ),
+            Condition::SourceIp(v) => Matcher::Source(v.clone()),
+        }
+    }
+
+    fn matches(&self, r: &RequestView<'_>) -> bool {
+        match self {
+            Matcher::Host(pats) => r
+                .host
+                .is_some_and(|h| pats.iter().any(|p| glob(p, h, true))),
+            Matcher::Path(pats) => pats.iter().any(|p| glob(p, r.path, false)),
+            Matcher::Header(name, pats) => {
+                (r.headers)(name, &mut |v| pats.iter().any(|p| glob(p, v, true)))
+            }
+            Matcher::Method(ms) => ms.iter().any(|m| m.as_slice() == r.method),
+            Matcher::Query(pairs) => r.query.split(|&b| b == b'&').any(|param| {
+                let (k, v) = match param.iter().position(|&b| b == b'=') {
+                    Some(i) => (&param[..i], &param[i + 1..]),
+                    None => (param, &b""[..]),
+                };
+                pairs.iter().any(|(pk, pv)| {
+                    pk.as_ref().is_none_or(|pk| glob(pk, k, true)) && glob(pv, v, true)
+                })
+            }),
+            Matcher::Source(cidrs) => cidrs.iter().any(|c| c.contains(r.source)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    priority: u32,
+    matchers: Vec<Matcher>,
+    action: Action,
+}
+
+/// One listener's rules, in priority order, and its default action.
+#[derive(Debug, Clone)]
+pub struct Router {
+    rules: Vec<CompiledRule>,
+    default: Action,
+}
+
+impl Router {
+    pub fn compile(l: &Listener) -> Router {
+        Self::from_rules(&l.rules, l.default_action.clone())
+    }
+
+    pub fn from_rules(rules: &[Rule], default: Action) -> Router {
+        let mut rules: Vec<CompiledRule> = rules
+            .iter()
+            .map(|r| CompiledRule {
+                priority: r.priority,
+                matchers: r.conditions.iter().map(Matcher::compile).collect(),
+                action: r.action.clone(),
+            })
+            .collect();
+        rules.sort_by_key(|r| r.priority);
+        Router { rules, default }
+    }
+
+    /// The action of the first rule whose conditions all match, or the default action.
+    /// Also returns the matched rule's priority (`None` for the default).
+    pub fn route(&self, r: &RequestView<'_>) -> (&Action, Option<u32>) {
+        for rule in &self.rules {
+            if rule.matchers.iter().all(|m| m.matches(r)) {
+                return (&rule.action, Some(rule.priority));
+            }
+        }
+        (&self.default, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_wildcards() {
+        assert!(glob(b"/wp-admin/*", b"/wp-admin/", false));
+        assert!(glob(b"/wp-admin/*", b"/wp-admin/post.php", false));
+        assert!(!glob(b"/wp-admin/*", b"/wp-admin", false));
+        assert!(glob(b"*.example.com", b"www.Example.com", true));
+        assert!(!glob(b"*.example.com", b"example.com", true));
+        assert!(glob(b"img?.example.com", b"img1.example.com", true));
+        assert!(!glob(b"img?.example.com", b"img12.example.com", true));
+        assert!(glob(b"*a*b*", b"xxaxxbxx", false));
+        assert!(!glob(b"/A", b"/a", false), "paths are case-sensitive");
+        assert!(glob(b"*", b"", false));
+    }
+
+    #[test]
+    fn target_and_host_helpers() {
+        assert_eq!(split_target(b"/a/b?x=1&y"), (&b"/a/b"[..], &b"x=1&y"[..]));
+        assert_eq!(split_target(b"/a"), (&b"/a"[..], &b""[..]));
+        assert_eq!(host_without_port(b"example.com:8080"), b"example.com");
+        assert_eq!(host_without_port(b"[::1]:80"), b"[::1]");
+        assert_eq!(host_without_port(b"example.com"), b"example.com");
+    }
+
+    fn fwd(tg: &str) -> Action {
+        Action::Forward {
+            target_groups: vec![(tg.into(), 1)],
+        }
+    }
+
+    fn rule(priority: u32, conditions: Vec<Condition>, tg: &str) -> Rule {
+        Rule {
+            priority,
+            conditions,
+            action: fwd(tg),
+        }
+    }
+
+    fn view<'a>(
+        method: &'a str,
+        target: &'a str,
+        host: &'a str,
+        headers: HeaderLookup<'a>,
+        source: &str,
+    ) -> RequestView<'a> {
+        let (path, query) = split_target(target.as_bytes());
+        RequestView {
+            method: method.as_bytes(),
+            path,
+            query,
+            host: Some(host.as_bytes()),
+            source: source.parse().unwrap(),
+            headers,
+        }
+    }
+
+    fn routed(router: &Router, r: &RequestView<'_>) -> String {
+        match router.route(r).0 {
+            Action::Forward { target_groups } => target_groups[0].0.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_condition_and_priority_order() {
+        let rules = vec![
+            rule(
+                50,
+                vec![Condition::PathPattern(vec!["/wp-admin/*".into()])],
+                "admin",
+            ),
+            rule(10, vec![Condition::HostHeader(vec!["api.*".into()])], "api"),
+            rule(
+                20,
+                vec![Condition::HttpHeader {
+                    name: "x-canary".into(),
+                    values: vec!["yes".into()],
+                }],
+                "canary",
+            ),
+            rule(30, vec![Condition::Method(vec!["POST".into()])], "writes"),
+            rule(
+                40,
+                vec![Condition::QueryString(vec![(
+                    Some("preview".into()),
+                    "true".into(),
+                )])],
+                "preview",
+            ),
+            rule(
+                45,
+                vec![Condition::SourceIp(
+                    vec![Cidr::parse("10.0.0.0/8").unwrap()],
+                )],
+                "internal",
+            ),
+            rule(
+                60,
+                vec![
+                    Condition::PathPattern(vec!["/both".into()]),
+                    Condition::Method(vec!["GET".into()]),
+                ],
+                "both",
+            ),
+        ];
+        let router = Router::from_rules(&rules, fwd("default"));
+        let none = |_: &str, _: &mut dyn FnMut(&[u8]) -> bool| false;
+        let canary = |n: &str, f: &mut dyn FnMut(&[u8]) -> bool| n == "x-canary" && f(b"YES");
+        let ext = "192.0.2.1";
+        assert_eq!(
+            routed(&router, &view("GET", "/", "www.x", &none, ext)),
+            "default"
+        );
+        assert_eq!(
+            routed(&router, &view("GET", "/wp-admin/x", "www.x", &none, ext)),
+            "admin"
+        );
+        assert_eq!(
+            routed(&router, &view("GET", "/wp-admin/x", "API.x", &none, ext)),
+            "api",
+            "priority 10 first"
+        );
+        assert_eq!(
+            routed(&router, &view("GET", "/", "www.x", &canary, ext)),
+            "canary"
+        );
+        assert_eq!(
+            routed(&router, &view("POST", "/", "www.x", &none, ext)),
+            "writes"
+        );
+        assert_eq!(
+            routed(
+                &router,
+                &view("GET", "/?a=1&Preview=TRUE", "www.x", &none, ext)
+            ),
+            "preview"
+        );
+        assert_eq!(
+            routed(
+                &router,
+                &view("GET", "/?preview=false", "www.x", &none, ext)
+            ),
+            "default"
+        );
+        assert_eq!(
+            routed(&router, &view("GET", "/", "www.x", &none, "10.9.9.9")),
+            "internal"
+        );
+        assert_eq!(
+            routed(&router, &view("GET", "/both", "www.x", &none, ext)),
+            "both"
+        );
+        assert_eq!(
+            routed(&router, &view("PUT", "/both", "www.x", &none, ext)),
+            "default",
+            "all conditions must match"
+        );
+        let (_, prio) = router.route(&view("GET", "/both", "www.x", &none, ext));
+        assert_eq!(prio, Some(60));
+    }
+}

@@ -1,0 +1,570 @@
+//! Phases `upstream_peer` (choose a target group by weight, then a target by the group's
+//! algorithm, skipping targets already tried) and `upstream_request` (a pooled or new
+//! connection, the rewritten head and the body, then the response relayed to the client).
+//! A connect failure is retried on another target; a failure after sending only for an
+//! idempotent request whose body we still hold, and never once a response byte went out.
+
+use crate::client::{write_two, Client};
+use crate::error::ProxyError;
+use crate::request_filter::{Prepared, BODY_IDLE};
+use crate::response_filter;
+use crate::Alb;
+use causeway_config::alb::{LoadBalancerAttributes, XffMode};
+use causeway_dataplane::http1::head::{has_token, is_hop_by_hop};
+use causeway_dataplane::http1::{
+    parse_response, ChunkedScanner, Framing, RequestHead, ResponseHead,
+};
+use causeway_dataplane::target::{Target, TargetGroup};
+use causeway_dataplane::Snapshot;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+/// How long a connect to a target may take (AWS's target connection timeout).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts per request, the first included.
+pub const MAX_ATTEMPTS: usize = 3;
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Buffers reused across the requests of one client connection.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    pub out: Vec<u8>,
+    pub ubuf: Vec<u8>,
+    pub resp: ResponseHead,
+}
+
+impl Scratch {
+    /// Frees the buffers while the connection idles.
+    pub fn release(&mut self) {
+        self.out = Vec::new();
+        self.ubuf = Vec::new();
+    }
+}
+
+/// What happened to a forwarded request.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub status: u16,
+    pub target: SocketAddr,
+    /// The client connection must close after this exchange.
+    pub close: bool,
+    pub target_time: Duration,
+    pub attempts: usize,
+}
+
+/// Picks a target group among weighted ones.
+pub fn pick_group<'s>(
+    snap: &'s Snapshot<Alb>,
+    groups: &[(String, u32)],
+) -> Option<&'s Arc<TargetGroup>> {
+    let name = if groups.len() == 1 {
+        &groups[0].0
+    } else {
+        let mut rng = fastrand::Rng::new();
+        let i =
+            causeway_dataplane::select::weighted_random(groups.len(), |i| groups[i].1, &mut rng)?;
+        &groups[i].0
+    };
+    snap.group(name)
+}
+
+/// Phase `upstream_peer`: a target not yet tried.
+pub fn upstream_peer(group: &TargetGroup, tried: &[SocketAddr], hash: u64) -> Option<Arc<Target>> {
+    if let Some(t) = group.select(hash) {
+        if !tried.contains(&t.cfg.address) {
+            return Some(t);
+        }
+    }
+    group
+        .preference(hash)
+        .into_iter()
+        .find(|t| !tried.contains(&t.cfg.address))
+}
+
+/// Writes the request head the target gets: hop-by-hop headers (and those the Connection
+/// header names) dropped, Host as the attributes say, X-Forwarded-For/Proto/Port set.
+pub fn build_request_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &RequestHead,
+    req: &Prepared,
+    client: &Client,
+    lb: &LoadBalancerAttributes,
+) {
+    out.clear();
+    out.extend_from_slice(head.method(buf));
+    out.push(b' ');
+    out.extend_from_slice(head.target(buf));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let connection = head.header(buf, "connection").unwrap_or(b"");
+    let port = client.local.port();
+    for h in &head.headers {
+        let name = h.name.get(buf);
+        let value = h.value.get(buf);
+        let listed = !connection.is_empty()
+            && std::str::from_utf8(name).is_ok_and(|n| has_token(connection, n));
+        if is_hop_by_hop(name)
+            || listed
+            || name.eq_ignore_ascii_case(b"x-forwarded-for")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-forwarded-port")
+            || (req.expect_continue && name.eq_ignore_ascii_case(b"expect"))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        if name.eq_ignore_ascii_case(b"host")
+            && !lb.preserve_host_header
+            && port != 80
+            && port != 443
+            && crate::route::host_without_port(value) == value
+        {
+            // AWS: without preserve_host_header, a non-default listener port is appended.
+            out.push(b':');
+            out.extend_from_slice(crate::action::itoa(port as u64).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut prior = head
+        .headers
+        .iter()
+        .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"x-forwarded-for"))
+        .map(|h| h.value.get(buf));
+    match lb.xff {
+        XffMode::Remove => {}
+        XffMode::Preserve => {
+            for v in prior {
+                out.extend_from_slice(b"X-Forwarded-For: ");
+                out.extend_from_slice(v);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        XffMode::Append => {
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            for v in prior.by_ref() {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+            push_ip(out, client.peer);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: ");
+    out.extend_from_slice(crate::action::itoa(port as u64).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if req.framing == Framing::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if req.websocket {
+        out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_ip(out: &mut Vec<u8>, peer: SocketAddr) {
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        ip => ip,
+    };
+    if write!(out, "{ip}").is_err() {
+        out.extend_from_slice(b"unknown");
+    }
+}
+
+/// How much of the request body is already buffered, and whether it is all there.
+fn buffered_body(
+    buf: &[u8],
+    head_len: usize,
+    framing: Framing,
+) -> Result<(usize, bool, ChunkedScanner), ProxyError> {
+    let avail = buf.len() - head_len;
+    let mut scanner = ChunkedScanner::new();
+    Ok(match framing {
+        Framing::None | Framing::Close => (0, true, scanner),
+        Framing::Length(n) => {
+            let have = (n.min(avail as u64)) as usize;
+            (have, have as u64 == n, scanner)
+        }
+        Framing::Chunked => {
+            let n = scanner
+                .feed(&buf[head_len..])
+                .map_err(|_| ProxyError::Client(400, "invalid chunked body"))?;
+            (n, scanner.is_done(), scanner)
+        }
+    })
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+    match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY");
+            }
+            Ok(s)
+        }
+        Ok(Err(_)) => Err(ProxyError::ConnectFailed),
+        Err(_) => Err(ProxyError::ConnectTimeout),
+    }
+}
+
+/// Forwards the request at the start of `client.buf` and relays the response. On success the
+/// request's bytes have been consumed from `client.buf`.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    client: &mut Client,
+    head: &RequestHead,
+    req: &Prepared,
+    group: &TargetGroup,
+    lb: &LoadBalancerAttributes,
+    scratch: &mut Scratch,
+    hash: u64,
+) -> Result<Outcome, (ProxyError, Option<SocketAddr>)> {
+    let (prefix, complete, scanner) =
+        buffered_body(&client.buf, head.len, req.framing).map_err(|e| (e, None))?;
+    if req.expect_continue && !complete {
+        client
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| (ProxyError::ClientGone, None))?;
+    }
+    build_request_head(&mut scratch.out, &client.buf, head, req, client, lb);
+    let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
+    let mut last = ProxyError::NoTargets;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let Some(target) = upstream_peer(group, &tried, hash) else {
+            break;
+        };
+        let addr = target.cfg.address;
+        let _in_flight = target.begin();
+        let pooled = target.pool.take();
+        let reused = pooled.is_some();
+        let mut up = match pooled {
+            Some(s) => s,
+            None => match connect(addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    metrics::counter!("causeway_alb_target_connection_error_count",
+                        "target_group" => group.cfg.name.clone())
+                    .increment(1);
+                    target.record_passive_failure();
+                    tried.push(addr);
+                    last = e;
+                    continue;
+                }
+            },
+        };
+        let started = Instant::now();
+        let body = &client.buf[head.len..head.len + prefix];
+        let result = match write_two(&mut up, &scratch.out, body).await {
+            Err(_) => Err(ProxyError::UpstreamFailed),
+            Ok(()) => {
+                let sent = Sent {
+                    upto: head.len + prefix,
+                    complete,
+                    remaining: match req.framing {
+                        Framing::Length(n) => n - prefix as u64,
+                        _ => 0,
+                    },
+                    scanner: scanner.clone(),
+                };
+                exchange(client, up, sent, req, scratch, lb, &target, started).await
+            }
+        };
+        match result {
+            Ok((mut o, reusable)) => {
+                if let Some(s) = reusable {
+                    target.pool.put(s);
+                }
+                o.attempts = attempt;
+                return Ok(o);
+            }
+            Err(e) if e.retryable(req.idempotent, complete) => {
+                if !reused && e.blames_target() {
+                    target.record_passive_failure();
+                }
+                tracing::debug!(target = %addr, reused, error = %e, "retrying");
+                if !reused {
+                    tried.push(addr);
+                }
+                last = e;
+            }
+            Err(e) => {
+                if e.blames_target() && !reused {
+                    target.record_passive_failure();
+                }
+                return Err((e, Some(addr)));
+            }
+        }
+    }
+    Err((last, tried.last().copied()))
+}
+
+/// What of the request went out with its head.
+#[derive(Debug, Clone)]
+struct Sent {
+    /// Bytes of `client.buf` written (head and buffered body).
+    upto: usize,
+    /// The whole body was among them.
+    complete: bool,
+    /// Content-Length bytes still to stream.
+    remaining: u64,
+    scanner: ChunkedScanner,
+}
+
+/// Sends the rest of the body if needed, reads the response head, and relays the response.
+/// Returns the upstream connection when it can be reused.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    client: &mut Client,
+    mut up: TcpStream,
+    mut sent: Sent,
+    req: &Prepared,
+    scratch: &mut Scratch,
+    lb: &LoadBalancerAttributes,
+    target: &Target,
+    started: Instant,
+) -> Result<(Outcome, Option<TcpStream>), ProxyError> {
+    let idle = lb.idle_timeout;
+    if !sent.complete {
+        // No retry is possible once the body streams: the buffered part can go now.
+        client.consume(sent.upto);
+        stream_request_body(
+            client,
+            &mut up,
+            req.framing,
+            sent.remaining,
+            &mut sent.scanner,
+        )
+        .await?;
+    }
+    // Response head, relaying interim 1xx responses.
+    let ubuf = &mut scratch.ubuf;
+    ubuf.clear();
+    let mut response_started = false;
+    loop {
+        let complete = !ubuf.is_empty()
+            && parse_response(ubuf, MAX_RESPONSE_HEAD, &mut scratch.resp)
+                .map_err(|_| ProxyError::BadResponse)?;
+        if complete {
+            let resp = &scratch.resp;
+            if resp.status >= 100 && resp.status < 200 && resp.status != 101 {
+                client
+                    .write_all(&ubuf[..resp.len])
+                    .await
+                    .map_err(|_| ProxyError::ResponseCut)?;
+                response_started = true;
+                ubuf.drain(..resp.len);
+                continue;
+            }
+            break;
+        }
+        if ubuf.capacity() - ubuf.len() < 1024 {
+            ubuf.reserve(READ_CHUNK);
+        }
+        match timeout(idle, up.read_buf(ubuf)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Ok(0)) | Ok(Err(_)) if ubuf.is_empty() && !response_started => {
+                return Err(ProxyError::UpstreamFailed)
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::BadResponse),
+            Ok(Ok(_)) => {}
+        }
+    }
+    // A response has begun: no retry from here, so the request's bytes can go.
+    if sent.complete {
+        client.consume(sent.upto);
+    }
+    let target_time = started.elapsed();
+    target.observe_latency(target_time);
+    let resp = &scratch.resp;
+    let status = resp.status;
+    if status == 101 {
+        if !req.websocket {
+            return Err(ProxyError::BadResponse);
+        }
+        return tunnel(client, &mut up, ubuf, target, target_time)
+            .await
+            .map(|o| (o, None));
+    }
+    let framing = resp
+        .framing(ubuf, req.is_head)
+        .map_err(|_| ProxyError::BadResponse)?;
+    let up_conn = resp.header(ubuf, "connection").unwrap_or(b"");
+    let upstream_reusable = resp.minor_version == 1 && !has_token(up_conn, "close");
+    let close = req.close || framing == Framing::Close || client.draining();
+    response_filter::build_response_head(&mut scratch.out, ubuf, resp, framing, close, req);
+    let head_len = resp.len;
+    let avail = ubuf.len() - head_len;
+    let mut scan = ChunkedScanner::new();
+    let (first, done) = match framing {
+        Framing::None => (0, true),
+        Framing::Length(n) => {
+            let k = n.min(avail as u64) as usize;
+            (k, k as u64 == n)
+        }
+        Framing::Chunked => {
+            let k = scan
+                .feed(&ubuf[head_len..])
+                .map_err(|_| ProxyError::BadResponse)?;
+            (k, scan.is_done())
+        }
+        Framing::Close => (avail, false),
+    };
+    let leftover = avail - first;
+    write_two(
+        &mut client.stream,
+        &scratch.out,
+        &ubuf[head_len..head_len + first],
+    )
+    .await
+    .map_err(|_| ProxyError::ResponseCut)?;
+    let clean = if done {
+        leftover == 0
+    } else {
+        let remaining = match framing {
+            Framing::Length(n) => n - first as u64,
+            _ => 0,
+        };
+        relay_response_body(client, &mut up, ubuf, framing, remaining, &mut scan, idle).await?
+    };
+    let outcome = Outcome {
+        status,
+        target: target.cfg.address,
+        close,
+        target_time,
+        attempts: 1,
+    };
+    let reusable = clean && upstream_reusable && framing != Framing::Close;
+    Ok((outcome, reusable.then_some(up)))
+}
+
+/// The body of a response past what was read with its head. Returns whether the upstream
+/// connection ended cleanly at the body's end (so it can be reused).
+async fn relay_response_body(
+    client: &mut Client,
+    up: &mut TcpStream,
+    ubuf: &mut Vec<u8>,
+    framing: Framing,
+    mut remaining: u64,
+    scan: &mut ChunkedScanner,
+    idle: Duration,
+) -> Result<bool, ProxyError> {
+    loop {
+        ubuf.clear();
+        if ubuf.capacity() < READ_CHUNK {
+            ubuf.reserve(READ_CHUNK);
+        }
+        let n = match timeout(idle, up.read_buf(ubuf)).await {
+            Err(_) => return Err(ProxyError::ResponseCut),
+            Ok(Err(_)) => return Err(ProxyError::ResponseCut),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            return if framing == Framing::Close {
+                Ok(false)
+            } else {
+                Err(ProxyError::ResponseCut)
+            };
+        }
+        let (take, done) = match framing {
+            Framing::Length(_) => {
+                let k = remaining.min(n as u64) as usize;
+                remaining -= k as u64;
+                (k, remaining == 0)
+            }
+            Framing::Chunked => {
+                let k = scan.feed(&ubuf[..n]).map_err(|_| ProxyError::ResponseCut)?;
+                (k, scan.is_done())
+            }
+            _ => (n, false),
+        };
+        client
+            .stream
+            .write_all(&ubuf[..take])
+            .await
+            .map_err(|_| ProxyError::ResponseCut)?;
+        if done {
+            return Ok(take == n);
+        }
+    }
+}
+
+/// The request body past what was buffered with its head, streamed from client to target.
+async fn stream_request_body(
+    client: &mut Client,
+    up: &mut TcpStream,
+    framing: Framing,
+    mut remaining: u64,
+    scanner: &mut ChunkedScanner,
+) -> Result<(), ProxyError> {
+    loop {
+        if client.buf.is_empty() {
+            match timeout(BODY_IDLE, client.fill()).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(ProxyError::ClientGone),
+                Ok(Ok(_)) => {}
+            }
+        }
+        let (take, done) = match framing {
+            Framing::Length(_) => {
+                let k = remaining.min(client.buf.len() as u64) as usize;
+                remaining -= k as u64;
+                (k, remaining == 0)
+            }
+            Framing::Chunked => {
+                let k = scanner
+                    .feed(&client.buf)
+                    .map_err(|_| ProxyError::Client(400, "invalid chunked body"))?;
+                (k, scanner.is_done())
+            }
+            Framing::None | Framing::Close => (0, true),
+        };
+        up.write_all(&client.buf[..take])
+            .await
+            .map_err(|_| ProxyError::UpstreamFailed)?;
+        client.consume(take);
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// After a 101: relay the response head and everything after, both ways, until both close.
+async fn tunnel(
+    client: &mut Client,
+    up: &mut TcpStream,
+    ubuf: &mut [u8],
+    target: &Target,
+    target_time: Duration,
+) -> Result<Outcome, ProxyError> {
+    client
+        .write_all(ubuf)
+        .await
+        .map_err(|_| ProxyError::ResponseCut)?;
+    if !client.buf.is_empty() {
+        up.write_all(&client.buf)
+            .await
+            .map_err(|_| ProxyError::ResponseCut)?;
+        client.consume(client.buf.len());
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client.stream, up).await {
+        tracing::debug!(error = %e, "websocket tunnel ended");
+    }
+    Ok(Outcome {
+        status: 101,
+        target: target.cfg.address,
+        close: true,
+        target_time,
+        attempts: 1,
+    })
+}

@@ -1,0 +1,389 @@
+//! End-to-end behaviour of the alb's HTTP/1.1 engine against testkit origins that report what
+//! they saw: forwarding, keep-alive, bodies, rules and actions, retries, limits, desync.
+
+use causeway_alb::Alb;
+use causeway_config::alb::FileAlb;
+use causeway_config::{parse, Context};
+use causeway_dataplane::check::NetProber;
+use causeway_dataplane::Server;
+use causeway_testkit::raw::{self, RawResponse};
+use causeway_testkit::{free_port, Origin};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Alb1 {
+    _server: Arc<Server<Alb>>,
+    addr: SocketAddr,
+}
+
+fn targets(os: &[&Origin]) -> String {
+    os.iter()
+        .map(|o| format!("{{ address = \"{}\" }}", o.addr()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Starts an alb whose listener config is `listener_extra` (rules) and whose target groups are
+/// given as TOML.
+async fn start(groups: &str, default_action: &str, rules: &str) -> Alb1 {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        r#"
+[admin]
+address = "127.0.0.1:{admin}"
+[load_balancer]
+request_header_timeout_seconds = 2
+[[listeners]]
+address = "{addr}"
+default_action = {default_action}
+{rules}
+{groups}
+"#,
+        admin = free_port()
+    );
+    let cfg = parse::<FileAlb>("alb.toml", &text, &Context { dir: ".".into() })
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    Alb1 {
+        _server: server,
+        addr,
+    }
+}
+
+fn group(name: &str, os: &[&Origin]) -> String {
+    format!(
+        "[target_groups.{name}]\ntargets = [{}]\nhealth_check.interval_seconds = 300\n",
+        targets(os)
+    )
+}
+
+async fn origins(names: &[&str]) -> Vec<Origin> {
+    let mut v = Vec::new();
+    for n in names {
+        v.push(Origin::builder().name(n).start().await);
+    }
+    v
+}
+
+/// Reads one response with a Content-Length body from a keep-alive connection.
+async fn read_response(s: &mut TcpStream) -> RawResponse {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return RawResponse::parse(&buf[..end + 4 + len]).unwrap();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed early: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+#[tokio::test]
+async fn round_robin_keep_alive_and_forwarded_headers() {
+    let os = origins(&["a", "b", "c"]).await;
+    let refs: Vec<&Origin> = os.iter().collect();
+    let alb = start(
+        &group("web", &refs),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(alb.addr).await.unwrap();
+    let mut seen = Vec::new();
+    for i in 0..6 {
+        let req = format!("GET /k{i}?q=1 HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: keep-alive\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let r = read_response(&mut s).await;
+        assert_eq!(r.status, 200);
+        let who = r.header("x-origin").unwrap().to_owned();
+        assert_eq!(r.text(), format!("origin {who} /k{i}\n"));
+        assert!(
+            r.header("connection").is_none(),
+            "no hop-by-hop header leaks: {:?}",
+            r.headers
+        );
+        seen.push(who);
+    }
+    assert_eq!(
+        seen,
+        ["a", "b", "c", "a", "b", "c"],
+        "round robin, one connection"
+    );
+    let got = os[0].seen()[0].clone();
+    assert_eq!(got.path, "/k0?q=1");
+    let port = alb.addr.port();
+    assert_eq!(
+        got.header("host"),
+        Some(format!("shop.example:{port}").as_str())
+    );
+    assert_eq!(
+        got.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(got.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        got.header("x-forwarded-port"),
+        Some(port.to_string().as_str())
+    );
+    assert!(got.header("connection").is_none() || got.header("connection") == Some("keep-alive"));
+}
+
+#[tokio::test]
+async fn request_bodies_arrive_intact() {
+    let os = origins(&["a"]).await;
+    let alb = start(
+        &group("web", &[&os[0]]),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
+    )
+    .await;
+    let body = "x".repeat(100_000);
+    let r = raw::request(alb.addr, "POST", "/upload", &[], body.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let mut s = TcpStream::connect(alb.addr).await.unwrap();
+    s.write_all(b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 200);
+    let seen = os[0].seen();
+    assert_eq!(seen[0].body.len(), 100_000);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[1].body, b"hello world");
+}
+
+#[tokio::test]
+async fn rules_route_by_every_condition_and_local_actions_answer() {
+    let os = origins(&[
+        "default", "admin", "api", "canary", "post", "preview", "local",
+    ])
+    .await;
+    let mut groups = String::new();
+    for o in &os {
+        groups.push_str(&group(o.name(), &[o]));
+    }
+    let rules = r#"
+[[listeners.rules]]
+priority = 10
+conditions = [{ field = "path-pattern", values = ["/wp-admin/*"] }]
+action = { type = "forward", target_group = "admin" }
+[[listeners.rules]]
+priority = 20
+conditions = [{ field = "host-header", values = ["api.*"] }]
+action = { type = "forward", target_group = "api" }
+[[listeners.rules]]
+priority = 30
+conditions = [{ field = "http-header", header_name = "X-Canary", values = ["on"] }]
+action = { type = "forward", target_group = "canary" }
+[[listeners.rules]]
+priority = 40
+conditions = [{ field = "http-request-method", values = ["POST"] }]
+action = { type = "forward", target_group = "post" }
+[[listeners.rules]]
+priority = 50
+conditions = [{ field = "query-string", values = [{ key = "preview", value = "true" }] }]
+action = { type = "forward", target_group = "preview" }
+[[listeners.rules]]
+priority = 60
+conditions = [{ field = "source-ip", values = ["127.0.0.0/8"] }, { field = "path-pattern", values = ["/local"] }]
+action = { type = "forward", target_group = "local" }
+[[listeners.rules]]
+priority = 70
+conditions = [{ field = "path-pattern", values = ["/old/*"] }]
+action = { type = "redirect", status_code = "HTTP_301", protocol = "HTTPS", port = "443", path = "/new/#{path}" }
+[[listeners.rules]]
+priority = 80
+conditions = [{ field = "path-pattern", values = ["/maintenance"] }]
+action = { type = "fixed-response", status_code = 503, content_type = "text/plain", message_body = "down for maintenance" }
+"#;
+    let alb = start(
+        &groups,
+        r#"{ type = "forward", target_group = "default" }"#,
+        rules,
+    )
+    .await;
+    let who = |r: RawResponse| r.header("x-origin").map(str::to_owned).unwrap_or_default();
+    let a = alb.addr;
+    assert_eq!(who(raw::get(a, "/", &[]).await.unwrap()), "default");
+    assert_eq!(
+        who(raw::get(a, "/wp-admin/post.php", &[]).await.unwrap()),
+        "admin"
+    );
+    let two_hosts = raw::get(a, "/", &[("Host", "api.example.com")])
+        .await
+        .unwrap();
+    assert_eq!(
+        two_hosts.status, 400,
+        "a second Host is refused, not routed"
+    );
+    assert_eq!(
+        who(raw::get(a, "/", &[("X-Canary", "ON")]).await.unwrap()),
+        "canary"
+    );
+    assert_eq!(
+        who(raw::request(a, "POST", "/", &[], b"x").await.unwrap()),
+        "post"
+    );
+    assert_eq!(
+        who(raw::get(a, "/?a=1&preview=true", &[]).await.unwrap()),
+        "preview"
+    );
+    assert_eq!(who(raw::get(a, "/local", &[]).await.unwrap()), "local");
+    let r = raw::get(a, "/old/page?x=1", &[]).await.unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some(
+            format!("https://{a}/new/old/page?x=1")
+                .replace(&format!(":{}", a.port()), "")
+                .as_str()
+        )
+    );
+    let r = raw::get(a, "/maintenance", &[]).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), "down for maintenance");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    // host-header through a raw request with that Host only.
+    let mut s = TcpStream::connect(a).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(who(read_response(&mut s).await), "api");
+    assert_eq!(os[1].total(), 1);
+}
+
+#[tokio::test]
+async fn dead_target_is_retried_with_no_client_error() {
+    let os = origins(&["a", "b", "c"]).await;
+    let refs: Vec<&Origin> = os.iter().collect();
+    let alb = start(
+        &group("web", &refs),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
+    )
+    .await;
+    for i in 0..6 {
+        assert_eq!(
+            raw::get(alb.addr, &format!("/warm{i}"), &[])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    os[1].stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..60 {
+        let r = raw::get(alb.addr, &format!("/after{i}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_ne!(r.header("x-origin"), Some("b"));
+    }
+    // A POST whose target refuses the connection was never sent: retried too.
+    let r = raw::request(alb.addr, "POST", "/form", &[], b"a=1")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn all_targets_down_is_502_and_empty_group_is_503() {
+    let dead = causeway_testkit::closed_port().await;
+    let groups = format!(
+        "[target_groups.dead]\ntargets = [{{ address = \"{dead}\" }}]\nhealth_check.interval_seconds = 300\n[target_groups.empty]\nhealth_check.interval_seconds = 300\n"
+    );
+    let rules = r#"
+[[listeners.rules]]
+priority = 1
+conditions = [{ field = "path-pattern", values = ["/empty"] }]
+action = { type = "forward", target_group = "empty" }
+"#;
+    let alb = start(
+        &groups,
+        r#"{ type = "forward", target_group = "dead" }"#,
+        rules,
+    )
+    .await;
+    assert_eq!(raw::get(alb.addr, "/", &[]).await.unwrap().status, 502);
+    assert_eq!(raw::get(alb.addr, "/empty", &[]).await.unwrap().status, 503);
+}
+
+#[tokio::test]
+async fn limits_and_desync_refusals_never_reach_the_origin() {
+    let os = origins(&["a"]).await;
+    let alb = start(
+        &group("web", &[&os[0]]),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
+    )
+    .await;
+    let a = alb.addr;
+    let long = format!("/{}", "a".repeat(17 * 1024));
+    assert_eq!(raw::get(a, &long, &[]).await.unwrap().status, 414);
+    let big = "b".repeat(17 * 1024);
+    assert_eq!(
+        raw::get(a, "/", &[("X-Big", &big)]).await.unwrap().status,
+        431
+    );
+    let cases: [&[u8]; 6] = [
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\n\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET http://evil/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    for raw_req in cases {
+        let out = raw::exchange(a, raw_req, Duration::from_secs(3))
+            .await
+            .unwrap();
+        let r = RawResponse::parse(&out)
+            .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw_req)));
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(raw_req));
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(os[0].total(), 0, "nothing ambiguous reached the origin");
+}
+
+#[tokio::test]
+async fn slow_header_gets_408() {
+    let os = origins(&["a"]).await;
+    let alb = start(
+        &group("web", &[&os[0]]),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(alb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let out = raw::read_until_quiet(&mut s, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let r = RawResponse::parse(&out).unwrap();
+    assert_eq!(r.status, 408);
+}
