@@ -1,7 +1,7 @@
 //! The client side of a connection: the socket, its read buffer (released while idle, so an
 //! idle keep-alive connection holds no buffer), and vectored writes.
 
-use causeway_dataplane::Conn;
+use causeway_dataplane::{buffers, Conn};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +20,12 @@ pub struct Client {
     pub buf: Vec<u8>,
     pub shutdown: watch::Receiver<bool>,
     pub requests: u64,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        buffers::give(std::mem::take(&mut self.buf));
+    }
 }
 
 impl Client {
@@ -41,16 +47,19 @@ impl Client {
 
     /// Reads more bytes onto the end of the buffer; 0 means EOF.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
+        if self.buf.capacity() == 0 {
+            self.buf = buffers::take();
+        } else if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
         self.stream.read_buf(&mut self.buf).await
     }
 
-    /// Drops the first `n` bytes (a finished request); frees the buffer when nothing is left.
+    /// Drops the first `n` bytes (a finished request); gives the buffer back when nothing is
+    /// left.
     pub fn consume(&mut self, n: usize) {
         if n >= self.buf.len() {
-            self.buf = Vec::new();
+            buffers::give(std::mem::take(&mut self.buf));
         } else {
             self.buf.drain(..n);
         }
@@ -59,6 +68,23 @@ impl Client {
     pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(data).await
     }
+}
+
+/// Bodies up to this size are copied behind the head and sent with it in one `send`.
+pub const JOIN_LIMIT: usize = 4096;
+
+/// Writes `head` then `body`: one `send` of both when the body is small (the body is copied
+/// behind the head in `head`'s buffer), else one `writev`.
+pub async fn write_joined(
+    s: &mut TcpStream,
+    head: &mut Vec<u8>,
+    body: &[u8],
+) -> std::io::Result<()> {
+    if body.len() <= JOIN_LIMIT {
+        head.extend_from_slice(body);
+        return s.write_all(head).await;
+    }
+    write_two(s, head, body).await
 }
 
 /// Writes two slices with as few syscalls as possible.

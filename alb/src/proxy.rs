@@ -93,6 +93,7 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
                 body,
             } => {
                 let close = req.close || keep_alive_over || body_left(&client, &head, &req);
+                scratch.ready();
                 scratch.out.clear();
                 action::render(
                     &mut scratch.out,
@@ -121,6 +122,7 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
                     None => Err((ProxyError::Client(400, "Host cannot be redirected"), None)),
                     Some(loc) => {
                         let close = req.close || keep_alive_over || body_left(&client, &head, &req);
+                        scratch.ready();
                         scratch.out.clear();
                         action::render(
                             &mut scratch.out,

@@ -4,7 +4,7 @@
 //! A connect failure is retried on another target; a failure after sending only for an
 //! idempotent request whose body we still hold, and never once a response byte went out.
 
-use crate::client::{write_two, Client};
+use crate::client::{write_joined, Client};
 use crate::error::ProxyError;
 use crate::request_filter::{Prepared, BODY_IDLE};
 use crate::response_filter;
@@ -15,7 +15,7 @@ use causeway_dataplane::http1::{
     parse_response, ChunkedScanner, Framing, RequestHead, ResponseHead,
 };
 use causeway_dataplane::target::{Target, TargetGroup};
-use causeway_dataplane::Snapshot;
+use causeway_dataplane::{buffers, Snapshot};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +39,26 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Frees the buffers while the connection idles.
+    /// Gives the buffers back while the connection idles.
     pub fn release(&mut self) {
-        self.out = Vec::new();
-        self.ubuf = Vec::new();
+        buffers::give(std::mem::take(&mut self.out));
+        buffers::give(std::mem::take(&mut self.ubuf));
+    }
+
+    /// Makes sure both buffers are allocated.
+    pub fn ready(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = buffers::take();
+        }
+        if self.ubuf.capacity() == 0 {
+            self.ubuf = buffers::take();
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -238,7 +254,9 @@ pub async fn forward(
             .await
             .map_err(|_| (ProxyError::ClientGone, None))?;
     }
+    scratch.ready();
     build_request_head(&mut scratch.out, &client.buf, head, req, client, lb);
+    let head_out_len = scratch.out.len();
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut last = ProxyError::NoTargets;
     for attempt in 1..=MAX_ATTEMPTS {
@@ -266,7 +284,9 @@ pub async fn forward(
         };
         let started = Instant::now();
         let body = &client.buf[head.len..head.len + prefix];
-        let result = match write_two(&mut up, &scratch.out, body).await {
+        // A retry resends the head alone plus the body again.
+        scratch.out.truncate(head_out_len);
+        let result = match write_joined(&mut up, &mut scratch.out, body).await {
             Err(_) => Err(ProxyError::UpstreamFailed),
             Ok(()) => {
                 let sent = Sent {
@@ -422,9 +442,9 @@ async fn exchange(
         Framing::Close => (avail, false),
     };
     let leftover = avail - first;
-    write_two(
+    write_joined(
         &mut client.stream,
-        &scratch.out,
+        &mut scratch.out,
         &ubuf[head_len..head_len + first],
     )
     .await

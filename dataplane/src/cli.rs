@@ -57,8 +57,13 @@ pub fn main<P: Plane>() -> ExitCode {
         }
     };
     let workers = P::server(&config).workers;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+    // One worker runs on a current-thread runtime: no work-stealing bookkeeping.
+    let mut rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
         rt.worker_threads(workers);
     }
     let rt = match rt.enable_all().build() {

@@ -7,6 +7,7 @@
 //! - [`cli`]: the shared command line and signal handling.
 
 pub mod admin;
+pub mod buffers;
 pub mod check;
 pub mod cli;
 pub mod desync;

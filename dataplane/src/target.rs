@@ -276,10 +276,18 @@ impl TargetGroup {
     pub fn select(&self, hash: u64) -> Option<Arc<Target>> {
         let n = self.targets.len();
         let usable = self.usable();
-        let now = Instant::now();
+        // The clock is read only when slow start needs it.
+        let now = if self.cfg.slow_start.is_zero() {
+            None
+        } else {
+            Some(Instant::now())
+        };
         let weight = |i: usize| {
             if usable(i) {
-                self.targets[i].effective_weight(self.cfg.slow_start, now)
+                match now {
+                    None => self.targets[i].cfg.weight,
+                    Some(now) => self.targets[i].effective_weight(self.cfg.slow_start, now),
+                }
             } else {
                 0
             }
