@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod request_filter;
 pub mod response_filter;
 pub mod route;
+pub mod sticky;
 pub mod upstream;
 
 use causeway_config::alb::{AlbConfig, FileAlb};
@@ -21,17 +22,21 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Alb;
 
-/// Routes compiled at load, one router per listener.
+/// What the alb derives from its config at load: one router per listener, and the sticky
+/// cookie key.
 #[derive(Debug)]
-pub struct Routers(Vec<(SocketAddr, route::Router)>);
+pub struct Routers {
+    routers: Vec<(SocketAddr, route::Router)>,
+    pub sticky_key: sticky::StickyKey,
+}
 
 impl Routers {
     /// The router of the listener bound at `local`.
     pub fn router(&self, local: SocketAddr) -> Option<&route::Router> {
-        self.0
+        self.routers
             .iter()
             .find(|(a, _)| *a == local)
-            .or_else(|| self.0.iter().find(|(a, _)| a.port() == local.port()))
+            .or_else(|| self.routers.iter().find(|(a, _)| a.port() == local.port()))
             .map(|(_, r)| r)
     }
 }
@@ -44,12 +49,17 @@ impl Plane for Alb {
     type Compiled = Routers;
 
     fn compile(cfg: &AlbConfig) -> Routers {
-        Routers(
-            cfg.listeners
+        Routers {
+            routers: cfg
+                .listeners
                 .iter()
                 .map(|l| (l.address, route::Router::compile(l)))
                 .collect(),
-        )
+            sticky_key: match &cfg.load_balancer.stickiness_secret {
+                Some(s) => sticky::StickyKey::from_secret(s),
+                None => sticky::StickyKey::process(),
+            },
+        }
     }
 
     fn server(cfg: &AlbConfig) -> &ServerConfig {

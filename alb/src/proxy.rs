@@ -80,9 +80,18 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
                 None => Err((ProxyError::NoTargets, None)),
                 Some(group) => {
                     let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
-                    let r =
-                        upstream::forward(&mut client, &head, &req, group, lb, &mut scratch, hash)
-                            .await;
+                    let key = &snap.compiled.sticky_key;
+                    let r = upstream::forward(
+                        &mut client,
+                        &head,
+                        &req,
+                        group,
+                        lb,
+                        &mut scratch,
+                        hash,
+                        key,
+                    )
+                    .await;
                     logging::forwarded(&group.cfg.name, received, &r);
                     r.map(|o| o.close)
                 }

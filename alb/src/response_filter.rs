@@ -2,7 +2,6 @@
 //! headers (and those the Connection header names) are dropped; framing and connection headers
 //! are set for the client's side of the exchange.
 
-use crate::request_filter::Prepared;
 use causeway_dataplane::http1::head::{has_token, is_hop_by_hop};
 use causeway_dataplane::http1::{Framing, ResponseHead};
 
@@ -13,7 +12,7 @@ pub fn build_response_head(
     resp: &ResponseHead,
     framing: Framing,
     close: bool,
-    _req: &Prepared,
+    set_cookie: Option<&[u8]>,
 ) {
     out.clear();
     let status_line_end = ubuf.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
@@ -38,6 +37,11 @@ pub fn build_response_head(
     if framing == Framing::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
+    if let Some(c) = set_cookie {
+        out.extend_from_slice(b"Set-Cookie: ");
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -47,23 +51,7 @@ pub fn build_response_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use causeway_dataplane::desync::{Classification, Tier};
     use causeway_dataplane::http1::parse_response;
-
-    fn prepared() -> Prepared {
-        Prepared {
-            framing: Framing::None,
-            close: false,
-            idempotent: true,
-            is_head: false,
-            expect_continue: false,
-            websocket: false,
-            classification: Classification {
-                tier: Tier::Compliant,
-                reason: causeway_dataplane::desync::ClassificationReason::Compliant,
-            },
-        }
-    }
 
     #[test]
     fn drops_hop_by_hop_and_sets_framing() {
@@ -71,10 +59,17 @@ mod tests {
         let mut h = ResponseHead::default();
         assert!(parse_response(raw, 65536, &mut h).unwrap());
         let mut out = Vec::new();
-        build_response_head(&mut out, raw, &h, Framing::Chunked, true, &prepared());
+        build_response_head(
+            &mut out,
+            raw,
+            &h,
+            Framing::Chunked,
+            true,
+            Some(b"AWSALB=x; Path=/"),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nSet-Cookie: AWSALB=x; Path=/\r\nConnection: close\r\n\r\n"
         );
     }
 
@@ -84,7 +79,7 @@ mod tests {
         let mut h = ResponseHead::default();
         assert!(parse_response(raw, 65536, &mut h).unwrap());
         let mut out = Vec::new();
-        build_response_head(&mut out, raw, &h, Framing::Length(0), false, &prepared());
+        build_response_head(&mut out, raw, &h, Framing::Length(0), false, None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"

@@ -8,8 +8,10 @@ use crate::client::{write_joined, Client};
 use crate::error::ProxyError;
 use crate::request_filter::{Prepared, BODY_IDLE};
 use crate::response_filter;
+use crate::sticky::{self, StickyKey};
 use crate::Alb;
 use causeway_config::alb::{LoadBalancerAttributes, XffMode};
+use causeway_config::common::Stickiness;
 use causeway_dataplane::http1::head::{has_token, is_hop_by_hop};
 use causeway_dataplane::http1::{
     parse_response, ChunkedScanner, Framing, RequestHead, ResponseHead,
@@ -18,7 +20,7 @@ use causeway_dataplane::target::{Target, TargetGroup};
 use causeway_dataplane::{buffers, Snapshot};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
@@ -89,8 +91,38 @@ pub fn pick_group<'s>(
     snap.group(name)
 }
 
-/// Phase `upstream_peer`: a target not yet tried.
-pub fn upstream_peer(group: &TargetGroup, tried: &[SocketAddr], hash: u64) -> Option<Arc<Target>> {
+/// The target a valid sticky cookie names, if it is registered and routable.
+pub fn sticky_target(
+    group: &TargetGroup,
+    buf: &[u8],
+    head: &RequestHead,
+    key: &StickyKey,
+    now_unix: u64,
+) -> Option<Arc<Target>> {
+    let addr = head
+        .headers
+        .iter()
+        .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"cookie"))
+        .find_map(|h| sticky::find_cookie(h.value.get(buf), sticky::LB_COOKIE))
+        .and_then(|v| sticky::decode(key, v, now_unix))?;
+    group
+        .targets
+        .iter()
+        .find(|t| t.cfg.address == addr && group.accepts(t))
+        .cloned()
+}
+
+/// Phase `upstream_peer`: the sticky target if there is one, else the group's algorithm's
+/// choice; never a target already tried.
+pub fn upstream_peer(
+    group: &TargetGroup,
+    tried: &[SocketAddr],
+    hash: u64,
+    sticky: Option<&Arc<Target>>,
+) -> Option<Arc<Target>> {
+    if let Some(t) = sticky.filter(|t| !tried.contains(&t.cfg.address)) {
+        return Some(t.clone());
+    }
     if let Some(t) = group.select(hash) {
         if !tried.contains(&t.cfg.address) {
             return Some(t);
@@ -245,6 +277,7 @@ pub async fn forward(
     lb: &LoadBalancerAttributes,
     scratch: &mut Scratch,
     hash: u64,
+    key: &StickyKey,
 ) -> Result<Outcome, (ProxyError, Option<SocketAddr>)> {
     let (prefix, complete, scanner) =
         buffered_body(&client.buf, head.len, req.framing).map_err(|e| (e, None))?;
@@ -257,12 +290,31 @@ pub async fn forward(
     scratch.ready();
     build_request_head(&mut scratch.out, &client.buf, head, req, client, lb);
     let head_out_len = scratch.out.len();
+    let stickiness = match &group.cfg.stickiness {
+        Some(Stickiness::LbCookie { duration }) => Some(*duration),
+        _ => None,
+    };
+    let now_unix = stickiness.map(|_| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let stuck = now_unix.and_then(|now| sticky_target(group, &client.buf, head, key, now));
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut last = ProxyError::NoTargets;
     for attempt in 1..=MAX_ATTEMPTS {
-        let Some(target) = upstream_peer(group, &tried, hash) else {
+        let Some(target) = upstream_peer(group, &tried, hash, stuck.as_ref()) else {
             break;
         };
+        // Every response refreshes the cookie (as ALB does), re-sticking after a failover.
+        let set_cookie = stickiness.zip(now_unix).map(|(d, now)| {
+            format!(
+                "{}={}; Max-Age={}; Path=/",
+                sticky::LB_COOKIE,
+                sticky::encode(key, target.cfg.address, now + d.as_secs()),
+                d.as_secs()
+            )
+        });
         let addr = target.cfg.address;
         let _in_flight = target.begin();
         let pooled = target.pool.take();
@@ -298,7 +350,18 @@ pub async fn forward(
                     },
                     scanner: scanner.clone(),
                 };
-                exchange(client, up, sent, req, scratch, lb, &target, started).await
+                exchange(
+                    client,
+                    up,
+                    sent,
+                    req,
+                    scratch,
+                    lb,
+                    &target,
+                    started,
+                    set_cookie.as_deref(),
+                )
+                .await
             }
         };
         match result {
@@ -354,6 +417,7 @@ async fn exchange(
     lb: &LoadBalancerAttributes,
     target: &Target,
     started: Instant,
+    set_cookie: Option<&str>,
 ) -> Result<(Outcome, Option<TcpStream>), ProxyError> {
     let idle = lb.idle_timeout;
     if !sent.complete {
@@ -423,7 +487,14 @@ async fn exchange(
     let up_conn = resp.header(ubuf, "connection").unwrap_or(b"");
     let upstream_reusable = resp.minor_version == 1 && !has_token(up_conn, "close");
     let close = req.close || framing == Framing::Close || client.draining();
-    response_filter::build_response_head(&mut scratch.out, ubuf, resp, framing, close, req);
+    response_filter::build_response_head(
+        &mut scratch.out,
+        ubuf,
+        resp,
+        framing,
+        close,
+        set_cookie.map(str::as_bytes),
+    );
     let head_len = resp.len;
     let avail = ubuf.len() - head_len;
     let mut scan = ChunkedScanner::new();

@@ -53,9 +53,11 @@ fn check_flag_reports_file_line_and_key() {
     let dir = TempDir::new("check");
     let bad = dir.path().join("bad.toml");
     let text = std::fs::read_to_string(examples_dir().join("alb.toml")).unwrap();
-    let text = text.replace(
-        "interval_seconds = 2",
-        "interval_seconds = 2\nintervall_seconds = 3",
+    // A typo in the first health check written as a table (not inline).
+    let text = text.replacen(
+        "\ninterval_seconds = 2\n",
+        "\ninterval_seconds = 2\nintervall_seconds = 3\n",
+        1,
     );
     std::fs::write(&bad, &text).unwrap();
     let line = text

@@ -27,16 +27,24 @@ fn targets(os: &[&Origin]) -> String {
         .join(", ")
 }
 
-/// Starts an alb whose listener config is `listener_extra` (rules) and whose target groups are
-/// given as TOML.
+/// Starts an alb with these target groups (TOML), default action and rules. A `[load_balancer]`
+/// table at the start of `groups` is merged into the alb's own.
 async fn start(groups: &str, default_action: &str, rules: &str) -> Alb1 {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (lb_extra, groups) = match groups.strip_prefix("[load_balancer]\n") {
+        Some(rest) => {
+            let end = rest.find("\n[").map_or(rest.len(), |i| i + 1);
+            (&rest[..end], &rest[end..])
+        }
+        None => ("", groups),
+    };
     let text = format!(
         r#"
 [admin]
 address = "127.0.0.1:{admin}"
 [load_balancer]
 request_header_timeout_seconds = 2
+{lb_extra}
 [[listeners]]
 address = "{addr}"
 default_action = {default_action}
@@ -386,4 +394,99 @@ async fn slow_header_gets_408() {
         .unwrap();
     let r = RawResponse::parse(&out).unwrap();
     assert_eq!(r.status, 408);
+}
+
+fn sticky_group(os: &[&Origin]) -> String {
+    format!(
+        "{}stickiness.enabled = true\nstickiness.type = \"lb_cookie\"\nstickiness.lb_cookie.duration_seconds = 3600\n",
+        group("web", os)
+    )
+}
+
+async fn start_sticky(os: &[&Origin]) -> Alb1 {
+    start(
+        &sticky_group(os),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
+    )
+    .await
+}
+
+fn cookie_of(r: &RawResponse) -> String {
+    let sc = r
+        .header("set-cookie")
+        .expect("sticky responses set the cookie");
+    assert!(sc.contains("Max-Age=3600") && sc.contains("Path=/"), "{sc}");
+    sc.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn lb_cookie_stickiness_holds_refuses_forgery_and_re_sticks() {
+    let os = origins(&["a", "b", "c"]).await;
+    let refs: Vec<&Origin> = os.iter().collect();
+    let alb = start_sticky(&refs).await;
+    let first = raw::get(alb.addr, "/", &[]).await.unwrap();
+    let stuck_to = first.header("x-origin").unwrap().to_owned();
+    let cookie = cookie_of(&first);
+    assert!(cookie.starts_with("AWSALB="), "{cookie}");
+    for _ in 0..10 {
+        let r = raw::get(alb.addr, "/again", &[("Cookie", &format!("x=1; {cookie}"))])
+            .await
+            .unwrap();
+        assert_eq!(r.header("x-origin"), Some(stuck_to.as_str()), "sticky");
+    }
+    // A forged cookie naming another target is ignored: round robin decides, as without one.
+    let stuck = os.iter().find(|o| o.name() == stuck_to).unwrap();
+    let other = os.iter().find(|o| o.name() != stuck_to).unwrap();
+    let forged = cookie.replace(&stuck.addr().to_string(), &other.addr().to_string());
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let r = raw::get(alb.addr, "/forged", &[("Cookie", &forged)])
+            .await
+            .unwrap();
+        names.insert(r.header("x-origin").unwrap().to_owned());
+        assert_ne!(cookie_of(&r), forged, "a forged cookie is replaced");
+    }
+    assert_eq!(names.len(), 3, "forgery does not pin a target: {names:?}");
+    // The sticky target dies: the request goes elsewhere and the cookie follows it.
+    stuck.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = raw::get(alb.addr, "/failover", &[("Cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let new_home = r.header("x-origin").unwrap().to_owned();
+    assert_ne!(new_home, stuck_to);
+    let new_cookie = cookie_of(&r);
+    let r = raw::get(alb.addr, "/after", &[("Cookie", &new_cookie)])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.header("x-origin"),
+        Some(new_home.as_str()),
+        "re-stuck to the new target"
+    );
+}
+
+#[tokio::test]
+async fn replicas_sharing_a_secret_honour_each_others_cookies() {
+    let os = origins(&["a", "b", "c"]).await;
+    let refs: Vec<&Origin> = os.iter().collect();
+    let groups = format!(
+        "[load_balancer]\nstickiness_secret = \"a shared secret of the fleet\"\n{}",
+        sticky_group(&refs)
+    );
+    let one = start(&groups, r#"{ type = "forward", target_group = "web" }"#, "").await;
+    let two = start(&groups, r#"{ type = "forward", target_group = "web" }"#, "").await;
+    // Move replica two's round robin off step with replica one.
+    raw::get(two.addr, "/", &[]).await.unwrap();
+    let first = raw::get(one.addr, "/", &[]).await.unwrap();
+    let home = first.header("x-origin").unwrap().to_owned();
+    let cookie = cookie_of(&first);
+    for _ in 0..5 {
+        let r = raw::get(two.addr, "/", &[("Cookie", &cookie)])
+            .await
+            .unwrap();
+        assert_eq!(r.header("x-origin"), Some(home.as_str()));
+    }
 }

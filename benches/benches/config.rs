@@ -11,7 +11,7 @@ fn config(c: &mut Criterion) {
     c.bench_function("parse_alb_example", |b| {
         b.iter(|| parse::<FileAlb>("alb.toml", black_box(text), &cx).unwrap())
     });
-    let bad = text.replace("interval_seconds = 2", "interval_seconds = 0");
+    let bad = text.replacen("\ninterval_seconds = 2\n", "\ninterval_seconds = 0\n", 1);
     c.bench_function("parse_alb_error_placed", |b| {
         b.iter(|| parse::<FileAlb>("alb.toml", black_box(&bad), &cx).unwrap_err())
     });

@@ -38,6 +38,9 @@ pub struct FileLoadBalancer {
     pub routing: FileRouting,
     /// Ours: how long a client may take to send a whole request head (slowloris).
     pub request_header_timeout_seconds: Option<i64>,
+    /// Ours: the key that signs sticky cookies; replicas that share it honour each other's
+    /// cookies. Without it each process signs with a random key of its own.
+    pub stickiness_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +103,7 @@ pub struct LoadBalancerAttributes {
     pub desync_mitigation_mode: DesyncMode,
     pub xff: XffMode,
     pub preserve_host_header: bool,
+    pub stickiness_secret: Option<String>,
 }
 
 impl FileLoadBalancer {
@@ -157,6 +161,15 @@ impl FileLoadBalancer {
             desync_mitigation_mode: desync,
             xff,
             preserve_host_header: h.preserve_host_header.enabled.unwrap_or(false),
+            stickiness_secret: match self.stickiness_secret {
+                Some(s) if s.len() < 16 => {
+                    return Err(Violation::new(
+                        "load_balancer.stickiness_secret",
+                        "must be at least 16 characters",
+                    ))
+                }
+                other => other,
+            },
         })
     }
 }

@@ -271,6 +271,13 @@ impl TargetGroup {
         move |i| fail_open || self.targets[i].state().routable()
     }
 
+    /// Whether `t` (a registered target) may take new work now: routable, or any registered
+    /// target while the group fails open.
+    pub fn accepts(&self, t: &Target) -> bool {
+        t.state().routable()
+            || (!matches!(t.state(), State::Draining | State::Unused) && !self.any_routable())
+    }
+
     /// Chooses a target for a new request or flow. `hash` is the flow or key hash, used by
     /// Maglev; the other algorithms ignore it.
     pub fn select(&self, hash: u64) -> Option<Arc<Target>> {
