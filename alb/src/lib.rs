@@ -28,6 +28,8 @@ pub struct Alb;
 pub struct Routers {
     routers: Vec<(SocketAddr, route::Router)>,
     pub sticky_key: sticky::StickyKey,
+    /// Reopened on every load, so SIGHUP after a log rotation writes to the new file.
+    pub access_log: Option<causeway_dataplane::accesslog::AccessLog>,
 }
 
 impl Routers {
@@ -48,8 +50,15 @@ impl Plane for Alb {
     type Config = AlbConfig;
     type Compiled = Routers;
 
-    fn compile(cfg: &AlbConfig) -> Routers {
-        Routers {
+    fn compile(cfg: &AlbConfig) -> Result<Routers, String> {
+        let access_log = match &cfg.load_balancer.access_log {
+            None => None,
+            Some(p) => Some(
+                causeway_dataplane::accesslog::AccessLog::open(p)
+                    .map_err(|e| format!("cannot open access log {}: {e}", p.display()))?,
+            ),
+        };
+        Ok(Routers {
             routers: cfg
                 .listeners
                 .iter()
@@ -59,7 +68,8 @@ impl Plane for Alb {
                 Some(s) => sticky::StickyKey::from_secret(s),
                 None => sticky::StickyKey::process(),
             },
-        }
+            access_log,
+        })
     }
 
     fn server(cfg: &AlbConfig) -> &ServerConfig {

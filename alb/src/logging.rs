@@ -52,3 +52,165 @@ pub fn elb_error(e: &ProxyError) {
         metrics::counter!("causeway_alb_httpcode_elb_count", "class" => class(s)).increment(1);
     }
 }
+
+/// What the access log needs of a request, captured before its bytes are consumed. Built only
+/// when access logging is on.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    pub created: std::time::SystemTime,
+    pub received: Instant,
+    pub client: SocketAddr,
+    pub listener: SocketAddr,
+    /// `GET http://host:port/path HTTP/1.1`, as ALB logs it.
+    pub request: Vec<u8>,
+    pub user_agent: Vec<u8>,
+    pub received_bytes: u64,
+    pub classification: &'static str,
+    pub classification_reason: String,
+}
+
+impl RequestInfo {
+    pub fn capture(
+        buf: &[u8],
+        head: &causeway_dataplane::http1::RequestHead,
+        classification: causeway_dataplane::desync::Classification,
+        client: SocketAddr,
+        listener: SocketAddr,
+        received: Instant,
+    ) -> RequestInfo {
+        let mut request = Vec::with_capacity(64 + head.target.len());
+        request.extend_from_slice(head.method(buf));
+        request.extend_from_slice(b" http://");
+        let host = head.header(buf, "host").unwrap_or(b"-");
+        request.extend_from_slice(crate::route::host_without_port(host));
+        request.push(b':');
+        request.extend_from_slice(listener.port().to_string().as_bytes());
+        request.extend_from_slice(head.target(buf));
+        request.extend_from_slice(if head.minor_version == 0 {
+            b" HTTP/1.0"
+        } else {
+            b" HTTP/1.1"
+        });
+        let body = match head.framing(buf) {
+            Ok(causeway_dataplane::http1::Framing::Length(n)) => n,
+            _ => 0,
+        };
+        let compliant = classification.tier == causeway_dataplane::desync::Tier::Compliant;
+        RequestInfo {
+            created: std::time::SystemTime::now(),
+            received,
+            client,
+            listener,
+            request,
+            user_agent: head.header(buf, "user-agent").unwrap_or(b"-").to_vec(),
+            received_bytes: head.len as u64 + body,
+            classification: if compliant {
+                "-"
+            } else {
+                classification.tier_name()
+            },
+            classification_reason: if compliant {
+                "-".into()
+            } else {
+                format!("{:?}", classification.reason)
+            },
+        }
+    }
+}
+
+/// How a request ended, for its access log line.
+#[derive(Debug, Clone, Copy)]
+pub enum Ended<'a> {
+    Forwarded {
+        group: &'a str,
+        outcome: &'a Result<Outcome, (ProxyError, Option<SocketAddr>)>,
+    },
+    Local {
+        status: u16,
+        action: &'static str,
+    },
+    Refused(ProxyError),
+}
+
+/// One line in ALB's access log format (fields that need TLS or AWS ARNs are `-`).
+pub fn access_line(info: &RequestInfo, ended: Ended<'_>, priority: Option<u32>) -> String {
+    use causeway_dataplane::accesslog::{iso8601, quote};
+    use std::fmt::Write;
+    let elapsed = info.received.elapsed().as_secs_f64();
+    let (target, elb_status, target_status, target_time, group, actions, error, sent) = match ended
+    {
+        Ended::Forwarded {
+            group,
+            outcome: Ok(o),
+        } => (
+            o.target.to_string(),
+            o.status.to_string(),
+            o.status.to_string(),
+            format!("{:.3}", o.target_time.as_secs_f64()),
+            group.to_owned(),
+            "forward",
+            "-".to_owned(),
+            o.sent_bytes,
+        ),
+        Ended::Forwarded {
+            group,
+            outcome: Err((e, t)),
+        } => (
+            t.map_or("-".into(), |t| t.to_string()),
+            e.status().map_or("-".into(), |s| s.to_string()),
+            "-".into(),
+            "-1".into(),
+            group.to_owned(),
+            "forward",
+            format!("{e:?}"),
+            0,
+        ),
+        Ended::Local { status, action } => (
+            "-".into(),
+            status.to_string(),
+            "-".into(),
+            "-1".into(),
+            "-".into(),
+            action,
+            "-".into(),
+            0,
+        ),
+        Ended::Refused(e) => (
+            "-".into(),
+            e.status().map_or("-".into(), |s| s.to_string()),
+            "-".into(),
+            "-1".into(),
+            "-".into(),
+            "-",
+            format!("{e:?}"),
+            0,
+        ),
+    };
+    let mut l = String::with_capacity(512);
+    let _ = write!(
+        l,
+        "http {} app/causeway-alb/{} {} {} 0.000 {} {:.3} {} {} {} {} ",
+        iso8601(std::time::SystemTime::now()),
+        info.listener,
+        info.client,
+        target,
+        target_time,
+        elapsed,
+        elb_status,
+        target_status,
+        info.received_bytes,
+        sent
+    );
+    quote(&mut l, &info.request);
+    l.push(' ');
+    quote(&mut l, &info.user_agent);
+    let _ = write!(
+        l,
+        " - - {group} \"-\" \"-\" \"-\" {} {} \"{actions}\" \"-\" \"{error}\" \"{target}\" \"{target_status}\" \"{}\" \"{}\"",
+        priority.map_or("0".into(), |p| p.to_string()),
+        iso8601(info.created),
+        info.classification,
+        info.classification_reason
+    );
+    l
+}

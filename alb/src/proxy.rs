@@ -45,17 +45,44 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
         }
         let received = Instant::now();
         client.requests += 1;
+        let access_log = snap.compiled.access_log.as_ref();
         let req = match request_filter::prepare(&client, &head, lb) {
             Ok(r) => r,
             Err(e) => {
                 logging::elb_error(&e);
+                if let Some(log) = access_log {
+                    let c = causeway_dataplane::desync::classify(&client.buf, &head);
+                    let info = logging::RequestInfo::capture(
+                        &client.buf,
+                        &head,
+                        c,
+                        client.peer,
+                        client.local,
+                        received,
+                    );
+                    log.log(logging::access_line(
+                        &info,
+                        logging::Ended::Refused(e),
+                        None,
+                    ));
+                }
                 refuse(&mut client, e).await;
                 break;
             }
         };
         let keep_alive_over = opened.elapsed() >= lb.client_keep_alive;
+        let info = access_log.map(|_| {
+            logging::RequestInfo::capture(
+                &client.buf,
+                &head,
+                req.classification,
+                client.peer,
+                client.local,
+                received,
+            )
+        });
         // route
-        let action = {
+        let (action, priority) = {
             let buf = &client.buf;
             let (path, query) = split_target(head.target(buf));
             let headers = |name: &str, f: &mut dyn FnMut(&[u8]) -> bool| {
@@ -72,12 +99,17 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
                 source: client.peer.ip(),
                 headers: &headers,
             };
-            router.route(&view).0
+            router.route(&view)
         };
+        // The access log line is written once the request has ended, however it ended.
+        let mut ended: Option<logging::Ended<'_>> = None;
         // action
         let result = match action {
             Action::Forward { target_groups } => match upstream::pick_group(&snap, target_groups) {
-                None => Err((ProxyError::NoTargets, None)),
+                None => {
+                    ended = Some(logging::Ended::Refused(ProxyError::NoTargets));
+                    Err((ProxyError::NoTargets, None))
+                }
                 Some(group) => {
                     let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
                     let key = &snap.compiled.sticky_key;
@@ -93,6 +125,13 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
                     )
                     .await;
                     logging::forwarded(&group.cfg.name, received, &r);
+                    if let (Some(log), Some(info)) = (access_log, &info) {
+                        let e = logging::Ended::Forwarded {
+                            group: &group.cfg.name,
+                            outcome: &r,
+                        };
+                        log.log(logging::access_line(info, e, priority));
+                    }
                     r.map(|o| o.close)
                 }
             },
@@ -112,6 +151,10 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
                     close,
                     &[],
                 );
+                ended = Some(logging::Ended::Local {
+                    status: *status,
+                    action: "fixed-response",
+                });
                 finish_local(&mut client, &head, &req, &scratch.out, close, *status).await
             }
             Action::Redirect(r) => {
@@ -141,11 +184,27 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
                             close,
                             &[("Location", &loc)],
                         );
+                        ended = Some(logging::Ended::Local {
+                            status: r.status,
+                            action: "redirect",
+                        });
                         finish_local(&mut client, &head, &req, &scratch.out, close, r.status).await
                     }
                 }
             }
         };
+        if let (Some(log), Some(info)) = (access_log, &info) {
+            let e = match (&result, ended) {
+                (_, Some(e)) => Some(e),
+                (Err((e, _)), None) if !matches!(action, Action::Forward { .. }) => {
+                    Some(logging::Ended::Refused(*e))
+                }
+                _ => None,
+            };
+            if let Some(e) = e {
+                log.log(logging::access_line(info, e, priority));
+            }
+        }
         match result {
             Ok(close) if !close && !keep_alive_over && !client.draining() => {
                 if client.buf.is_empty() {

@@ -111,8 +111,7 @@ pub fn prepare(
     if method == b"CONNECT" {
         return Err(ProxyError::Client(405, "CONNECT is not supported"));
     }
-    let connection = head.header(buf, "connection").unwrap_or(b"");
-    let has = |t: &str| causeway_dataplane::http1::head::has_token(connection, t);
+    let has = |t: &str| head.lists_token(buf, "connection", t);
     let close = has("close")
         || (head.minor_version == 0 && !has("keep-alive"))
         || verdict == Verdict::AllowThenClose

@@ -12,7 +12,7 @@ use crate::sticky::{self, StickyKey};
 use crate::Alb;
 use causeway_config::alb::{LoadBalancerAttributes, XffMode};
 use causeway_config::common::Stickiness;
-use causeway_dataplane::http1::head::{has_token, is_hop_by_hop};
+use causeway_dataplane::http1::head::is_hop_by_hop;
 use causeway_dataplane::http1::{
     parse_response, ChunkedScanner, Framing, RequestHead, ResponseHead,
 };
@@ -73,6 +73,8 @@ pub struct Outcome {
     pub close: bool,
     pub target_time: Duration,
     pub attempts: usize,
+    /// Bytes written to the client for this response.
+    pub sent_bytes: u64,
 }
 
 /// Picks a target group among weighted ones.
@@ -149,13 +151,13 @@ pub fn build_request_head(
     out.push(b' ');
     out.extend_from_slice(head.target(buf));
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let connection = head.header(buf, "connection").unwrap_or(b"");
     let port = client.local.port();
+    let any_connection = head.count(buf, "connection") > 0;
     for h in &head.headers {
         let name = h.name.get(buf);
         let value = h.value.get(buf);
-        let listed = !connection.is_empty()
-            && std::str::from_utf8(name).is_ok_and(|n| has_token(connection, n));
+        let listed = any_connection
+            && std::str::from_utf8(name).is_ok_and(|n| head.lists_token(buf, "connection", n));
         if is_hop_by_hop(name)
             || listed
             || name.eq_ignore_ascii_case(b"x-forwarded-for")
@@ -328,6 +330,7 @@ pub async fn forward(
                         "target_group" => group.cfg.name.clone())
                     .increment(1);
                     target.record_passive_failure();
+                    group.record_outcome(&target, true);
                     tried.push(addr);
                     last = e;
                     continue;
@@ -369,12 +372,14 @@ pub async fn forward(
                 if let Some(s) = reusable {
                     target.pool.put(s);
                 }
+                group.record_outcome(&target, o.status >= 500);
                 o.attempts = attempt;
                 return Ok(o);
             }
             Err(e) if e.retryable(req.idempotent, complete) => {
                 if !reused && e.blames_target() {
                     target.record_passive_failure();
+                    group.record_outcome(&target, true);
                 }
                 tracing::debug!(target = %addr, reused, error = %e, "retrying");
                 if !reused {
@@ -385,6 +390,7 @@ pub async fn forward(
             Err(e) => {
                 if e.blames_target() && !reused {
                     target.record_passive_failure();
+                    group.record_outcome(&target, true);
                 }
                 return Err((e, Some(addr)));
             }
@@ -484,8 +490,8 @@ async fn exchange(
     let framing = resp
         .framing(ubuf, req.is_head)
         .map_err(|_| ProxyError::BadResponse)?;
-    let up_conn = resp.header(ubuf, "connection").unwrap_or(b"");
-    let upstream_reusable = resp.minor_version == 1 && !has_token(up_conn, "close");
+    let upstream_reusable =
+        resp.minor_version == 1 && !resp.lists_token(ubuf, "connection", "close");
     let close = req.close || framing == Framing::Close || client.draining();
     response_filter::build_response_head(
         &mut scratch.out,
@@ -513,6 +519,7 @@ async fn exchange(
         Framing::Close => (avail, false),
     };
     let leftover = avail - first;
+    let mut sent_bytes = (scratch.out.len() + first) as u64;
     write_joined(
         &mut client.stream,
         &mut scratch.out,
@@ -527,7 +534,10 @@ async fn exchange(
             Framing::Length(n) => n - first as u64,
             _ => 0,
         };
-        relay_response_body(client, &mut up, ubuf, framing, remaining, &mut scan, idle).await?
+        let (clean, relayed) =
+            relay_response_body(client, &mut up, ubuf, framing, remaining, &mut scan, idle).await?;
+        sent_bytes += relayed;
+        clean
     };
     let outcome = Outcome {
         status,
@@ -535,13 +545,14 @@ async fn exchange(
         close,
         target_time,
         attempts: 1,
+        sent_bytes,
     };
     let reusable = clean && upstream_reusable && framing != Framing::Close;
     Ok((outcome, reusable.then_some(up)))
 }
 
 /// The body of a response past what was read with its head. Returns whether the upstream
-/// connection ended cleanly at the body's end (so it can be reused).
+/// connection ended cleanly at the body's end (so it can be reused), and the bytes relayed.
 async fn relay_response_body(
     client: &mut Client,
     up: &mut TcpStream,
@@ -550,7 +561,8 @@ async fn relay_response_body(
     mut remaining: u64,
     scan: &mut ChunkedScanner,
     idle: Duration,
-) -> Result<bool, ProxyError> {
+) -> Result<(bool, u64), ProxyError> {
+    let mut relayed = 0u64;
     loop {
         ubuf.clear();
         if ubuf.capacity() < READ_CHUNK {
@@ -563,7 +575,7 @@ async fn relay_response_body(
         };
         if n == 0 {
             return if framing == Framing::Close {
-                Ok(false)
+                Ok((false, relayed))
             } else {
                 Err(ProxyError::ResponseCut)
             };
@@ -585,8 +597,9 @@ async fn relay_response_body(
             .write_all(&ubuf[..take])
             .await
             .map_err(|_| ProxyError::ResponseCut)?;
+        relayed += take as u64;
         if done {
-            return Ok(take == n);
+            return Ok((take == n, relayed));
         }
     }
 }
@@ -657,5 +670,6 @@ async fn tunnel(
         close: true,
         target_time,
         attempts: 1,
+        sent_bytes: ubuf.len() as u64,
     })
 }

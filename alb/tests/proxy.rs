@@ -490,3 +490,214 @@ async fn replicas_sharing_a_secret_honour_each_others_cookies() {
         assert_eq!(r.header("x-origin"), Some(home.as_str()));
     }
 }
+
+/// A raw origin that answers a WebSocket upgrade with 101, then echoes bytes back upper-cased.
+async fn websocket_origin() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut tmp).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                }
+                let head = String::from_utf8_lossy(&buf).to_lowercase();
+                assert!(head.contains("upgrade: websocket"), "{head}");
+                assert!(head.contains("connection: upgrade"), "{head}");
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                loop {
+                    let n = s.read(&mut tmp).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    let up: Vec<u8> = tmp[..n].to_ascii_uppercase();
+                    if s.write_all(&up).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_upgrade_becomes_a_tunnel_after_101() {
+    let ws = websocket_origin().await;
+    let groups = format!(
+        "[target_groups.ws]\ntargets = [{{ address = \"{ws}\" }}]\nhealth_check.interval_seconds = 300\n"
+    );
+    let alb = start(&groups, r#"{ type = "forward", target_group = "ws" }"#, "").await;
+    let mut s = TcpStream::connect(alb.addr).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let r = RawResponse::parse(&got).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade"), Some("websocket"));
+    for msg in [&b"hello"[..], b"frames both ways"] {
+        s.write_all(msg).await.unwrap();
+        let mut echo = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, msg.to_ascii_uppercase());
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_the_target_refuses_stays_http() {
+    let os = origins(&["a"]).await;
+    let alb = start(
+        &group("web", &[&os[0]]),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
+    )
+    .await;
+    // h2c upgrade requests are not honoured: the Upgrade header is dropped, the request served.
+    let r = raw::get(
+        alb.addr,
+        "/",
+        &[
+            ("Connection", "Upgrade, HTTP2-Settings"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = &os[0].seen()[0];
+    assert!(seen.header("upgrade").is_none(), "{:?}", seen.headers);
+    assert!(
+        seen.header("http2-settings").is_none(),
+        "headers named by Connection are dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_target_failing_five_times_in_a_row_is_ejected() {
+    let good = origins(&["a", "c"]).await;
+    let bad = Origin::builder()
+        .name("bad")
+        .default_status(503)
+        .start()
+        .await;
+    let alb = start(
+        &group("web", &[&good[0], &bad, &good[1]]),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
+    )
+    .await;
+    let mut errors = 0;
+    for i in 0..45 {
+        let r = raw::get(alb.addr, &format!("/{i}"), &[]).await.unwrap();
+        if r.status != 200 {
+            assert_eq!(r.status, 503, "a target's 5xx passes through");
+            errors += 1;
+        }
+    }
+    assert_eq!(bad.total(), 5, "ejected after its fifth failure in a row");
+    assert_eq!(errors, 5);
+    assert_eq!(good[0].total() + good[1].total(), 40);
+}
+
+#[tokio::test]
+async fn access_log_lines_follow_alb_field_order() {
+    let os = origins(&["a"]).await;
+    let dir = causeway_testkit::lifecycle::TempDir::new("accesslog");
+    let log = dir.path().join("access.log");
+    let groups = format!(
+        "[load_balancer]\naccess_logs.enabled = true\naccess_logs.path = \"{}\"\n{}",
+        log.display(),
+        group("web", &[&os[0]])
+    );
+    let rules = r#"
+[[listeners.rules]]
+priority = 7
+conditions = [{ field = "path-pattern", values = ["/fixed"] }]
+action = { type = "fixed-response", status_code = 404, message_body = "nope" }
+"#;
+    let alb = start(
+        &groups,
+        r#"{ type = "forward", target_group = "web" }"#,
+        rules,
+    )
+    .await;
+    raw::get(
+        alb.addr,
+        "/page?x=1",
+        &[("User-Agent", "curl/8 \"quoted\"")],
+    )
+    .await
+    .unwrap();
+    raw::get(alb.addr, "/fixed", &[]).await.unwrap();
+    raw::exchange(
+        alb.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let f: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(f[0], "http");
+    assert!(f[1].ends_with('Z') && f[1].contains('T'), "time: {}", f[1]);
+    assert_eq!(f[2], format!("app/causeway-alb/{}", alb.addr));
+    assert!(f[3].starts_with("127.0.0.1:"), "client:port {}", f[3]);
+    assert_eq!(f[4], os[0].addr().to_string(), "target:port");
+    assert_eq!((f[8], f[9]), ("200", "200"), "elb and target status");
+    let port = alb.addr.port();
+    assert!(
+        lines[0].contains(&format!(
+            "\"GET http://{}:{port}/page?x=1 HTTP/1.1\" \"curl/8 \\\"quoted\\\"\"",
+            alb.addr.ip()
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("\"forward\""), "{}", lines[0]);
+    assert!(lines[0].ends_with("\"-\" \"-\""), "compliant: {}", lines[0]);
+    assert!(
+        lines[1].contains(" 404 - ")
+            && lines[1].contains("\"fixed-response\"")
+            && lines[1].contains(" 7 "),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains(" 400 - "), "{}", lines[2]);
+    assert!(
+        lines[2].ends_with("\"Severe\" \"MultipleContentLength\""),
+        "classification logged: {}",
+        lines[2]
+    );
+}

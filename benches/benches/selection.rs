@@ -38,6 +38,12 @@ fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
         slow_start: Duration::ZERO,
         algorithm,
         stickiness: None,
+        outlier_detection: causeway_config::common::OutlierConfig {
+            enabled: true,
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        },
     }
 }
 

@@ -41,6 +41,16 @@ pub struct FileLoadBalancer {
     /// Ours: the key that signs sticky cookies; replicas that share it honour each other's
     /// cookies. Without it each process signs with a random key of its own.
     pub stickiness_secret: Option<String>,
+    #[serde(default)]
+    pub access_logs: FileAccessLogs,
+}
+
+/// Access logs in ALB's format, to a local file (AWS writes them to S3).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccessLogs {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,10 +114,25 @@ pub struct LoadBalancerAttributes {
     pub xff: XffMode,
     pub preserve_host_header: bool,
     pub stickiness_secret: Option<String>,
+    /// Where access logs go, when enabled.
+    pub access_log: Option<std::path::PathBuf>,
 }
 
 impl FileLoadBalancer {
-    fn validate(self) -> Check<LoadBalancerAttributes> {
+    fn validate(self, cx: &Context) -> Check<LoadBalancerAttributes> {
+        let access_log = match (
+            self.access_logs.enabled.unwrap_or(false),
+            self.access_logs.path,
+        ) {
+            (false, _) => None,
+            (true, Some(p)) if !p.is_empty() => Some(cx.resolve(&p)),
+            (true, _) => {
+                return Err(Violation::new(
+                    "load_balancer.access_logs.path",
+                    "required when access_logs.enabled = true",
+                ))
+            }
+        };
         let secs =
             |p: &str, v: Option<i64>, d: i64, lo: i64, hi: i64| -> Check<std::time::Duration> {
                 Ok(std::time::Duration::from_secs(
@@ -170,6 +195,7 @@ impl FileLoadBalancer {
                 }
                 other => other,
             },
+            access_log,
         })
     }
 }
@@ -646,7 +672,7 @@ impl ConfigFile for FileAlb {
     fn validate(self, cx: &Context) -> Result<AlbConfig, Invalid> {
         let server = self.server.validate("server")?;
         let admin = self.admin.validate("admin")?;
-        let load_balancer = self.load_balancer.validate()?;
+        let load_balancer = self.load_balancer.validate(cx)?;
         let mut target_groups = validate_target_groups(self.target_groups, Plane::Alb)?;
         if let Some(f) = &self.targets_file {
             merge_targets_file(&cx.resolve(f), &mut target_groups)?;

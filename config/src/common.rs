@@ -113,6 +113,27 @@ pub struct FileTargetGroup {
     pub load_balancing: FileLoadBalancing,
     #[serde(default)]
     pub stickiness: FileStickiness,
+    #[serde(default)]
+    pub outlier_detection: FileOutlier,
+}
+
+/// Passive outlier ejection (ours, after Envoy's `outlier_detection`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlier {
+    pub enabled: Option<bool>,
+    pub consecutive_failures: Option<i64>,
+    pub ejection_time_seconds: Option<i64>,
+    pub max_ejection_percent: Option<i64>,
+}
+
+/// Validated outlier ejection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierConfig {
+    pub enabled: bool,
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub max_ejection_percent: u32,
 }
 
 // ---------------------------------------------------------------- validated types
@@ -247,6 +268,7 @@ pub struct TargetGroupConfig {
     pub slow_start: Duration,
     pub algorithm: Algorithm,
     pub stickiness: Option<Stickiness>,
+    pub outlier_detection: OutlierConfig,
 }
 
 /// Which data plane a target group belongs to: decides protocols and defaults.
@@ -496,7 +518,32 @@ impl FileTargetGroup {
         let stickiness = self
             .stickiness
             .validate(&format!("{path}.stickiness"), plane)?;
+        let o = self.outlier_detection;
+        let op = format!("{path}.outlier_detection");
+        let outlier_detection = OutlierConfig {
+            enabled: o.enabled.unwrap_or(plane == Plane::Alb),
+            consecutive_failures: in_range(
+                &format!("{op}.consecutive_failures"),
+                o.consecutive_failures.unwrap_or(5),
+                1,
+                1000,
+            )? as u32,
+            ejection_time: secs(
+                &format!("{op}.ejection_time_seconds"),
+                o.ejection_time_seconds,
+                30,
+                1,
+                3600,
+            )?,
+            max_ejection_percent: in_range(
+                &format!("{op}.max_ejection_percent"),
+                o.max_ejection_percent.unwrap_or(50),
+                0,
+                100,
+            )? as u32,
+        };
         Ok(TargetGroupConfig {
+            outlier_detection,
             name: name.to_owned(),
             protocol,
             targets,

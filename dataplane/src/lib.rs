@@ -6,6 +6,7 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/status`, `POST /reload`.
 //! - [`cli`]: the shared command line and signal handling.
 
+pub mod accesslog;
 pub mod admin;
 pub mod buffers;
 pub mod check;
@@ -15,6 +16,7 @@ pub mod drain;
 pub mod health;
 pub mod http1;
 pub mod listener;
+pub mod outlier;
 pub mod pool;
 pub mod reply;
 pub mod select;

@@ -25,10 +25,11 @@ pub trait Plane: Send + Sync + Sized + 'static {
     const ABOUT: &'static str;
     type File: ConfigFile<Valid = Self::Config>;
     type Config: Send + Sync + 'static;
-    /// What the plane derives from its config once per load (compiled routes, for example).
+    /// What the plane derives from its config once per load (compiled routes, an opened access
+    /// log). Runs inside the runtime; an error refuses the load.
     type Compiled: Send + Sync + 'static;
 
-    fn compile(cfg: &Self::Config) -> Self::Compiled;
+    fn compile(cfg: &Self::Config) -> Result<Self::Compiled, String>;
 
     fn server(cfg: &Self::Config) -> &ServerConfig;
     fn admin(cfg: &Self::Config) -> SocketAddr;
@@ -84,6 +85,8 @@ pub enum ReloadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Compile(String),
     #[error("shutting down")]
     ShuttingDown,
 }
@@ -91,6 +94,8 @@ pub enum ReloadError {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("{0}")]
+    Compile(String),
     #[error("cannot bind {what} {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -185,10 +190,11 @@ impl<P: Plane> Server<P> {
             })?;
             bound.push((addr, l));
         }
+        let compiled = P::compile(&config).map_err(StartError::Compile)?;
         let groups = build_groups(P::target_groups(&config), None);
         let snap = Snapshot::<P> {
             generation: 1,
-            compiled: P::compile(&config),
+            compiled,
             config: Arc::new(config),
             groups,
             loaded_at: SystemTime::now(),
@@ -330,6 +336,7 @@ impl<P: Plane> Server<P> {
             return Err(ReloadError::ShuttingDown);
         }
         let config = causeway_config::load::<P::File>(&self.config_path)?;
+        let compiled = P::compile(&config).map_err(ReloadError::Compile)?;
         let old = self.snapshot();
         if P::admin(&config) != P::admin(&old.config) {
             tracing::warn!("admin.address changed: it takes effect on restart");
@@ -376,7 +383,7 @@ impl<P: Plane> Server<P> {
         }
         self.current.store(Arc::new(Snapshot {
             generation: summary.generation,
-            compiled: P::compile(&config),
+            compiled,
             config: Arc::new(config),
             groups,
             loaded_at: SystemTime::now(),

@@ -2,6 +2,7 @@
 //! selection of a target for a request or flow.
 
 use crate::health::{HealthMachine, Outcome, Reason, State, Transition};
+use crate::outlier::{OutlierPolicy, OutlierState};
 use crate::select::{self, Maglev, PeakEwma, SmoothWrr};
 use causeway_config::common::{Algorithm, HealthCheckConfig, TargetConfig, TargetGroupConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -26,6 +27,9 @@ pub struct Target {
     checker_started: AtomicBool,
     /// Idle keep-alive connections to this target (alb, edge).
     pub pool: crate::pool::Pool,
+    outlier: Mutex<OutlierState>,
+    /// Set while ejected, so the common case reads no clock.
+    ejected: AtomicBool,
 }
 
 /// Counts one request or connection in flight on a target while it lives.
@@ -78,6 +82,8 @@ impl Target {
             retired: AtomicBool::new(false),
             checker_started: AtomicBool::new(false),
             pool: crate::pool::Pool::default(),
+            outlier: Mutex::new(OutlierState::default()),
+            ejected: AtomicBool::new(false),
         })
     }
 
@@ -184,6 +190,18 @@ impl Target {
         )
     }
 
+    /// Whether passive outlier detection has ejected this target now.
+    pub fn is_ejected(&self) -> bool {
+        if !self.ejected.load(Ordering::Acquire) {
+            return false;
+        }
+        if lock(&self.outlier).is_ejected(Instant::now()) {
+            return true;
+        }
+        self.ejected.store(false, Ordering::Release);
+        false
+    }
+
     /// Claims the right to run this target's health checker; true once.
     pub fn claim_checker(&self) -> bool {
         !self.checker_started.swap(true, Ordering::AcqRel)
@@ -264,11 +282,42 @@ impl TargetGroup {
         self.targets.iter().any(|t| t.state().routable())
     }
 
-    /// The targets a new request may use: the routable ones, or, failing open when none is,
-    /// every registered target.
+    /// The targets a new request may use: the routable ones (or, failing open when none is
+    /// routable, every registered target), less those outlier detection ejected.
     fn usable(&self) -> impl Fn(usize) -> bool + '_ {
         let fail_open = !self.any_routable();
-        move |i| fail_open || self.targets[i].state().routable()
+        move |i| (fail_open || self.targets[i].state().routable()) && !self.targets[i].is_ejected()
+    }
+
+    /// Records the outcome of one exchange with `t` for outlier ejection: `failed` for a 5xx
+    /// or a connection failure. Returns true when this ejected the target.
+    pub fn record_outcome(&self, t: &Target, failed: bool) -> bool {
+        let o = &self.cfg.outlier_detection;
+        if !o.enabled {
+            return false;
+        }
+        let policy = OutlierPolicy {
+            consecutive_failures: o.consecutive_failures,
+            ejection_time: o.ejection_time,
+            max_ejection_percent: o.max_ejection_percent,
+        };
+        let ejected_now = if failed {
+            self.targets.iter().filter(|x| x.is_ejected()).count()
+        } else {
+            0
+        };
+        let now = Instant::now();
+        let ejected =
+            lock(&t.outlier).record(failed, now, &policy, ejected_now, self.targets.len());
+        if ejected {
+            t.ejected.store(true, Ordering::Release);
+            tracing::warn!(target_group = %self.cfg.name, target = %t.cfg.address,
+                for_secs = o.ejection_time.as_secs(), "target ejected after consecutive failures");
+            metrics::counter!("causeway_outlier_ejections_total",
+                "target_group" => self.cfg.name.clone())
+            .increment(1);
+        }
+        ejected
     }
 
     /// Whether `t` (a registered target) may take new work now: routable, or any registered
@@ -399,6 +448,12 @@ mod tests {
             slow_start: Duration::ZERO,
             algorithm,
             stickiness: None,
+            outlier_detection: causeway_config::common::OutlierConfig {
+                enabled: true,
+                consecutive_failures: 5,
+                ejection_time: Duration::from_secs(30),
+                max_ejection_percent: 50,
+            },
         }
     }
 
@@ -493,6 +548,33 @@ mod tests {
             }
             assert_eq!(a.preference(h).len(), 2);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_targets_get_no_traffic_until_their_time_is_up() {
+        let g = TargetGroup::build(tg(&[1, 2, 3, 4], Algorithm::RoundRobin), None);
+        for t in &g.targets {
+            t.record_check(Outcome::Success);
+        }
+        for _ in 0..5 {
+            g.record_outcome(&g.targets[0], true);
+        }
+        assert!(g.targets[0].is_ejected());
+        for _ in 0..12 {
+            assert_ne!(port(&g.select(0).unwrap()), 1);
+        }
+        // A second and third failing target: only two of four may be out at once.
+        for t in &g.targets[1..3] {
+            for _ in 0..5 {
+                g.record_outcome(t, true);
+            }
+        }
+        let out = g.targets.iter().filter(|t| t.is_ejected()).count();
+        assert_eq!(out, 2);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(!g.targets[0].is_ejected());
+        let picks: Vec<u16> = (0..8).map(|_| port(&g.select(0).unwrap())).collect();
+        assert!(picks.contains(&1), "back in rotation: {picks:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,7 +21,9 @@ impl Plane for Edge {
     type Config = EdgeConfig;
     type Compiled = ();
 
-    fn compile(_cfg: &EdgeConfig) {}
+    fn compile(_cfg: &EdgeConfig) -> Result<(), String> {
+        Ok(())
+    }
 
     fn server(cfg: &EdgeConfig) -> &ServerConfig {
         &cfg.server

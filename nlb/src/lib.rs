@@ -23,7 +23,9 @@ impl Plane for Nlb {
     type Config = NlbConfig;
     type Compiled = ();
 
-    fn compile(_cfg: &NlbConfig) {}
+    fn compile(_cfg: &NlbConfig) -> Result<(), String> {
+        Ok(())
+    }
 
     fn server(cfg: &NlbConfig) -> &ServerConfig {
         &cfg.server

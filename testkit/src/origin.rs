@@ -43,9 +43,16 @@ pub struct Builder {
     name: Option<String>,
     addr: Option<SocketAddr>,
     statuses: HashMap<String, u16>,
+    default_status: Option<u16>,
 }
 
 impl Builder {
+    /// Answers `status` for every path without its own.
+    pub fn default_status(mut self, status: u16) -> Self {
+        self.default_status = Some(status);
+        self
+    }
+
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_owned());
         self
@@ -69,7 +76,11 @@ impl Builder {
         let addr = listener.local_addr().unwrap();
         let name = self.name.unwrap_or_else(|| addr.to_string());
         let state = Arc::new(Mutex::new(State::default()));
-        let statuses = Arc::new(self.statuses);
+        let mut statuses = self.statuses;
+        if let Some(d) = self.default_status {
+            statuses.insert(String::new(), d);
+        }
+        let statuses = Arc::new(statuses);
         let task = tokio::spawn(accept(listener, name.clone(), state.clone(), statuses));
         Origin {
             name,
@@ -175,7 +186,11 @@ async fn accept(
                         body: body.to_vec(),
                         peer,
                     });
-                    let status = statuses.get(&path).copied().unwrap_or(200);
+                    let status = statuses
+                        .get(&path)
+                        .or_else(|| statuses.get(""))
+                        .copied()
+                        .unwrap_or(200);
                     let mut resp =
                         Response::new(Full::new(Bytes::from(format!("origin {name} {path}\n"))));
                     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();

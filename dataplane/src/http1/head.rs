@@ -321,6 +321,14 @@ impl RequestHead {
             .map(|h| h.value.get(buf))
     }
 
+    /// Whether any `name` header (there may be several) lists `token`.
+    pub fn lists_token(&self, buf: &[u8], name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|h| h.name.get(buf).eq_ignore_ascii_case(name.as_bytes()))
+            .any(|h| has_token(h.value.get(buf), token))
+    }
+
     /// How many headers are named `name`.
     pub fn count(&self, buf: &[u8], name: &str) -> usize {
         self.headers
@@ -336,6 +344,14 @@ impl RequestHead {
 }
 
 impl ResponseHead {
+    /// Whether any `name` header (there may be several) lists `token`.
+    pub fn lists_token(&self, buf: &[u8], name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|h| h.name.get(buf).eq_ignore_ascii_case(name.as_bytes()))
+            .any(|h| has_token(h.value.get(buf), token))
+    }
+
     pub fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
         self.headers
             .iter()

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Side-by-side load harness: a Causeway binary and its peers (HAProxy, NGINX, Varnish) in one
+run, on loopback, against the same nginx origin.
+
+The proxy under test runs on CPU 1; the origin and wrk share CPU 0. Runs are interleaved
+(A B C A B C ...) and the median of each proxy is reported. Judge by CPU-seconds per 100k
+requests (read from /proc for the proxy and its children); req/s swings far more on a shared
+2-core machine. Only 127.0.0.1 is used. Every wrk run and every wait is bounded.
+"""
+import argparse
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+TICK = os.sysconf("SC_CLK_TCK")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PROCS = []
+TMP = tempfile.mkdtemp(prefix="causeway-bench-")
+ORIGIN_PORTS = (19001, 19002, 19003)
+
+
+def cleanup():
+    for p in PROCS:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for pidfile in ("nginx-origin.pid", "nginx-peer.pid", "haproxy.pid"):
+        path = os.path.join(TMP, pidfile)
+        if os.path.exists(path):
+            try:
+                os.kill(int(open(path).read().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+    subprocess.run(["pkill", "-f", TMP], check=False)
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+atexit.register(cleanup)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def start(cmd, cpu, name):
+    log = open(os.path.join(TMP, f"{name}.log"), "w")
+    p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=log, stderr=log,
+                         start_new_session=True)
+    PROCS.append(p)
+    return p
+
+
+def pids_of(pid):
+    """The process and all its descendants."""
+    out = [pid]
+    try:
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    except OSError:
+        kids = ""
+    for k in kids.split():
+        out.extend(pids_of(int(k)))
+    return out
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in pids_of(pid):
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / TICK
+
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    if not m:
+        return float("nan")
+    n, unit = float(m.group(1)), m.group(2)
+    return {"us": n / 1000, "ms": n, "s": n * 1000}[unit]
+
+
+def wrk(url, seconds, conns, extra=()):
+    cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
+           "--timeout", "5s", *extra, url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    return {"requests": reqs, "rps": rps, "p99_ms": to_ms(p99.group(1)) if p99 else float("nan"),
+            "errors": errors}
+
+
+def measure(proxy, seconds, conns):
+    url = proxy["url"]
+    wrk(url, 2, conns)  # warm-up: pools, caches
+    before = cpu_seconds(proxy["pid"])
+    r = wrk(url, seconds, conns, proxy.get("wrk_extra", ()))
+    r["cpu_per_100k"] = (cpu_seconds(proxy["pid"]) - before) / r["requests"] * 100_000
+    return r
+
+
+def probe(url):
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------ configs
+
+def origin_config():
+    www = os.path.join(TMP, "www")
+    os.makedirs(www, exist_ok=True)
+    # nginx workers run as nobody: they must be able to read the files.
+    os.chmod(TMP, 0o755)
+    os.chmod(www, 0o755)
+    for name, size in (("16k", 16384), ("64b", 64)):
+        path = os.path.join(www, name)
+        open(path, "wb").write(b"x" * size)
+        os.chmod(path, 0o644)
+    servers = "\n".join(
+        f"""  server {{ listen 127.0.0.1:{p};
+    location = / {{ return 200 "hello from {i + 1}\\n"; }}
+    location / {{ root {www}; add_header Cache-Control "max-age=3600"; }} }}"""
+        for i, p in enumerate(ORIGIN_PORTS))
+    conf = f"""worker_processes 1;
+pid {TMP}/nginx-origin.pid;
+error_log {TMP}/nginx-origin-error.log;
+daemon off;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+{servers}
+}}
+"""
+    path = os.path.join(TMP, "nginx-origin.conf")
+    open(path, "w").write(conf)
+    return path
+
+
+def upstreams():
+    return [f"127.0.0.1:{p}" for p in ORIGIN_PORTS]
+
+
+def haproxy_cfg(port, mode):
+    servers = "\n".join(f"  server s{i} {a}" for i, a in enumerate(upstreams()))
+    reuse = "  http-reuse always\n" if mode == "http" else ""
+    conf = f"""global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode {mode}
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+{reuse}frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  balance roundrobin
+{servers}
+"""
+    path = os.path.join(TMP, f"haproxy-{mode}.cfg")
+    open(path, "w").write(conf)
+    return path
+
+
+def nginx_peer_cfg(port, cache):
+    servers = "\n".join(f"    server {a};" for a in upstreams()[: (1 if cache else 3)])
+    cache_http = f"proxy_cache_path {TMP}/nginx-cache keys_zone=c:10m max_size=100m;" if cache else ""
+    cache_loc = "proxy_cache c; proxy_cache_valid 200 1h;" if cache else ""
+    conf = f"""worker_processes 1;
+pid {TMP}/nginx-peer.pid;
+error_log {TMP}/nginx-peer-error.log;
+daemon off;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  {cache_http}
+  upstream o {{
+{servers}
+    keepalive 64;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://o;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      {cache_loc}
+    }}
+  }}
+}}
+"""
+    path = os.path.join(TMP, f"nginx-peer-{'cache' if cache else 'proxy'}.conf")
+    open(path, "w").write(conf)
+    return path
+
+
+def causeway_cfg(kind, port, admin):
+    targets = ", ".join(f'{{ address = "{a}" }}' for a in upstreams())
+    if kind == "alb":
+        body = f"""[[listeners]]
+address = "127.0.0.1:{port}"
+default_action = {{ type = "forward", target_group = "web" }}
+[target_groups.web]
+targets = [{targets}]
+health_check = {{ path = "/", interval_seconds = 5, timeout_seconds = 2 }}
+"""
+    elif kind == "nlb":
+        body = f"""[[listeners]]
+address = "127.0.0.1:{port}"
+target_group = "web"
+[target_groups.web]
+targets = [{targets}]
+health_check = {{ interval_seconds = 5, timeout_seconds = 2 }}
+"""
+    else:
+        body = f"""[[listeners]]
+address = "127.0.0.1:{port}"
+[origins.o]
+address = "{upstreams()[0]}"
+[default_cache_behavior]
+target_origin_id = "o"
+"""
+    conf = f"""[server]
+workers = 1
+[admin]
+address = "127.0.0.1:{admin}"
+{body}"""
+    path = os.path.join(TMP, f"causeway-{kind}.toml")
+    open(path, "w").write(conf)
+    return path
+
+
+# ------------------------------------------------------------------ scenarios
+
+def causeway(kind, bin_dir, path="/"):
+    name = {"alb": "causeway-alb", "nlb": "causeway-nlb", "edge": "causeway-edge"}[kind]
+    binary = os.path.join(bin_dir, name)
+    if not os.access(binary, os.X_OK):
+        return None, f"{name}: no binary at {binary} (cargo build --release)"
+    port, admin = free_port(), free_port()
+    p = start([binary, "--config", causeway_cfg(kind, port, admin)], 1, name)
+    wait_port(admin)
+    wait_port(port)
+    url = f"http://127.0.0.1:{port}{path}"
+    time.sleep(0.5)
+    status = probe(url)
+    if status == 501:
+        return None, f"{name}: answers 501 Not Implemented; its engine is not built yet"
+    return {"name": name, "pid": p.pid, "url": url}, None
+
+
+def haproxy(mode, path="/"):
+    port = free_port()
+    p = start(["haproxy", "-db", "-f", haproxy_cfg(port, mode)], 1, f"haproxy-{mode}")
+    wait_port(port)
+    return {"name": "HAProxy 2.6" + (" (tcp)" if mode == "tcp" else ""), "pid": p.pid,
+            "url": f"http://127.0.0.1:{port}{path}"}
+
+
+def nginx_peer(cache, path="/"):
+    port = free_port()
+    p = start(["nginx", "-c", nginx_peer_cfg(port, cache)], 1, "nginx-peer")
+    wait_port(port)
+    return {"name": "NGINX 1.22" + (" proxy_cache" if cache else ""), "pid": p.pid,
+            "url": f"http://127.0.0.1:{port}{path}"}
+
+
+def varnish(path):
+    port = free_port()
+    workdir = os.path.join(TMP, "varnish")
+    os.makedirs(workdir, exist_ok=True)
+    p = start(["varnishd", "-F", "-n", workdir, "-a", f"127.0.0.1:{port}",
+               "-b", upstreams()[0], "-s", "malloc,256m", "-p", "thread_pools=1"], 1, "varnish")
+    wait_port(port, 60)
+    return {"name": "Varnish 7.1", "pid": p.pid, "url": f"http://127.0.0.1:{port}{path}"}
+
+
+def scenario_proxies(args):
+    notes = []
+    proxies = []
+    path = "/"
+    if args.scenario == "cache":
+        path = "/16k" if args.object == "16k" else "/64b"
+    if not args.peers_only:
+        kind = {"http": "alb", "tcp": "nlb", "cache": "edge"}[args.scenario]
+        c, note = causeway(kind, args.bin_dir, path)
+        if c:
+            proxies.append(c)
+        if note:
+            notes.append(note)
+    if args.scenario == "http":
+        proxies += [haproxy("http"), nginx_peer(False)]
+    elif args.scenario == "tcp":
+        proxies += [haproxy("tcp")]
+    else:
+        proxies += [nginx_peer(True, path), varnish(path)]
+    return proxies, notes
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", choices=["http", "tcp", "cache"], default="http")
+    ap.add_argument("--object", choices=["64b", "16k"], default="16k", help="cache scenario object")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per timed wrk run")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--peers-only", action="store_true")
+    ap.add_argument("--json", help="write raw per-round numbers here")
+    args = ap.parse_args()
+    if os.cpu_count() < 2:
+        raise SystemExit("needs 2 CPUs: the proxy on CPU 1, origin and wrk on CPU 0")
+
+    start(["nginx", "-c", origin_config()], 0, "nginx-origin")
+    for p in ORIGIN_PORTS:
+        wait_port(p)
+    proxies, notes = scenario_proxies(args)
+    results = {p["name"]: [] for p in proxies}
+    for rnd in range(args.rounds):
+        for p in proxies:
+            r = measure(p, args.duration, args.connections)
+            results[p["name"]].append(r)
+            print(f"round {rnd + 1} {p['name']}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.2f} ms, "
+                  f"{r['cpu_per_100k']:.3f} CPU-s/100k, errors {r['errors']}", file=sys.stderr)
+
+    med = {}
+    for name, rs in results.items():
+        med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p99_ms", "cpu_per_100k")}
+        med[name]["errors"] = sum(r["errors"] for r in rs)
+    cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
+    print(f"\n### {args.scenario}" + (f" ({args.object})" if args.scenario == "cache" else ""))
+    print(f"\n`{cmd}` — {args.rounds} interleaved rounds of {args.duration} s, "
+          f"{args.connections} keep-alive connections, medians.\n")
+    print("| proxy | req/s | p99 ms | CPU-s / 100k req | errors |")
+    print("|---|---|---|---|---|")
+    for name, m in med.items():
+        flag = " ⚠" if m["errors"] else ""
+        print(f"| {name} | {m['rps']:.0f} | {m['p99_ms']:.2f} | {m['cpu_per_100k']:.3f} | {m['errors']}{flag} |")
+    cw = [n for n in med if n.startswith("causeway")]
+    if cw:
+        c = med[cw[0]]
+        print("\n| ratio | CPU per request | req/s | p99 |")
+        print("|---|---|---|---|")
+        for name, m in med.items():
+            if name == cw[0]:
+                continue
+            print(f"| {cw[0]} / {name} | {c['cpu_per_100k'] / m['cpu_per_100k']:.2f} | "
+                  f"{c['rps'] / m['rps']:.2f} | {c['p99_ms'] / m['p99_ms']:.2f} |")
+    for n in notes:
+        print(f"\nNote: {n}")
+    if args.json:
+        json.dump({"args": vars(args), "rounds": results, "medians": med}, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
