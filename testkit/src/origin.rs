@@ -44,9 +44,16 @@ pub struct Builder {
     addr: Option<SocketAddr>,
     statuses: HashMap<String, u16>,
     default_status: Option<u16>,
+    delays: HashMap<String, std::time::Duration>,
 }
 
 impl Builder {
+    /// Waits `delay` before answering `path` (a slow request, in flight for that long).
+    pub fn delay_for(mut self, path: &str, delay: std::time::Duration) -> Self {
+        self.delays.insert(path.to_owned(), delay);
+        self
+    }
+
     /// Answers `status` for every path without its own.
     pub fn default_status(mut self, status: u16) -> Self {
         self.default_status = Some(status);
@@ -81,7 +88,14 @@ impl Builder {
             statuses.insert(String::new(), d);
         }
         let statuses = Arc::new(statuses);
-        let task = tokio::spawn(accept(listener, name.clone(), state.clone(), statuses));
+        let delays = Arc::new(self.delays);
+        let task = tokio::spawn(accept(
+            listener,
+            name.clone(),
+            state.clone(),
+            statuses,
+            delays,
+        ));
         Origin {
             name,
             addr,
@@ -148,16 +162,27 @@ async fn accept(
     name: String,
     state: Arc<Mutex<State>>,
     statuses: Arc<HashMap<String, u16>>,
+    delays: Arc<HashMap<String, std::time::Duration>>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
-        let (name, state, statuses) = (name.clone(), state.clone(), statuses.clone());
+        let (name, state, statuses, delays) = (
+            name.clone(),
+            state.clone(),
+            statuses.clone(),
+            delays.clone(),
+        );
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (name, state, statuses) = (name.clone(), state.clone(), statuses.clone());
+                let (name, state, statuses, delays) = (
+                    name.clone(),
+                    state.clone(),
+                    statuses.clone(),
+                    delays.clone(),
+                );
                 async move {
                     let (parts, body) = req.into_parts();
                     let body = body
@@ -186,6 +211,9 @@ async fn accept(
                         body: body.to_vec(),
                         peer,
                     });
+                    if let Some(d) = delays.get(&path) {
+                        tokio::time::sleep(*d).await;
+                    }
                     let status = statuses
                         .get(&path)
                         .or_else(|| statuses.get(""))
