@@ -30,198 +30,214 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
     let active = metrics::gauge!("causeway_alb_active_connection_count");
     active.increment(1.0);
     let mut client = Client::new(conn);
-    let mut head = RequestHead::default();
-    let mut scratch = Scratch::default();
     let opened = Instant::now();
     loop {
-        // request_filter: read and check the head.
-        match request_filter::read_head(&mut client, &mut head, lb).await {
-            Ok(Some(())) => {}
-            Ok(None) => break,
-            Err(e) => {
-                refuse(&mut client, e).await;
-                break;
+        if client.buf.is_empty() {
+            // Idle between requests: this small state is all a keep-alive connection holds.
+            match tokio::time::timeout(lb.idle_timeout, client.stream.readable()).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
-        let received = Instant::now();
-        client.requests += 1;
-        let access_log = snap.compiled.access_log.as_ref();
-        let req = match request_filter::prepare(&client, &head, lb) {
-            Ok(r) => r,
-            Err(e) => {
-                logging::elb_error(&e);
-                if let Some(log) = access_log {
-                    let c = causeway_dataplane::desync::classify(&client.buf, &head);
-                    let info = logging::RequestInfo::capture(
-                        &client.buf,
-                        &head,
-                        c,
-                        client.peer,
-                        client.local,
-                        received,
-                    );
-                    log.log(logging::access_line(
-                        &info,
-                        logging::Ended::Refused(e),
-                        None,
-                    ));
-                }
-                refuse(&mut client, e).await;
-                break;
-            }
-        };
-        let keep_alive_over = opened.elapsed() >= lb.client_keep_alive;
-        let info = access_log.map(|_| {
-            logging::RequestInfo::capture(
-                &client.buf,
-                &head,
-                req.classification,
-                client.peer,
-                client.local,
-                received,
-            )
-        });
-        // route
-        let (action, priority) = {
-            let buf = &client.buf;
-            let (path, query) = split_target(head.target(buf));
-            let headers = |name: &str, f: &mut dyn FnMut(&[u8]) -> bool| {
-                head.headers
-                    .iter()
-                    .filter(|h| h.name.get(buf).eq_ignore_ascii_case(name.as_bytes()))
-                    .any(|h| f(h.value.get(buf)))
-            };
-            let view = RequestView {
-                method: head.method(buf),
-                path,
-                query,
-                host: head.header(buf, "host").map(host_without_port),
-                source: client.peer.ip(),
-                headers: &headers,
-            };
-            router.route(&view)
-        };
-        // The access log line is written once the request has ended, however it ended.
-        let mut ended: Option<logging::Ended<'_>> = None;
-        // action
-        let result = match action {
-            Action::Forward { target_groups } => match upstream::pick_group(&snap, target_groups) {
-                None => {
-                    ended = Some(logging::Ended::Refused(ProxyError::NoTargets));
-                    Err((ProxyError::NoTargets, None))
-                }
-                Some(group) => {
-                    let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
-                    let key = &snap.compiled.sticky_key;
-                    let r = upstream::forward(
-                        &mut client,
-                        &head,
-                        &req,
-                        group,
-                        lb,
-                        &mut scratch,
-                        hash,
-                        key,
-                    )
-                    .await;
-                    logging::forwarded(&group.cfg.name, received, &r);
-                    if let (Some(log), Some(info)) = (access_log, &info) {
-                        let e = logging::Ended::Forwarded {
-                            group: &group.cfg.name,
-                            outcome: &r,
-                        };
-                        log.log(logging::access_line(info, e, priority));
-                    }
-                    r.map(|o| o.close)
-                }
-            },
-            Action::FixedResponse {
-                status,
-                content_type,
-                body,
-            } => {
-                let close = req.close || keep_alive_over || body_left(&client, &head, &req);
-                scratch.ready();
-                scratch.out.clear();
-                action::render(
-                    &mut scratch.out,
-                    *status,
-                    content_type,
-                    body.as_bytes(),
-                    close,
-                    &[],
-                );
-                ended = Some(logging::Ended::Local {
-                    status: *status,
-                    action: "fixed-response",
-                });
-                finish_local(&mut client, &head, &req, &scratch.out, close, *status).await
-            }
-            Action::Redirect(r) => {
-                let (path, query) = split_target(head.target(&client.buf));
-                let input = RedirectInput {
-                    protocol: "http",
-                    host: head
-                        .header(&client.buf, "host")
-                        .map(host_without_port)
-                        .unwrap_or(b""),
-                    port: client.local.port(),
-                    path,
-                    query,
-                };
-                let location = action::location(r, &input);
-                match location {
-                    None => Err((ProxyError::Client(400, "Host cannot be redirected"), None)),
-                    Some(loc) => {
-                        let close = req.close || keep_alive_over || body_left(&client, &head, &req);
-                        scratch.ready();
-                        scratch.out.clear();
-                        action::render(
-                            &mut scratch.out,
-                            r.status,
-                            "text/plain",
-                            b"",
-                            close,
-                            &[("Location", &loc)],
-                        );
-                        ended = Some(logging::Ended::Local {
-                            status: r.status,
-                            action: "redirect",
-                        });
-                        finish_local(&mut client, &head, &req, &scratch.out, close, r.status).await
-                    }
-                }
-            }
-        };
-        if let (Some(log), Some(info)) = (access_log, &info) {
-            let e = match (&result, ended) {
-                (_, Some(e)) => Some(e),
-                (Err((e, _)), None) if !matches!(action, Action::Forward { .. }) => {
-                    Some(logging::Ended::Refused(*e))
-                }
-                _ => None,
-            };
-            if let Some(e) = e {
-                log.log(logging::access_line(info, e, priority));
-            }
-        }
-        match result {
-            Ok(close) if !close && !keep_alive_over && !client.draining() => {
-                if client.buf.is_empty() {
-                    scratch.release();
-                }
-            }
-            Ok(_) => break,
-            Err((e, _)) => {
-                refuse(&mut client, e).await;
-                break;
-            }
+        // Boxed: a request's state lives on the heap only while the request is served.
+        if !Box::pin(serve_request(&mut client, &snap, router, opened)).await {
+            break;
         }
     }
     if let Err(e) = client.stream.shutdown().await {
         tracing::debug!(error = %e, "client shutdown");
     }
     active.decrement(1.0);
+}
+
+/// Serves the request at the front of the client's buffer, calling the phases in order.
+/// Returns whether the connection stays open for another request.
+async fn serve_request(
+    client: &mut Client,
+    snap: &Arc<Snapshot<Alb>>,
+    router: &crate::route::Router,
+    opened: Instant,
+) -> bool {
+    let lb = &snap.config.load_balancer;
+    let mut head = RequestHead::default();
+    let mut scratch = Scratch::default();
+    // request_filter: read and check the head.
+    match request_filter::read_head(client, &mut head, lb).await {
+        Ok(Some(())) => {}
+        Ok(None) => return false,
+        Err(e) => {
+            refuse(client, e).await;
+            return false;
+        }
+    }
+    let received = Instant::now();
+    client.requests += 1;
+    let access_log = snap.compiled.access_log.as_ref();
+    let req = match request_filter::prepare(client, &head, lb) {
+        Ok(r) => r,
+        Err(e) => {
+            logging::elb_error(&e);
+            if let Some(log) = access_log {
+                let c = causeway_dataplane::desync::classify(&client.buf, &head);
+                let info = logging::RequestInfo::capture(
+                    &client.buf,
+                    &head,
+                    c,
+                    client.peer,
+                    client.local,
+                    received,
+                );
+                log.log(logging::access_line(
+                    &info,
+                    logging::Ended::Refused(e),
+                    None,
+                ));
+            }
+            refuse(client, e).await;
+            return false;
+        }
+    };
+    let keep_alive_over = opened.elapsed() >= lb.client_keep_alive;
+    let info = access_log.map(|_| {
+        logging::RequestInfo::capture(
+            &client.buf,
+            &head,
+            req.classification,
+            client.peer,
+            client.local,
+            received,
+        )
+    });
+    // route
+    let (action, priority) = {
+        let buf = &client.buf;
+        let (path, query) = split_target(head.target(buf));
+        let headers = |name: &str, f: &mut dyn FnMut(&[u8]) -> bool| {
+            head.headers
+                .iter()
+                .filter(|h| h.name.get(buf).eq_ignore_ascii_case(name.as_bytes()))
+                .any(|h| f(h.value.get(buf)))
+        };
+        let view = RequestView {
+            method: head.method(buf),
+            path,
+            query,
+            host: head.header(buf, "host").map(host_without_port),
+            source: client.peer.ip(),
+            headers: &headers,
+        };
+        router.route(&view)
+    };
+    // The access log line is written once the request has ended, however it ended.
+    let mut ended: Option<logging::Ended<'_>> = None;
+    // action
+    let result = match action {
+        Action::Forward { target_groups } => match upstream::pick_group(&snap, target_groups) {
+            None => {
+                ended = Some(logging::Ended::Refused(ProxyError::NoTargets));
+                Err((ProxyError::NoTargets, None))
+            }
+            Some(group) => {
+                let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
+                let key = &snap.compiled.sticky_key;
+                let r = upstream::forward(client, &head, &req, group, lb, &mut scratch, hash, key)
+                    .await;
+                logging::forwarded(&group.cfg.name, received, &r);
+                if let (Some(log), Some(info)) = (access_log, &info) {
+                    let e = logging::Ended::Forwarded {
+                        group: &group.cfg.name,
+                        outcome: &r,
+                    };
+                    log.log(logging::access_line(info, e, priority));
+                }
+                r.map(|o| o.close)
+            }
+        },
+        Action::FixedResponse {
+            status,
+            content_type,
+            body,
+        } => {
+            let close = req.close || keep_alive_over || body_left(client, &head, &req);
+            scratch.ready();
+            scratch.out.clear();
+            action::render(
+                &mut scratch.out,
+                *status,
+                content_type,
+                body.as_bytes(),
+                close,
+                &[],
+            );
+            ended = Some(logging::Ended::Local {
+                status: *status,
+                action: "fixed-response",
+            });
+            finish_local(client, &head, &req, &scratch.out, close, *status).await
+        }
+        Action::Redirect(r) => {
+            let (path, query) = split_target(head.target(&client.buf));
+            let input = RedirectInput {
+                protocol: "http",
+                host: head
+                    .header(&client.buf, "host")
+                    .map(host_without_port)
+                    .unwrap_or(b""),
+                port: client.local.port(),
+                path,
+                query,
+            };
+            let location = action::location(r, &input);
+            match location {
+                None => Err((ProxyError::Client(400, "Host cannot be redirected"), None)),
+                Some(loc) => {
+                    let close = req.close || keep_alive_over || body_left(client, &head, &req);
+                    scratch.ready();
+                    scratch.out.clear();
+                    action::render(
+                        &mut scratch.out,
+                        r.status,
+                        "text/plain",
+                        b"",
+                        close,
+                        &[("Location", &loc)],
+                    );
+                    ended = Some(logging::Ended::Local {
+                        status: r.status,
+                        action: "redirect",
+                    });
+                    finish_local(client, &head, &req, &scratch.out, close, r.status).await
+                }
+            }
+        }
+    };
+    if let (Some(log), Some(info)) = (access_log, &info) {
+        let e = match (&result, ended) {
+            (_, Some(e)) => Some(e),
+            (Err((e, _)), None) if !matches!(action, Action::Forward { .. }) => {
+                Some(logging::Ended::Refused(*e))
+            }
+            _ => None,
+        };
+        if let Some(e) = e {
+            log.log(logging::access_line(info, e, priority));
+        }
+    }
+    match result {
+        Ok(close) if !close && !keep_alive_over && !client.draining() => {
+            if client.buf.is_empty() {
+                // Going idle: hold no buffers.
+                scratch.release();
+                head.headers = Vec::new();
+            }
+        }
+        Ok(_) => return false,
+        Err((e, _)) => {
+            refuse(client, e).await;
+            return false;
+        }
+    }
+    true
 }
 
 /// Whether a request body is still unread (a local answer then closes the connection rather
@@ -265,5 +281,46 @@ async fn refuse(client: &mut Client, e: ProxyError) {
     action::render(&mut out, status, "text/plain", body.as_bytes(), true, &[]);
     if let Err(err) = client.write_all(&out).await {
         tracing::debug!(error = %err, "writing error response");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_idle_connection_task_stays_small() {
+        fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            let conn = causeway_dataplane::Conn {
+                peer: c.peer_addr().unwrap(),
+                local: c.local_addr().unwrap(),
+                stream: c,
+                shutdown: rx,
+            };
+            let cfg = causeway_config::parse::<causeway_config::alb::FileAlb>(
+                "alb.toml",
+                "[admin]\naddress = \"127.0.0.1:1\"\n[[listeners]]\naddress = \"127.0.0.1:2\"\ndefault_action = { type = \"fixed-response\" }\n",
+                &causeway_config::Context { dir: ".".into() },
+            )
+            .unwrap();
+            let snap = std::sync::Arc::new(causeway_dataplane::Snapshot::<crate::Alb> {
+                generation: 1,
+                compiled: <crate::Alb as causeway_dataplane::Plane>::compile(&cfg).unwrap(),
+                config: std::sync::Arc::new(cfg),
+                groups: Default::default(),
+                loaded_at: std::time::SystemTime::now(),
+            });
+            let fut = super::handle(conn, snap);
+            let size = size_of_future(&fut);
+            assert!(size <= 640, "the per-connection future is {size} bytes");
+        });
     }
 }

@@ -182,12 +182,12 @@ def upstreams():
     return [f"127.0.0.1:{p}" for p in ORIGIN_PORTS]
 
 
-def haproxy_cfg(port, mode):
+def haproxy_cfg(port, mode, maxconn=4000):
     servers = "\n".join(f"  server s{i} {a}" for i, a in enumerate(upstreams()))
     reuse = "  http-reuse always\n" if mode == "http" else ""
     conf = f"""global
   nbthread 1
-  maxconn 4000
+  maxconn {maxconn}
 defaults
   mode {mode}
   timeout connect 5s
@@ -293,9 +293,9 @@ def causeway(kind, bin_dir, path="/"):
     return {"name": name, "pid": p.pid, "url": url}, None
 
 
-def haproxy(mode, path="/"):
+def haproxy(mode, path="/", maxconn=4000):
     port = free_port()
-    p = start(["haproxy", "-db", "-f", haproxy_cfg(port, mode)], 1, f"haproxy-{mode}")
+    p = start(["haproxy", "-db", "-f", haproxy_cfg(port, mode, maxconn)], 1, f"haproxy-{mode}")
     wait_port(port)
     return {"name": "HAProxy 2.6" + (" (tcp)" if mode == "tcp" else ""), "pid": p.pid,
             "url": f"http://127.0.0.1:{port}{path}"}
@@ -343,7 +343,10 @@ def scenario_proxies(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["http", "tcp", "cache"], default="http")
+    ap.add_argument("--scenario", choices=["http", "tcp", "cache", "idle"], default="http",
+                    help="idle: memory per idle keep-alive client connection (alb, HAProxy, NGINX)")
+    ap.add_argument("--idle-connections", type=int, default=9000,
+                    help="HAProxy needs two descriptors per connection and the hard limit here is 20000")
     ap.add_argument("--object", choices=["64b", "16k"], default="16k", help="cache scenario object")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per timed wrk run")
@@ -358,6 +361,8 @@ def main():
     start(["nginx", "-c", origin_config()], 0, "nginx-origin")
     for p in ORIGIN_PORTS:
         wait_port(p)
+    if args.scenario == "idle":
+        return idle_memory(args)
     proxies, notes = scenario_proxies(args)
     results = {p["name"]: [] for p in proxies}
     for rnd in range(args.rounds):
@@ -394,6 +399,41 @@ def main():
         print(f"\nNote: {n}")
     if args.json:
         json.dump({"args": vars(args), "rounds": results, "medians": med}, open(args.json, "w"), indent=1)
+
+
+def idle_memory(args):
+    """Memory per idle keep-alive connection: N connections, one request each, then held."""
+    proxies, notes = [], []
+    if not args.peers_only:
+        c, note = causeway("alb", args.bin_dir)
+        if c:
+            proxies.append(c)
+        if note:
+            notes.append(note)
+    proxies += [haproxy("http", maxconn=args.idle_connections + 50), nginx_peer(False)]
+    rows = []
+    for p in proxies:
+        port = int(p["url"].split(":")[2].split("/")[0])
+        out = subprocess.run(
+            [sys.executable, os.path.join(os.path.dirname(__file__), "idle.py"), "127.0.0.1",
+             str(port), str(args.idle_connections), str(p["pid"])],
+            capture_output=True, text=True, timeout=600)
+        if out.returncode != 0 or not out.stdout.strip():
+            raise SystemExit(f"idle client failed for {p['name']}: {out.stderr}")
+        n, before, during, errors = (int(x) for x in out.stdout.split())
+        per = (during - before) / max(n, 1)
+        rows.append((p["name"], n, before, during, per, errors))
+        print(f"{p['name']}: {n} idle connections, RSS {before} -> {during} KB, {per:.2f} KB each, "
+              f"errors {errors}", file=sys.stderr)
+    cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
+    print(f"\n### idle connections\n\n`{cmd}` — {args.idle_connections} keep-alive connections, "
+          "one request each, then held open; resident memory of the proxy (and its children).\n")
+    print("| proxy | connections | RSS before (KB) | RSS with them (KB) | KB per idle connection | errors |")
+    print("|---|---|---|---|---|---|")
+    for name, n, before, during, per, errors in rows:
+        print(f"| {name} | {n} | {before} | {during} | {per:.2f} | {errors} |")
+    for n in notes:
+        print(f"\nNote: {n}")
 
 
 if __name__ == "__main__":

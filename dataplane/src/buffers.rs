@@ -6,8 +6,9 @@ use std::cell::RefCell;
 
 /// Size of one buffer.
 pub const BUF_SIZE: usize = 16 * 1024;
-/// Buffers kept per thread (16 MiB at most).
-const MAX_CACHED: usize = 1024;
+/// Buffers kept per thread (4 MiB at most): enough for the requests one thread has in flight
+/// at once, not so many that idle memory grows with a past burst.
+const MAX_CACHED: usize = 256;
 
 thread_local! {
     static CACHE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
