@@ -132,7 +132,7 @@ async fn serve_request(
     let mut ended: Option<logging::Ended<'_>> = None;
     // action
     let result = match action {
-        Action::Forward { target_groups } => match upstream::pick_group(&snap, target_groups) {
+        Action::Forward { target_groups } => match upstream::pick_group(snap, target_groups) {
             None => {
                 ended = Some(logging::Ended::Refused(ProxyError::NoTargets));
                 Err((ProxyError::NoTargets, None))
