@@ -304,7 +304,14 @@ pub async fn forward(
     let stuck = now_unix.and_then(|now| sticky_target(group, &client.buf, head, key, now));
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut last = ProxyError::NoTargets;
+    group.retry_budget.deposit();
     for attempt in 1..=MAX_ATTEMPTS {
+        if attempt > 1 && !group.retry_budget.withdraw(Instant::now()) {
+            metrics::counter!("causeway_alb_retry_budget_exhausted_total",
+                "target_group" => group.cfg.name.clone())
+            .increment(1);
+            break;
+        }
         let Some(target) = upstream_peer(group, &tried, hash, stuck.as_ref()) else {
             break;
         };

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod outlier;
 pub mod pool;
 pub mod reply;
+pub mod retry;
 pub mod select;
 pub mod server;
 pub mod target;

@@ -222,6 +222,8 @@ pub struct TargetGroup {
     pub draining: Mutex<Vec<Arc<Target>>>,
     wrr: SmoothWrr,
     maglev: Option<Maglev>,
+    /// Bounds retries to this group's targets.
+    pub retry_budget: crate::retry::RetryBudget,
 }
 
 impl TargetGroup {
@@ -274,6 +276,7 @@ impl TargetGroup {
             draining: Mutex::new(draining),
             wrr: SmoothWrr::new(),
             maglev,
+            retry_budget: crate::retry::RetryBudget::default(),
         }
     }
 
