@@ -809,3 +809,54 @@ async fn a_target_removed_by_reload_drains_its_in_flight_request() {
     assert_eq!(r.header("x-origin"), Some("b"));
     assert_eq!(draining[0].in_flight(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_no_request() {
+    let os = origins(&["a", "b", "c"]).await;
+    let dir = causeway_testkit::lifecycle::TempDir::new("reload-load");
+    let file = dir.path().join("alb.toml");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = free_port();
+    let config = |os: &[&Origin], algo: &str| {
+        format!(
+            "[admin]\naddress = \"127.0.0.1:{admin}\"\n[[listeners]]\naddress = \"{listen}\"\ndefault_action = {{ type = \"forward\", target_group = \"web\" }}\n[target_groups.web]\ntargets = [{}]\nload_balancing.algorithm.type = \"{algo}\"\nderegistration_delay.timeout_seconds = 5\nhealth_check.interval_seconds = 300\n",
+            targets(os)
+        )
+    };
+    std::fs::write(&file, config(&[&os[0], &os[1], &os[2]], "round_robin")).unwrap();
+    let cfg = causeway_config::load::<FileAlb>(&file).unwrap();
+    let server = Server::<Alb>::start(&file, cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    let clients: Vec<_> = (0..8)
+        .map(|t| tokio::spawn(keep_alive_load(listen, 150, t)))
+        .collect();
+    let broken = "[admin]\naddress = \"oops\"\n";
+    for i in 0..40 {
+        let text = match i % 4 {
+            0 => config(&[&os[0], &os[1]], "least_outstanding_requests"),
+            1 => broken.to_owned(),
+            2 => config(&[&os[1], &os[2]], "round_robin"),
+            _ => config(&[&os[0], &os[1], &os[2]], "weighted_random"),
+        };
+        std::fs::write(&file, text).unwrap();
+        let r = server.reload().await;
+        assert_eq!(r.is_ok(), i % 4 != 1, "reload {i}: {r:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.extend(c.await.unwrap());
+    }
+    assert_eq!(statuses.len(), 1200);
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "errors during reloads: {:?}",
+        statuses.iter().filter(|&&s| s != 200).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        server.snapshot().generation,
+        31,
+        "30 good reloads, 10 refused"
+    );
+}
