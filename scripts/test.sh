@@ -14,6 +14,16 @@ if [ ! -x .venv/bin/moto_server ]; then
 fi
 export CAUSEWAY_MOTO_SERVER="$PWD/.venv/bin/moto_server"
 
+step "Debian packages the tests use (nginx: a real PROXY protocol peer)"
+if ! [ -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  else
+    echo "nginx is not installed and this is not root: the PROXY protocol peer test will skip"
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

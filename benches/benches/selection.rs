@@ -33,11 +33,13 @@ fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
             timeout: Duration::from_secs(5),
             healthy_threshold: 1,
             unhealthy_threshold: 1,
+            proxy_protocol_v2: false,
         },
         deregistration_delay: Duration::from_secs(300),
         slow_start: Duration::ZERO,
         algorithm,
         stickiness: None,
+        proxy_protocol_v2: false,
         outlier_detection: causeway_config::common::OutlierConfig {
             enabled: true,
             consecutive_failures: 5,

@@ -115,6 +115,15 @@ pub struct FileTargetGroup {
     pub stickiness: FileStickiness,
     #[serde(default)]
     pub outlier_detection: FileOutlier,
+    #[serde(default)]
+    pub proxy_protocol_v2: FileEnabled,
+}
+
+/// `{ enabled = true }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEnabled {
+    pub enabled: Option<bool>,
 }
 
 /// Passive outlier ejection (ours, after Envoy's `outlier_detection`).
@@ -232,6 +241,8 @@ pub struct HealthCheckConfig {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// Send a PROXY v2 LOCAL header first (the group speaks PROXY protocol to its targets).
+    pub proxy_protocol_v2: bool,
 }
 
 /// Target selection algorithm of a target group.
@@ -269,6 +280,8 @@ pub struct TargetGroupConfig {
     pub algorithm: Algorithm,
     pub stickiness: Option<Stickiness>,
     pub outlier_detection: OutlierConfig,
+    /// nlb: send a PROXY protocol v2 header to targets (and on health checks).
+    pub proxy_protocol_v2: bool,
 }
 
 /// Which data plane a target group belongs to: decides protocols and defaults.
@@ -447,6 +460,7 @@ impl FileHealthCheck {
             timeout,
             healthy_threshold: healthy as u32,
             unhealthy_threshold: unhealthy as u32,
+            proxy_protocol_v2: false,
         })
     }
 }
@@ -464,9 +478,18 @@ impl FileTargetGroup {
         )?
         .to_owned();
         let targets = validate_targets(&format!("{path}.targets"), self.targets)?;
-        let health_check =
+        let pp2_path = format!("{path}.proxy_protocol_v2.enabled");
+        let proxy_protocol_v2 = self.proxy_protocol_v2.enabled.unwrap_or(false);
+        if proxy_protocol_v2 && plane == Plane::Alb {
+            return Err(Violation::new(
+                pp2_path,
+                "PROXY protocol to targets is an nlb target group attribute",
+            ));
+        }
+        let mut health_check =
             self.health_check
                 .validate(&format!("{path}.health_check"), plane, &protocol)?;
+        health_check.proxy_protocol_v2 = proxy_protocol_v2;
         let deregistration_delay = secs(
             &format!("{path}.deregistration_delay.timeout_seconds"),
             self.deregistration_delay.timeout_seconds,
@@ -543,6 +566,7 @@ impl FileTargetGroup {
             )? as u32,
         };
         Ok(TargetGroupConfig {
+            proxy_protocol_v2,
             outlier_detection,
             name: name.to_owned(),
             protocol,

@@ -33,7 +33,7 @@ impl Prober for NetProber {
         hc: &'a HealthCheckConfig,
     ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
         Box::pin(async move {
-            match tokio::time::timeout(hc.timeout, probe_once(addr, &hc.kind)).await {
+            match tokio::time::timeout(hc.timeout, probe_once(addr, hc)).await {
                 Ok(o) => o,
                 Err(_) => Outcome::Timeout,
             }
@@ -41,11 +41,18 @@ impl Prober for NetProber {
     }
 }
 
-async fn probe_once(addr: SocketAddr, kind: &HealthCheckKind) -> Outcome {
+async fn probe_once(addr: SocketAddr, hc: &HealthCheckConfig) -> Outcome {
     let Ok(mut s) = TcpStream::connect(addr).await else {
         return Outcome::Failed;
     };
-    let HealthCheckKind::Http { path, matcher } = kind else {
+    if hc.proxy_protocol_v2
+        && s.write_all(&crate::proxy_protocol::encode_v2_local())
+            .await
+            .is_err()
+    {
+        return Outcome::Failed;
+    }
+    let HealthCheckKind::Http { path, matcher } = &hc.kind else {
         return Outcome::Success;
     };
     let req = format!(
@@ -185,6 +192,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             healthy_threshold: 3,
             unhealthy_threshold: 2,
+            proxy_protocol_v2: false,
         }
     }
 

@@ -237,6 +237,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             healthy_threshold: healthy,
             unhealthy_threshold: unhealthy,
+            proxy_protocol_v2: false,
         }
     }
 

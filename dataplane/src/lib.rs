@@ -18,6 +18,7 @@ pub mod http1;
 pub mod listener;
 pub mod outlier;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod reply;
 pub mod retry;
 pub mod select;

@@ -446,11 +446,13 @@ mod tests {
                 timeout: Duration::from_secs(2),
                 healthy_threshold: 1,
                 unhealthy_threshold: 1,
+                proxy_protocol_v2: false,
             },
             deregistration_delay: Duration::from_secs(30),
             slow_start: Duration::ZERO,
             algorithm,
             stickiness: None,
+            proxy_protocol_v2: false,
             outlier_detection: causeway_config::common::OutlierConfig {
                 enabled: true,
                 consecutive_failures: 5,

@@ -5,6 +5,7 @@ use crate::flow::{self, Proto};
 use crate::{connect, relay, Nlb};
 use causeway_dataplane::{Conn, Snapshot};
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 
 /// Serves one client connection.
 pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
@@ -21,7 +22,7 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
     let labels = [("target_group", group.cfg.name.clone())];
     metrics::counter!("causeway_nlb_new_flow_count", &labels).increment(1);
     let hash = flow::hash(Proto::Tcp, conn.peer, conn.local);
-    let (upstream, in_flight) = match connect::connect(group, hash).await {
+    let (mut upstream, in_flight) = match connect::connect(group, hash).await {
         Ok(x) => x,
         Err(e) => {
             metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(1);
@@ -29,6 +30,13 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
             return;
         }
     };
+    if group.cfg.proxy_protocol_v2 {
+        let header = causeway_dataplane::proxy_protocol::encode_v2(conn.peer, conn.local, &[]);
+        if let Err(e) = upstream.write_all(&header).await {
+            tracing::debug!(peer = %conn.peer, error = %e, "writing the PROXY header failed");
+            return;
+        }
+    }
     let active = metrics::gauge!("causeway_nlb_active_flow_count", &labels);
     active.increment(1.0);
     match relay::relay(conn.stream, upstream).await {
