@@ -42,7 +42,7 @@ async fn targets_receive_the_spec_layout_then_the_client_bytes() {
     // Health checks may connect first: find the connection that carries "hello".
     let got = loop {
         let (mut s, _) = target.accept().await.unwrap();
-        let mut buf = vec![0u8; 64];
+        let mut buf = [0u8; 64];
         let mut n = 0;
         while n < 16 {
             n += s.read(&mut buf[n..]).await.unwrap();
