@@ -30,6 +30,22 @@ pub struct FileListener {
     pub address: String,
     pub protocol: Option<String>,
     pub target_group: String,
+    #[serde(default)]
+    pub tcp: FileTcp,
+}
+
+/// AWS's `tcp.idle_timeout.seconds` listener attribute.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTcp {
+    #[serde(default)]
+    pub idle_timeout: FileIdle,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdle {
+    pub seconds: Option<i64>,
 }
 
 /// A validated nlb config.
@@ -45,6 +61,8 @@ pub struct NlbConfig {
 pub struct Listener {
     pub address: SocketAddr,
     pub target_group: String,
+    /// A flow silent both ways this long is closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl ConfigFile for FileNlb {
@@ -77,9 +95,16 @@ impl ConfigFile for FileNlb {
                 )
                 .into());
             }
+            let idle = crate::error::in_range(
+                &format!("{path}.tcp.idle_timeout.seconds"),
+                l.tcp.idle_timeout.seconds.unwrap_or(350),
+                60,
+                6000,
+            )?;
             listeners.push(Listener {
                 address,
                 target_group: l.target_group,
+                idle_timeout: std::time::Duration::from_secs(idle as u64),
             });
         }
         Ok(NlbConfig {

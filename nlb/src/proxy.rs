@@ -7,6 +7,9 @@ use causeway_dataplane::{Conn, Snapshot};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
+/// AWS NLB's default TCP idle timeout.
+const DEFAULT_IDLE: std::time::Duration = std::time::Duration::from_secs(350);
+
 /// Serves one client connection.
 pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
     let listener = snap
@@ -39,12 +42,27 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
     }
     let active = metrics::gauge!("causeway_nlb_active_flow_count", &labels);
     active.increment(1.0);
-    match relay::relay(conn.stream, upstream).await {
-        Ok((up, down)) => {
-            metrics::counter!("causeway_nlb_processed_bytes", &labels).increment(up + down);
+    let idle = listener.map_or(DEFAULT_IDLE, |l| l.idle_timeout);
+    let mut client = conn.stream;
+    let (cr, cw) = client.split();
+    let (tr, tw) = upstream.split();
+    let (n, result) = relay::relay(cr, cw, tr, tw, idle).await;
+    metrics::counter!("causeway_nlb_processed_bytes", &labels)
+        .increment(n.client_to_target + n.target_to_client);
+    match result {
+        Ok(()) => {}
+        Err(relay::RelayError::Idle(_)) => {
+            metrics::counter!("causeway_nlb_idle_timeout_count", &labels).increment(1);
         }
-        Err(e) => tracing::debug!(peer = %conn.peer, target = %in_flight.target().cfg.address,
-            error = %e, "relay ended with an error"),
+        Err(relay::RelayError::Client(e)) => {
+            metrics::counter!("causeway_nlb_tcp_client_reset_count", &labels).increment(1);
+            tracing::debug!(peer = %conn.peer, error = %e, "client side ended with an error");
+        }
+        Err(relay::RelayError::Target(e)) => {
+            metrics::counter!("causeway_nlb_tcp_target_reset_count", &labels).increment(1);
+            tracing::debug!(target = %in_flight.target().cfg.address, error = %e,
+                "target side ended with an error");
+        }
     }
     active.decrement(1.0);
 }

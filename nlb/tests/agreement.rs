@@ -77,7 +77,10 @@ async fn two_processes_agree_on_every_flow() {
     };
     let (fa, fb) = (flows(admin_a), flows(admin_b));
     assert_eq!(fa + fb, 40.0);
-    assert!(fa > 0.0 && fb > 0.0, "both processes took flows: {fa} and {fb}");
+    assert!(
+        fa > 0.0 && fb > 0.0,
+        "both processes took flows: {fa} and {fb}"
+    );
     // Only b is left: every flow now goes through b.
     a.signal("INT");
     a.wait_exit(Duration::from_secs(10)).expect("a stops");
