@@ -49,6 +49,13 @@ done
 step "cargo test"
 cargo test --workspace --locked
 
+step "demo smoke run (causeway-control demo --once: every plane up on the ports contract)"
+out=$(timeout 60 target/debug/causeway-control demo --once 2>&1) || { echo "$out"; exit 1; }
+echo "$out" | tail -8
+for plane in alb.toml alb-2.toml nlb.toml edge.toml; do
+  echo "$out" | grep -q "^$plane *gen 1 " || { echo "demo: $plane is not up"; exit 1; }
+done
+
 step "cargo bench --no-run"
 cargo bench --workspace --locked --no-run
 

@@ -1,5 +1,7 @@
-//! The causeway-control binary: `--check` validates a control config today; discovery,
-//! reconcile, drain and the demo are the subject of the control issue.
+//! The causeway-control binary: `--check` validates a control config, `demo` runs the local
+//! stack; discovery, reconcile and drain (`run`, `plan`, `apply`) are the control issue's work.
+
+mod demo;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,8 +28,12 @@ enum Command {
     Plan,
     /// Do one reconcile pass.
     Apply,
-    /// Start the local demo stack.
-    Demo,
+    /// Start the local demo stack (origins, two albs, nlb, edge) until Ctrl-C.
+    Demo {
+        /// Print one status and stop (for scripts).
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,15 +54,7 @@ fn main() -> ExitCode {
         Some(Command::Run) => "run",
         Some(Command::Plan) => "plan",
         Some(Command::Apply) => "apply",
-        Some(Command::Demo) => {
-            // The demo is a stub until the control issue builds it; say so and succeed.
-            println!(
-                "causeway-control demo: the demo stack (3 origins, 2 albs, nlb, edge on the ports \
-                 in README.md) is not built yet. Today you can run each data plane by hand, e.g. \
-                 target/release/causeway-nlb --config examples/nlb.toml"
-            );
-            return ExitCode::SUCCESS;
-        }
+        Some(Command::Demo { once }) => return demo::run(once),
         None => {
             eprintln!("causeway-control: give a command (run, plan, apply, demo) or --check FILE");
             return ExitCode::from(2);
