@@ -32,6 +32,26 @@ pub struct FileListener {
     pub target_group: String,
     #[serde(default)]
     pub tcp: FileTcp,
+    #[serde(default)]
+    pub proxy_protocol: FileAcceptProxy,
+}
+
+/// Accepting PROXY v1/v2 headers on a listener (ours): only from these sources.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAcceptProxy {
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+    pub receive_timeout_seconds: Option<i64>,
+}
+
+/// Validated PROXY acceptance: every connection must start with a header, and only these
+/// sources may send one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptProxy {
+    pub allowed: Vec<crate::cidr::Cidr>,
+    pub receive_timeout: std::time::Duration,
 }
 
 /// AWS's `tcp.idle_timeout.seconds` listener attribute.
@@ -63,6 +83,8 @@ pub struct Listener {
     pub target_group: String,
     /// A flow silent both ways this long is closed.
     pub idle_timeout: std::time::Duration,
+    /// `Some` when connections must start with a PROXY header.
+    pub proxy_protocol: Option<AcceptProxy>,
 }
 
 impl ConfigFile for FileNlb {
@@ -101,10 +123,41 @@ impl ConfigFile for FileNlb {
                 60,
                 6000,
             )?;
+            let pp = l.proxy_protocol;
+            let proxy_protocol = if pp.enabled.unwrap_or(false) {
+                let cp = format!("{path}.proxy_protocol.allowed_cidrs");
+                if pp.allowed_cidrs.is_empty() {
+                    return Err(Violation::new(
+                        cp,
+                        "list the sources allowed to send PROXY headers; never guess",
+                    )
+                    .into());
+                }
+                let mut allowed = Vec::new();
+                for (j, c) in pp.allowed_cidrs.iter().enumerate() {
+                    allowed.push(
+                        crate::cidr::Cidr::parse(c)
+                            .map_err(|e| Violation::new(format!("{cp}[{j}]"), e))?,
+                    );
+                }
+                let t = crate::error::in_range(
+                    &format!("{path}.proxy_protocol.receive_timeout_seconds"),
+                    pp.receive_timeout_seconds.unwrap_or(5),
+                    1,
+                    60,
+                )?;
+                Some(AcceptProxy {
+                    allowed,
+                    receive_timeout: std::time::Duration::from_secs(t as u64),
+                })
+            } else {
+                None
+            };
             listeners.push(Listener {
                 address,
                 target_group: l.target_group,
                 idle_timeout: std::time::Duration::from_secs(idle as u64),
+                proxy_protocol,
             });
         }
         Ok(NlbConfig {

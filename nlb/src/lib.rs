@@ -1,5 +1,6 @@
 //! causeway-nlb: L4 pass-through. Flows are spread by Maglev over healthy targets.
 
+pub mod accept_proxy;
 pub mod connect;
 pub mod flow;
 pub mod proxy;

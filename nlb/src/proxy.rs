@@ -1,6 +1,7 @@
 //! The nlb's request path, in order: listener (accepted by the runtime) → select (Maglev on
 //! the flow tuple) → connect (failing over along the flow's preference list) → relay.
 
+use crate::accept_proxy::{self, Accepted};
 use crate::flow::{self, Proto};
 use crate::{connect, relay, Nlb};
 use causeway_dataplane::{Conn, Snapshot};
@@ -23,8 +24,28 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
         return;
     };
     let labels = [("target_group", group.cfg.name.clone())];
+    let mut conn = conn;
+    // listener: a PROXY header first, when the listener requires one.
+    let accepted = match listener.and_then(|l| l.proxy_protocol.as_ref()) {
+        None => Accepted {
+            client: conn.peer,
+            dest: conn.local,
+            tlvs: Vec::new(),
+            early: Vec::new(),
+        },
+        Some(pp) => match accept_proxy::read(&mut conn.stream, conn.peer, conn.local, pp).await {
+            Ok(a) => a,
+            Err(e) => {
+                metrics::counter!("causeway_nlb_proxy_protocol_refused_count",
+                    "reason" => e.kind())
+                .increment(1);
+                tracing::debug!(peer = %conn.peer, error = %e, "PROXY header refused");
+                return;
+            }
+        },
+    };
     metrics::counter!("causeway_nlb_new_flow_count", &labels).increment(1);
-    let hash = flow::hash(Proto::Tcp, conn.peer, conn.local);
+    let hash = flow::hash(Proto::Tcp, accepted.client, accepted.dest);
     let (mut upstream, in_flight) = match connect::connect(group, hash).await {
         Ok(x) => x,
         Err(e) => {
@@ -34,9 +55,22 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
         }
     };
     if group.cfg.proxy_protocol_v2 {
-        let header = causeway_dataplane::proxy_protocol::encode_v2(conn.peer, conn.local, &[]);
+        let tlvs: Vec<(u8, &[u8])> = accepted
+            .tlvs
+            .iter()
+            .map(|(t, v)| (*t, v.as_slice()))
+            .collect();
+        let header =
+            causeway_dataplane::proxy_protocol::encode_v2(accepted.client, accepted.dest, &tlvs);
         if let Err(e) = upstream.write_all(&header).await {
             tracing::debug!(peer = %conn.peer, error = %e, "writing the PROXY header failed");
+            return;
+        }
+    }
+    if !accepted.early.is_empty() {
+        // Client bytes that arrived with its PROXY header.
+        if let Err(e) = upstream.write_all(&accepted.early).await {
+            tracing::debug!(peer = %conn.peer, error = %e, "forwarding early bytes failed");
             return;
         }
     }

@@ -141,3 +141,127 @@ async fn nginx_accepts_the_header_and_sees_the_client() {
         )
     );
 }
+
+/// An nlb whose listener requires PROXY headers from `allowed`, in front of a raw target.
+async fn start_accepting(target: SocketAddr, allowed: &str) -> SocketAddr {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        "[admin]\naddress = \"127.0.0.1:{}\"\n[[listeners]]\naddress = \"{listen}\"\ntarget_group = \"t\"\nproxy_protocol = {{ enabled = true, allowed_cidrs = [\"{allowed}\"], receive_timeout_seconds = 5 }}\n[target_groups.t]\ntargets = [{{ address = \"{target}\" }}]\nproxy_protocol_v2.enabled = true\nhealth_check = {{ interval_seconds = 300 }}\n",
+        free_port()
+    );
+    let cfg = parse::<FileNlb>("nlb.toml", &text, &Context { dir: ".".into() }).unwrap();
+    let server = Server::<Nlb>::start(Path::new("nlb.toml"), cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    std::mem::forget(server);
+    listen
+}
+
+/// Reads what the target gets on its next connection that is not a health check: the parsed
+/// PROXY header and the bytes after it.
+async fn target_receives(
+    target: &TcpListener,
+    want_data: usize,
+) -> (causeway_dataplane::proxy_protocol::Header, Vec<u8>) {
+    loop {
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), target.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Ok(Some((h, n))) = causeway_dataplane::proxy_protocol::parse(&buf) {
+                if h.addresses.is_none() {
+                    break; // a health check
+                }
+                if buf.len() >= n + want_data {
+                    return (h, buf[n..].to_vec());
+                }
+            }
+            let k = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(k > 0, "closed early: {buf:?}");
+            buf.extend_from_slice(&chunk[..k]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_v1_header_names_the_client_to_the_target() {
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = start_accepting(target.local_addr().unwrap(), "127.0.0.0/8").await;
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(b"PROXY TCP4 198.51.100.7 203.0.113.1 40000 443\r\nhello")
+        .await
+        .unwrap();
+    let (h, data) = target_receives(&target, 5).await;
+    assert_eq!(
+        h.addresses,
+        Some((
+            "198.51.100.7:40000".parse().unwrap(),
+            "203.0.113.1:443".parse().unwrap()
+        ))
+    );
+    assert_eq!(data, b"hello", "bytes sent with the header are relayed");
+}
+
+#[tokio::test]
+async fn v2_tlvs_including_aws_vpce_pass_through() {
+    use causeway_dataplane::proxy_protocol::{encode_v2, TLV_AWS};
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = start_accepting(target.local_addr().unwrap(), "127.0.0.1/32").await;
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    let header = encode_v2(
+        "[2001:db8::7]:5555".parse().unwrap(),
+        "[2001:db8::1]:80".parse().unwrap(),
+        &[(TLV_AWS, b"\x01vpce-0123456789abcdef0")],
+    );
+    c.write_all(&header).await.unwrap();
+    c.write_all(b"data").await.unwrap();
+    let (h, data) = target_receives(&target, 4).await;
+    assert_eq!(
+        h.addresses.unwrap().0,
+        "[2001:db8::7]:5555".parse().unwrap()
+    );
+    assert_eq!(
+        h.tlvs,
+        vec![(TLV_AWS, b"\x01vpce-0123456789abcdef0".to_vec())]
+    );
+    assert_eq!(data, b"data");
+}
+
+async fn closed_without_reaching_target(listen: SocketAddr, target: &TcpListener, send: &[u8]) {
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(send).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the nlb closes the connection");
+    let reached = tokio::time::timeout(Duration::from_millis(300), target.accept()).await;
+    assert!(reached.is_err(), "nothing reached the target");
+}
+
+#[tokio::test]
+async fn untrusted_sources_and_malformed_headers_are_closed() {
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let taddr = target.local_addr().unwrap();
+    let untrusted = start_accepting(taddr, "10.0.0.0/8").await;
+    closed_without_reaching_target(
+        untrusted,
+        &target,
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET /",
+    )
+    .await;
+    let trusted = start_accepting(taddr, "127.0.0.0/8").await;
+    closed_without_reaching_target(trusted, &target, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    closed_without_reaching_target(trusted, &target, b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 2\r\n")
+        .await;
+    let mut bad_v2 = causeway_dataplane::proxy_protocol::SIGNATURE.to_vec();
+    bad_v2.extend_from_slice(&[0x21, 0x11, 0x00, 0x04, 1, 2, 3, 4]);
+    closed_without_reaching_target(trusted, &target, &bad_v2).await;
+}
