@@ -190,7 +190,7 @@ impl FileLoadBalancer {
                 Some(s) if s.len() < 16 => {
                     return Err(Violation::new(
                         "load_balancer.stickiness_secret",
-                        "must be at least 16 characters",
+                        "must be at least 16 bytes",
                     ))
                 }
                 other => other,
@@ -364,6 +364,12 @@ impl FileAction {
         let status_path = format!("{path}.status_code");
         let status = match self.status_code {
             None => 200,
+            Some(FileStatus::Number(n)) if (300..400).contains(&n) => {
+                return Err(Violation::new(
+                    status_path,
+                    format!("must be 2XX, 4XX or 5XX (a redirect action gives 3XX), got {n}"),
+                ))
+            }
             Some(FileStatus::Number(n)) => in_range(&status_path, n, 200, 599)?,
             Some(FileStatus::Name(s)) => {
                 return Err(Violation::new(

@@ -351,6 +351,12 @@ pub fn validate_targets(path: &str, raw: Vec<FileTarget>) -> Check<Vec<TargetCon
                 format!("duplicate target {}", t.address),
             ));
         }
+        if out.iter().any(|o| o.id == t.id) {
+            return Err(Violation::new(
+                format!("{p}.id"),
+                format!("duplicate target id \"{}\"", t.id),
+            ));
+        }
         out.push(t);
     }
     Ok(out)
@@ -499,6 +505,12 @@ impl FileTargetGroup {
         )?;
         let ss_path = format!("{path}.slow_start.duration_seconds");
         let slow_start = secs(&ss_path, self.slow_start.duration_seconds, 0, 0, 900)?;
+        if plane == Plane::Nlb && !slow_start.is_zero() {
+            return Err(Violation::new(
+                ss_path,
+                "the nlb has no slow start: flows are placed by Maglev",
+            ));
+        }
         if !slow_start.is_zero() && slow_start < Duration::from_secs(30) {
             return Err(Violation::new(
                 ss_path,

@@ -172,3 +172,24 @@ fn every_example_validates() {
         causeway_config::check(kind, &ex.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
     }
 }
+
+#[test]
+fn duplicate_target_ids_and_odd_values_are_refused() {
+    let text = BASE.replace("  interval_seconds = 0", "").replace(
+        "targets = [{ address = \"127.0.0.1:9001\" }]",
+        "targets = [{ id = \"i-1\", address = \"127.0.0.1:9001\" }, { id = \"i-1\", address = \"127.0.0.1:9002\" }]",
+    );
+    let err = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap_err();
+    assert_eq!(err.key(), Some("target_groups.wordpress.targets[1].id"), "{err}");
+
+    let text = BASE.replace("  interval_seconds = 0", "").replace(
+        "default_action = { type = \"forward\", target_group = \"wordpress\" }",
+        "default_action = { type = \"fixed-response\", status_code = 302 }",
+    );
+    let err = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap_err();
+    assert!(err.to_string().contains("must be 2XX, 4XX or 5XX"), "{err}");
+
+    let nlb = "[admin]\naddress = \"127.0.0.1:9181\"\n[[listeners]]\naddress = \"127.0.0.1:8081\"\ntarget_group = \"t\"\n[target_groups.t]\nslow_start.duration_seconds = 60\n";
+    let err = parse::<causeway_config::nlb::FileNlb>("nlb.toml", nlb, &cx()).unwrap_err();
+    assert!(err.to_string().contains("the nlb has no slow start"), "{err}");
+}

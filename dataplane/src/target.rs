@@ -286,10 +286,14 @@ impl TargetGroup {
     }
 
     /// The targets a new request may use: the routable ones (or, failing open when none is
-    /// routable, every registered target), less those outlier detection ejected.
+    /// routable, every registered target), less those outlier detection ejected and those of
+    /// weight 0, whatever the algorithm.
     fn usable(&self) -> impl Fn(usize) -> bool + '_ {
         let fail_open = !self.any_routable();
-        move |i| (fail_open || self.targets[i].state().routable()) && !self.targets[i].is_ejected()
+        move |i| {
+            let t = &self.targets[i];
+            (fail_open || t.state().routable()) && !t.is_ejected() && t.cfg.weight > 0
+        }
     }
 
     /// Records the outcome of one exchange with `t` for outlier ejection: `failed` for a 5xx

@@ -36,6 +36,7 @@ pub async fn connect(
                 if let Err(e) = s.set_nodelay(true) {
                     tracing::debug!(error = %e, "set TCP_NODELAY failed");
                 }
+                group.record_outcome(&t, false);
                 return Ok((s, guard));
             }
             Ok(Err(e)) => {
@@ -47,6 +48,7 @@ pub async fn connect(
             "target_group" => group.cfg.name.clone())
         .increment(1);
         t.record_passive_failure();
+        group.record_outcome(&t, true);
     }
     Err(ConnectError::AllFailed { tried: tried.len() })
 }
