@@ -40,6 +40,7 @@ fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
         algorithm,
         stickiness: None,
         proxy_protocol_v2: false,
+        termination: causeway_config::common::Termination::NEVER,
         outlier_detection: causeway_config::common::OutlierConfig {
             enabled: true,
             consecutive_failures: 5,

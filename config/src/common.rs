@@ -106,7 +106,9 @@ pub struct FileTargetGroup {
     #[serde(default)]
     pub health_check: FileHealthCheck,
     #[serde(default)]
-    pub deregistration_delay: FileSeconds,
+    pub deregistration_delay: FileDeregistration,
+    #[serde(default)]
+    pub target_health_state: FileTargetHealthState,
     #[serde(default)]
     pub slow_start: FileDuration,
     #[serde(default)]
@@ -117,6 +119,51 @@ pub struct FileTargetGroup {
     pub outlier_detection: FileOutlier,
     #[serde(default)]
     pub proxy_protocol_v2: FileEnabled,
+}
+
+/// AWS's `deregistration_delay.*` attributes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDeregistration {
+    pub timeout_seconds: Option<i64>,
+    #[serde(default)]
+    pub connection_termination: FileEnabled,
+}
+
+/// AWS's `target_health_state.unhealthy.*` attributes (NLB).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTargetHealthState {
+    #[serde(default)]
+    pub unhealthy: FileUnhealthy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUnhealthy {
+    #[serde(default)]
+    pub connection_termination: FileEnabled,
+    pub draining_interval_seconds: Option<i64>,
+}
+
+/// When a target's open connections are cut (nlb; the alb lets requests finish).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Termination {
+    /// Close remaining connections when the deregistration delay ends.
+    pub on_deregistration: bool,
+    /// Reset connections as soon as the target turns unhealthy...
+    pub on_unhealthy: bool,
+    /// ...or, when that is off, after it has stayed unhealthy this long.
+    pub unhealthy_draining: Duration,
+}
+
+impl Termination {
+    /// Nothing is ever cut (the alb).
+    pub const NEVER: Termination = Termination {
+        on_deregistration: false,
+        on_unhealthy: false,
+        unhealthy_draining: Duration::MAX,
+    };
 }
 
 /// `{ enabled = true }`.
@@ -282,6 +329,7 @@ pub struct TargetGroupConfig {
     pub outlier_detection: OutlierConfig,
     /// nlb: send a PROXY protocol v2 header to targets (and on health checks).
     pub proxy_protocol_v2: bool,
+    pub termination: Termination,
 }
 
 /// Which data plane a target group belongs to: decides protocols and defaults.
@@ -496,6 +544,52 @@ impl FileTargetGroup {
             self.health_check
                 .validate(&format!("{path}.health_check"), plane, &protocol)?;
         health_check.proxy_protocol_v2 = proxy_protocol_v2;
+        let dd_term = self.deregistration_delay.connection_termination.enabled;
+        let uh = self.target_health_state.unhealthy;
+        let uh_path = format!("{path}.target_health_state.unhealthy");
+        let termination = match plane {
+            Plane::Alb => {
+                if dd_term.is_some()
+                    || uh.connection_termination.enabled.is_some()
+                    || uh.draining_interval_seconds.is_some()
+                {
+                    return Err(Violation::new(
+                        if dd_term.is_some() {
+                            format!("{path}.deregistration_delay.connection_termination.enabled")
+                        } else {
+                            uh_path
+                        },
+                        "connection termination is an nlb target group attribute",
+                    ));
+                }
+                Termination::NEVER
+            }
+            Plane::Nlb => {
+                let on_unhealthy = uh.connection_termination.enabled.unwrap_or(true);
+                let draining = secs(
+                    &format!("{uh_path}.draining_interval_seconds"),
+                    uh.draining_interval_seconds,
+                    0,
+                    0,
+                    360_000,
+                )?;
+                if on_unhealthy && uh.draining_interval_seconds.is_some() {
+                    return Err(Violation::new(
+                        format!("{uh_path}.draining_interval_seconds"),
+                        "applies only when connection_termination.enabled = false",
+                    ));
+                }
+                Termination {
+                    on_deregistration: dd_term.unwrap_or(false),
+                    on_unhealthy,
+                    unhealthy_draining: if on_unhealthy {
+                        Duration::ZERO
+                    } else {
+                        draining
+                    },
+                }
+            }
+        };
         let deregistration_delay = secs(
             &format!("{path}.deregistration_delay.timeout_seconds"),
             self.deregistration_delay.timeout_seconds,
@@ -578,6 +672,7 @@ impl FileTargetGroup {
             )? as u32,
         };
         Ok(TargetGroupConfig {
+            termination,
             proxy_protocol_v2,
             outlier_detection,
             name: name.to_owned(),

@@ -180,7 +180,11 @@ fn duplicate_target_ids_and_odd_values_are_refused() {
         "targets = [{ id = \"i-1\", address = \"127.0.0.1:9001\" }, { id = \"i-1\", address = \"127.0.0.1:9002\" }]",
     );
     let err = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap_err();
-    assert_eq!(err.key(), Some("target_groups.wordpress.targets[1].id"), "{err}");
+    assert_eq!(
+        err.key(),
+        Some("target_groups.wordpress.targets[1].id"),
+        "{err}"
+    );
 
     let text = BASE.replace("  interval_seconds = 0", "").replace(
         "default_action = { type = \"forward\", target_group = \"wordpress\" }",
@@ -191,5 +195,8 @@ fn duplicate_target_ids_and_odd_values_are_refused() {
 
     let nlb = "[admin]\naddress = \"127.0.0.1:9181\"\n[[listeners]]\naddress = \"127.0.0.1:8081\"\ntarget_group = \"t\"\n[target_groups.t]\nslow_start.duration_seconds = 60\n";
     let err = parse::<causeway_config::nlb::FileNlb>("nlb.toml", nlb, &cx()).unwrap_err();
-    assert!(err.to_string().contains("the nlb has no slow start"), "{err}");
+    assert!(
+        err.to_string().contains("the nlb has no slow start"),
+        "{err}"
+    );
 }

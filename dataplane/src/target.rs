@@ -4,7 +4,9 @@
 use crate::health::{HealthMachine, Outcome, Reason, State, Transition};
 use crate::outlier::{OutlierPolicy, OutlierState};
 use crate::select::{self, Maglev, PeakEwma, SmoothWrr};
-use causeway_config::common::{Algorithm, HealthCheckConfig, TargetConfig, TargetGroupConfig};
+use causeway_config::common::{
+    Algorithm, HealthCheckConfig, TargetConfig, TargetGroupConfig, Termination,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +32,10 @@ pub struct Target {
     outlier: Mutex<OutlierState>,
     /// Set while ejected, so the common case reads no clock.
     ejected: AtomicBool,
+    /// When this target's open connections are cut (set by the group after creation).
+    termination: Mutex<Termination>,
+    /// Turns true when open connections to this target must be cut.
+    terminate_tx: tokio::sync::watch::Sender<bool>,
 }
 
 /// Counts one request or connection in flight on a target while it lives.
@@ -84,6 +90,8 @@ impl Target {
             pool: crate::pool::Pool::default(),
             outlier: Mutex::new(OutlierState::default()),
             ejected: AtomicBool::new(false),
+            termination: Mutex::new(Termination::NEVER),
+            terminate_tx: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -124,6 +132,27 @@ impl Target {
         InFlight(self.clone())
     }
 
+    /// Sets when this target's connections are cut (its group's policy).
+    pub fn set_termination(&self, t: Termination) {
+        *lock(&self.termination) = t;
+    }
+
+    /// Resolves when open connections to this target must be cut.
+    pub fn termination_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.terminate_tx.subscribe()
+    }
+
+    /// Cuts every open connection that watches this target's termination signal.
+    pub fn terminate(&self) {
+        if !self.terminate_tx.send_replace(true) {
+            tracing::info!(target_group = %self.group, target = %self.cfg.address,
+                "cutting open connections");
+            metrics::counter!("causeway_target_connection_terminations_total",
+                "target_group" => self.group.to_string())
+            .increment(1);
+        }
+    }
+
     fn apply(
         &self,
         f: impl FnOnce(&mut HealthMachine) -> Option<Transition>,
@@ -134,6 +163,9 @@ impl Target {
         drop(m);
         if t.to.routable() {
             *lock(&self.healthy_since) = Some(Instant::now());
+        }
+        if t.to == State::Unhealthy && lock(&self.termination).on_unhealthy {
+            self.terminate();
         }
         tracing::info!(
             target_group = %self.group, target = %self.cfg.address, id = %self.cfg.id,
@@ -266,6 +298,9 @@ impl TargetGroup {
                 }
             }
         }
+        for t in &targets {
+            t.set_termination(cfg.termination);
+        }
         let maglev = (cfg.algorithm == Algorithm::Maglev).then(|| {
             let names: Vec<String> = targets.iter().map(|t| t.cfg.id.clone()).collect();
             Maglev::new(&names)
@@ -395,7 +430,11 @@ impl TargetGroup {
         let mut d = lock(&self.draining);
         let mut done = Vec::new();
         d.retain(|t| {
-            let over = t.in_flight() == 0 || t.drain_deadline().is_some_and(|dl| now >= dl);
+            let timed_out = t.drain_deadline().is_some_and(|dl| now >= dl);
+            let over = t.in_flight() == 0 || timed_out;
+            if timed_out && lock(&t.termination).on_deregistration {
+                t.terminate();
+            }
             if over {
                 t.retire();
                 done.push(t.clone());
@@ -457,6 +496,7 @@ mod tests {
             algorithm,
             stickiness: None,
             proxy_protocol_v2: false,
+            termination: Termination::NEVER,
             outlier_detection: causeway_config::common::OutlierConfig {
                 enabled: true,
                 consecutive_failures: 5,
@@ -557,6 +597,43 @@ mod tests {
             }
             assert_eq!(a.preference(h).len(), 2);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn termination_follows_the_group_policy() {
+        let mut cfg = tg(&[1, 2], Algorithm::Maglev);
+        cfg.termination = Termination {
+            on_deregistration: true,
+            on_unhealthy: true,
+            unhealthy_draining: Duration::ZERO,
+        };
+        let g = TargetGroup::build(cfg.clone(), None);
+        let mut sig = g.targets[0].termination_signal();
+        g.targets[0].record_check(Outcome::Success);
+        assert!(!*sig.borrow_and_update());
+        g.targets[0].record_check(Outcome::Failed);
+        assert!(
+            sig.has_changed().unwrap() && *sig.borrow_and_update(),
+            "reset on unhealthy"
+        );
+        // Deregistration: cut when the delay ends with flows still open.
+        let busy = g.targets[1].begin();
+        let sig1 = g.targets[1].termination_signal();
+        let mut only1 = cfg.clone();
+        only1.targets.truncate(1);
+        let g2 = TargetGroup::build(only1, Some(&g));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        g2.reap_draining(Instant::now());
+        assert!(!*sig1.borrow());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        g2.reap_draining(Instant::now());
+        assert!(*sig1.borrow(), "cut when the deregistration delay ends");
+        drop(busy);
+        // The alb's policy never cuts.
+        let a = TargetGroup::build(tg(&[3], Algorithm::RoundRobin), None);
+        let s3 = a.targets[0].termination_signal();
+        a.targets[0].record_check(Outcome::Failed);
+        assert!(!*s3.borrow());
     }
 
     #[tokio::test(start_paused = true)]

@@ -80,13 +80,29 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
     let mut client = conn.stream;
     let (cr, cw) = client.split();
     let (tr, tw) = upstream.split();
-    let (n, result) = relay::relay(cr, cw, tr, tw, idle).await;
+    let mut cut = in_flight.target().termination_signal();
+    let stop = async move {
+        if cut.wait_for(|c| *c).await.is_err() {
+            // The target is gone without a cut: nothing will ever stop this flow but itself.
+            std::future::pending::<()>().await;
+        }
+    };
+    let (n, result) = relay::relay(cr, cw, tr, tw, idle, stop).await;
     metrics::counter!("causeway_nlb_processed_bytes", &labels)
         .increment(n.client_to_target + n.target_to_client);
     match result {
         Ok(()) => {}
         Err(relay::RelayError::Idle(_)) => {
             metrics::counter!("causeway_nlb_idle_timeout_count", &labels).increment(1);
+        }
+        Err(relay::RelayError::Terminated) => {
+            // Reset both sides, as NLB does when it terminates a flow.
+            metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(2);
+            for s in [&client, &upstream] {
+                if let Err(e) = s.set_zero_linger() {
+                    tracing::debug!(error = %e, "SO_LINGER");
+                }
+            }
         }
         Err(relay::RelayError::Client(e)) => {
             metrics::counter!("causeway_nlb_tcp_client_reset_count", &labels).increment(1);

@@ -13,6 +13,8 @@ const CHUNK: usize = 16 * 1024;
 pub enum RelayError {
     #[error("idle for {0:?}")]
     Idle(Duration),
+    #[error("cut: the target was deregistered or turned unhealthy")]
+    Terminated,
     #[error("client side: {0}")]
     Client(std::io::Error),
     #[error("target side: {0}")]
@@ -26,14 +28,16 @@ pub struct Relayed {
     pub target_to_client: u64,
 }
 
-/// Copies client → target and target → client until both directions have ended, or until no
-/// byte moved either way for `idle`. Returns the counts either way.
+/// Copies client → target and target → client until both directions have ended, until no
+/// byte moved either way for `idle`, or until `stop` resolves (the target's connections are
+/// being cut). Returns the counts either way.
 pub async fn relay<CR, CW, TR, TW>(
     mut client_r: CR,
     mut client_w: CW,
     mut target_r: TR,
     mut target_w: TW,
     idle: Duration,
+    stop: impl std::future::Future<Output = ()>,
 ) -> (Relayed, Result<(), RelayError>)
 where
     CR: AsyncRead + Unpin,
@@ -47,6 +51,7 @@ where
     let (mut client_open, mut target_open) = (true, true);
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
+    tokio::pin!(stop);
     while client_open || target_open {
         tokio::select! {
             r = client_r.read(&mut up), if client_open => match r {
@@ -82,6 +87,7 @@ where
                 Err(e) => return (n, Err(RelayError::Target(e))),
             },
             _ = &mut timer => return (n, Err(RelayError::Idle(idle))),
+            () = &mut stop => return (n, Err(RelayError::Terminated)),
         }
     }
     (n, Ok(()))
@@ -100,7 +106,7 @@ mod tests {
         let (target, target_side) = duplex(1 << 16);
         let (cr, cw) = tokio::io::split(client_side);
         let (tr, tw) = tokio::io::split(target_side);
-        let task = tokio::spawn(relay(cr, cw, tr, tw, idle));
+        let task = tokio::spawn(relay(cr, cw, tr, tw, idle, std::future::pending()));
         (client, target, task)
     }
 
@@ -126,6 +132,26 @@ mod tests {
                 target_to_client: 21
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_termination_signal_cuts_the_flow() {
+        let (_client, client_side) = duplex(1024);
+        let (_target, target_side) = duplex(1024);
+        let (cr, cw) = tokio::io::split(client_side);
+        let (tr, tw) = tokio::io::split(target_side);
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let stop = async move {
+            if rx.wait_for(|cut| *cut).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let task = tokio::spawn(relay(cr, cw, tr, tw, Duration::from_secs(350), stop));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!task.is_finished());
+        tx.send_replace(true);
+        let (_, r) = task.await.unwrap();
+        assert!(matches!(r, Err(RelayError::Terminated)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -155,3 +155,40 @@ async fn shutdown_drains_live_flows_and_stops_accepting() {
     assert_eq!(answer, "got 5", "the live flow finished");
     assert!(drain.await.unwrap(), "drained within the grace period");
 }
+
+#[tokio::test]
+async fn a_target_turning_unhealthy_gets_its_flows_reset() {
+    // A target that accepts and then just holds the connection open.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            conns.push(s);
+        }
+    });
+    let (server, listen) = start_nlb(&[target], 300).await;
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(b"hi").await.unwrap();
+    for _ in 0..100 {
+        if server.snapshot().group("t").unwrap().targets[0].in_flight() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let snap = server.snapshot();
+    let t = &snap.group("t").unwrap().targets[0];
+    assert_eq!(t.in_flight(), 1);
+    // Two failed checks (the threshold): unhealthy, and NLB's default cuts its flows.
+    t.record_check(causeway_dataplane::health::Outcome::Failed);
+    t.record_check(causeway_dataplane::health::Outcome::Failed);
+    assert_eq!(t.state(), State::Unhealthy);
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.unwrap();
+    assert!(
+        matches!(r, Ok(0)) || r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the flow was cut: {r:?}"
+    );
+    held.abort();
+}
