@@ -34,6 +34,9 @@ pub struct FileListener {
     pub tcp: FileTcp,
     #[serde(default)]
     pub proxy_protocol: FileAcceptProxy,
+    /// Ours: connection limits (0 = none).
+    pub max_connections: Option<i64>,
+    pub max_connections_per_source: Option<i64>,
 }
 
 /// Accepting PROXY v1/v2 headers on a listener (ours): only from these sources.
@@ -85,6 +88,10 @@ pub struct Listener {
     pub idle_timeout: std::time::Duration,
     /// `Some` when connections must start with a PROXY header.
     pub proxy_protocol: Option<AcceptProxy>,
+    /// Open connections at most (0 = no limit).
+    pub max_connections: u32,
+    /// Open connections per source IP at most (0 = no limit).
+    pub max_connections_per_source: u32,
 }
 
 impl ConfigFile for FileNlb {
@@ -153,11 +160,25 @@ impl ConfigFile for FileNlb {
             } else {
                 None
             };
+            let max = crate::error::in_range(
+                &format!("{path}.max_connections"),
+                l.max_connections.unwrap_or(0),
+                0,
+                10_000_000,
+            )?;
+            let per = crate::error::in_range(
+                &format!("{path}.max_connections_per_source"),
+                l.max_connections_per_source.unwrap_or(0),
+                0,
+                10_000_000,
+            )?;
             listeners.push(Listener {
                 address,
                 target_group: l.target_group,
                 idle_timeout: std::time::Duration::from_secs(idle as u64),
                 proxy_protocol,
+                max_connections: max as u32,
+                max_connections_per_source: per as u32,
             });
         }
         Ok(NlbConfig {

@@ -15,6 +15,7 @@ pub mod desync;
 pub mod drain;
 pub mod health;
 pub mod http1;
+pub mod limits;
 pub mod listener;
 pub mod outlier;
 pub mod pool;

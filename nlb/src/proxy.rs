@@ -4,6 +4,7 @@
 use crate::accept_proxy::{self, Accepted};
 use crate::flow::{self, Proto};
 use crate::{connect, relay, Nlb};
+use causeway_dataplane::limits::{Limiter, Refused};
 use causeway_dataplane::{Conn, Snapshot};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -24,6 +25,28 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
         return;
     };
     let labels = [("target_group", group.cfg.name.clone())];
+    // listener: connection limits, counted for the process across reloads.
+    let _slot = match listener {
+        Some(l) if l.max_connections > 0 || l.max_connections_per_source > 0 => {
+            match Limiter::for_listener(l.address).acquire(
+                conn.peer.ip(),
+                l.max_connections,
+                l.max_connections_per_source,
+            ) {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    metrics::counter!("causeway_nlb_rejected_connection_count",
+                        "reason" => if why == Refused::Total { "total" } else { "per_source" })
+                    .increment(1);
+                    if let Err(e) = conn.stream.set_zero_linger() {
+                        tracing::debug!(error = %e, "SO_LINGER");
+                    }
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
     let mut conn = conn;
     // listener: a PROXY header first, when the listener requires one.
     let accepted = match listener.and_then(|l| l.proxy_protocol.as_ref()) {

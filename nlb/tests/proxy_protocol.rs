@@ -243,7 +243,8 @@ async fn closed_without_reaching_target(listen: SocketAddr, target: &TcpListener
         .unwrap_or(0);
     assert_eq!(n, 0, "the nlb closes the connection");
     // Health checks may connect (with a LOCAL header); a relayed flow would send PROXY.
-    while let Ok(accepted) = tokio::time::timeout(Duration::from_millis(300), target.accept()).await {
+    while let Ok(accepted) = tokio::time::timeout(Duration::from_millis(300), target.accept()).await
+    {
         let (mut s, _) = accepted.unwrap();
         let mut h = [0u8; 16];
         s.read_exact(&mut h).await.unwrap();

@@ -16,6 +16,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn start_nlb(targets: &[SocketAddr], interval: u32) -> (Arc<Server<Nlb>>, SocketAddr) {
+    start_nlb_with(targets, interval, "").await
+}
+
+async fn start_nlb_with(
+    targets: &[SocketAddr],
+    interval: u32,
+    listener_extra: &str,
+) -> (Arc<Server<Nlb>>, SocketAddr) {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let list: Vec<String> = targets
         .iter()
@@ -30,6 +38,7 @@ address = "127.0.0.1:{admin}"
 [[listeners]]
 address = "{listen}"
 target_group = "t"
+{listener_extra}
 [target_groups.t]
 targets = [{targets}]
 [target_groups.t.health_check]
@@ -185,10 +194,44 @@ async fn a_target_turning_unhealthy_gets_its_flows_reset() {
     t.record_check(causeway_dataplane::health::Outcome::Failed);
     assert_eq!(t.state(), State::Unhealthy);
     let mut buf = [0u8; 8];
-    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .unwrap();
     assert!(
-        matches!(r, Ok(0)) || r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        matches!(r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
         "the flow was cut: {r:?}"
     );
     held.abort();
+}
+
+#[tokio::test]
+async fn per_source_connection_limit_refuses_the_extra_flow() {
+    let target = counting_server().await;
+    let (_server, listen) = start_nlb_with(&[target], 300, "max_connections_per_source = 2").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(listen).await.unwrap();
+        c.write_all(b"x").await.unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(listen).await.unwrap();
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.unwrap();
+    assert!(matches!(r, Ok(0)) || r.is_err(), "the third flow from one source is refused: {r:?}");
+    // One ends: a new flow is accepted again.
+    let mut first = held.remove(0);
+    first.shutdown().await.unwrap();
+    let mut answer = String::new();
+    first.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "got 1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = TcpStream::connect(listen).await.unwrap();
+    again.write_all(b"abc").await.unwrap();
+    again.shutdown().await.unwrap();
+    let mut answer = String::new();
+    again.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer, "got 3");
 }
