@@ -499,7 +499,8 @@ async fn exchange(
         .map_err(|_| ProxyError::BadResponse)?;
     let upstream_reusable =
         resp.minor_version == 1 && !resp.lists_token(ubuf, "connection", "close");
-    let close = req.close || framing == Framing::Close || client.draining();
+    // A refused upgrade closes: bytes the client sent after it must not be read as requests.
+    let close = req.close || req.websocket || framing == Framing::Close || client.draining();
     response_filter::build_response_head(
         &mut scratch.out,
         ubuf,

@@ -219,8 +219,13 @@ async fn per_source_connection_limit_refuses_the_extra_flow() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut third = TcpStream::connect(listen).await.unwrap();
     let mut buf = [0u8; 8];
-    let r = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.unwrap();
-    assert!(matches!(r, Ok(0)) || r.is_err(), "the third flow from one source is refused: {r:?}");
+    let r = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Ok(0)) || r.is_err(),
+        "the third flow from one source is refused: {r:?}"
+    );
     // One ends: a new flow is accepted again.
     let mut first = held.remove(0);
     first.shutdown().await.unwrap();

@@ -231,6 +231,14 @@ pub fn parse_response(
     let (Some(code), Some(version)) = (resp.code, resp.version) else {
         return Err(HeadError::Malformed("incomplete status line"));
     };
+    // httparse accepts bare LF line endings; a proxy must not guess where such a head ends.
+    if buf[..len]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+    {
+        return Err(HeadError::Malformed("bare LF in response head"));
+    }
     out.len = len;
     out.status = code;
     out.minor_version = version;
@@ -552,6 +560,15 @@ mod tests {
         assert_eq!(h.framing(&b, false), Ok(Framing::Close));
         let (h, b) = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(h.framing(&b, false), Ok(Framing::Chunked));
+    }
+
+    #[test]
+    fn response_heads_with_bare_lf_are_refused() {
+        let mut h = ResponseHead::default();
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", 65536, &mut h).is_err()
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nX: 1\n\r\n", 65536, &mut h).is_err());
     }
 
     #[test]
