@@ -331,7 +331,8 @@ mod tests {
             NetProber.probe(origin.addr(), &hc).await,
             Outcome::BadStatus(500)
         );
-        assert_eq!(origin.hits("/healthz"), 1);
+        assert_eq!(origin.health_check_hits("/healthz"), 1);
+        assert_eq!(origin.total(), 0, "checks are not counted as traffic");
         hc.kind = HealthCheckKind::Tcp;
         assert_eq!(NetProber.probe(origin.addr(), &hc).await, Outcome::Success);
         let closed = causeway_testkit::closed_port().await;

@@ -35,6 +35,9 @@ impl Seen {
 #[derive(Debug, Default)]
 struct State {
     seen: Vec<Seen>,
+    /// Requests from Causeway's health checker, kept apart so that tests counting traffic are
+    /// not disturbed by a check that happens to land during them.
+    health_checks: Vec<Seen>,
 }
 
 /// Builds an [`Origin`].
@@ -137,12 +140,23 @@ impl Origin {
         &self.name
     }
 
-    /// Requests seen for `path`.
+    /// Requests seen for `path` (health checks not included).
     pub fn hits(&self, path: &str) -> usize {
         self.seen().iter().filter(|s| s.path == path).count()
     }
 
-    /// All requests seen.
+    /// Health-check requests seen for `path`.
+    pub fn health_check_hits(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .health_checks
+            .iter()
+            .filter(|s| s.path == path)
+            .count()
+    }
+
+    /// All requests seen (health checks not included).
     pub fn total(&self) -> usize {
         self.state.lock().unwrap().seen.len()
     }
@@ -191,7 +205,11 @@ async fn accept(
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
                     let path = parts.uri.path().to_owned();
-                    state.lock().unwrap().seen.push(Seen {
+                    let is_check = parts
+                        .headers
+                        .get("user-agent")
+                        .is_some_and(|v| v.as_bytes().starts_with(b"Causeway-HealthChecker"));
+                    let seen = Seen {
                         method: parts.method.to_string(),
                         path: parts
                             .uri
@@ -210,7 +228,15 @@ async fn accept(
                             .collect(),
                         body: body.to_vec(),
                         peer,
-                    });
+                    };
+                    {
+                        let mut st = state.lock().unwrap();
+                        if is_check {
+                            st.health_checks.push(seen);
+                        } else {
+                            st.seen.push(seen);
+                        }
+                    }
                     if let Some(d) = delays.get(&path) {
                         tokio::time::sleep(*d).await;
                     }
