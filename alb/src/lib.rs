@@ -14,9 +14,8 @@ pub mod upstream;
 
 use causeway_config::alb::{AlbConfig, FileAlb};
 use causeway_config::common::{ServerConfig, TargetGroupConfig};
-use causeway_dataplane::{Conn, Plane, Snapshot};
+use causeway_dataplane::{Conn, Plane, Snapshots};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// The alb data plane.
 #[derive(Debug)]
@@ -88,10 +87,7 @@ impl Plane for Alb {
         cfg.target_groups.values().cloned().collect()
     }
 
-    fn serve(
-        conn: Conn,
-        snap: Arc<Snapshot<Self>>,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        proxy::handle(conn, snap)
+    fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl std::future::Future<Output = ()> + Send {
+        proxy::handle(conn, snaps)
     }
 }

@@ -14,18 +14,15 @@ use crate::{logging, Alb};
 use causeway_config::alb::Action;
 use causeway_dataplane::http1::{Framing, RequestHead};
 use causeway_dataplane::select::maglev::hash64;
-use causeway_dataplane::{Conn, Snapshot};
+use causeway_dataplane::{Conn, Snapshot, Snapshots};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-/// Serves one client connection until it closes, idles out, or the process drains.
-pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
-    let Some(router) = snap.compiled.router(conn.local) else {
-        tracing::warn!(local = %conn.local, "no listener config for this socket");
-        return;
-    };
-    let lb = &snap.config.load_balancer;
+/// Serves one client connection until it closes, idles out, or the process drains. Each
+/// request loads the snapshot current when it arrives, so a reload applies to the next request
+/// of a keep-alive connection, not only to new connections.
+pub async fn handle(conn: Conn, snaps: Snapshots<Alb>) {
     metrics::counter!("causeway_alb_new_connection_count").increment(1);
     let active = metrics::gauge!("causeway_alb_active_connection_count");
     active.increment(1.0);
@@ -34,11 +31,17 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Alb>>) {
     loop {
         if client.buf.is_empty() {
             // Idle between requests: this small state is all a keep-alive connection holds.
-            match tokio::time::timeout(lb.idle_timeout, client.stream.readable()).await {
+            let idle = snaps.load().config.load_balancer.idle_timeout;
+            match tokio::time::timeout(idle, client.stream.readable()).await {
                 Ok(Ok(())) => {}
                 _ => break,
             }
         }
+        let snap = snaps.load();
+        let Some(router) = snap.compiled.router(client.local) else {
+            // The listener was removed by a reload: this connection ends.
+            break;
+        };
         // Boxed: a request's state lives on the heap only while the request is served.
         if !Box::pin(serve_request(&mut client, &snap, router, opened)).await {
             break;
@@ -311,7 +314,7 @@ mod tests {
                 &causeway_config::Context { dir: ".".into() },
             )
             .unwrap();
-            let snap = std::sync::Arc::new(causeway_dataplane::Snapshot::<crate::Alb> {
+            let snap = causeway_dataplane::Snapshots::fixed(causeway_dataplane::Snapshot::<crate::Alb> {
                 generation: 1,
                 compiled: <crate::Alb as causeway_dataplane::Plane>::compile(&cfg).unwrap(),
                 config: std::sync::Arc::new(cfg),

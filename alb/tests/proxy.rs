@@ -860,3 +860,29 @@ async fn reloads_under_load_lose_no_request() {
         "30 good reloads, 10 refused"
     );
 }
+
+#[tokio::test]
+async fn a_reload_applies_to_the_next_request_of_a_keep_alive_connection() {
+    let os = origins(&["a"]).await;
+    let dir = causeway_testkit::lifecycle::TempDir::new("per-request");
+    let file = dir.path().join("alb.toml");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let base = format!(
+        "[admin]\naddress = \"127.0.0.1:{}\"\n[[listeners]]\naddress = \"{listen}\"\ndefault_action = {{ type = \"forward\", target_group = \"web\" }}\n",
+        free_port()
+    );
+    let groups = group("web", &[&os[0]]);
+    std::fs::write(&file, format!("{base}{groups}")).unwrap();
+    let cfg = causeway_config::load::<FileAlb>(&file).unwrap();
+    let server = Server::<Alb>::start(&file, cfg, Arc::new(NetProber)).await.unwrap();
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut s).await.status, 200);
+    let rule = "[[listeners.rules]]\npriority = 1\nconditions = [{ field = \"path-pattern\", values = [\"/x\"] }]\naction = { type = \"fixed-response\", status_code = 418, message_body = \"new rule\" }\n";
+    std::fs::write(&file, format!("{base}{rule}{groups}")).unwrap();
+    server.reload().await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let r = read_response(&mut s).await;
+    assert_eq!((r.status, r.text().as_str()), (418, "new rule"), "same connection, new rules");
+    assert_eq!(os[0].total(), 1);
+}

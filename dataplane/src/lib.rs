@@ -27,4 +27,4 @@ pub mod server;
 pub mod target;
 pub mod telemetry;
 
-pub use server::{Conn, Plane, Server, Snapshot};
+pub use server::{Conn, Plane, Server, Snapshot, Snapshots};

@@ -36,8 +36,9 @@ pub trait Plane: Send + Sync + Sized + 'static {
     fn listeners(cfg: &Self::Config) -> Vec<SocketAddr>;
     fn target_groups(cfg: &Self::Config) -> Vec<TargetGroupConfig>;
 
-    /// Serves one accepted connection, with the snapshot that was current when it arrived.
-    fn serve(conn: Conn, snap: Arc<Snapshot<Self>>) -> impl Future<Output = ()> + Send;
+    /// Serves one accepted connection. `snaps` always holds the current snapshot: a plane loads
+    /// one per connection (nlb) or per request (alb), and keeps it for that unit of work.
+    fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl Future<Output = ()> + Send;
 }
 
 /// An accepted connection.
@@ -48,6 +49,35 @@ pub struct Conn {
     pub local: SocketAddr,
     /// Turns true when the process starts draining: finish the current request, then close.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// The current snapshot, swapped as one unit on reload.
+pub struct Snapshots<P: Plane>(Arc<ArcSwap<Snapshot<P>>>);
+
+impl<P: Plane> Clone for Snapshots<P> {
+    fn clone(&self) -> Self {
+        Snapshots(self.0.clone())
+    }
+}
+
+impl<P: Plane> std::fmt::Debug for Snapshots<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Snapshots")
+            .field(&self.load().generation)
+            .finish()
+    }
+}
+
+impl<P: Plane> Snapshots<P> {
+    /// A handle on one fixed snapshot (tests, tools).
+    pub fn fixed(snap: Snapshot<P>) -> Self {
+        Snapshots(Arc::new(ArcSwap::from_pointee(snap)))
+    }
+
+    /// The snapshot current now.
+    pub fn load(&self) -> Arc<Snapshot<P>> {
+        self.0.load_full()
+    }
 }
 
 /// Everything a request or connection needs, swapped as one unit on reload.
@@ -140,7 +170,7 @@ struct ListenerHandle {
 /// A running data plane.
 pub struct Server<P: Plane> {
     config_path: PathBuf,
-    current: ArcSwap<Snapshot<P>>,
+    current: Snapshots<P>,
     listeners: Mutex<BTreeMap<SocketAddr, ListenerHandle>>,
     reload_lock: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
@@ -202,7 +232,7 @@ impl<P: Plane> Server<P> {
         let (shutdown, _) = watch::channel(false);
         let server = Arc::new(Server {
             config_path: config_path.to_owned(),
-            current: ArcSwap::from_pointee(snap),
+            current: Snapshots::fixed(snap),
             listeners: Mutex::new(BTreeMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             shutdown,
@@ -227,7 +257,7 @@ impl<P: Plane> Server<P> {
 
     /// The snapshot current now. Each request or connection loads one and keeps it.
     pub fn snapshot(&self) -> Arc<Snapshot<P>> {
-        self.current.load_full()
+        self.current.load()
     }
 
     pub fn config_path(&self) -> &Path {
@@ -253,7 +283,7 @@ impl<P: Plane> Server<P> {
         let local = l.local_addr().unwrap_or(addr);
         tokio::spawn(accept_loop(l, stop_rx, move |stream, peer| {
             let Some(server) = weak.upgrade() else { return };
-            let snap = server.snapshot();
+            let snaps = server.current.clone();
             let guard = server.conns.enter();
             let conn = Conn {
                 stream,
@@ -262,7 +292,7 @@ impl<P: Plane> Server<P> {
                 shutdown: server.shutdown.subscribe(),
             };
             tokio::spawn(async move {
-                P::serve(conn, snap).await;
+                P::serve(conn, snaps).await;
                 drop(guard);
             });
         }));
@@ -381,7 +411,7 @@ impl<P: Plane> Server<P> {
                 g.retire_all();
             }
         }
-        self.current.store(Arc::new(Snapshot {
+        self.current.0.store(Arc::new(Snapshot {
             generation: summary.generation,
             compiled,
             config: Arc::new(config),

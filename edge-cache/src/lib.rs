@@ -6,9 +6,8 @@ pub mod proxy;
 
 use causeway_config::common::{ServerConfig, TargetGroupConfig};
 use causeway_config::edge::{EdgeConfig, FileEdge};
-use causeway_dataplane::{Conn, Plane, Snapshot};
+use causeway_dataplane::{Conn, Plane, Snapshots};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// The edge data plane.
 #[derive(Debug)]
@@ -41,10 +40,7 @@ impl Plane for Edge {
         Vec::new()
     }
 
-    fn serve(
-        conn: Conn,
-        snap: Arc<Snapshot<Self>>,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        proxy::handle(conn, snap)
+    fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl std::future::Future<Output = ()> + Send {
+        proxy::handle(conn, snaps.load())
     }
 }

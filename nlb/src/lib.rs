@@ -8,9 +8,8 @@ pub mod relay;
 
 use causeway_config::common::{ServerConfig, TargetGroupConfig};
 use causeway_config::nlb::{FileNlb, NlbConfig};
-use causeway_dataplane::{Conn, Plane, Snapshot};
+use causeway_dataplane::{Conn, Plane, Snapshots};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// The nlb data plane.
 #[derive(Debug)]
@@ -44,10 +43,7 @@ impl Plane for Nlb {
         cfg.target_groups.values().cloned().collect()
     }
 
-    fn serve(
-        conn: Conn,
-        snap: Arc<Snapshot<Self>>,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        proxy::handle(conn, snap)
+    fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl std::future::Future<Output = ()> + Send {
+        proxy::handle(conn, snaps.load())
     }
 }
