@@ -71,6 +71,19 @@ fn group(name: &str, os: &[&Origin]) -> String {
     )
 }
 
+/// Origins named `names` behind an alb whose default action forwards to them all.
+async fn web_alb(names: &[&str]) -> (Vec<Origin>, Alb1) {
+    let os = origins(names).await;
+    let refs: Vec<&Origin> = os.iter().collect();
+    let alb = start(
+        &group("web", &refs),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
+    )
+    .await;
+    (os, alb)
+}
+
 async fn origins(names: &[&str]) -> Vec<Origin> {
     let mut v = Vec::new();
     for n in names {
@@ -110,14 +123,7 @@ async fn read_response(s: &mut TcpStream) -> RawResponse {
 
 #[tokio::test]
 async fn round_robin_keep_alive_and_forwarded_headers() {
-    let os = origins(&["a", "b", "c"]).await;
-    let refs: Vec<&Origin> = os.iter().collect();
-    let alb = start(
-        &group("web", &refs),
-        r#"{ type = "forward", target_group = "web" }"#,
-        "",
-    )
-    .await;
+    let (os, alb) = web_alb(&["a", "b", "c"]).await;
     let mut s = TcpStream::connect(alb.addr).await.unwrap();
     let mut seen = Vec::new();
     for i in 0..6 {
@@ -160,13 +166,7 @@ async fn round_robin_keep_alive_and_forwarded_headers() {
 
 #[tokio::test]
 async fn request_bodies_arrive_intact() {
-    let os = origins(&["a"]).await;
-    let alb = start(
-        &group("web", &[&os[0]]),
-        r#"{ type = "forward", target_group = "web" }"#,
-        "",
-    )
-    .await;
+    let (os, alb) = web_alb(&["a"]).await;
     let body = "x".repeat(100_000);
     let r = raw::request(alb.addr, "POST", "/upload", &[], body.as_bytes())
         .await
@@ -286,14 +286,7 @@ action = { type = "fixed-response", status_code = 503, content_type = "text/plai
 
 #[tokio::test]
 async fn dead_target_is_retried_with_no_client_error() {
-    let os = origins(&["a", "b", "c"]).await;
-    let refs: Vec<&Origin> = os.iter().collect();
-    let alb = start(
-        &group("web", &refs),
-        r#"{ type = "forward", target_group = "web" }"#,
-        "",
-    )
-    .await;
+    let (os, alb) = web_alb(&["a", "b", "c"]).await;
     for i in 0..6 {
         assert_eq!(
             raw::get(alb.addr, &format!("/warm{i}"), &[])
@@ -343,13 +336,7 @@ action = { type = "forward", target_group = "empty" }
 
 #[tokio::test]
 async fn limits_and_desync_refusals_never_reach_the_origin() {
-    let os = origins(&["a"]).await;
-    let alb = start(
-        &group("web", &[&os[0]]),
-        r#"{ type = "forward", target_group = "web" }"#,
-        "",
-    )
-    .await;
+    let (os, alb) = web_alb(&["a"]).await;
     let a = alb.addr;
     let long = format!("/{}", "a".repeat(17 * 1024));
     assert_eq!(raw::get(a, &long, &[]).await.unwrap().status, 414);
@@ -380,13 +367,7 @@ async fn limits_and_desync_refusals_never_reach_the_origin() {
 
 #[tokio::test]
 async fn slow_header_gets_408() {
-    let os = origins(&["a"]).await;
-    let alb = start(
-        &group("web", &[&os[0]]),
-        r#"{ type = "forward", target_group = "web" }"#,
-        "",
-    )
-    .await;
+    let (os, alb) = web_alb(&["a"]).await;
     let mut s = TcpStream::connect(alb.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
     let out = raw::read_until_quiet(&mut s, Duration::from_secs(5))
@@ -394,6 +375,7 @@ async fn slow_header_gets_408() {
         .unwrap();
     let r = RawResponse::parse(&out).unwrap();
     assert_eq!(r.status, 408);
+    assert_eq!(os[0].total(), 0, "an incomplete head is never forwarded");
 }
 
 fn sticky_group(os: &[&Origin]) -> String {
@@ -567,13 +549,7 @@ async fn websocket_upgrade_becomes_a_tunnel_after_101() {
 
 #[tokio::test]
 async fn an_upgrade_the_target_refuses_stays_http() {
-    let os = origins(&["a"]).await;
-    let alb = start(
-        &group("web", &[&os[0]]),
-        r#"{ type = "forward", target_group = "web" }"#,
-        "",
-    )
-    .await;
+    let (os, alb) = web_alb(&["a"]).await;
     // h2c upgrade requests are not honoured: the Upgrade header is dropped, the request served.
     let r = raw::get(
         alb.addr,
@@ -723,14 +699,7 @@ async fn keep_alive_load(addr: SocketAddr, n: usize, tag: usize) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_three_targets_under_get_load_loses_nothing() {
-    let os = origins(&["a", "b", "c"]).await;
-    let refs: Vec<&Origin> = os.iter().collect();
-    let alb = start(
-        &group("web", &refs),
-        r#"{ type = "forward", target_group = "web" }"#,
-        "",
-    )
-    .await;
+    let (os, alb) = web_alb(&["a", "b", "c"]).await;
     let clients: Vec<_> = (0..8)
         .map(|t| tokio::spawn(keep_alive_load(alb.addr, 150, t)))
         .collect();
@@ -874,15 +843,25 @@ async fn a_reload_applies_to_the_next_request_of_a_keep_alive_connection() {
     let groups = group("web", &[&os[0]]);
     std::fs::write(&file, format!("{base}{groups}")).unwrap();
     let cfg = causeway_config::load::<FileAlb>(&file).unwrap();
-    let server = Server::<Alb>::start(&file, cfg, Arc::new(NetProber)).await.unwrap();
+    let server = Server::<Alb>::start(&file, cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
     let mut s = TcpStream::connect(listen).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut s).await.status, 200);
     let rule = "[[listeners.rules]]\npriority = 1\nconditions = [{ field = \"path-pattern\", values = [\"/x\"] }]\naction = { type = \"fixed-response\", status_code = 418, message_body = \"new rule\" }\n";
     std::fs::write(&file, format!("{base}{rule}{groups}")).unwrap();
     server.reload().await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut s).await;
-    assert_eq!((r.status, r.text().as_str()), (418, "new rule"), "same connection, new rules");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (418, "new rule"),
+        "same connection, new rules"
+    );
     assert_eq!(os[0].total(), 1);
 }

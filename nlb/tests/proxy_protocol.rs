@@ -17,10 +17,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-async fn start_nlb(target: SocketAddr, check_interval: u32) -> SocketAddr {
+/// An nlb in front of one raw target that speaks PROXY v2; `listener_extra` adds listener keys.
+async fn start_with(target: SocketAddr, check_interval: u32, listener_extra: &str) -> SocketAddr {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = format!(
-        "[admin]\naddress = \"127.0.0.1:{}\"\n[[listeners]]\naddress = \"{listen}\"\ntarget_group = \"t\"\n[target_groups.t]\ntargets = [{{ address = \"{target}\" }}]\nproxy_protocol_v2.enabled = true\nhealth_check = {{ interval_seconds = {check_interval}, timeout_seconds = 1 }}\n",
+        "[admin]\naddress = \"127.0.0.1:{}\"\n[[listeners]]\naddress = \"{listen}\"\ntarget_group = \"t\"\n{listener_extra}\n[target_groups.t]\ntargets = [{{ address = \"{target}\" }}]\nproxy_protocol_v2.enabled = true\nhealth_check = {{ interval_seconds = {check_interval}, timeout_seconds = 1 }}\n",
         free_port()
     );
     let cfg = parse::<FileNlb>("nlb.toml", &text, &Context { dir: ".".into() }).unwrap();
@@ -29,6 +30,10 @@ async fn start_nlb(target: SocketAddr, check_interval: u32) -> SocketAddr {
         .unwrap();
     std::mem::forget(server);
     listen
+}
+
+async fn start_nlb(target: SocketAddr, check_interval: u32) -> SocketAddr {
+    start_with(target, check_interval, "").await
 }
 
 #[tokio::test]
@@ -144,17 +149,10 @@ async fn nginx_accepts_the_header_and_sees_the_client() {
 
 /// An nlb whose listener requires PROXY headers from `allowed`, in front of a raw target.
 async fn start_accepting(target: SocketAddr, allowed: &str) -> SocketAddr {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let text = format!(
-        "[admin]\naddress = \"127.0.0.1:{}\"\n[[listeners]]\naddress = \"{listen}\"\ntarget_group = \"t\"\nproxy_protocol = {{ enabled = true, allowed_cidrs = [\"{allowed}\"], receive_timeout_seconds = 5 }}\n[target_groups.t]\ntargets = [{{ address = \"{target}\" }}]\nproxy_protocol_v2.enabled = true\nhealth_check = {{ interval_seconds = 300 }}\n",
-        free_port()
+    let extra = format!(
+        "proxy_protocol = {{ enabled = true, allowed_cidrs = [\"{allowed}\"], receive_timeout_seconds = 5 }}"
     );
-    let cfg = parse::<FileNlb>("nlb.toml", &text, &Context { dir: ".".into() }).unwrap();
-    let server = Server::<Nlb>::start(Path::new("nlb.toml"), cfg, Arc::new(NetProber))
-        .await
-        .unwrap();
-    std::mem::forget(server);
-    listen
+    start_with(target, 300, &extra).await
 }
 
 /// Reads what the target gets on its next connection that is not a health check: the parsed
