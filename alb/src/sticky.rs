@@ -9,6 +9,16 @@ use std::sync::OnceLock;
 
 /// ALB's duration-based stickiness cookie.
 pub const LB_COOKIE: &str = "AWSALB";
+/// ALB's application-based stickiness cookie (set when the application sets its own cookie).
+pub const APP_COOKIE: &str = "AWSALBAPP-0";
+
+/// Whether a response head's Set-Cookie values set cookie `name`.
+pub fn sets_cookie<'a>(mut set_cookies: impl Iterator<Item = &'a [u8]>, name: &str) -> bool {
+    set_cookies.any(|v| {
+        let v = trim(v);
+        v.len() > name.len() && v.starts_with(name.as_bytes()) && v[name.len()] == b'='
+    })
+}
 
 /// The signing key.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -121,6 +131,17 @@ mod tests {
         for junk in ["", "~~", "10.0.1.7:80~2000~zz", "10.0.1.7:80~2000"] {
             assert_eq!(decode(&k, junk.as_bytes(), 1_000), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn application_cookie_detection() {
+        let sc = [&b"other=1; Path=/"[..], b"SESSIONID=abc; HttpOnly"];
+        assert!(sets_cookie(sc.iter().copied(), "SESSIONID"));
+        assert!(!sets_cookie(sc.iter().copied(), "SESSION"));
+        assert!(!sets_cookie(
+            [&b"SESSIONIDX=1"[..]].into_iter(),
+            "SESSIONID"
+        ));
     }
 
     #[test]

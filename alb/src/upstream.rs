@@ -93,19 +93,49 @@ pub fn pick_group<'s>(
     snap.group(name)
 }
 
+/// How a target group sticks: the cookie we set, its lifetime, and for application-based
+/// stickiness the application cookie whose setting triggers ours.
+#[derive(Debug, Clone, Copy)]
+pub struct StickyMode<'a> {
+    pub cookie: &'static str,
+    pub duration: Duration,
+    pub app_cookie: Option<&'a str>,
+}
+
+impl<'a> StickyMode<'a> {
+    pub fn of(s: &'a Stickiness) -> StickyMode<'a> {
+        match s {
+            Stickiness::LbCookie { duration } => StickyMode {
+                cookie: sticky::LB_COOKIE,
+                duration: *duration,
+                app_cookie: None,
+            },
+            Stickiness::AppCookie {
+                cookie_name,
+                duration,
+            } => StickyMode {
+                cookie: sticky::APP_COOKIE,
+                duration: *duration,
+                app_cookie: Some(cookie_name),
+            },
+        }
+    }
+}
+
 /// The target a valid sticky cookie names, if it is registered and routable.
 pub fn sticky_target(
     group: &TargetGroup,
     buf: &[u8],
     head: &RequestHead,
     key: &StickyKey,
+    cookie: &str,
     now_unix: u64,
 ) -> Option<Arc<Target>> {
     let addr = head
         .headers
         .iter()
         .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"cookie"))
-        .find_map(|h| sticky::find_cookie(h.value.get(buf), sticky::LB_COOKIE))
+        .find_map(|h| sticky::find_cookie(h.value.get(buf), cookie))
         .and_then(|v| sticky::decode(key, v, now_unix))?;
     group
         .targets
@@ -292,16 +322,15 @@ pub async fn forward(
     scratch.ready();
     build_request_head(&mut scratch.out, &client.buf, head, req, client, lb);
     let head_out_len = scratch.out.len();
-    let stickiness = match &group.cfg.stickiness {
-        Some(Stickiness::LbCookie { duration }) => Some(*duration),
-        _ => None,
-    };
+    let stickiness = group.cfg.stickiness.as_ref().map(StickyMode::of);
     let now_unix = stickiness.map(|_| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     });
-    let stuck = now_unix.and_then(|now| sticky_target(group, &client.buf, head, key, now));
+    let stuck = stickiness
+        .zip(now_unix)
+        .and_then(|(m, now)| sticky_target(group, &client.buf, head, key, m.cookie, now));
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut last = ProxyError::NoTargets;
     group.retry_budget.deposit();
@@ -315,14 +344,16 @@ pub async fn forward(
         let Some(target) = upstream_peer(group, &tried, hash, stuck.as_ref()) else {
             break;
         };
-        // Every response refreshes the cookie (as ALB does), re-sticking after a failover.
-        let set_cookie = stickiness.zip(now_unix).map(|(d, now)| {
-            format!(
+        // The cookie names this target (re-sticking after a failover). lb_cookie: every
+        // response refreshes it; app_cookie: responses that set the application's cookie.
+        let set_cookie = stickiness.zip(now_unix).map(|(m, now)| {
+            let line = format!(
                 "{}={}; Max-Age={}; Path=/",
-                sticky::LB_COOKIE,
-                sticky::encode(key, target.cfg.address, now + d.as_secs()),
-                d.as_secs()
-            )
+                m.cookie,
+                sticky::encode(key, target.cfg.address, now + m.duration.as_secs()),
+                m.duration.as_secs()
+            );
+            (line, m.app_cookie)
         });
         let addr = target.cfg.address;
         let _in_flight = target.begin();
@@ -369,7 +400,7 @@ pub async fn forward(
                     lb,
                     &target,
                     started,
-                    set_cookie.as_deref(),
+                    set_cookie.as_ref().map(|(l, app)| (l.as_str(), *app)),
                 )
                 .await
             }
@@ -430,7 +461,7 @@ async fn exchange(
     lb: &LoadBalancerAttributes,
     target: &Target,
     started: Instant,
-    set_cookie: Option<&str>,
+    set_cookie: Option<(&str, Option<&str>)>,
 ) -> Result<(Outcome, Option<TcpStream>), ProxyError> {
     let idle = lb.idle_timeout;
     if !sent.complete {
@@ -501,6 +532,17 @@ async fn exchange(
         resp.minor_version == 1 && !resp.lists_token(ubuf, "connection", "close");
     // A refused upgrade closes: bytes the client sent after it must not be read as requests.
     let close = req.close || req.websocket || framing == Framing::Close || client.draining();
+    let set_cookie = set_cookie.and_then(|(line, app)| match app {
+        None => Some(line),
+        Some(name) => {
+            let sets = resp
+                .headers
+                .iter()
+                .filter(|h| h.name.get(ubuf).eq_ignore_ascii_case(b"set-cookie"))
+                .map(|h| h.value.get(ubuf));
+            sticky::sets_cookie(sets, name).then_some(line)
+        }
+    });
     response_filter::build_response_head(
         &mut scratch.out,
         ubuf,

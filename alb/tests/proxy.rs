@@ -865,3 +865,53 @@ async fn a_reload_applies_to_the_next_request_of_a_keep_alive_connection() {
     );
     assert_eq!(os[0].total(), 1);
 }
+
+#[tokio::test]
+async fn app_cookie_stickiness_follows_the_application_cookie() {
+    let mut os = Vec::new();
+    for n in ["a", "b", "c"] {
+        os.push(
+            Origin::builder()
+                .name(n)
+                .set_cookie_for("/login", "SESSIONID=s1; Path=/")
+                .start()
+                .await,
+        );
+    }
+    let refs: Vec<&Origin> = os.iter().collect();
+    let groups = format!(
+        "{}stickiness.enabled = true\nstickiness.type = \"app_cookie\"\nstickiness.app_cookie.cookie_name = \"SESSIONID\"\nstickiness.app_cookie.duration_seconds = 600\n",
+        group("web", &refs)
+    );
+    let alb = start(&groups, r#"{ type = "forward", target_group = "web" }"#, "").await;
+    let r = raw::get(alb.addr, "/page", &[]).await.unwrap();
+    assert!(
+        r.header("set-cookie").is_none(),
+        "no application cookie, no stickiness cookie"
+    );
+    let login = raw::get(alb.addr, "/login", &[]).await.unwrap();
+    let home = login.header("x-origin").unwrap().to_owned();
+    let ours: Vec<&str> = login
+        .headers
+        .iter()
+        .filter(|(k, v)| k.eq_ignore_ascii_case("set-cookie") && v.starts_with("AWSALBAPP-0="))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "{:?}", login.headers);
+    assert!(ours[0].contains("Max-Age=600"));
+    let cookie = ours[0].split(';').next().unwrap().to_owned();
+    for _ in 0..6 {
+        let r = raw::get(
+            alb.addr,
+            "/page",
+            &[("Cookie", &format!("SESSIONID=s1; {cookie}"))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.header("x-origin"),
+            Some(home.as_str()),
+            "stuck to the application's session"
+        );
+    }
+}

@@ -40,6 +40,13 @@ struct State {
     health_checks: Vec<Seen>,
 }
 
+/// Per-path behaviour besides the status.
+#[derive(Debug, Default)]
+struct Extras {
+    delays: HashMap<String, std::time::Duration>,
+    cookies: HashMap<String, String>,
+}
+
 /// Builds an [`Origin`].
 #[derive(Debug, Default)]
 pub struct Builder {
@@ -48,9 +55,16 @@ pub struct Builder {
     statuses: HashMap<String, u16>,
     default_status: Option<u16>,
     delays: HashMap<String, std::time::Duration>,
+    cookies: HashMap<String, String>,
 }
 
 impl Builder {
+    /// Sends `Set-Cookie: cookie` in answers to `path`.
+    pub fn set_cookie_for(mut self, path: &str, cookie: &str) -> Self {
+        self.cookies.insert(path.to_owned(), cookie.to_owned());
+        self
+    }
+
     /// Waits `delay` before answering `path` (a slow request, in flight for that long).
     pub fn delay_for(mut self, path: &str, delay: std::time::Duration) -> Self {
         self.delays.insert(path.to_owned(), delay);
@@ -91,13 +105,16 @@ impl Builder {
             statuses.insert(String::new(), d);
         }
         let statuses = Arc::new(statuses);
-        let delays = Arc::new(self.delays);
+        let extras = Arc::new(Extras {
+            delays: self.delays,
+            cookies: self.cookies,
+        });
         let task = tokio::spawn(accept(
             listener,
             name.clone(),
             state.clone(),
             statuses,
-            delays,
+            extras,
         ));
         Origin {
             name,
@@ -176,26 +193,26 @@ async fn accept(
     name: String,
     state: Arc<Mutex<State>>,
     statuses: Arc<HashMap<String, u16>>,
-    delays: Arc<HashMap<String, std::time::Duration>>,
+    extras: Arc<Extras>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
-        let (name, state, statuses, delays) = (
+        let (name, state, statuses, extras) = (
             name.clone(),
             state.clone(),
             statuses.clone(),
-            delays.clone(),
+            extras.clone(),
         );
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (name, state, statuses, delays) = (
+                let (name, state, statuses, extras) = (
                     name.clone(),
                     state.clone(),
                     statuses.clone(),
-                    delays.clone(),
+                    extras.clone(),
                 );
                 async move {
                     let (parts, body) = req.into_parts();
@@ -237,7 +254,7 @@ async fn accept(
                             st.seen.push(seen);
                         }
                     }
-                    if let Some(d) = delays.get(&path) {
+                    if let Some(d) = extras.delays.get(&path) {
                         tokio::time::sleep(*d).await;
                     }
                     let status = statuses
@@ -249,6 +266,9 @@ async fn accept(
                         Response::new(Full::new(Bytes::from(format!("origin {name} {path}\n"))));
                     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                     resp.headers_mut().insert("x-origin", name.parse().unwrap());
+                    if let Some(c) = extras.cookies.get(&path) {
+                        resp.headers_mut().insert("set-cookie", c.parse().unwrap());
+                    }
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
