@@ -103,8 +103,9 @@ pub struct StickyMode<'a> {
 }
 
 impl<'a> StickyMode<'a> {
-    pub fn of(s: &'a Stickiness) -> StickyMode<'a> {
-        match s {
+    pub fn of(s: &'a Stickiness) -> Option<StickyMode<'a>> {
+        Some(match s {
+            Stickiness::SourceIp => return None,
             Stickiness::LbCookie { duration } => StickyMode {
                 cookie: sticky::LB_COOKIE,
                 duration: *duration,
@@ -118,7 +119,7 @@ impl<'a> StickyMode<'a> {
                 duration: *duration,
                 app_cookie: Some(cookie_name),
             },
-        }
+        })
     }
 }
 
@@ -322,7 +323,7 @@ pub async fn forward(
     scratch.ready();
     build_request_head(&mut scratch.out, &client.buf, head, req, client, lb);
     let head_out_len = scratch.out.len();
-    let stickiness = group.cfg.stickiness.as_ref().map(StickyMode::of);
+    let stickiness = group.cfg.stickiness.as_ref().and_then(StickyMode::of);
     let now_unix = stickiness.map(|_| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -306,6 +306,8 @@ pub enum Algorithm {
 /// Sticky sessions.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stickiness {
+    /// nlb: every flow from one client IP goes to the same target (AWS's `source_ip`).
+    SourceIp,
     LbCookie {
         duration: Duration,
     },
@@ -693,10 +695,12 @@ impl FileStickiness {
             return Ok(None);
         }
         if plane == Plane::Nlb {
-            return Err(Violation::new(
-                format!("{path}.enabled"),
-                "the nlb keeps flows on their target already; cookie stickiness is for the alb",
-            ));
+            one_of(
+                &format!("{path}.type"),
+                self.kind.as_deref().unwrap_or("source_ip"),
+                &["source_ip"],
+            )?;
+            return Ok(Some(Stickiness::SourceIp));
         }
         let kind = one_of(
             &format!("{path}.type"),

@@ -28,6 +28,12 @@ fn put(out: &mut [u8], a: SocketAddr) {
     out[16..18].copy_from_slice(&a.port().to_be_bytes());
 }
 
+/// Hash of (protocol, source address) only: `source_ip` stickiness, so every flow of one
+/// client lands on one target.
+pub fn hash_source(proto: Proto, src: std::net::IpAddr) -> u64 {
+    hash(proto, SocketAddr::new(src, 0), SocketAddr::new(src, 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +48,15 @@ mod tests {
         assert_ne!(base, hash(Proto::Tcp, "10.0.0.1:5001".parse().unwrap(), b));
         assert_ne!(base, hash(Proto::Tcp, a, "10.0.0.2:81".parse().unwrap()));
         assert_ne!(base, hash(Proto::Tcp, b, a));
+    }
+
+    #[test]
+    fn source_hash_ignores_ports_and_destination() {
+        let ip = "10.0.0.1".parse().unwrap();
+        assert_eq!(hash_source(Proto::Tcp, ip), hash_source(Proto::Tcp, ip));
+        assert_ne!(
+            hash_source(Proto::Tcp, ip),
+            hash_source(Proto::Tcp, "10.0.0.2".parse().unwrap())
+        );
     }
 }

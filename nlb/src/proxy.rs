@@ -4,6 +4,7 @@
 use crate::accept_proxy::{self, Accepted};
 use crate::flow::{self, Proto};
 use crate::{connect, relay, Nlb};
+use causeway_config::common::Stickiness;
 use causeway_dataplane::limits::{Limiter, Refused};
 use causeway_dataplane::{Conn, Snapshot};
 use std::sync::Arc;
@@ -68,7 +69,10 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
         },
     };
     metrics::counter!("causeway_nlb_new_flow_count", &labels).increment(1);
-    let hash = flow::hash(Proto::Tcp, accepted.client, accepted.dest);
+    let hash = match group.cfg.stickiness {
+        Some(Stickiness::SourceIp) => flow::hash_source(Proto::Tcp, accepted.client.ip()),
+        _ => flow::hash(Proto::Tcp, accepted.client, accepted.dest),
+    };
     let (mut upstream, in_flight) = match connect::connect(group, hash).await {
         Ok(x) => x,
         Err(e) => {

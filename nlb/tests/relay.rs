@@ -24,6 +24,15 @@ async fn start_nlb_with(
     interval: u32,
     listener_extra: &str,
 ) -> (Arc<Server<Nlb>>, SocketAddr) {
+    start_nlb_full(targets, interval, listener_extra, "").await
+}
+
+async fn start_nlb_full(
+    targets: &[SocketAddr],
+    interval: u32,
+    listener_extra: &str,
+    group_extra: &str,
+) -> (Arc<Server<Nlb>>, SocketAddr) {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let list: Vec<String> = targets
         .iter()
@@ -41,6 +50,7 @@ target_group = "t"
 {listener_extra}
 [target_groups.t]
 targets = [{targets}]
+{group_extra}
 [target_groups.t.health_check]
 interval_seconds = {interval}
 timeout_seconds = 1
@@ -239,4 +249,53 @@ async fn per_source_connection_limit_refuses_the_extra_flow() {
     let mut answer = String::new();
     again.read_to_string(&mut answer).await.unwrap();
     assert_eq!(answer, "got 3");
+}
+
+/// One GET from a client bound to `src_ip`; the name of the origin that answered.
+async fn get_from(listen: SocketAddr, src_ip: &str) -> String {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src_ip}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(listen).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let out = raw::read_until_quiet(&mut s, Duration::from_secs(5))
+        .await
+        .unwrap();
+    raw::RawResponse::parse(&out)
+        .unwrap()
+        .header("x-origin")
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn source_ip_stickiness_keeps_a_client_on_one_target() {
+    let os = origins(4).await;
+    let addrs: Vec<SocketAddr> = os.iter().map(Origin::addr).collect();
+    let (_server, listen) = start_nlb_full(
+        &addrs,
+        300,
+        "",
+        "stickiness.enabled = true\nstickiness.type = \"source_ip\"",
+    )
+    .await;
+    let mut homes = std::collections::BTreeSet::new();
+    for client in [
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+    ] {
+        let first = get_from(listen, client).await;
+        for _ in 0..8 {
+            assert_eq!(get_from(listen, client).await, first, "{client} moved");
+        }
+        homes.insert(first);
+    }
+    assert!(
+        homes.len() >= 2,
+        "different clients spread over targets: {homes:?}"
+    );
 }
