@@ -13,6 +13,7 @@ use crate::upstream::{self, Scratch};
 use crate::{logging, Alb};
 use causeway_config::alb::Action;
 use causeway_dataplane::http1::{Framing, RequestHead};
+use causeway_dataplane::limits::Limiter;
 use causeway_dataplane::select::maglev::hash64;
 use causeway_dataplane::{Conn, Snapshot, Snapshots};
 use std::sync::Arc;
@@ -23,6 +24,31 @@ use tokio::time::Instant;
 /// request loads the snapshot current when it arrives, so a reload applies to the next request
 /// of a keep-alive connection, not only to new connections.
 pub async fn handle(conn: Conn, snaps: Snapshots<Alb>) {
+    // listener: connection caps, counted for the process across reloads.
+    let _slot = {
+        let snap = snaps.load();
+        let caps = snap
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.address == conn.local)
+            .map(|l| (l.max_connections, l.max_connections_per_source));
+        match caps {
+            Some((total, per)) if total > 0 || per > 0 => {
+                match Limiter::for_listener(conn.local).acquire(conn.peer.ip(), total, per) {
+                    Ok(slot) => Some(slot),
+                    Err(_) => {
+                        metrics::counter!("causeway_alb_rejected_connection_count").increment(1);
+                        if let Err(e) = conn.stream.set_zero_linger() {
+                            tracing::debug!(error = %e, "SO_LINGER");
+                        }
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        }
+    };
     metrics::counter!("causeway_alb_new_connection_count").increment(1);
     let active = metrics::gauge!("causeway_alb_active_connection_count");
     active.increment(1.0);

@@ -915,3 +915,41 @@ async fn app_cookie_stickiness_follows_the_application_cookie() {
         );
     }
 }
+
+#[tokio::test]
+async fn per_source_connection_cap_refuses_the_extra_connection() {
+    let os = origins(&["a"]).await;
+    let alb = start(
+        &group("web", &[&os[0]]),
+        "{ type = \"forward\", target_group = \"web\" }\nmax_connections_per_source = 2",
+        "",
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(alb.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut s).await.status, 200);
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(alb.addr).await.unwrap();
+    let sent = third.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        sent.is_err() || matches!(r, Ok(0) | Err(_)),
+        "refused: {r:?}"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        raw::get(alb.addr, "/", &[]).await.unwrap().status,
+        200,
+        "room again"
+    );
+    assert_eq!(os[0].total(), 3);
+}

@@ -208,6 +208,9 @@ pub struct FileListener {
     pub default_action: FileAction,
     #[serde(default)]
     pub rules: Vec<FileRule>,
+    /// Ours: connection caps (0 = none).
+    pub max_connections: Option<i64>,
+    pub max_connections_per_source: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +292,10 @@ pub struct Listener {
     pub default_action: Action,
     /// Rules in priority order (lowest number first).
     pub rules: Vec<Rule>,
+    /// Open connections at most (0 = no limit).
+    pub max_connections: u32,
+    /// Open connections per source IP at most (0 = no limit).
+    pub max_connections_per_source: u32,
 }
 
 /// A listener rule: every condition must match.
@@ -716,10 +723,18 @@ impl ConfigFile for FileAlb {
                 rules.push(rule);
             }
             rules.sort_by_key(|r| r.priority);
+            let cap = |key: &str, v: Option<i64>| -> Check<u32> {
+                Ok(in_range(&format!("{path}.{key}"), v.unwrap_or(0), 0, 10_000_000)? as u32)
+            };
             listeners.push(Listener {
                 address,
                 default_action,
                 rules,
+                max_connections: cap("max_connections", l.max_connections)?,
+                max_connections_per_source: cap(
+                    "max_connections_per_source",
+                    l.max_connections_per_source,
+                )?,
             });
         }
         Ok(AlbConfig {
