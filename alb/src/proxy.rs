@@ -13,7 +13,7 @@ use crate::upstream::{self, Scratch};
 use crate::{logging, Alb};
 use causeway_config::alb::Action;
 use causeway_dataplane::http1::{Framing, RequestHead};
-use causeway_dataplane::limits::Limiter;
+use causeway_dataplane::limits::{Limiter, Slot};
 use causeway_dataplane::select::maglev::hash64;
 use causeway_dataplane::{Conn, Snapshot, Snapshots};
 use std::sync::Arc;
@@ -24,35 +24,14 @@ use tokio::time::Instant;
 /// request loads the snapshot current when it arrives, so a reload applies to the next request
 /// of a keep-alive connection, not only to new connections.
 pub async fn handle(conn: Conn, snaps: Snapshots<Alb>) {
+    let mut client = Client::new(conn);
     // listener: connection caps, counted for the process across reloads.
-    let _slot = {
-        let snap = snaps.load();
-        let caps = snap
-            .config
-            .listeners
-            .iter()
-            .find(|l| l.address == conn.local)
-            .map(|l| (l.max_connections, l.max_connections_per_source));
-        match caps {
-            Some((total, per)) if total > 0 || per > 0 => {
-                match Limiter::for_listener(conn.local).acquire(conn.peer.ip(), total, per) {
-                    Ok(slot) => Some(slot),
-                    Err(_) => {
-                        metrics::counter!("causeway_alb_rejected_connection_count").increment(1);
-                        if let Err(e) = conn.stream.set_zero_linger() {
-                            tracing::debug!(error = %e, "SO_LINGER");
-                        }
-                        return;
-                    }
-                }
-            }
-            _ => None,
-        }
+    let Ok(_slot) = admit(&client, &snaps) else {
+        return;
     };
     metrics::counter!("causeway_alb_new_connection_count").increment(1);
     let active = metrics::gauge!("causeway_alb_active_connection_count");
     active.increment(1.0);
-    let mut client = Client::new(conn);
     let opened = Instant::now();
     loop {
         if client.buf.is_empty() {
@@ -77,6 +56,36 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Alb>) {
         tracing::debug!(error = %e, "client shutdown");
     }
     active.decrement(1.0);
+}
+
+/// Counts a new connection against its listener's caps; `Err` means it was refused (and reset).
+fn admit(conn: &Client, snaps: &Snapshots<Alb>) -> Result<Option<Box<Slot>>, ()> {
+    let snap = snaps.load();
+    let Some(l) = snap
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.address == conn.local)
+    else {
+        return Ok(None);
+    };
+    if l.max_connections == 0 && l.max_connections_per_source == 0 {
+        return Ok(None);
+    }
+    match Limiter::for_listener(conn.local).acquire(
+        conn.peer.ip(),
+        l.max_connections,
+        l.max_connections_per_source,
+    ) {
+        Ok(slot) => Ok(Some(Box::new(slot))),
+        Err(_) => {
+            metrics::counter!("causeway_alb_rejected_connection_count").increment(1);
+            if let Err(e) = conn.stream.set_zero_linger() {
+                tracing::debug!(error = %e, "SO_LINGER");
+            }
+            Err(())
+        }
+    }
 }
 
 /// Serves the request at the front of the client's buffer, calling the phases in order.
