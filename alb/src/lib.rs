@@ -29,6 +29,9 @@ pub struct Routers {
     pub sticky_key: sticky::StickyKey,
     /// Reopened on every load, so SIGHUP after a log rotation writes to the new file.
     pub access_log: Option<causeway_dataplane::accesslog::AccessLog>,
+    /// Metric handles by target group, and for the alb's own responses.
+    pub group_metrics: std::collections::HashMap<String, logging::GroupMetrics>,
+    pub elb_metrics: logging::ElbMetrics,
 }
 
 impl Routers {
@@ -68,6 +71,12 @@ impl Plane for Alb {
                 None => sticky::StickyKey::process(),
             },
             access_log,
+            group_metrics: cfg
+                .target_groups
+                .keys()
+                .map(|g| (g.clone(), logging::GroupMetrics::new(g)))
+                .collect(),
+            elb_metrics: logging::ElbMetrics::default(),
         })
     }
 

@@ -6,50 +6,89 @@ use crate::upstream::Outcome;
 use std::net::SocketAddr;
 use tokio::time::Instant;
 
-fn class(status: u16) -> &'static str {
+const CLASSES: [&str; 4] = ["2XX", "3XX", "4XX", "5XX"];
+
+fn class(status: u16) -> usize {
     match status {
-        200..=299 => "2XX",
-        300..=399 => "3XX",
-        400..=499 => "4XX",
-        _ => "5XX",
+        0..=299 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        _ => 3,
+    }
+}
+
+/// One target group's metric handles, registered once per load so that a request costs no
+/// label formatting or registry lookup.
+#[derive(Debug)]
+pub struct GroupMetrics {
+    requests: metrics::Counter,
+    target_codes: [metrics::Counter; 4],
+    response_time: metrics::Histogram,
+}
+
+impl GroupMetrics {
+    pub fn new(group: &str) -> GroupMetrics {
+        let g = group.to_owned();
+        GroupMetrics {
+            requests: metrics::counter!("causeway_alb_request_count", "target_group" => g.clone()),
+            target_codes: CLASSES.map(|c| {
+                metrics::counter!("causeway_alb_httpcode_target_count",
+                    "target_group" => g.clone(), "class" => c)
+            }),
+            response_time: metrics::histogram!(
+                "causeway_alb_target_response_time_seconds", "target_group" => g),
+        }
+    }
+}
+
+/// Counters for responses the alb itself generated, by status class.
+#[derive(Debug)]
+pub struct ElbMetrics([metrics::Counter; 4]);
+
+impl Default for ElbMetrics {
+    fn default() -> Self {
+        ElbMetrics(
+            CLASSES.map(|c| metrics::counter!("causeway_alb_httpcode_elb_count", "class" => c)),
+        )
+    }
+}
+
+impl ElbMetrics {
+    /// A response we generated (fixed-response, redirect, or an error).
+    pub fn count(&self, status: u16) {
+        self.0[class(status)].increment(1);
+    }
+
+    /// A request refused with an error status.
+    pub fn error(&self, e: &ProxyError) {
+        if let Some(s) = e.status() {
+            self.count(s);
+        }
     }
 }
 
 /// A forwarded request, answered by a target or by us.
 pub fn forwarded(
     group: &str,
+    m: Option<&GroupMetrics>,
+    elb: &ElbMetrics,
     received: Instant,
     r: &Result<Outcome, (ProxyError, Option<SocketAddr>)>,
 ) {
-    let g = group.to_owned();
-    metrics::counter!("causeway_alb_request_count", "target_group" => g.clone()).increment(1);
+    if let Some(m) = m {
+        m.requests.increment(1);
+    }
     match r {
         Ok(o) => {
-            metrics::counter!("causeway_alb_httpcode_target_count",
-                "target_group" => g.clone(), "class" => class(o.status))
-            .increment(1);
-            metrics::histogram!("causeway_alb_target_response_time_seconds", "target_group" => g)
-                .record(o.target_time.as_secs_f64());
+            if let Some(m) = m {
+                m.target_codes[class(o.status)].increment(1);
+                m.response_time.record(o.target_time.as_secs_f64());
+            }
         }
         Err((e, _)) => {
-            if let Some(s) = e.status() {
-                metrics::counter!("causeway_alb_httpcode_elb_count", "class" => class(s))
-                    .increment(1);
-            }
+            elb.error(e);
             tracing::debug!(target_group = group, error = %e, elapsed = ?received.elapsed(), "forward failed");
         }
-    }
-}
-
-/// A response we generated (fixed-response, redirect).
-pub fn local(status: u16) {
-    metrics::counter!("causeway_alb_httpcode_elb_count", "class" => class(status)).increment(1);
-}
-
-/// A request refused before routing.
-pub fn elb_error(e: &ProxyError) {
-    if let Some(s) = e.status() {
-        metrics::counter!("causeway_alb_httpcode_elb_count", "class" => class(s)).increment(1);
     }
 }
 

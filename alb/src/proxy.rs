@@ -104,6 +104,7 @@ async fn serve_request(
         Ok(Some(())) => {}
         Ok(None) => return false,
         Err(e) => {
+            snap.compiled.elb_metrics.error(&e);
             refuse(client, e).await;
             return false;
         }
@@ -114,7 +115,7 @@ async fn serve_request(
     let req = match request_filter::prepare(client, &head, lb) {
         Ok(r) => r,
         Err(e) => {
-            logging::elb_error(&e);
+            snap.compiled.elb_metrics.error(&e);
             if let Some(log) = access_log {
                 let c = causeway_dataplane::desync::classify(&client.buf, &head);
                 let info = logging::RequestInfo::capture(
@@ -180,7 +181,13 @@ async fn serve_request(
                 let key = &snap.compiled.sticky_key;
                 let r = upstream::forward(client, &head, &req, group, lb, &mut scratch, hash, key)
                     .await;
-                logging::forwarded(&group.cfg.name, received, &r);
+                logging::forwarded(
+                    &group.cfg.name,
+                    snap.compiled.group_metrics.get(&group.cfg.name),
+                    &snap.compiled.elb_metrics,
+                    received,
+                    &r,
+                );
                 if let (Some(log), Some(info)) = (access_log, &info) {
                     let e = logging::Ended::Forwarded {
                         group: &group.cfg.name,
@@ -211,7 +218,16 @@ async fn serve_request(
                 status: *status,
                 action: "fixed-response",
             });
-            finish_local(client, &head, &req, &scratch.out, close, *status).await
+            finish_local(
+                client,
+                &head,
+                &req,
+                &scratch.out,
+                close,
+                *status,
+                &snap.compiled.elb_metrics,
+            )
+            .await
         }
         Action::Redirect(r) => {
             let (path, query) = split_target(head.target(&client.buf));
@@ -227,7 +243,11 @@ async fn serve_request(
             };
             let location = action::location(r, &input);
             match location {
-                None => Err((ProxyError::Client(400, "Host cannot be redirected"), None)),
+                None => {
+                    let e = ProxyError::Client(400, "Host cannot be redirected");
+                    snap.compiled.elb_metrics.error(&e);
+                    Err((e, None))
+                }
                 Some(loc) => {
                     let close = req.close || keep_alive_over || body_left(client, &head, &req);
                     scratch.ready();
@@ -244,7 +264,16 @@ async fn serve_request(
                         status: r.status,
                         action: "redirect",
                     });
-                    finish_local(client, &head, &req, &scratch.out, close, r.status).await
+                    finish_local(
+                        client,
+                        &head,
+                        &req,
+                        &scratch.out,
+                        close,
+                        r.status,
+                        &snap.compiled.elb_metrics,
+                    )
+                    .await
                 }
             }
         }
@@ -296,13 +325,14 @@ async fn finish_local(
     response: &[u8],
     close: bool,
     status: u16,
+    elb: &logging::ElbMetrics,
 ) -> Result<bool, (ProxyError, Option<std::net::SocketAddr>)> {
     let used = match req.framing {
         Framing::Length(n) if !close => head.len + n as usize,
         _ => head.len,
     };
     client.consume(used);
-    logging::local(status);
+    elb.count(status);
     client
         .write_all(response)
         .await

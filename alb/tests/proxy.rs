@@ -953,3 +953,45 @@ async fn per_source_connection_cap_refuses_the_extra_connection() {
     );
     assert_eq!(os[0].total(), 3);
 }
+
+#[tokio::test]
+async fn metrics_follow_alb_names_by_target_group() {
+    // The binary installs the recorder before anything registers a metric; do the same.
+    causeway_dataplane::telemetry::metrics();
+    let os = origins(&["a"]).await;
+    let rules = r#"
+[[listeners.rules]]
+priority = 1
+conditions = [{ field = "path-pattern", values = ["/teapot"] }]
+action = { type = "fixed-response", status_code = 418 }
+"#;
+    let alb = start(
+        &group("metricsgroup", &[&os[0]]),
+        r#"{ type = "forward", target_group = "metricsgroup" }"#,
+        rules,
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(raw::get(alb.addr, "/", &[]).await.unwrap().status, 200);
+    }
+    assert_eq!(
+        raw::get(alb.addr, "/teapot", &[]).await.unwrap().status,
+        418
+    );
+    let text = causeway_dataplane::telemetry::metrics().render();
+    let m = |series: &str| causeway_testkit::metric(&text, series).unwrap_or(-1.0);
+    assert_eq!(
+        m("causeway_alb_request_count{target_group=\"metricsgroup\"}"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        m("causeway_alb_httpcode_target_count{target_group=\"metricsgroup\",class=\"2XX\"}"),
+        3.0
+    );
+    assert!(m("causeway_alb_httpcode_elb_count{class=\"4XX\"}") >= 1.0);
+    assert!(
+        text.contains("causeway_alb_target_response_time_seconds"),
+        "histogram present"
+    );
+}
