@@ -55,6 +55,8 @@ echo "$out" | tail -8
 for plane in alb.toml alb-2.toml nlb.toml edge.toml; do
   echo "$out" | grep -q "^$plane *gen 1 " || { echo "demo: $plane is not up"; exit 1; }
 done
+echo "$out" | grep -q "^pipeline GET / via the edge: HTTP/1.1 200 OK (Hit from causeway)" \
+  || { echo "$out"; echo "demo: the second GET through the pipeline was not an edge hit"; exit 1; }
 
 step "cargo bench --no-run"
 cargo bench --workspace --locked --no-run

@@ -2,7 +2,7 @@
 //! has its own file.
 
 pub mod action;
-pub mod client;
+pub use causeway_dataplane::client;
 pub mod error;
 pub mod logging;
 pub mod proxy;
@@ -52,7 +52,7 @@ impl Plane for Alb {
     type Config = AlbConfig;
     type Compiled = Routers;
 
-    fn compile(cfg: &AlbConfig) -> Result<Routers, String> {
+    fn compile(cfg: &AlbConfig, _previous: Option<&Routers>) -> Result<Routers, String> {
         let access_log = match &cfg.load_balancer.access_log {
             None => None,
             Some(p) => Some(

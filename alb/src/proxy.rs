@@ -381,7 +381,7 @@ mod tests {
             .unwrap();
             let snap = causeway_dataplane::Snapshots::fixed(causeway_dataplane::Snapshot::<crate::Alb> {
                 generation: 1,
-                compiled: <crate::Alb as causeway_dataplane::Plane>::compile(&cfg).unwrap(),
+                compiled: <crate::Alb as causeway_dataplane::Plane>::compile(&cfg, None).unwrap(),
                 config: std::sync::Arc::new(cfg),
                 groups: Default::default(),
                 loaded_at: std::time::SystemTime::now(),

@@ -2,11 +2,11 @@
 //! or malformed (414, 431, 400), classify it for desync mitigation, and decide its framing.
 //! It may end the request (with a 4xx, or silently when the client left); it changes nothing.
 
-use crate::client::Client;
 use crate::error::ProxyError;
 use causeway_config::alb::{DesyncMode, LoadBalancerAttributes};
+use causeway_dataplane::client::{self, Client, ReadHeadError};
 use causeway_dataplane::desync::{self, Classification, Mode, Verdict};
-use causeway_dataplane::http1::{parse_request, Framing, HeadError, Limits, RequestHead};
+use causeway_dataplane::http1::{Framing, Limits, RequestHead};
 use std::time::Duration;
 
 /// A request ready for routing. Spans refer to `client.buf`.
@@ -40,34 +40,18 @@ pub async fn read_head(
     lb: &LoadBalancerAttributes,
 ) -> Result<Option<()>, ProxyError> {
     let limits = Limits::default();
-    if client.buf.is_empty() {
-        // Idle between requests: hold no buffer, wait for the first byte.
-        match tokio::time::timeout(lb.idle_timeout, client.stream.readable()).await {
-            Err(_) | Ok(Err(_)) => return Ok(None),
-            Ok(Ok(())) => {}
-        }
-    }
-    let deadline = tokio::time::Instant::now() + lb.request_header_timeout;
-    loop {
-        if !client.buf.is_empty() {
-            match parse_request(&client.buf, &limits, head) {
-                Ok(true) => return Ok(Some(())),
-                Ok(false) => {}
-                Err(e @ HeadError::Malformed(why)) => {
-                    return Err(ProxyError::Client(e.status(), why))
-                }
-                Err(e) => return Err(ProxyError::Client(e.status(), "head too large")),
-            }
-        }
-        match tokio::time::timeout_at(deadline, client.fill()).await {
-            Err(_) if client.buf.is_empty() => return Ok(None),
-            Err(_) => return Err(ProxyError::Client(408, "request head not received in time")),
-            Ok(Ok(0)) if client.buf.is_empty() => return Ok(None),
-            Ok(Ok(0)) => return Err(ProxyError::ClientGone),
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return Err(ProxyError::ClientGone),
-        }
-    }
+    client::read_head(
+        client,
+        head,
+        &limits,
+        lb.idle_timeout,
+        lb.request_header_timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        ReadHeadError::Refuse(status, why) => ProxyError::Client(status, why),
+        ReadHeadError::Gone => ProxyError::ClientGone,
+    })
 }
 
 /// Classifies and checks a parsed head.

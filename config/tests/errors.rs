@@ -200,3 +200,59 @@ fn duplicate_target_ids_and_odd_values_are_refused() {
         "{err}"
     );
 }
+
+const EDGE: &str = r#"[admin]
+address = "127.0.0.1:9180"
+
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[origins.a]
+address = "127.0.0.1:9001"
+
+[[cache_behaviors]]
+path_pattern = "/wp-content/*"
+target_origin_id = "missing"
+
+[default_cache_behavior]
+target_origin_id = "a"
+"#;
+
+#[test]
+fn edge_errors_name_the_behavior_key() {
+    use causeway_config::edge::FileEdge;
+    let err = parse::<FileEdge>("edge.toml", EDGE, &cx()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "edge.toml:12:1: cache_behaviors[0].target_origin_id: no origin or origin group named \"missing\""
+    );
+    let text = EDGE.replace(
+        "\"missing\"",
+        "\"a\"\ncache_key.query_strings = \"allow-list\"",
+    );
+    let err = parse::<FileEdge>("edge.toml", &text, &cx()).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "cache_behaviors[0].cache_key.query_strings: \"allow-list\" needs a list in query_string_names"
+        ),
+        "{err}"
+    );
+    let text = EDGE.replace(
+        "\"missing\"",
+        "\"a\"\nallowed_methods = [\"GET\", \"POST\"]",
+    );
+    let err = parse::<FileEdge>("edge.toml", &text, &cx()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cache_behaviors[0].allowed_methods: must be"),
+        "{err}"
+    );
+    let ok = EDGE.replace("\"missing\"", "\"a\"");
+    let cfg = parse::<FileEdge>("edge.toml", &ok, &cx()).unwrap();
+    assert_eq!(cfg.cache_behaviors[0].path_pattern, "/wp-content/*");
+    assert_eq!(
+        cfg.default_cache_behavior.default_ttl,
+        Duration::from_secs(86_400)
+    );
+    assert_eq!(cfg.cache.error_caching_min_ttl, Duration::from_secs(10));
+}

@@ -3,7 +3,7 @@
 
 use crate::server::{Plane, Server};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -91,11 +91,34 @@ async fn handle<P: Plane>(req: Request<Incoming>, server: Arc<Server<P>>) -> Res
             "text/plain",
             "method not allowed\n",
         ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics, /healthz, /status, POST /reload\n",
-        ),
+        _ => {
+            let method = req.method().as_str().to_string();
+            let path = req.uri().path().to_string();
+            let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "text/plain",
+                        "body too large\n",
+                    )
+                }
+            };
+            match P::admin_extra(&method, &path, &body, &server.snapshot()) {
+                Some((status, v)) => json_reply(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    v,
+                ),
+                None => reply(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "not found: try /metrics, /healthz, /status, POST /reload\n",
+                ),
+            }
+        }
     }
 }
 

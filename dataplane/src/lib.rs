@@ -11,6 +11,7 @@ pub mod admin;
 pub mod buffers;
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod desync;
 pub mod drain;
 pub mod health;

@@ -29,7 +29,12 @@ pub trait Plane: Send + Sync + Sized + 'static {
     /// log). Runs inside the runtime; an error refuses the load.
     type Compiled: Send + Sync + 'static;
 
-    fn compile(cfg: &Self::Config) -> Result<Self::Compiled, String>;
+    /// Compiles a config; `previous` is the live generation's (on a reload), whose long-lived
+    /// state (the edge's cache) the new generation may take over.
+    fn compile(
+        cfg: &Self::Config,
+        previous: Option<&Self::Compiled>,
+    ) -> Result<Self::Compiled, String>;
 
     fn server(cfg: &Self::Config) -> &ServerConfig;
     fn admin(cfg: &Self::Config) -> SocketAddr;
@@ -39,6 +44,17 @@ pub trait Plane: Send + Sync + Sized + 'static {
     /// Serves one accepted connection. `snaps` always holds the current snapshot: a plane loads
     /// one per connection (nlb) or per request (alb), and keeps it for that unit of work.
     fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl Future<Output = ()> + Send;
+
+    /// Admin endpoints of this plane beyond the shared ones (the edge's invalidation API):
+    /// method, path and body in, status and JSON out. `None`: not handled (404).
+    fn admin_extra(
+        _method: &str,
+        _path: &str,
+        _body: &[u8],
+        _snap: &Arc<Snapshot<Self>>,
+    ) -> Option<(u16, serde_json::Value)> {
+        None
+    }
 }
 
 /// An accepted connection.
@@ -220,7 +236,7 @@ impl<P: Plane> Server<P> {
             })?;
             bound.push((addr, l));
         }
-        let compiled = P::compile(&config).map_err(StartError::Compile)?;
+        let compiled = P::compile(&config, None).map_err(StartError::Compile)?;
         let groups = build_groups(P::target_groups(&config), None);
         let snap = Snapshot::<P> {
             generation: 1,
@@ -366,8 +382,8 @@ impl<P: Plane> Server<P> {
             return Err(ReloadError::ShuttingDown);
         }
         let config = causeway_config::load::<P::File>(&self.config_path)?;
-        let compiled = P::compile(&config).map_err(ReloadError::Compile)?;
         let old = self.snapshot();
+        let compiled = P::compile(&config, Some(&old.compiled)).map_err(ReloadError::Compile)?;
         if P::admin(&config) != P::admin(&old.config) {
             tracing::warn!("admin.address changed: it takes effect on restart");
         }

@@ -1,27 +1,91 @@
-//! causeway-edge: the caching edge. This crate so far wires the edge into the shared runtime
-//! (config, reload, admin); its cache pipeline is the subject of the edge issue, and until it
-//! lands every request gets a 501 from `proxy.rs`.
+//! causeway-edge: a CloudFront-like caching edge (an RFC 9111 shared cache). `proxy.rs` calls
+//! the request phases in order; the phases that decide (`request_filter`, `cache_key`,
+//! `admit`, `respond`, `cache_control`) are pure, and `store`, `collapse` and `origin` do the
+//! I/O and sharing.
 
+pub mod admit;
+pub mod cache_control;
+pub mod cache_key;
+pub mod collapse;
+pub mod invalidate;
+pub mod logging;
+pub mod message;
+pub mod origin;
 pub mod proxy;
+pub mod request_filter;
+pub mod respond;
+pub mod store;
+pub mod wire;
 
 use causeway_config::common::{ServerConfig, TargetGroupConfig};
-use causeway_config::edge::{EdgeConfig, FileEdge};
-use causeway_dataplane::{Conn, Plane, Snapshots};
+use causeway_config::edge::{CacheBehavior, EdgeConfig, FileEdge};
+use causeway_dataplane::{Conn, Plane, Snapshot, Snapshots};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The edge data plane.
 #[derive(Debug)]
 pub struct Edge;
+
+/// What one config load compiles: the behaviors in match order (the default last), and
+/// handles on the process's store, which outlives reloads.
+#[derive(Debug)]
+pub struct Compiled {
+    pub behaviors: Vec<CacheBehavior>,
+    pub store: Arc<dyn store::Store>,
+    pub collapser: Arc<collapse::Collapser>,
+    pub access_log: Option<causeway_dataplane::accesslog::AccessLog>,
+}
+
+/// The behaviors in match order: the configured ones, the WordPress preset's static paths
+/// (unless configured), then the default.
+pub fn behaviors(cfg: &EdgeConfig) -> Vec<CacheBehavior> {
+    let mut out = cfg.cache_behaviors.clone();
+    if cfg.wordpress {
+        for pattern in request_filter::WP_STATIC {
+            if out.iter().any(|b| b.path_pattern == *pattern) {
+                continue;
+            }
+            let mut b = cfg.default_cache_behavior.clone();
+            b.path_pattern = (*pattern).to_string();
+            b.allowed_methods = vec!["GET".into(), "HEAD".into()];
+            b.default_ttl = Duration::from_secs(30 * 86_400).clamp(b.min_ttl, b.max_ttl);
+            b.cache_key.cookies = causeway_config::edge::Selection::None;
+            b.origin_request.cookies = causeway_config::edge::Selection::None;
+            out.push(b);
+        }
+    }
+    out.push(cfg.default_cache_behavior.clone());
+    out
+}
 
 impl Plane for Edge {
     const NAME: &'static str = "causeway-edge";
     const ABOUT: &'static str = "Causeway's caching edge (RFC 9111 shared cache)";
     type File = FileEdge;
     type Config = EdgeConfig;
-    type Compiled = ();
+    type Compiled = Compiled;
 
-    fn compile(_cfg: &EdgeConfig) -> Result<(), String> {
-        Ok(())
+    fn compile(cfg: &EdgeConfig, previous: Option<&Compiled>) -> Result<Compiled, String> {
+        let access_log = match &cfg.access_log {
+            Some(path) => Some(
+                causeway_dataplane::accesslog::AccessLog::open(path)
+                    .map_err(|e| format!("access log {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Compiled {
+            behaviors: behaviors(cfg),
+            // The cache outlives reloads; its capacity is the first config's (a new capacity
+            // takes effect on restart).
+            store: match previous {
+                Some(p) => p.store.clone(),
+                None => Arc::new(store::Memory::new(cfg.cache.capacity_bytes)),
+            },
+            collapser: previous.map(|p| p.collapser.clone()).unwrap_or_default(),
+            access_log,
+        })
     }
 
     fn server(cfg: &EdgeConfig) -> &ServerConfig {
@@ -41,6 +105,15 @@ impl Plane for Edge {
     }
 
     fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl std::future::Future<Output = ()> + Send {
-        proxy::handle(conn, snaps.load())
+        proxy::handle(conn, snaps)
+    }
+
+    fn admin_extra(
+        method: &str,
+        path: &str,
+        body: &[u8],
+        snap: &Arc<Snapshot<Self>>,
+    ) -> Option<(u16, serde_json::Value)> {
+        invalidate::admin(method, path, body, snap)
     }
 }

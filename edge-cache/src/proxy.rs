@@ -1,19 +1,743 @@
-//! The edge's request path. The cache pipeline is not built yet: every request is answered
-//! `501 Not Implemented` and the connection closed, so nothing pretends to cache.
+//! The edge's request path. One function calls the phases in order, once per request:
+//!
+//! listener (`wire`: HTTP/1.1 → [`Request`]) → `request_filter` (behavior, bypass, PURGE) →
+//! `cache_key` → lookup (`store`: fresh / stale / miss; one fetch per key via `collapse`) →
+//! `origin` (fetch or revalidate; origin groups fail over) → `admit` (RFC 9111 + TTL policy) →
+//! `respond` (Age, X-Cache, 304, Range) → `logging`.
 
-use crate::Edge;
-use causeway_dataplane::{reply::reply_and_close, Conn, Snapshot};
+use crate::admit::{self, Admission, RequestFacts, TtlPolicy};
+use crate::cache_control::Directives;
+use crate::collapse::{self, Outcome, Ticket};
+use crate::message::{all, get, Fields, Request};
+use crate::origin::{self, Body, Fetched, OriginError};
+use crate::request_filter::{self, Decision, UNKEYED_FORWARDING};
+use crate::respond::{self, EdgeResult, Head, Reply, ReplyBody};
+use crate::store::{Object, Reuse};
+use crate::{cache_key, invalidate, logging, wire, Edge};
+use bytes::Bytes;
+use causeway_config::edge::{CacheBehavior, Selection};
+use causeway_dataplane::client::{self, Client, ReadHeadError};
+use causeway_dataplane::http1::RequestHead;
+use causeway_dataplane::{Conn, Snapshot, Snapshots};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
-/// Serves one client connection.
-pub async fn handle(conn: Conn, _snap: Arc<Snapshot<Edge>>) {
-    reply_and_close(
-        conn.stream,
-        501,
-        "Not Implemented",
-        "causeway-edge: caching is not implemented yet\n",
-        Duration::from_secs(10),
+/// Keep-alive idle timeout for viewers (CloudFront's is 5 s by default, up to 60 s).
+pub const VIEWER_IDLE: Duration = Duration::from_secs(60);
+/// How long a request head may take to arrive (slowloris).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one viewer connection until it closes, idles out, or the process drains. Each
+/// request loads the current snapshot.
+pub async fn handle(conn: Conn, snaps: Snapshots<Edge>) {
+    let mut client = Client::new(conn);
+    loop {
+        if !Box::pin(serve_request(&mut client, &snaps)).await {
+            break;
+        }
+    }
+    if let Err(e) = client.stream.shutdown().await {
+        tracing::debug!(error = %e, "client shutdown");
+    }
+}
+
+/// Serves the next request; returns whether the connection stays open.
+async fn serve_request(client: &mut Client, snaps: &Snapshots<Edge>) -> bool {
+    let mut head = RequestHead::default();
+    // listener: read and check the head, then the body.
+    match client::read_head(
+        client,
+        &mut head,
+        &wire::LIMITS,
+        VIEWER_IDLE,
+        HEADER_TIMEOUT,
+    )
+    .await
+    {
+        Ok(Some(())) => {}
+        Ok(None) | Err(ReadHeadError::Gone) => return false,
+        Err(ReadHeadError::Refuse(status, why)) => {
+            refuse(client, status, why).await;
+            return false;
+        }
+    }
+    let received = Instant::now();
+    let snap = snaps.load();
+    let checked = match wire::check(&client.buf, &head) {
+        Ok(c) => c,
+        Err((status, why)) => {
+            refuse(client, status, why).await;
+            return false;
+        }
+    };
+    let mut req = match wire::to_request(&client.buf, &head, "http") {
+        Ok(r) => r,
+        Err((status, why)) => {
+            refuse(client, status, why).await;
+            return false;
+        }
+    };
+    match wire::read_body(client, &head, &checked).await {
+        Ok(body) => req.body = body,
+        Err((status, why)) => {
+            refuse(client, status, why).await;
+            return false;
+        }
+    }
+    let close = checked.close || client.draining();
+    let (mut reply, detail) = pipeline(&snap, &req, client.peer).await;
+    let head_only = req.method == "HEAD";
+    let sent = wire::write_reply(client, &mut reply, head_only, close).await;
+    // logging
+    let bytes = *sent.as_ref().unwrap_or(&0);
+    logging::metrics().served(reply.result, bytes, reply.from_cache);
+    if let Some(log) = &snap.compiled.access_log {
+        log.log(logging::access_line(&logging::Entry {
+            peer: client.peer,
+            method: &req.method,
+            host: &req.authority,
+            path: &req.path,
+            query: &req.query,
+            status: reply.status,
+            bytes,
+            result: reply.result,
+            detail,
+            time_taken: received.elapsed(),
+            classification: checked.classification.tier_name(),
+        }));
+    }
+    sent.is_ok() && !close
+}
+
+/// Answers a refused request and closes.
+async fn refuse(client: &mut Client, status: u16, why: &'static str) {
+    tracing::debug!(peer = %client.peer, status, why, "refusing request");
+    let mut r = Reply::local(
+        status,
+        &[],
+        "text/plain",
+        &format!("{why}\n"),
+        EdgeResult::Error,
+    );
+    logging::metrics().served(EdgeResult::Error, 0, false);
+    if let Err(e) = wire::write_reply(client, &mut r, false, true).await {
+        tracing::debug!(error = %e, "writing refusal");
+    }
+}
+
+/// The protocol-independent pipeline: a request in, a reply and a log detail out.
+pub async fn pipeline(
+    snap: &Arc<Snapshot<Edge>>,
+    req: &Request,
+    peer: SocketAddr,
+) -> (Reply, &'static str) {
+    let cfg = &snap.config;
+    let c = &snap.compiled;
+    // request_filter
+    let decision = request_filter::decide(
+        req,
+        &c.behaviors,
+        cfg.wordpress,
+        peer.ip(),
+        &cfg.cache.purge_allowed,
+    );
+    match decision {
+        Decision::Purge => (invalidate::purge(snap, req), "purge"),
+        Decision::Local {
+            status,
+            location,
+            body,
+        } => {
+            let extra: Vec<(&str, &str)> = location
+                .as_deref()
+                .map(|l| vec![("location", l)])
+                .unwrap_or_default();
+            let result = if location.is_some() {
+                EdgeResult::Redirect
+            } else {
+                EdgeResult::Error
+            };
+            (
+                Reply::local(status, &extra, "text/plain", body, result),
+                "local",
+            )
+        }
+        Decision::Forward { behavior, bypass } => {
+            let b = &c.behaviors[behavior];
+            match bypass {
+                Some(why) => (pass(snap, b, req, peer).await, why),
+                None => cached(snap, b, req, peer).await,
+            }
+        }
+    }
+}
+
+/// A request that goes around the cache. A successful unsafe method invalidates what is
+/// stored for its URI, its Location and its Content-Location (RFC 9111 §4.4).
+async fn pass(snap: &Snapshot<Edge>, b: &CacheBehavior, req: &Request, peer: SocketAddr) -> Reply {
+    let fields = origin_fields(req, b, peer, snap.config.wordpress, false);
+    let target = origin_target(req, b, snap.config.wordpress);
+    let request = origin::request_bytes(req, &req.method, &target, &fields);
+    let idempotent = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    let started = Instant::now();
+    let r = fetch_from(
+        snap,
+        &b.target_origin_id,
+        &request,
+        &req.body,
+        req.method == "HEAD",
+        idempotent,
+        &req.method,
     )
     .await;
+    logging::metrics().origin_time(started.elapsed());
+    match r {
+        Ok(f) => {
+            if admit::invalidates(req.method.as_bytes(), f.status) {
+                invalidate_uri(snap, b, req, &f.fields);
+            }
+            from_origin(f, &snap.config.cache.tag_header, EdgeResult::Bypass)
+        }
+        Err(e) => origin_error(e),
+    }
+}
+
+/// §4.4: drops the stored responses for the request URI and same-host Location /
+/// Content-Location.
+fn invalidate_uri(snap: &Snapshot<Edge>, b: &CacheBehavior, req: &Request, fields: &Fields) {
+    let store = &snap.compiled.store;
+    let mut targets = vec![(req.path.clone(), req.query.clone())];
+    for name in ["location", "content-location"] {
+        let Some(v) = get(fields, name) else { continue };
+        let v = String::from_utf8_lossy(v);
+        let rel = if let Some(rest) = v
+            .strip_prefix("http://")
+            .or_else(|| v.strip_prefix("https://"))
+        {
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            if !host.eq_ignore_ascii_case(&req.authority) {
+                continue;
+            }
+            path.to_string()
+        } else if v.starts_with('/') {
+            v.into_owned()
+        } else {
+            continue;
+        };
+        let (p, q) = rel.split_once('?').unwrap_or((&rel, ""));
+        targets.push((p.to_string(), q.to_string()));
+    }
+    for (path, query) in targets {
+        let r = Request {
+            path,
+            query,
+            ..req.clone()
+        };
+        store.remove(&cache_key::primary(&r, &b.cache_key, snap.config.wordpress));
+    }
+}
+
+/// The request's own cache directives, with `Pragma: no-cache` when it has no Cache-Control.
+fn request_directives(req: &Request) -> (Directives, bool) {
+    let d = Directives::parse(all(&req.headers, "cache-control"));
+    let pragma = req.header("cache-control").is_none()
+        && all(&req.headers, "pragma")
+            .any(|v| crate::cache_control::trim(v).eq_ignore_ascii_case(b"no-cache"));
+    let no_cache = d.no_cache || pragma;
+    (d, no_cache)
+}
+
+/// A GET or HEAD through the cache.
+async fn cached(
+    snap: &Arc<Snapshot<Edge>>,
+    b: &CacheBehavior,
+    req: &Request,
+    peer: SocketAddr,
+) -> (Reply, &'static str) {
+    let c = &snap.compiled;
+    // cache_key
+    let key = cache_key::primary(req, &b.cache_key, snap.config.wordpress);
+    let variant = cache_key::variant(req, &b.cache_key);
+    let (directives, no_cache) = request_directives(req);
+    // lookup
+    if let Some(obj) = lookup(snap, &key, &variant, req) {
+        match obj.reuse(Instant::now(), &directives, no_cache) {
+            Reuse::Fresh => {
+                return (
+                    Reply::stored(req, &obj, Instant::now(), EdgeResult::Hit),
+                    "-",
+                )
+            }
+            Reuse::StaleWhileRevalidate => {
+                refresh_in_background(
+                    snap.clone(),
+                    b.clone(),
+                    req.clone(),
+                    key,
+                    variant,
+                    obj.clone(),
+                    peer,
+                );
+                return (
+                    Reply::stored(req, &obj, Instant::now(), EdgeResult::Hit),
+                    "stale-while-revalidate",
+                );
+            }
+            Reuse::Validate { stale_if_error } => {
+                return fetch_and_admit(
+                    snap,
+                    b,
+                    req,
+                    &key,
+                    &variant,
+                    peer,
+                    Some((&obj, stale_if_error)),
+                )
+                .await;
+            }
+        }
+    }
+    if directives.only_if_cached {
+        return (
+            Reply::local(504, &[], "text/plain", "not cached\n", EdgeResult::Error),
+            "only-if-cached",
+        );
+    }
+    // A miss: one fetch per key; the others wait for it.
+    let mut collapse_key = String::with_capacity(key.len() + variant.len() + 1);
+    collapse_key.push_str(&key);
+    collapse_key.push('\n');
+    collapse_key.push_str(&String::from_utf8_lossy(&variant));
+    match c.collapser.join(&collapse_key) {
+        Ticket::Leader(leader) => {
+            let (reply, detail, stored) =
+                fetch_and_admit_inner(snap, b, req, &key, &variant, peer, None).await;
+            leader.finish(if stored {
+                Outcome::Stored
+            } else {
+                Outcome::NotShared
+            });
+            (reply, detail)
+        }
+        Ticket::Follower(rx) => {
+            logging::metrics().collapsed.increment(1);
+            if collapse::wait(rx, snap.config.cache.collapse_timeout).await == Outcome::Stored {
+                if let Some(obj) = lookup(snap, &key, &variant, req) {
+                    return (
+                        Reply::stored(req, &obj, Instant::now(), EdgeResult::Hit),
+                        "collapsed",
+                    );
+                }
+            }
+            fetch_and_admit(snap, b, req, &key, &variant, peer, None).await
+        }
+    }
+}
+
+/// The stored variant for this request, if any.
+fn lookup(snap: &Snapshot<Edge>, key: &str, variant: &[u8], req: &Request) -> Option<Arc<Object>> {
+    let variants = snap.compiled.store.get(key)?;
+    variants.iter().find(|o| o.matches(variant, req)).cloned()
+}
+
+/// Refreshes a stale object off the request path (stale-while-revalidate), once per key.
+fn refresh_in_background(
+    snap: Arc<Snapshot<Edge>>,
+    b: CacheBehavior,
+    req: Request,
+    key: String,
+    variant: Vec<u8>,
+    obj: Arc<Object>,
+    peer: SocketAddr,
+) {
+    let Ticket::Leader(leader) = snap.compiled.collapser.join(&format!(
+        "refresh\n{key}\n{}",
+        String::from_utf8_lossy(&variant)
+    )) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let req = Request {
+            method: "GET".into(),
+            ..req
+        };
+        let (_, _, stored) =
+            fetch_and_admit_inner(&snap, &b, &req, &key, &variant, peer, Some((&obj, false))).await;
+        leader.finish(if stored {
+            Outcome::Stored
+        } else {
+            Outcome::NotShared
+        });
+    });
+}
+
+async fn fetch_and_admit(
+    snap: &Snapshot<Edge>,
+    b: &CacheBehavior,
+    req: &Request,
+    key: &str,
+    variant: &[u8],
+    peer: SocketAddr,
+    validate: Option<(&Arc<Object>, bool)>,
+) -> (Reply, &'static str) {
+    let (reply, detail, _) =
+        fetch_and_admit_inner(snap, b, req, key, variant, peer, validate).await;
+    (reply, detail)
+}
+
+/// Fetches from the origin (conditionally when revalidating `validate`), stores what may be
+/// stored, and answers. The flag says whether an object was stored for others to share.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_and_admit_inner(
+    snap: &Snapshot<Edge>,
+    b: &CacheBehavior,
+    req: &Request,
+    key: &str,
+    variant: &[u8],
+    peer: SocketAddr,
+    validate: Option<(&Arc<Object>, bool)>,
+) -> (Reply, &'static str, bool) {
+    let cfg = &snap.config;
+    let mut fields = origin_fields(req, b, peer, cfg.wordpress, true);
+    if let Some((obj, _)) = validate {
+        if let Some(etag) = obj.etag() {
+            fields.push(("if-none-match".into(), etag.to_vec()));
+        }
+        if let Some(lm) = obj.last_modified() {
+            fields.push(("if-modified-since".into(), lm.to_vec()));
+        }
+    }
+    let target = origin_target(req, b, cfg.wordpress);
+    // HEAD misses fetch GET, so the object can be stored and serve both.
+    let request = origin::request_bytes(req, "GET", &target, &fields);
+    let started = Instant::now();
+    let fetched = fetch_from(snap, &b.target_origin_id, &request, &[], false, true, "GET").await;
+    logging::metrics().origin_time(started.elapsed());
+    let stale_ok = |obj: &Arc<Object>| Reply::stored(req, obj, Instant::now(), EdgeResult::Hit);
+    let f = match fetched {
+        Ok(f) => f,
+        Err(e) => {
+            return match validate {
+                Some((obj, true)) => (stale_ok(obj), "stale-if-error", false),
+                _ => (origin_error(e), "origin-error", false),
+            }
+        }
+    };
+    if let Some((obj, sie)) = validate {
+        if f.status == 304 {
+            let merged = merge_304(&obj.fields, &f.fields);
+            let Body::Full(_) = f.body else {
+                return (origin_error(OriginError::BadResponse), "bad 304", false);
+            };
+            let refreshed = Fetched {
+                status: obj.status,
+                fields: merged,
+                body: Body::Full(obj.body.clone()),
+                request_time: f.request_time,
+                response_time: f.response_time,
+            };
+            return match store(snap, b, req, key, variant, refreshed) {
+                Stored::Yes(o) => (
+                    Reply::stored(req, &o, Instant::now(), EdgeResult::RefreshHit),
+                    "revalidated",
+                    true,
+                ),
+                Stored::No(f, why) => (
+                    from_origin(*f, &cfg.cache.tag_header, EdgeResult::RefreshHit),
+                    why,
+                    false,
+                ),
+            };
+        }
+        if sie && matches!(f.status, 500 | 502 | 503 | 504) {
+            return (stale_ok(obj), "stale-if-error", false);
+        }
+    }
+    match store(snap, b, req, key, variant, f) {
+        Stored::Yes(o) => (
+            Reply::stored(req, &o, Instant::now(), EdgeResult::Miss),
+            "-",
+            true,
+        ),
+        Stored::No(f, why) => {
+            let result = if f.status >= 400 {
+                EdgeResult::Error
+            } else {
+                EdgeResult::Miss
+            };
+            (from_origin(*f, &cfg.cache.tag_header, result), why, false)
+        }
+    }
+}
+
+/// The stored fields refreshed by a 304's (RFC 9111 §3.2), keeping the stored framing.
+fn merge_304(stored: &Fields, fresh: &Fields) -> Fields {
+    let mut out: Fields = stored
+        .iter()
+        .filter(|(n, _)| {
+            n == "via"
+                || !fresh.iter().any(|(f, _)| f == n)
+                || matches!(
+                    n.as_str(),
+                    "content-length" | "content-encoding" | "content-type" | "content-range"
+                )
+        })
+        .cloned()
+        .collect();
+    for (n, v) in fresh {
+        if !respond::is_hop_by_hop(n)
+            && !matches!(
+                n.as_str(),
+                "content-length" | "content-encoding" | "content-type" | "content-range" | "via"
+            )
+        {
+            out.push((n.clone(), v.clone()));
+        }
+    }
+    out
+}
+
+enum Stored {
+    Yes(Arc<Object>),
+    No(Box<Fetched>, &'static str),
+}
+
+/// admit: decides and stores.
+fn store(
+    snap: &Snapshot<Edge>,
+    b: &CacheBehavior,
+    req: &Request,
+    key: &str,
+    variant: &[u8],
+    f: Fetched,
+) -> Stored {
+    let cfg = &snap.config;
+    let Body::Full(body) = &f.body else {
+        return Stored::No(Box::new(f), "too big to store");
+    };
+    if body.len() as u64 > cfg.cache.max_object_bytes {
+        return Stored::No(Box::new(f), "too big to store");
+    }
+    let (d, _) = request_directives(req);
+    let facts = RequestFacts {
+        authorization: req.header("authorization").is_some(),
+        no_store: d.no_store,
+    };
+    let policy = TtlPolicy {
+        min: b.min_ttl,
+        default: b.default_ttl,
+        max: b.max_ttl,
+        error_min: cfg.cache.error_caching_min_ttl,
+    };
+    let freshness = match admit::admit(&facts, f.status, &f.fields, &policy, f.response_time) {
+        Admission::Store(fr) => fr,
+        Admission::Refuse(why) => return Stored::No(Box::new(f), why),
+    };
+    let fields = respond::relayed_fields(&f.fields, &cfg.cache.tag_header, &freshness.strip_fields);
+    let vary: Vec<(String, Vec<u8>)> = all(&f.fields, "vary")
+        .flat_map(crate::cache_control::split_list)
+        .map(|name| {
+            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+            let value = crate::store::vary_value(req, &name);
+            (name, value)
+        })
+        .collect();
+    let tags: Vec<String> = all(&f.fields, &cfg.cache.tag_header)
+        .flat_map(|v| v.split(|&b| b == b',' || b == b' '))
+        .filter(|t| !t.is_empty())
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+        .collect();
+    let obj = Arc::new(Object {
+        status: f.status,
+        head: Bytes::from(respond::head(f.status, &fields, Some(body.len() as u64))),
+        fields,
+        body: body.clone(),
+        variant: variant.to_vec(),
+        vary,
+        freshness,
+        stored_at: Instant::now(),
+        initial_age: admit::initial_age(&f.fields, f.request_time, f.response_time),
+        tags,
+    });
+    snap.compiled.store.put(key, obj.clone());
+    let (entries, bytes) = snap.compiled.store.usage_hint();
+    logging::metrics().store_usage(entries, bytes);
+    Stored::Yes(obj)
+}
+
+/// A reply relaying an origin response that was not stored.
+fn from_origin(f: Fetched, tag_header: &str, result: EdgeResult) -> Reply {
+    let fields = respond::relayed_fields(&f.fields, tag_header, &[]);
+    let (length, body) = match f.body {
+        Body::Full(b) => (Some(b.len() as u64), ReplyBody::Full(b)),
+        Body::Stream(s) => (s.length, ReplyBody::Stream(s)),
+    };
+    let no_body = f.status == 304 || f.status == 204;
+    Reply {
+        status: f.status,
+        head: Head::Built(respond::head(
+            f.status,
+            &fields,
+            if no_body { Some(0) } else { length },
+        )),
+        age: None,
+        result,
+        body,
+        from_cache: false,
+    }
+}
+
+fn origin_error(e: OriginError) -> Reply {
+    tracing::debug!(error = %e, "origin failed");
+    Reply::local(
+        e.status(),
+        &[],
+        "text/plain",
+        &format!("{e}\n"),
+        EdgeResult::Error,
+    )
+}
+
+/// One exchange with an origin, or with an origin group's primary and then its failover
+/// origin (GET, HEAD and OPTIONS only, on a failure or a listed status).
+async fn fetch_from(
+    snap: &Snapshot<Edge>,
+    id: &str,
+    request: &[u8],
+    body: &[u8],
+    head_request: bool,
+    idempotent: bool,
+    method: &str,
+) -> Result<Fetched, OriginError> {
+    let cfg = &snap.config;
+    let max = cfg.cache.max_object_bytes;
+    let Some(group) = cfg.origin_groups.get(id) else {
+        let o = cfg.origins.get(id).ok_or(OriginError::Connect)?;
+        return origin::fetch(o, request, body, head_request, idempotent, max).await;
+    };
+    let primary = cfg
+        .origins
+        .get(&group.members[0])
+        .ok_or(OriginError::Connect)?;
+    let r = origin::fetch(primary, request, body, head_request, idempotent, max).await;
+    let may_fail_over = matches!(method, "GET" | "HEAD" | "OPTIONS");
+    let failed = match &r {
+        Err(_) => true,
+        Ok(f) => group.failover_status_codes.contains(&f.status),
+    };
+    if !(may_fail_over && failed) {
+        return r;
+    }
+    metrics::counter!("causeway_edge_origin_failovers_total").increment(1);
+    let secondary = cfg
+        .origins
+        .get(&group.members[1])
+        .ok_or(OriginError::Connect)?;
+    origin::fetch(secondary, request, body, head_request, idempotent, max).await
+}
+
+/// The target the origin gets: the path, and the query as the origin request policy keeps it.
+fn origin_target(req: &Request, b: &CacheBehavior, wordpress: bool) -> String {
+    let q = cache_key::filter_query(&req.query, &b.origin_request.query_strings, wordpress);
+    if q.is_empty() {
+        req.path.clone()
+    } else {
+        format!("{}?{q}", req.path)
+    }
+}
+
+/// The fields the origin gets: the origin request policy's headers and cookies plus what the
+/// cache key uses, never a hop-by-hop or unkeyed forwarding header; `X-Forwarded-For` and
+/// `Via` gain this hop. For a cacheable fetch, the viewer's own conditionals and Range stay
+/// behind (the edge asks for the full object).
+fn origin_fields(
+    req: &Request,
+    b: &CacheBehavior,
+    peer: SocketAddr,
+    wordpress: bool,
+    cacheable: bool,
+) -> Fields {
+    let _ = wordpress;
+    let policy = &b.origin_request;
+    let mut out: Fields = Vec::with_capacity(req.headers.len() + 4);
+    let mut xff: Option<Vec<u8>> = None;
+    let mut via: Option<Vec<u8>> = None;
+    for (n, v) in &req.headers {
+        let n = n.as_str();
+        if respond::is_hop_by_hop(n) || UNKEYED_FORWARDING.contains(&n) || n == "expect" {
+            continue;
+        }
+        if cacheable
+            && matches!(
+                n,
+                "if-none-match"
+                    | "if-modified-since"
+                    | "if-match"
+                    | "if-unmodified-since"
+                    | "range"
+                    | "if-range"
+            )
+        {
+            continue;
+        }
+        match n {
+            "host" => out.push((n.into(), v.clone())),
+            "x-forwarded-for" => xff = Some(v.clone()),
+            "via" => via = Some(v.clone()),
+            "accept-encoding" => {}
+            "cookie" => {}
+            _ if policy.headers.selects(n.as_bytes())
+                || b.cache_key.headers.iter().any(|h| h == n) =>
+            {
+                out.push((n.into(), v.clone()))
+            }
+            _ => {}
+        }
+    }
+    // Cookies: the policy's plus the keyed ones, in arrival order.
+    if policy.cookies == Selection::All {
+        for v in all(&req.headers, "cookie") {
+            out.push(("cookie".into(), v.to_vec()));
+        }
+    } else {
+        let kept: Vec<String> = req
+            .cookies()
+            .filter(|(n, _)| policy.cookies.selects(n) || b.cache_key.cookies.selects(n))
+            .map(|(n, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect();
+        if !kept.is_empty() {
+            out.push(("cookie".into(), kept.join("; ").into_bytes()));
+        }
+    }
+    let ae = cache_key::accept_encoding(req);
+    if !ae.is_empty() {
+        out.push(("accept-encoding".into(), ae.as_bytes().to_vec()));
+    }
+    let mut x = xff
+        .map(|mut v| {
+            v.extend_from_slice(b", ");
+            v
+        })
+        .unwrap_or_default();
+    x.extend_from_slice(peer.ip().to_string().as_bytes());
+    out.push(("x-forwarded-for".into(), x));
+    out.push(("x-forwarded-proto".into(), req.scheme.as_bytes().to_vec()));
+    let mut v = via
+        .map(|mut v| {
+            v.extend_from_slice(b", ");
+            v
+        })
+        .unwrap_or_default();
+    v.extend_from_slice(respond::VIA.as_bytes());
+    out.push(("via".into(), v));
+    out
 }

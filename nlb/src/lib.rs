@@ -23,7 +23,7 @@ impl Plane for Nlb {
     type Config = NlbConfig;
     type Compiled = ();
 
-    fn compile(_cfg: &NlbConfig) -> Result<(), String> {
+    fn compile(_cfg: &NlbConfig, _previous: Option<&()>) -> Result<(), String> {
         Ok(())
     }
 

@@ -40,11 +40,17 @@ struct State {
     health_checks: Vec<Seen>,
 }
 
-/// Per-path behaviour besides the status.
+/// Per-path behaviour besides the status; changeable while the origin runs.
 #[derive(Debug, Default)]
 struct Extras {
     delays: HashMap<String, std::time::Duration>,
     cookies: HashMap<String, String>,
+    /// Extra response fields by path. An `etag` or `last-modified` among them makes the origin
+    /// answer a matching conditional request with 304.
+    headers: HashMap<String, Vec<(String, String)>>,
+    bodies: HashMap<String, Bytes>,
+    /// Status overrides set while running (win over the builder's).
+    statuses: HashMap<String, u16>,
 }
 
 /// Builds an [`Origin`].
@@ -105,21 +111,23 @@ impl Builder {
             statuses.insert(String::new(), d);
         }
         let statuses = Arc::new(statuses);
-        let extras = Arc::new(Extras {
+        let extras = Arc::new(Mutex::new(Extras {
             delays: self.delays,
             cookies: self.cookies,
-        });
+            ..Extras::default()
+        }));
         let task = tokio::spawn(accept(
             listener,
             name.clone(),
             state.clone(),
             statuses,
-            extras,
+            extras.clone(),
         ));
         Origin {
             name,
             addr,
             state,
+            extras,
             task,
         }
     }
@@ -131,6 +139,7 @@ pub struct Origin {
     name: String,
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    extras: Arc<Mutex<Extras>>,
     task: JoinHandle<()>,
 }
 
@@ -186,6 +195,44 @@ impl Origin {
     pub fn stop(&self) {
         self.task.abort();
     }
+
+    /// From now on, answers `path` with these extra response fields.
+    pub fn set_headers(&self, path: &str, headers: &[(&str, &str)]) {
+        self.extras.lock().unwrap().headers.insert(
+            path.to_owned(),
+            headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        );
+    }
+
+    /// From now on, answers `path` with this body (instead of `origin <name> <path>`).
+    pub fn set_body(&self, path: &str, body: impl Into<Bytes>) {
+        self.extras
+            .lock()
+            .unwrap()
+            .bodies
+            .insert(path.to_owned(), body.into());
+    }
+
+    /// From now on, answers `path` with this status.
+    pub fn set_status(&self, path: &str, status: u16) {
+        self.extras
+            .lock()
+            .unwrap()
+            .statuses
+            .insert(path.to_owned(), status);
+    }
+
+    /// From now on, waits `delay` before answering `path`.
+    pub fn set_delay(&self, path: &str, delay: std::time::Duration) {
+        self.extras
+            .lock()
+            .unwrap()
+            .delays
+            .insert(path.to_owned(), delay);
+    }
 }
 
 async fn accept(
@@ -193,7 +240,7 @@ async fn accept(
     name: String,
     state: Arc<Mutex<State>>,
     statuses: Arc<HashMap<String, u16>>,
-    extras: Arc<Extras>,
+    extras: Arc<Mutex<Extras>>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -254,20 +301,59 @@ async fn accept(
                             st.seen.push(seen);
                         }
                     }
-                    if let Some(d) = extras.delays.get(&path) {
-                        tokio::time::sleep(*d).await;
+                    let (delay, cookie, headers, body, status_override) = {
+                        let x = extras.lock().unwrap();
+                        (
+                            x.delays.get(&path).copied(),
+                            x.cookies.get(&path).cloned(),
+                            x.headers.get(&path).cloned().unwrap_or_default(),
+                            x.bodies.get(&path).cloned(),
+                            x.statuses.get(&path).copied(),
+                        )
+                    };
+                    if let Some(d) = delay {
+                        tokio::time::sleep(d).await;
                     }
-                    let status = statuses
-                        .get(&path)
-                        .or_else(|| statuses.get(""))
-                        .copied()
+                    let status = status_override
+                        .or_else(|| statuses.get(&path).copied())
+                        .or_else(|| statuses.get("").copied())
                         .unwrap_or(200);
-                    let mut resp =
-                        Response::new(Full::new(Bytes::from(format!("origin {name} {path}\n"))));
-                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    let field = |n: &str| {
+                        headers
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                            .map(|(_, v)| v.as_str())
+                    };
+                    let asked = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+                    let not_modified = status == 200
+                        && match (asked("if-none-match"), field("etag")) {
+                            (Some(inm), Some(etag)) => inm.split(',').any(|t| t.trim() == etag),
+                            (None, _) => matches!(
+                                (asked("if-modified-since"), field("last-modified")),
+                                (Some(a), Some(b)) if a == b
+                            ),
+                            _ => false,
+                        };
+                    let body = if not_modified {
+                        Bytes::new()
+                    } else {
+                        body.unwrap_or_else(|| Bytes::from(format!("origin {name} {path}\n")))
+                    };
+                    let mut resp = Response::new(Full::new(body));
+                    *resp.status_mut() = if not_modified {
+                        hyper::StatusCode::NOT_MODIFIED
+                    } else {
+                        hyper::StatusCode::from_u16(status).unwrap()
+                    };
                     resp.headers_mut().insert("x-origin", name.parse().unwrap());
-                    if let Some(c) = extras.cookies.get(&path) {
+                    if let Some(c) = cookie {
                         resp.headers_mut().insert("set-cookie", c.parse().unwrap());
+                    }
+                    for (n, v) in &headers {
+                        resp.headers_mut().append(
+                            hyper::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                            v.parse().unwrap(),
+                        );
                     }
                     Ok::<_, std::convert::Infallible>(resp)
                 }

@@ -154,6 +154,13 @@ pub fn run(once: bool) -> ExitCode {
                 print!("{}", status::render(&now, &last));
                 last = now.counters;
                 if once {
+                    // One request through every hop, twice: the second is the edge's hit.
+                    for _ in 0..2 {
+                        println!(
+                            "pipeline GET / via the edge: {}",
+                            status::probe("127.0.0.1:8080", "/").await
+                        );
+                    }
                     return Ok(());
                 }
                 tokio::select! {
@@ -176,9 +183,7 @@ pub fn run(once: bool) -> ExitCode {
 
 fn print_banner(examples: &Path) {
     println!("Causeway demo (configs from {}):", examples.display());
-    println!(
-        "  edge  http://127.0.0.1:8080/   (the caching edge; its engine is not built yet: 501)"
-    );
+    println!("  edge  http://127.0.0.1:8080/   (the caching edge, WordPress preset: see X-Cache)");
     println!("  nlb   http://127.0.0.1:8081/   (L4, Maglev over the two albs)");
     println!("  albs  http://127.0.0.1:8082/  http://127.0.0.1:8083/");
     println!("  origins 127.0.0.1:9001-9003: /  /wp-login.php  /wp-admin/  /wp-content/uploads/x.jpg  /wp-json/");

@@ -22,7 +22,34 @@ pub struct Sample {
     pub counters: Counters,
 }
 
+/// A GET through the whole pipeline (edge → nlb → alb → origin): the status line and the
+/// edge's `X-Cache`.
+pub async fn probe(addr: &str, path: &str) -> String {
+    match fetch(addr, path).await {
+        Ok(text) => {
+            let status = text.lines().next().unwrap_or("").to_owned();
+            let x_cache = text
+                .lines()
+                .take_while(|l| !l.is_empty())
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("x-cache")
+                        .then(|| v.trim().to_owned())
+                })
+                .unwrap_or_else(|| "no X-Cache".into());
+            format!("{status} ({x_cache})")
+        }
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
 async fn get(addr: &str, path: &str) -> Result<String, String> {
+    let text = fetch(addr, path).await?;
+    let (_, body) = text.split_once("\r\n\r\n").ok_or("not HTTP")?;
+    Ok(body.to_owned())
+}
+
+async fn fetch(addr: &str, path: &str) -> Result<String, String> {
     let addr: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -38,9 +65,7 @@ async fn get(addr: &str, path: &str) -> Result<String, String> {
         .await
         .map_err(|_| "timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out);
-    let (_, body) = text.split_once("\r\n\r\n").ok_or("not HTTP")?;
-    Ok(body.to_owned())
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The sum of every sample of metric `name` (all label sets).

@@ -81,12 +81,24 @@ impl ChunkedScanner {
     /// Feeds bytes; returns how many belong to the body (all of `buf`, or up to the end of the
     /// body when it ends inside `buf`).
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, ChunkError> {
+        self.scan(buf, None)
+    }
+
+    /// Like [`feed`](Self::feed), and appends the chunk data (the decoded body) to `out`.
+    pub fn decode(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+        self.scan(buf, Some(out))
+    }
+
+    fn scan(&mut self, buf: &[u8], mut out: Option<&mut Vec<u8>>) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < buf.len() {
             match self.state {
                 State::Done => return Ok(i),
                 State::Data => {
                     let take = (buf.len() - i).min(self.remaining.min(usize::MAX as u64) as usize);
+                    if let Some(out) = out.as_deref_mut() {
+                        out.extend_from_slice(&buf[i..i + take]);
+                    }
                     i += take;
                     self.remaining -= take as u64;
                     self.data_len += take as u64;
@@ -205,6 +217,23 @@ mod tests {
         assert!(done);
         assert_eq!(&body[n..], b"GET /next");
         assert_eq!(data, 11);
+    }
+
+    #[test]
+    fn decodes_the_data_across_pieces() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nT: 1\r\n\r\nNEXT";
+        let mut s = ChunkedScanner::new();
+        let mut out = Vec::new();
+        let mut used = 0;
+        for piece in body.chunks(3) {
+            used += s.decode(piece, &mut out).unwrap();
+            if s.is_done() {
+                break;
+            }
+        }
+        assert!(s.is_done());
+        assert_eq!(out, b"hello world");
+        assert_eq!(&body[used..], b"NEXT");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod chunked;
 pub mod head;
+pub mod uri;
 
 pub use chunked::{ChunkError, ChunkedScanner};
 pub use head::{

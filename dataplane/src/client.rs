@@ -1,7 +1,7 @@
 //! The client side of a connection: the socket, its read buffer (released while idle, so an
 //! idle keep-alive connection holds no buffer), and vectored writes.
 
-use causeway_dataplane::{buffers, Conn};
+use crate::{buffers, Conn};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -104,4 +104,60 @@ pub async fn write_two(s: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io
         }
     }
     s.write_all(b).await
+}
+
+/// Why no request head could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadHeadError {
+    /// Answer this status and close (400, 408, 414, 431).
+    #[error("{1}")]
+    Refuse(u16, &'static str),
+    /// The client went away mid-head: nothing to answer.
+    #[error("client gone")]
+    Gone,
+}
+
+/// Reads the next request head into `head`, waiting at most `idle` for its first byte and
+/// `header_timeout` (slowloris) for the rest. `Ok(None)`: the client closed, or idled out,
+/// between requests.
+pub async fn read_head(
+    client: &mut Client,
+    head: &mut crate::http1::RequestHead,
+    limits: &crate::http1::Limits,
+    idle: std::time::Duration,
+    header_timeout: std::time::Duration,
+) -> Result<Option<()>, ReadHeadError> {
+    use crate::http1::{parse_request, HeadError};
+    if client.buf.is_empty() {
+        // Idle between requests: hold no buffer, wait for the first byte.
+        match tokio::time::timeout(idle, client.stream.readable()).await {
+            Err(_) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(())) => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + header_timeout;
+    loop {
+        if !client.buf.is_empty() {
+            match parse_request(&client.buf, limits, head) {
+                Ok(true) => return Ok(Some(())),
+                Ok(false) => {}
+                Err(e @ HeadError::Malformed(why)) => {
+                    return Err(ReadHeadError::Refuse(e.status(), why))
+                }
+                Err(e) => return Err(ReadHeadError::Refuse(e.status(), "head too large")),
+            }
+        }
+        match tokio::time::timeout_at(deadline, client.fill()).await {
+            Err(_) if client.buf.is_empty() => return Ok(None),
+            Err(_) => {
+                return Err(ReadHeadError::Refuse(
+                    408,
+                    "request head not received in time",
+                ))
+            }
+            Ok(Ok(0)) if client.buf.is_empty() => return Ok(None),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadHeadError::Gone),
+            Ok(Ok(_)) => {}
+        }
+    }
 }

@@ -1,0 +1,355 @@
+//! Phase `origin`: one HTTP/1.1 exchange with an origin over a pooled keep-alive connection,
+//! with CloudFront's connect and response timeouts. A body up to the object size limit is read
+//! whole (so it can be stored and shared); a bigger one is handed back as a stream.
+
+use crate::message::{Fields, Request};
+use bytes::Bytes;
+use causeway_config::edge::Origin;
+use causeway_dataplane::http1::{parse_response, ChunkedScanner, Framing, ResponseHead};
+use causeway_dataplane::pool::Pool;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Largest response head accepted from an origin.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Why an origin exchange failed. Each maps to 502 or 504.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    #[error("origin connection failed")]
+    Connect,
+    #[error("origin connection timed out")]
+    ConnectTimeout,
+    #[error("origin did not respond in time")]
+    Timeout,
+    #[error("origin closed or reset before responding")]
+    Closed,
+    #[error("invalid response from origin")]
+    BadResponse,
+}
+
+impl OriginError {
+    pub fn status(self) -> u16 {
+        match self {
+            OriginError::ConnectTimeout | OriginError::Timeout => 504,
+            _ => 502,
+        }
+    }
+}
+
+/// A response from the origin.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: u16,
+    /// Every field, lower-case names.
+    pub fields: Fields,
+    pub body: Body,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+}
+
+/// A response body: whole, or still arriving.
+#[derive(Debug)]
+pub enum Body {
+    Full(Bytes),
+    Stream(Streaming),
+}
+
+/// The rest of a body too big to store, decoded piece by piece.
+#[derive(Debug)]
+pub struct Streaming {
+    conn: TcpStream,
+    /// Decoded data read before the stream was handed over.
+    first: Vec<u8>,
+    /// Raw bytes read and not yet decoded.
+    raw: Vec<u8>,
+    framing: Framing,
+    /// Length framing: body bytes still to read.
+    remaining: u64,
+    scanner: ChunkedScanner,
+    idle: std::time::Duration,
+    /// The length, when the origin declared one.
+    pub length: Option<u64>,
+}
+
+impl Streaming {
+    /// The next piece of body data; `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, OriginError> {
+        if !self.first.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.first)));
+        }
+        loop {
+            match self.framing {
+                Framing::Length(_) if self.remaining == 0 => return Ok(None),
+                Framing::Chunked if self.scanner.is_done() => return Ok(None),
+                _ => {}
+            }
+            if !self.raw.is_empty() {
+                let raw = std::mem::take(&mut self.raw);
+                let mut out = Vec::new();
+                match self.framing {
+                    Framing::Chunked => {
+                        self.scanner
+                            .decode(&raw, &mut out)
+                            .map_err(|_| OriginError::BadResponse)?;
+                    }
+                    Framing::Length(_) => {
+                        let take = raw.len().min(self.remaining as usize);
+                        self.remaining -= take as u64;
+                        out.extend_from_slice(&raw[..take]);
+                    }
+                    _ => out = raw,
+                }
+                if !out.is_empty() {
+                    return Ok(Some(out));
+                }
+                continue;
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = match timeout(self.idle, self.conn.read(&mut buf)).await {
+                Err(_) => return Err(OriginError::Timeout),
+                Ok(Err(_)) => return Err(OriginError::Closed),
+                Ok(Ok(n)) => n,
+            };
+            if n == 0 {
+                return match self.framing {
+                    Framing::Close => Ok(None),
+                    _ => Err(OriginError::Closed),
+                };
+            }
+            buf.truncate(n);
+            self.raw = buf;
+        }
+    }
+}
+
+fn pools() -> &'static Mutex<HashMap<SocketAddr, Arc<Pool>>> {
+    static POOLS: OnceLock<Mutex<HashMap<SocketAddr, Arc<Pool>>>> = OnceLock::new();
+    POOLS.get_or_init(Default::default)
+}
+
+fn pool(addr: SocketAddr) -> Arc<Pool> {
+    pools()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(addr)
+        .or_default()
+        .clone()
+}
+
+async fn connect(o: &Origin) -> Result<TcpStream, OriginError> {
+    match timeout(o.connect_timeout, TcpStream::connect(o.address)).await {
+        Ok(Ok(s)) => {
+            if let Err(e) = s.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY");
+            }
+            Ok(s)
+        }
+        Ok(Err(_)) => Err(OriginError::Connect),
+        Err(_) => Err(OriginError::ConnectTimeout),
+    }
+}
+
+/// Serialises the request the origin gets: `head_fields` are already filtered by the origin
+/// request policy.
+pub fn request_bytes(req: &Request, method: &str, target: &str, fields: &Fields) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + req.body.len());
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (n, v) in fields {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !req.body.is_empty() || !matches!(method, "GET" | "HEAD" | "OPTIONS" | "DELETE") {
+        out.extend_from_slice(format!("content-length: {}\r\n", req.body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Sends `request` (head and body) and reads the response.
+pub async fn fetch(
+    o: &Origin,
+    request: &[u8],
+    body: &[u8],
+    head_request: bool,
+    idempotent: bool,
+    max_body: u64,
+) -> Result<Fetched, OriginError> {
+    let pool = pool(o.address);
+    // A pooled connection the origin closed meanwhile fails before any response byte; an
+    // idempotent request then goes once more over a new connection.
+    if let Some(conn) = pool.take() {
+        match exchange(conn, o, request, body, head_request, max_body, &pool).await {
+            Err((OriginError::Closed, false)) if idempotent => {}
+            r => return r.map_err(|(e, _)| e),
+        }
+    }
+    let conn = connect(o).await?;
+    exchange(conn, o, request, body, head_request, max_body, &pool)
+        .await
+        .map_err(|(e, _)| e)
+}
+
+/// One exchange; the error's flag says whether any response byte arrived.
+async fn exchange(
+    mut conn: TcpStream,
+    o: &Origin,
+    request: &[u8],
+    body: &[u8],
+    head_request: bool,
+    max_body: u64,
+    pool: &Pool,
+) -> Result<Fetched, (OriginError, bool)> {
+    let request_time = SystemTime::now();
+    let sent = if body.is_empty() {
+        conn.write_all(request).await
+    } else {
+        causeway_dataplane::client::write_two(&mut conn, request, body).await
+    };
+    if sent.is_err() {
+        return Err((OriginError::Closed, false));
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut head = ResponseHead::default();
+    // Read the head, skipping interim (1xx) responses.
+    loop {
+        if !buf.is_empty() {
+            match parse_response(&buf, MAX_RESPONSE_HEAD, &mut head) {
+                Ok(true) if (100..200).contains(&head.status) => {
+                    if head.status == 101 {
+                        return Err((OriginError::BadResponse, true));
+                    }
+                    buf.drain(..head.len);
+                    continue;
+                }
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(_) => return Err((OriginError::BadResponse, true)),
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match timeout(o.response_timeout, conn.read_buf(&mut buf)).await {
+            Err(_) => return Err((OriginError::Timeout, !buf.is_empty())),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err((OriginError::Closed, !buf.is_empty())),
+            Ok(Ok(_)) => {}
+        }
+    }
+    let response_time = SystemTime::now();
+    let framing = head
+        .framing(&buf, head_request)
+        .map_err(|_| (OriginError::BadResponse, true))?;
+    let mut fields: Fields = Vec::with_capacity(head.headers.len());
+    for h in &head.headers {
+        let name = String::from_utf8_lossy(h.name.get(&buf)).to_ascii_lowercase();
+        fields.push((name, h.value.get(&buf).to_vec()));
+    }
+    let keep_alive = head.minor_version == 1 && !head.lists_token(&buf, "connection", "close");
+    let status = head.status;
+    let rest = buf.split_off(head.len);
+    let done = |body: Bytes| Fetched {
+        status,
+        fields: Vec::new(),
+        body: Body::Full(body),
+        request_time,
+        response_time,
+    };
+    let mut fetched = match framing {
+        Framing::None => {
+            if keep_alive && rest.is_empty() {
+                pool.put(conn);
+            }
+            done(Bytes::new())
+        }
+        Framing::Length(n) if n > max_body => Fetched {
+            body: Body::Stream(Streaming {
+                conn,
+                first: Vec::new(),
+                raw: rest,
+                framing,
+                remaining: n,
+                scanner: ChunkedScanner::new(),
+                idle: o.response_timeout,
+                length: Some(n),
+            }),
+            ..done(Bytes::new())
+        },
+        Framing::Length(n) => {
+            let mut body = rest;
+            while (body.len() as u64) < n {
+                body.reserve((n as usize - body.len()).min(1 << 20));
+                match timeout(o.response_timeout, conn.read_buf(&mut body)).await {
+                    Err(_) => return Err((OriginError::Timeout, true)),
+                    Ok(Ok(0)) | Ok(Err(_)) => return Err((OriginError::Closed, true)),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            if body.len() as u64 == n && keep_alive {
+                pool.put(conn);
+            }
+            body.truncate(n as usize);
+            done(Bytes::from(body))
+        }
+        Framing::Chunked | Framing::Close => {
+            let mut scanner = ChunkedScanner::new();
+            let mut decoded = Vec::new();
+            let mut raw = rest;
+            let mut seen = 0u64;
+            let mut leftover = false;
+            loop {
+                seen += raw.len() as u64;
+                if framing == Framing::Chunked {
+                    let used = scanner
+                        .decode(&raw, &mut decoded)
+                        .map_err(|_| (OriginError::BadResponse, true))?;
+                    leftover = used < raw.len();
+                    if scanner.is_done() {
+                        break;
+                    }
+                } else {
+                    decoded.extend_from_slice(&raw);
+                }
+                if seen > max_body {
+                    return Ok(Fetched {
+                        body: Body::Stream(Streaming {
+                            conn,
+                            first: decoded,
+                            raw: Vec::new(),
+                            framing,
+                            remaining: 0,
+                            scanner,
+                            idle: o.response_timeout,
+                            length: None,
+                        }),
+                        fields,
+                        ..done(Bytes::new())
+                    });
+                }
+                raw = Vec::with_capacity(64 * 1024);
+                match timeout(o.response_timeout, conn.read_buf(&mut raw)).await {
+                    Err(_) => return Err((OriginError::Timeout, true)),
+                    Ok(Ok(0)) if framing == Framing::Close => break,
+                    Ok(Ok(0)) | Ok(Err(_)) => return Err((OriginError::Closed, true)),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            if framing == Framing::Chunked && keep_alive && !leftover {
+                pool.put(conn);
+            }
+            done(Bytes::from(decoded))
+        }
+    };
+    fetched.fields = fields;
+    Ok(fetched)
+}

@@ -1,0 +1,960 @@
+//! End-to-end behaviour of the edge's cache over HTTP/1.1 against testkit origins that count
+//! and record requests: one test per RFC 9111 rule (named after its section), RFC 5861 and
+//! RFC 9213, collapsing, invalidation, ranges, the WordPress preset, and poisoning defences.
+
+use causeway_config::edge::FileEdge;
+use causeway_config::{parse, Context};
+use causeway_dataplane::check::NetProber;
+use causeway_dataplane::Server;
+use causeway_edge::Edge;
+use causeway_testkit::raw::{self, RawResponse};
+use causeway_testkit::{free_port, Origin};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Edge1 {
+    server: Arc<Server<Edge>>,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    _stop_admin: tokio::sync::watch::Sender<bool>,
+}
+
+/// Starts an edge whose default behavior targets origin `o` at `origin`, with `extra` TOML
+/// lines appended (more origins, behaviors, settings).
+async fn start_with(origin: SocketAddr, behavior: &str, extra: &str) -> Edge1 {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        r#"
+{extra}
+[admin]
+address = "{admin}"
+[[listeners]]
+address = "{addr}"
+[origins.o]
+address = "{origin}"
+response_timeout_seconds = 5
+[default_cache_behavior]
+target_origin_id = "o"
+{behavior}
+"#
+    );
+    launch(&text, addr, admin).await
+}
+
+/// Writes the config to a file (so a reload can read it) and starts the edge.
+async fn launch(text: &str, addr: SocketAddr, admin: SocketAddr) -> Edge1 {
+    let path = std::env::temp_dir().join(format!("causeway-edge-test-{}.toml", addr.port()));
+    std::fs::write(&path, text).unwrap();
+    let cfg = parse::<FileEdge>("edge.toml", text, &Context { dir: ".".into() })
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let server = Server::<Edge>::start(&path, cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(admin).await.unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(causeway_dataplane::admin::serve(
+        listener,
+        server.clone(),
+        stop_rx,
+    ));
+    Edge1 {
+        server,
+        addr,
+        admin,
+        _stop_admin: stop,
+    }
+}
+
+async fn start(origin: &Origin) -> Edge1 {
+    start_with(
+        origin.addr(),
+        r#"allowed_methods = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"]"#,
+        "",
+    )
+    .await
+}
+
+async fn get(e: &Edge1, path: &str, extra: &[(&str, &str)]) -> RawResponse {
+    raw::get(e.addr, path, extra).await.unwrap()
+}
+
+fn x_cache(r: &RawResponse) -> &str {
+    r.header("x-cache").unwrap_or("")
+}
+
+#[tokio::test]
+async fn rfc9111_3_a_cacheable_response_is_stored_and_served_as_a_hit() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/a",
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/plain"),
+        ],
+    );
+    let e = start(&o).await;
+    let first = get(&e, "/a", &[]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(x_cache(&first), "Miss from causeway");
+    let second = get(&e, "/a", &[]).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(x_cache(&second), "Hit from causeway");
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("content-type"), Some("text/plain"));
+    assert_eq!(second.header("age"), Some("0"));
+    assert!(second.header("via").unwrap().contains("1.1 causeway"));
+    assert_eq!(o.hits("/a"), 1, "the hit never reached the origin");
+}
+
+#[tokio::test]
+async fn rfc9111_3_no_store_private_and_set_cookie_are_never_stored() {
+    let o = Origin::builder()
+        .set_cookie_for("/cookie", "sid=1")
+        .start()
+        .await;
+    o.set_headers("/no-store", &[("cache-control", "no-store")]);
+    o.set_headers("/private", &[("cache-control", "private, max-age=60")]);
+    o.set_headers("/cookie", &[("cache-control", "max-age=60")]);
+    let e = start(&o).await;
+    for p in ["/no-store", "/private", "/cookie"] {
+        for _ in 0..2 {
+            let r = get(&e, p, &[]).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(x_cache(&r), "Miss from causeway", "{p}");
+        }
+        assert_eq!(o.hits(p), 2, "{p} was stored");
+    }
+    let r = get(&e, "/cookie", &[]).await;
+    assert_eq!(
+        r.header("set-cookie"),
+        Some("sid=1"),
+        "the cookie still reaches its owner"
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_3_5_authorization_needs_public_s_maxage_or_must_revalidate() {
+    let o = Origin::start().await;
+    o.set_headers("/plain", &[("cache-control", "max-age=60")]);
+    o.set_headers("/public", &[("cache-control", "public, max-age=60")]);
+    let e = start(&o).await;
+    let auth = [("authorization", "Bearer x")];
+    get(&e, "/plain", &auth).await;
+    get(&e, "/plain", &auth).await;
+    assert_eq!(o.hits("/plain"), 2);
+    get(&e, "/public", &auth).await;
+    let r = get(&e, "/public", &auth).await;
+    assert_eq!(x_cache(&r), "Hit from causeway");
+    assert_eq!(o.hits("/public"), 1);
+}
+
+#[tokio::test]
+async fn rfc9111_4_1_vary_keeps_one_variant_per_request_value() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/v",
+        &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+    );
+    let e = start(&o).await;
+    let de = [("accept-language", "de")];
+    let fr = [("accept-language", "fr")];
+    assert_eq!(x_cache(&get(&e, "/v", &de).await), "Miss from causeway");
+    assert_eq!(x_cache(&get(&e, "/v", &fr).await), "Miss from causeway");
+    assert_eq!(x_cache(&get(&e, "/v", &de).await), "Hit from causeway");
+    assert_eq!(x_cache(&get(&e, "/v", &fr).await), "Hit from causeway");
+    assert_eq!(o.hits("/v"), 2);
+    let seen = o.seen();
+    assert_eq!(seen[0].header("accept-language"), Some("de"));
+    assert_eq!(seen[1].header("accept-language"), Some("fr"));
+}
+
+#[tokio::test]
+async fn rfc9111_4_1_accept_encoding_is_normalised_before_keying() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/ae",
+        &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding")],
+    );
+    let e = start(&o).await;
+    get(&e, "/ae", &[("accept-encoding", "gzip, deflate, br")]).await;
+    let r = get(&e, "/ae", &[("accept-encoding", "br;q=1.0, gzip;q=0.8")]).await;
+    assert_eq!(x_cache(&r), "Hit from causeway", "same normalised value");
+    let r = get(&e, "/ae", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(x_cache(&r), "Miss from causeway");
+    assert_eq!(o.seen()[0].header("accept-encoding"), Some("br,gzip"));
+}
+
+#[tokio::test]
+async fn rfc9111_4_2_1_s_maxage_wins_over_max_age() {
+    let o = Origin::start().await;
+    // Arrives 100 s old: stale by max-age, fresh by s-maxage.
+    o.set_headers(
+        "/s",
+        &[
+            ("cache-control", "max-age=10, s-maxage=1000"),
+            ("age", "100"),
+        ],
+    );
+    o.set_headers("/m", &[("cache-control", "max-age=10"), ("age", "100")]);
+    let e = start(&o).await;
+    get(&e, "/s", &[]).await;
+    assert_eq!(x_cache(&get(&e, "/s", &[]).await), "Hit from causeway");
+    get(&e, "/m", &[]).await;
+    get(&e, "/m", &[]).await;
+    assert_eq!(o.hits("/s"), 1);
+    assert_eq!(
+        o.hits("/m"),
+        2,
+        "stale on arrival: not served without validation"
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_4_2_1_expires_counts_from_date() {
+    let o = Origin::start().await;
+    let now = std::time::SystemTime::now();
+    let date = httpdate::fmt_http_date(now);
+    let past = httpdate::fmt_http_date(now - Duration::from_secs(60));
+    let future = httpdate::fmt_http_date(now + Duration::from_secs(600));
+    o.set_headers(
+        "/future",
+        &[("expires", future.as_str()), ("date", date.as_str())],
+    );
+    o.set_headers(
+        "/past",
+        &[("expires", past.as_str()), ("date", date.as_str())],
+    );
+    let e = start(&o).await;
+    for p in ["/future", "/past"] {
+        get(&e, p, &[]).await;
+        get(&e, p, &[]).await;
+    }
+    assert_eq!(o.hits("/future"), 1);
+    assert_eq!(o.hits("/past"), 2);
+}
+
+#[tokio::test]
+async fn rfc9111_4_2_3_age_includes_time_spent_upstream() {
+    let o = Origin::start().await;
+    o.set_headers("/aged", &[("cache-control", "max-age=600"), ("age", "50")]);
+    let e = start(&o).await;
+    get(&e, "/aged", &[]).await;
+    let r = get(&e, "/aged", &[]).await;
+    let age: u64 = r.header("age").unwrap().parse().unwrap();
+    assert!((50..60).contains(&age), "age {age}");
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_revalidation_with_etag_updates_the_stored_headers() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/r",
+        &[
+            ("cache-control", "max-age=10"),
+            ("age", "100"),
+            ("etag", "\"v1\""),
+        ],
+    );
+    let e = start(&o).await;
+    assert_eq!(x_cache(&get(&e, "/r", &[]).await), "Miss from causeway");
+    // Now fresh for a minute, with a new header, same representation.
+    o.set_headers(
+        "/r",
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("x-version", "2"),
+        ],
+    );
+    let r = get(&e, "/r", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(x_cache(&r), "RefreshHit from causeway");
+    assert_eq!(
+        r.text(),
+        format!("origin {} /r\n", o.name()),
+        "the stored body"
+    );
+    assert_eq!(
+        r.header("x-version"),
+        Some("2"),
+        "the 304's fields were merged"
+    );
+    let seen = o.seen();
+    assert_eq!(seen[1].header("if-none-match"), Some("\"v1\""));
+    let r = get(&e, "/r", &[]).await;
+    assert_eq!(
+        x_cache(&r),
+        "Hit from causeway",
+        "fresh again after the 304"
+    );
+    assert_eq!(o.hits("/r"), 2);
+}
+
+#[tokio::test]
+async fn rfc9111_4_3_2_a_conditional_viewer_gets_304_from_the_cache() {
+    let o = Origin::start().await;
+    let lm = "Tue, 01 Sep 2026 10:00:00 GMT";
+    o.set_headers(
+        "/c",
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"abc\""),
+            ("last-modified", lm),
+        ],
+    );
+    let e = start(&o).await;
+    get(&e, "/c", &[]).await;
+    let r = get(&e, "/c", &[("if-none-match", "W/\"abc\"")]).await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some("\"abc\""));
+    let r = get(&e, "/c", &[("if-none-match", "\"other\"")]).await;
+    assert_eq!(r.status, 200);
+    let r = get(&e, "/c", &[("if-modified-since", lm)]).await;
+    assert_eq!(r.status, 304);
+    assert_eq!(o.hits("/c"), 1);
+}
+
+#[tokio::test]
+async fn rfc9111_4_4_a_successful_unsafe_method_invalidates() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/post",
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-location", "/other"),
+        ],
+    );
+    o.set_headers("/other", &[("cache-control", "max-age=60")]);
+    let e = start(&o).await;
+    get(&e, "/post", &[]).await;
+    get(&e, "/other", &[]).await;
+    assert_eq!(x_cache(&get(&e, "/post", &[]).await), "Hit from causeway");
+    let r = raw::request(e.addr, "POST", "/post", &[], b"x=1")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(o.seen().last().unwrap().body, b"x=1");
+    assert_eq!(x_cache(&get(&e, "/post", &[]).await), "Miss from causeway");
+    assert_eq!(
+        x_cache(&get(&e, "/other", &[]).await),
+        "Miss from causeway",
+        "Content-Location too"
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_2_4_no_cache_is_revalidated_on_every_use() {
+    let o = Origin::start().await;
+    o.set_headers("/nc", &[("cache-control", "no-cache"), ("etag", "\"n\"")]);
+    let e = start(&o).await;
+    get(&e, "/nc", &[]).await;
+    let r = get(&e, "/nc", &[]).await;
+    assert_eq!(x_cache(&r), "RefreshHit from causeway");
+    let r = get(&e, "/nc", &[]).await;
+    assert_eq!(x_cache(&r), "RefreshHit from causeway");
+    assert_eq!(o.hits("/nc"), 3);
+    assert!(o.seen()[1..]
+        .iter()
+        .all(|s| s.header("if-none-match") == Some("\"n\"")));
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_2_2_must_revalidate_is_never_served_stale() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/mr",
+        &[
+            (
+                "cache-control",
+                "max-age=10, must-revalidate, stale-if-error=600",
+            ),
+            ("age", "20"),
+        ],
+    );
+    let e = start(&o).await;
+    get(&e, "/mr", &[]).await;
+    o.set_status("/mr", 503);
+    let r = get(&e, "/mr", &[]).await;
+    assert_eq!(r.status, 503, "the error, not the stale copy");
+    assert_eq!(x_cache(&r), "Error from causeway");
+}
+
+#[tokio::test]
+async fn rfc5861_stale_if_error_serves_the_stale_copy_when_the_origin_fails() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/sie",
+        &[
+            ("cache-control", "max-age=10, stale-if-error=600"),
+            ("age", "20"),
+        ],
+    );
+    let e = start(&o).await;
+    let first = get(&e, "/sie", &[]).await;
+    o.set_status("/sie", 500);
+    let r = get(&e, "/sie", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, first.body);
+    assert_eq!(o.hits("/sie"), 2, "the origin was asked first");
+    // And when it is down altogether.
+    o.stop();
+    let r = get(&e, "/sie", &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn rfc5861_stale_while_revalidate_answers_at_once_and_refreshes_behind() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/swr",
+        &[
+            ("cache-control", "max-age=10, stale-while-revalidate=600"),
+            ("age", "20"),
+        ],
+    );
+    let e = start(&o).await;
+    get(&e, "/swr", &[]).await;
+    o.set_delay("/swr", Duration::from_millis(300));
+    let r = get(&e, "/swr", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(x_cache(&r), "Hit from causeway", "served stale");
+    // The background refresh reaches the origin (bounded wait for another task).
+    for _ in 0..100 {
+        if o.hits("/swr") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(o.hits("/swr"), 2);
+}
+
+#[tokio::test]
+async fn rfc9213_cdn_cache_control_takes_precedence() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/cdn",
+        &[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ],
+    );
+    o.set_headers(
+        "/sc",
+        &[
+            ("cache-control", "max-age=60"),
+            ("surrogate-control", "no-store"),
+        ],
+    );
+    let e = start(&o).await;
+    get(&e, "/cdn", &[]).await;
+    let r = get(&e, "/cdn", &[]).await;
+    assert_eq!(x_cache(&r), "Hit from causeway");
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "browsers still get the origin's"
+    );
+    get(&e, "/sc", &[]).await;
+    let r = get(&e, "/sc", &[]).await;
+    assert_eq!(x_cache(&r), "Miss from causeway");
+    assert_eq!(
+        r.header("surrogate-control"),
+        None,
+        "edge-targeted: not relayed"
+    );
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_1_7_only_if_cached_gets_504_on_a_miss() {
+    let o = Origin::start().await;
+    let e = start(&o).await;
+    let r = get(&e, "/oic", &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(o.hits("/oic"), 0);
+}
+
+#[tokio::test]
+async fn collapsing_many_parallel_misses_make_one_origin_request() {
+    let o = Origin::start().await;
+    o.set_headers("/hot", &[("cache-control", "max-age=60")]);
+    o.set_delay("/hot", Duration::from_millis(400));
+    let e = start(&o).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let addr = e.addr;
+        tasks.push(tokio::spawn(async move {
+            raw::get(addr, "/hot", &[]).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("origin {} /hot\n", o.name()));
+    }
+    assert_eq!(o.hits("/hot"), 1);
+}
+
+#[tokio::test]
+async fn collapsing_never_shares_a_private_response() {
+    let o = Origin::start().await;
+    o.set_headers("/mine", &[("cache-control", "private")]);
+    o.set_delay("/mine", Duration::from_millis(300));
+    let e = start(&o).await;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let addr = e.addr;
+        tasks.push(tokio::spawn(async move {
+            raw::get(addr, "/mine", &[]).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    assert_eq!(o.hits("/mine"), 5, "each waiter went to the origin itself");
+}
+
+#[tokio::test]
+async fn purge_drops_every_variant_and_needs_an_allowed_source() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/p",
+        &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+    );
+    let e = start(&o).await;
+    get(&e, "/p", &[("accept-language", "de")]).await;
+    get(&e, "/p", &[("accept-language", "fr")]).await;
+    let r = raw::request(e.addr, "PURGE", "/p", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "{\"purged\":2}\n");
+    assert_eq!(
+        x_cache(&get(&e, "/p", &[("accept-language", "de")]).await),
+        "Miss from causeway"
+    );
+    // Only loopback is allowed by default; a config without it refuses.
+    let o2 = Origin::start().await;
+    let e2 = start_with(
+        o2.addr(),
+        "",
+        "[cache]\npurge_allowed_cidrs = [\"10.0.0.0/8\"]",
+    )
+    .await;
+    let r = raw::request(e2.addr, "PURGE", "/p", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+}
+
+async fn admin_post(admin: SocketAddr, path: &str, body: &str) -> RawResponse {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let raw = raw::exchange(admin, req.as_bytes(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    RawResponse::parse(&raw).unwrap()
+}
+
+#[tokio::test]
+async fn invalidation_by_wildcard_path_and_by_tag() {
+    let o = Origin::start().await;
+    for p in ["/inv/a", "/inv/b", "/keep"] {
+        o.set_headers(p, &[("cache-control", "max-age=60")]);
+    }
+    o.set_headers(
+        "/tagged",
+        &[
+            ("cache-control", "max-age=60"),
+            ("cache-tag", "post-7, home"),
+        ],
+    );
+    let e = start(&o).await;
+    for p in ["/inv/a", "/inv/b?x=1", "/keep", "/tagged"] {
+        get(&e, p, &[]).await;
+    }
+    let r = admin_post(e.admin, "/invalidations", r#"{"paths": ["/inv/*"]}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"by_path\":2"), "{}", r.text());
+    assert_eq!(x_cache(&get(&e, "/inv/a", &[]).await), "Miss from causeway");
+    assert_eq!(x_cache(&get(&e, "/keep", &[]).await), "Hit from causeway");
+    let t = get(&e, "/tagged", &[]).await;
+    assert_eq!(t.header("cache-tag"), None, "tags stay at the edge");
+    let r = admin_post(e.admin, "/invalidations", r#"{"tags": ["post-7"]}"#).await;
+    assert!(r.text().contains("\"by_tag\":1"), "{}", r.text());
+    assert_eq!(
+        x_cache(&get(&e, "/tagged", &[]).await),
+        "Miss from causeway"
+    );
+    let r = admin_post(e.admin, "/invalidations", r#"{"paths": "x"}"#).await;
+    assert_eq!(r.status, 400);
+    let metrics = raw::get(e.admin, "/metrics", &[]).await.unwrap().text();
+    assert!(
+        causeway_testkit::metric(&metrics, "causeway_edge_invalidations_total{kind=\"tag\"}")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn rfc9110_14_ranges_are_served_from_the_stored_object() {
+    let o = Origin::start().await;
+    o.set_body("/file", "0123456789");
+    o.set_headers(
+        "/file",
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"f\""),
+            ("content-type", "text/plain"),
+        ],
+    );
+    let e = start(&o).await;
+    let r = get(&e, "/file", &[("range", "bytes=2-4")]).await;
+    assert_eq!(
+        r.status, 206,
+        "the first request fetches the whole object and answers the range"
+    );
+    assert_eq!(r.text(), "234");
+    assert_eq!(r.header("content-range"), Some("bytes 2-4/10"));
+    assert_eq!(
+        o.seen()[0].header("range"),
+        None,
+        "the origin is asked for all of it"
+    );
+    let r = get(&e, "/file", &[("range", "bytes=-3")]).await;
+    assert_eq!(r.text(), "789");
+    let r = get(&e, "/file", &[("range", "bytes=0-0,8-")]).await;
+    assert_eq!(r.status, 206);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/byteranges"));
+    assert!(r.text().contains("content-range: bytes 0-0/10\r\n\r\n0"));
+    assert!(r.text().contains("content-range: bytes 8-9/10\r\n\r\n89"));
+    let r = get(&e, "/file", &[("range", "bytes=50-")]).await;
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */10"));
+    let r = get(
+        &e,
+        "/file",
+        &[("range", "bytes=0-1"), ("if-range", "\"old\"")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "If-Range mismatch: the whole object");
+    assert_eq!(r.text(), "0123456789");
+    assert_eq!(o.hits("/file"), 1);
+}
+
+#[tokio::test]
+async fn head_is_answered_from_the_get_object() {
+    let o = Origin::start().await;
+    o.set_headers("/h", &[("cache-control", "max-age=60")]);
+    let e = start(&o).await;
+    let r = raw::request(e.addr, "HEAD", "/h", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    let len: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(len, format!("origin {} /h\n", o.name()).len());
+    assert_eq!(o.seen()[0].method, "GET");
+    let r = get(&e, "/h", &[]).await;
+    assert_eq!(x_cache(&r), "Hit from causeway");
+}
+
+/// Requests the origin saw for `path`, whatever their query.
+fn hits_under(o: &Origin, path: &str) -> usize {
+    o.seen()
+        .iter()
+        .filter(|s| s.path.split('?').next() == Some(path))
+        .count()
+}
+
+async fn wordpress_edge(o: &Origin) -> Edge1 {
+    start_with(
+        o.addr(),
+        r#"allowed_methods = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"]"#,
+        "preset = \"wordpress\"",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn wordpress_bypass_cases_never_store() {
+    let o = Origin::start().await;
+    let e = wordpress_edge(&o).await;
+    for p in [
+        "/wp-admin/edit.php",
+        "/wp-login.php",
+        "/wp-cron.php",
+        "/xmlrpc.php",
+        "/wp-comments-post.php",
+    ] {
+        o.set_headers(p, &[("cache-control", "max-age=600")]);
+        get(&e, p, &[]).await;
+        let r = get(&e, p, &[]).await;
+        assert_eq!(x_cache(&r), "Miss from causeway", "{p}");
+        assert_eq!(o.hits(p), 2, "{p}");
+    }
+    o.set_headers("/post-1/", &[("cache-control", "max-age=600")]);
+    for (i, q) in ["?preview=true", "?p=12", "?page_id=3"].iter().enumerate() {
+        get(&e, &format!("/post-1/{q}"), &[]).await;
+        get(&e, &format!("/post-1/{q}"), &[]).await;
+        assert_eq!(hits_under(&o, "/post-1/"), 2 * (i + 1), "{q}");
+    }
+    let before = hits_under(&o, "/post-1/");
+    for c in [
+        "wordpress_logged_in_1=a",
+        "wordpress_sec_1=a",
+        "wp-postpass_1=a",
+        "comment_author_1=a",
+        "woocommerce_cart_hash=a",
+    ] {
+        get(&e, "/post-1/", &[("cookie", c)]).await;
+    }
+    assert_eq!(
+        hits_under(&o, "/post-1/") - before,
+        5,
+        "each cookie bypassed"
+    );
+    o.set_headers("/wp-json/wp/v2/posts", &[("cache-control", "max-age=600")]);
+    get(
+        &e,
+        "/wp-json/wp/v2/posts",
+        &[("cookie", "wordpress_logged_in_1=a")],
+    )
+    .await;
+    get(
+        &e,
+        "/wp-json/wp/v2/posts",
+        &[("cookie", "wordpress_logged_in_1=a")],
+    )
+    .await;
+    assert_eq!(
+        o.hits("/wp-json/wp/v2/posts"),
+        2,
+        "logged-in REST calls bypass"
+    );
+    let r = raw::request(e.addr, "POST", "/post-1/", &[], b"c=1")
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&r), "Miss from causeway");
+}
+
+#[tokio::test]
+async fn wordpress_preset_strips_tracking_parameters_and_caches_static_files_long() {
+    let o = Origin::start().await;
+    o.set_headers("/post-2/", &[("cache-control", "max-age=600")]);
+    let e = wordpress_edge(&o).await;
+    get(&e, "/post-2/?utm_source=news&utm_medium=mail", &[]).await;
+    let r = get(&e, "/post-2/?fbclid=abc&gclid=x", &[]).await;
+    assert_eq!(x_cache(&r), "Hit from causeway");
+    assert_eq!(
+        o.seen()[0].path,
+        "/post-2/",
+        "tracking parameters never reach the origin"
+    );
+    // No cache headers at all: the static behavior's default TTL keeps it, even for a
+    // logged-in visitor.
+    get(
+        &e,
+        "/wp-content/uploads/cat.jpg",
+        &[("cookie", "wordpress_logged_in_1=a")],
+    )
+    .await;
+    let r = get(&e, "/wp-content/uploads/cat.jpg", &[]).await;
+    assert_eq!(x_cache(&r), "Hit from causeway");
+    assert_eq!(
+        o.seen().last().unwrap().header("cookie"),
+        None,
+        "no cookies to static origins"
+    );
+}
+
+#[tokio::test]
+async fn unkeyed_forwarding_headers_never_reach_the_origin() {
+    let o = Origin::start().await;
+    o.set_headers("/poison", &[("cache-control", "max-age=60")]);
+    let e = start(&o).await;
+    let evil = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("forwarded", "host=evil.example"),
+        ("x-forwarded-proto", "https"),
+    ];
+    get(&e, "/poison", &evil).await;
+    let s = &o.seen()[0];
+    for (n, _) in evil.iter().take(4) {
+        assert_eq!(s.header(n), None, "{n} was forwarded");
+    }
+    assert_eq!(
+        s.header("x-forwarded-proto"),
+        Some("http"),
+        "overwritten with the truth"
+    );
+    assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"));
+    // The key holds the host: another Host is another object.
+    let other = format!(
+        "GET /poison HTTP/1.1\r\nHost: other.example:{}\r\nConnection: close\r\n\r\n",
+        e.addr.port()
+    );
+    let raw = raw::exchange(e.addr, other.as_bytes(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let r = RawResponse::parse(&raw).unwrap();
+    assert_eq!(x_cache(&r), "Miss from causeway");
+    assert_eq!(o.hits("/poison"), 2);
+    // An invalid Host is refused before it can reach a key.
+    let bad = b"GET /poison HTTP/1.1\r\nHost: evil.com/x\r\n\r\n";
+    let raw = raw::exchange(e.addr, bad, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(RawResponse::parse(&raw).unwrap().status, 400);
+}
+
+#[tokio::test]
+async fn cache_deception_nothing_is_stored_for_its_extension_alone() {
+    let o = Origin::start().await;
+    // An account page reached through a static-looking path.
+    o.set_headers(
+        "/my-account/style.css",
+        &[("cache-control", "no-store, private")],
+    );
+    let e = start_with(
+        o.addr(),
+        "",
+        "[[cache_behaviors]]\npath_pattern = \"*.css\"\ntarget_origin_id = \"o\"\ndefault_ttl_seconds = 86400\n",
+    )
+    .await;
+    get(&e, "/my-account/style.css", &[]).await;
+    let r = get(&e, "/my-account/style.css", &[]).await;
+    assert_eq!(x_cache(&r), "Miss from causeway");
+    assert_eq!(o.hits("/my-account/style.css"), 2);
+}
+
+#[tokio::test]
+async fn origin_groups_fail_over_for_safe_methods_only() {
+    let primary = Origin::builder()
+        .name("primary")
+        .default_status(503)
+        .start()
+        .await;
+    let secondary = Origin::builder().name("secondary").start().await;
+    let e = start_group(primary.addr(), secondary.addr()).await;
+    let r = get(&e, "/x", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-origin"), Some("secondary"));
+    let r = raw::request(e.addr, "POST", "/x", &[], b"a").await.unwrap();
+    assert_eq!(r.status, 503, "a POST is never sent twice");
+    assert_eq!(
+        secondary
+            .seen()
+            .iter()
+            .filter(|s| s.method == "POST")
+            .count(),
+        0
+    );
+}
+
+async fn start_group(primary: SocketAddr, secondary: SocketAddr) -> Edge1 {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        r#"
+[admin]
+address = "{admin}"
+[[listeners]]
+address = "{addr}"
+[origins.a]
+address = "{primary}"
+[origins.b]
+address = "{secondary}"
+[origin_groups.g]
+members = ["a", "b"]
+failover_status_codes = [500, 502, 503, 504]
+[default_cache_behavior]
+target_origin_id = "g"
+allowed_methods = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"]
+"#
+    );
+    launch(&text, addr, admin).await
+}
+
+#[tokio::test]
+async fn a_dead_origin_gets_502_with_x_cache_error() {
+    let dead = causeway_testkit::closed_port().await;
+    let e = start_with(dead, "", "").await;
+    let r = get(&e, "/", &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(x_cache(&r), "Error from causeway");
+}
+
+#[tokio::test]
+async fn an_object_above_the_size_limit_streams_through_unstored() {
+    let o = Origin::start().await;
+    let big = "x".repeat(300_000);
+    o.set_body("/big", big.clone());
+    o.set_headers("/big", &[("cache-control", "max-age=60")]);
+    let e = start_with(o.addr(), "", "[cache]\nmax_object_bytes = 100000").await;
+    let r = get(&e, "/big", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), big.len());
+    let r = get(&e, "/big", &[]).await;
+    assert_eq!(r.body.len(), big.len());
+    assert_eq!(o.hits("/big"), 2);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_cache() {
+    let o = Origin::start().await;
+    o.set_headers("/keep", &[("cache-control", "max-age=60")]);
+    let e = start(&o).await;
+    get(&e, "/keep", &[]).await;
+    let before = e.server.snapshot().generation;
+    e.server.reload().await.unwrap();
+    assert_eq!(e.server.snapshot().generation, before + 1);
+    assert_eq!(x_cache(&get(&e, "/keep", &[]).await), "Hit from causeway");
+}
+
+#[tokio::test]
+async fn smuggling_shapes_get_400_and_a_close() {
+    let o = Origin::start().await;
+    let e = start(&o).await;
+    for bad in [
+        &b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\nhello",
+        b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        b"GET http://evil/ HTTP/1.1\r\nHost: h\r\n\r\n",
+    ] {
+        let raw = raw::exchange(e.addr, bad, Duration::from_secs(5)).await.unwrap();
+        let r = RawResponse::parse(&raw).unwrap_or_else(|| panic!("{raw:?}"));
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(bad));
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(o.total(), 0, "nothing ambiguous reached the origin");
+}
+
+#[tokio::test]
+async fn keep_alive_serves_hits_on_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = Origin::start().await;
+    o.set_headers("/ka", &[("cache-control", "max-age=60")]);
+    let e = start(&o).await;
+    let mut s = tokio::net::TcpStream::connect(e.addr).await.unwrap();
+    let req = format!("GET /ka HTTP/1.1\r\nHost: {}\r\n\r\n", e.addr);
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        answers.push(RawResponse::parse(&buf[..n]).unwrap());
+    }
+    assert_eq!(x_cache(&answers[0]), "Miss from causeway");
+    assert_eq!(x_cache(&answers[2]), "Hit from causeway");
+    assert_eq!(o.hits("/ka"), 1);
+}
