@@ -208,7 +208,8 @@ backend b
 def nginx_peer_cfg(port, cache):
     servers = "\n".join(f"    server {a};" for a in upstreams()[: (1 if cache else 3)])
     cache_http = f"proxy_cache_path {TMP}/nginx-cache keys_zone=c:10m max_size=100m;" if cache else ""
-    cache_loc = "proxy_cache c; proxy_cache_valid 200 1h;" if cache else ""
+    cache_loc = ("proxy_cache c; proxy_cache_valid 200 1h; "
+                 "add_header X-Cache-Status $upstream_cache_status;") if cache else ""
     conf = f"""worker_processes 1;
 pid {TMP}/nginx-peer.pid;
 error_log {TMP}/nginx-peer-error.log;
@@ -234,6 +235,33 @@ http {{
 }}
 """
     path = os.path.join(TMP, f"nginx-peer-{'cache' if cache else 'proxy'}.conf")
+    open(path, "w").write(conf)
+    return path
+
+
+def nginx_static_cfg(port, size):
+    """The ceiling for a hit: NGINX answering `return 200` with the object's bytes (a config
+    token holds at most 4 KiB, so the 16 KiB object is a static file with open_file_cache)."""
+    if size <= 1024:
+        loc = f'return 200 "{"x" * size}";'
+    else:
+        loc = f"root {TMP}/www; open_file_cache max=100;"
+    conf = f"""worker_processes 1;
+pid {TMP}/nginx-static.pid;
+error_log {TMP}/nginx-static-error.log;
+daemon off;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ {loc} }}
+  }}
+}}
+"""
+    path = os.path.join(TMP, "nginx-static.conf")
     open(path, "w").write(conf)
     return path
 
@@ -309,6 +337,30 @@ def nginx_peer(cache, path="/"):
             "url": f"http://127.0.0.1:{port}{path}"}
 
 
+def nginx_static(size, path):
+    port = free_port()
+    p = start(["nginx", "-c", nginx_static_cfg(port, size)], 1, "nginx-static")
+    wait_port(port)
+    what = "return 200" if size <= 1024 else "static file"
+    return {"name": f"NGINX 1.22 {what} (ceiling)", "pid": p.pid,
+            "url": f"http://127.0.0.1:{port}{path}"}
+
+
+def cache_evidence(url):
+    """Two GETs; the second's status, length and cache headers show whether it was a hit."""
+    seen = None
+    for _ in range(2):
+        try:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                body = r.read()
+                hdr = {k.lower(): v for k, v in r.headers.items()}
+                seen = f"{r.status}, {len(body)} bytes"
+        except OSError as e:
+            return f"failed: {e}"
+    keys = ("x-cache", "x-cache-status", "age", "x-varnish")
+    return seen + "".join(f", {k}: {hdr[k]}" for k in keys if k in hdr)
+
+
 def varnish(path):
     port = free_port()
     workdir = os.path.join(TMP, "varnish")
@@ -337,7 +389,10 @@ def scenario_proxies(args):
     elif args.scenario == "tcp":
         proxies += [haproxy("tcp")]
     else:
-        proxies += [nginx_peer(True, path), varnish(path)]
+        proxies += [nginx_peer(True, path), varnish(path),
+                    nginx_static(16384 if args.object == "16k" else 64, path)]
+        for p in proxies:
+            notes.append(f"{p['name']}, second GET: {cache_evidence(p['url'])}")
     return proxies, notes
 
 

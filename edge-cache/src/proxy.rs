@@ -33,6 +33,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one viewer connection until it closes, idles out, or the process drains. Each
 /// request loads the current snapshot.
 pub async fn handle(conn: Conn, snaps: Snapshots<Edge>) {
+    if starts_with_h2_preface(&conn.stream).await {
+        return crate::h2::serve(conn.stream, conn.peer, snaps, conn.shutdown).await;
+    }
     let mut client = Client::new(conn);
     loop {
         if !Box::pin(serve_request(&mut client, &snaps)).await {
@@ -42,6 +45,34 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Edge>) {
     if let Err(e) = client.stream.shutdown().await {
         tracing::debug!(error = %e, "client shutdown");
     }
+}
+
+/// Whether the connection opens with the HTTP/2 preface (prior knowledge). Looks without
+/// consuming, so an HTTP/1.1 connection reads its first request as usual.
+async fn starts_with_h2_preface(s: &tokio::net::TcpStream) -> bool {
+    let preface = crate::h2::PREFACE;
+    let mut buf = [0u8; 24];
+    for _ in 0..20 {
+        if tokio::time::timeout(VIEWER_IDLE, s.readable())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let n = match s.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 || buf[..n] != preface[..n] {
+            return false;
+        }
+        if n == preface.len() {
+            return true;
+        }
+        // A preface split across segments: look again shortly.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
 }
 
 /// Serves the next request; returns whether the connection stays open.
@@ -93,10 +124,36 @@ async fn serve_request(client: &mut Client, snaps: &Snapshots<Edge>) -> bool {
     let sent = wire::write_reply(client, &mut reply, head_only, close).await;
     // logging
     let bytes = *sent.as_ref().unwrap_or(&0);
+    let class = checked.classification.tier_name();
+    log_request(
+        &snap,
+        client.peer,
+        &req,
+        &reply,
+        bytes,
+        detail,
+        received,
+        class,
+    );
+    sent.is_ok() && !close
+}
+
+/// Counts a served request and writes its access log line.
+#[allow(clippy::too_many_arguments)]
+pub fn log_request(
+    snap: &Snapshot<Edge>,
+    peer: SocketAddr,
+    req: &Request,
+    reply: &Reply,
+    bytes: u64,
+    detail: &str,
+    received: Instant,
+    classification: &str,
+) {
     logging::metrics().served(reply.result, bytes, reply.from_cache);
     if let Some(log) = &snap.compiled.access_log {
         log.log(logging::access_line(&logging::Entry {
-            peer: client.peer,
+            peer,
             method: &req.method,
             host: &req.authority,
             path: &req.path,
@@ -106,10 +163,9 @@ async fn serve_request(client: &mut Client, snaps: &Snapshots<Edge>) -> bool {
             result: reply.result,
             detail,
             time_taken: received.elapsed(),
-            classification: checked.classification.tier_name(),
+            classification,
         }));
     }
-    sent.is_ok() && !close
 }
 
 /// Answers a refused request and closes.

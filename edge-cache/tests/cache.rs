@@ -958,3 +958,63 @@ async fn keep_alive_serves_hits_on_one_connection() {
     assert_eq!(x_cache(&answers[2]), "Hit from causeway");
     assert_eq!(o.hits("/ka"), 1);
 }
+
+/// `curl --http2-prior-knowledge` (a real h2 client): status line, headers and body.
+async fn curl_h2(url: String, extra: &[&str]) -> String {
+    let mut args = vec![
+        "-s".to_string(),
+        "-i".into(),
+        "--http2-prior-knowledge".into(),
+        "--max-time".into(),
+        "10".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(url);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(&args).output()
+    })
+    .await
+    .unwrap()
+    .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn h2_prior_knowledge_hits_share_the_cache_with_http1() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/h2",
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/plain"),
+        ],
+    );
+    let e = start(&o).await;
+    let first = curl_h2(format!("http://{}/h2", e.addr), &[]).await;
+    assert!(first.starts_with("HTTP/2 200"), "{first}");
+    assert!(first.contains("x-cache: Miss from causeway"), "{first}");
+    let second = curl_h2(format!("http://{}/h2", e.addr), &[]).await;
+    assert!(second.contains("x-cache: Hit from causeway"), "{second}");
+    assert!(second.contains("content-type: text/plain"), "{second}");
+    assert!(
+        second.ends_with(&format!("origin {} /h2\n", o.name())),
+        "{second}"
+    );
+    // The same object over HTTP/1.1.
+    assert_eq!(x_cache(&get(&e, "/h2", &[]).await), "Hit from causeway");
+    assert_eq!(o.hits("/h2"), 1);
+    // A conditional and a range over h2, from the stored object.
+    let r = curl_h2(format!("http://{}/h2", e.addr), &["-r", "0-5"]).await;
+    assert!(r.starts_with("HTTP/2 206"), "{r}");
+    assert!(r.ends_with("origin"), "{r}");
+    // A POST goes through to the origin with its body.
+    let r = curl_h2(format!("http://{}/form", e.addr), &["-d", "a=1"]).await;
+    assert!(r.starts_with("HTTP/2 200"), "{r}");
+    let seen = o.seen();
+    let post = seen.iter().find(|s| s.method == "POST").unwrap();
+    assert_eq!(post.body, b"a=1");
+    assert_eq!(
+        post.version, "HTTP/1.1",
+        "the origin is spoken to in HTTP/1.1"
+    );
+}

@@ -1,0 +1,223 @@
+//! The HTTP/2 listener side (h2c with prior knowledge, on the same port as HTTP/1.1): hyper's
+//! h2 server with explicit limits turns each stream into the pipeline's [`Request`], and each
+//! [`Reply`] back into a response. The cache pipeline is the same as for HTTP/1.1.
+
+use crate::message::{valid_authority, Fields, Request};
+use crate::respond::{Head, Reply, ReplyBody};
+use crate::{proxy, Edge};
+use bytes::Bytes;
+use causeway_dataplane::Snapshots;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// The connection preface a prior-knowledge h2 client sends first (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Limits: CloudFront's 20 KiB of request headers, 100 concurrent streams, and hyper's
+/// rapid-reset and error-reset caps.
+const MAX_HEADER_LIST: u32 = 20_480;
+const MAX_STREAMS: u32 = 100;
+
+/// A streamed response body fed by a channel.
+#[derive(Debug)]
+pub struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+type Body = Either<Full<Bytes>, ChannelBody>;
+
+/// Serves one h2c connection until it ends; when the process drains, sends GOAWAY and lets the
+/// open streams finish.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    snaps: Snapshots<Edge>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let snaps = snaps.clone();
+        async move { Ok::<_, Infallible>(handle(req, peer, snaps).await) }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(256))
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.as_mut().await;
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "h2 connection ended with an error");
+    }
+}
+
+async fn handle(
+    req: hyper::Request<Incoming>,
+    peer: SocketAddr,
+    snaps: Snapshots<Edge>,
+) -> hyper::Response<Body> {
+    let received = tokio::time::Instant::now();
+    let snap = snaps.load();
+    let request = match to_request(req).await {
+        Ok(r) => r,
+        Err((status, why)) => {
+            let reply = Reply::local(
+                status,
+                &[],
+                "text/plain",
+                &format!("{why}\n"),
+                crate::respond::EdgeResult::Error,
+            );
+            return to_response(reply, false);
+        }
+    };
+    let (reply, detail) = proxy::pipeline(&snap, &request, peer).await;
+    let head_only = request.method == "HEAD";
+    let bytes = match &reply.body {
+        ReplyBody::Full(b) if !head_only => b.len() as u64,
+        _ => 0,
+    };
+    proxy::log_request(
+        &snap,
+        peer,
+        &request,
+        &reply,
+        bytes,
+        detail,
+        received,
+        "Compliant",
+    );
+    to_response(reply, head_only)
+}
+
+/// An h2 request as the pipeline's request type.
+async fn to_request(req: hyper::Request<Incoming>) -> Result<Request, (u16, &'static str)> {
+    let (parts, body) = req.into_parts();
+    let host_header = parts
+        .headers
+        .get(hyper::header::HOST)
+        .map(|v| v.as_bytes().to_vec());
+    let authority = match (parts.uri.authority(), &host_header) {
+        (Some(a), Some(h)) if a.as_str().as_bytes() != h.as_slice() => {
+            return Err((400, ":authority and Host disagree"))
+        }
+        (Some(a), _) => a.as_str().as_bytes().to_vec(),
+        (None, Some(h)) => h.clone(),
+        (None, None) => return Err((400, "no :authority")),
+    };
+    if !valid_authority(&authority) {
+        return Err((400, "invalid authority"));
+    }
+    if parts.method == hyper::Method::CONNECT {
+        return Err((405, "CONNECT is not supported"));
+    }
+    let path = parts.uri.path().to_string();
+    if !(path.starts_with('/') || (parts.method == hyper::Method::OPTIONS && path == "*")) {
+        return Err((400, "invalid :path"));
+    }
+    let mut headers: Fields = Vec::with_capacity(parts.headers.len() + 1);
+    headers.push(("host".into(), authority.clone()));
+    for (n, v) in &parts.headers {
+        if n != hyper::header::HOST {
+            headers.push((n.as_str().to_string(), v.as_bytes().to_vec()));
+        }
+    }
+    let body = Limited::new(body, crate::wire::MAX_REQUEST_BODY as usize)
+        .collect()
+        .await
+        .map_err(|_| (413, "request body too large or cut short"))?
+        .to_bytes();
+    Ok(Request {
+        method: parts.method.as_str().to_string(),
+        scheme: "http",
+        authority: String::from_utf8_lossy(&authority).to_ascii_lowercase(),
+        path,
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body,
+    })
+}
+
+/// A reply as an h2 response: the HTTP/1.1 head's fields without connection-specific ones,
+/// plus Age and X-Cache.
+fn to_response(reply: Reply, head_only: bool) -> hyper::Response<Body> {
+    let head: &[u8] = match &reply.head {
+        Head::Stored(b) => b,
+        Head::Built(v) => v,
+    };
+    let mut builder = hyper::Response::builder().status(reply.status);
+    // The head ends with a field line; the blank line the parser wants is added here.
+    let mut full = Vec::with_capacity(head.len() + 2);
+    full.extend_from_slice(head);
+    full.extend_from_slice(b"\r\n");
+    let mut storage = [httparse::EMPTY_HEADER; 128];
+    let mut parsed = httparse::Response::new(&mut storage);
+    if parsed.parse(&full).is_ok() {
+        for h in parsed.headers.iter() {
+            let name = h.name.to_ascii_lowercase();
+            if matches!(
+                name.as_str(),
+                "transfer-encoding" | "connection" | "keep-alive"
+            ) {
+                continue;
+            }
+            builder = builder.header(name, h.value);
+        }
+    }
+    if let Some(age) = reply.age {
+        builder = builder.header("age", age.to_string());
+    }
+    builder = builder.header(
+        "x-cache",
+        format!("{} from causeway", reply.result.x_cache(reply.status)),
+    );
+    let body = match reply.body {
+        _ if head_only => Either::Left(Full::new(Bytes::new())),
+        ReplyBody::Empty => Either::Left(Full::new(Bytes::new())),
+        ReplyBody::Full(b) => Either::Left(Full::new(b)),
+        ReplyBody::Stream(mut s) => {
+            let (tx, rx) = mpsc::channel(8);
+            tokio::spawn(async move {
+                while let Ok(Some(piece)) = s.next().await {
+                    if tx.send(Bytes::from(piece)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Either::Right(ChannelBody(rx))
+        }
+    };
+    builder.body(body).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "building an h2 response");
+        let mut r = hyper::Response::new(Either::Left(Full::new(Bytes::new())));
+        *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+        r
+    })
+}
