@@ -79,6 +79,7 @@ pub struct FileCacheBehavior {
     pub min_ttl_seconds: Option<i64>,
     pub default_ttl_seconds: Option<i64>,
     pub max_ttl_seconds: Option<i64>,
+    pub compress: Option<bool>,
     #[serde(default)]
     pub cache_key: FileCacheKey,
     #[serde(default)]
@@ -208,6 +209,8 @@ pub struct CacheBehavior {
     pub min_ttl: Duration,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
+    /// Compress eligible responses with brotli or gzip (CloudFront's rules).
+    pub compress: bool,
     pub cache_key: CacheKeyPolicy,
     pub origin_request: OriginRequestPolicy,
 }
@@ -572,6 +575,7 @@ fn validate_behavior(
         min_ttl: Duration::from_secs(min as u64),
         default_ttl: Duration::from_secs(default as u64),
         max_ttl: Duration::from_secs(max as u64),
+        compress: b.compress.unwrap_or(false),
         cache_key: CacheKeyPolicy {
             query_strings,
             headers,

@@ -7,6 +7,7 @@ pub mod admit;
 pub mod cache_control;
 pub mod cache_key;
 pub mod collapse;
+pub mod compress;
 pub mod h2;
 pub mod invalidate;
 pub mod logging;

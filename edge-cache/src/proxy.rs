@@ -8,6 +8,7 @@
 use crate::admit::{self, Admission, RequestFacts, TtlPolicy};
 use crate::cache_control::Directives;
 use crate::collapse::{self, Outcome, Ticket};
+use crate::compress::{self, Coding};
 use crate::message::{all, get, Fields, Request};
 use crate::origin::{self, Body, Fetched, OriginError};
 use crate::request_filter::{self, Decision, UNKEYED_FORWARDING};
@@ -316,7 +317,12 @@ async fn cached(
     let c = &snap.compiled;
     // cache_key
     let key = cache_key::primary(req, &b.cache_key, snap.config.wordpress);
-    let variant = cache_key::variant(req, &b.cache_key);
+    let mut variant = cache_key::variant(req, &b.cache_key);
+    if b.compress {
+        // Compressed and plain copies are separate variants, by the coding the viewer gets.
+        variant.extend_from_slice(b"coding:");
+        variant.extend_from_slice(coding(req).map_or("", Coding::token).as_bytes());
+    }
     let (directives, no_cache) = request_directives(req);
     // lookup
     if let Some(obj) = lookup(snap, &key, &variant, req) {
@@ -592,7 +598,20 @@ fn store(
         Admission::Store(fr) => fr,
         Admission::Refuse(why) => return Stored::No(Box::new(f), why),
     };
-    let fields = respond::relayed_fields(&f.fields, &cfg.cache.tag_header, &freshness.strip_fields);
+    let mut fields =
+        respond::relayed_fields(&f.fields, &cfg.cache.tag_header, &freshness.strip_fields);
+    let mut body = body.clone();
+    if let Some(c) = coding(req).filter(|_| b.compress) {
+        if compress::eligible(f.status, &fields, body.len()) {
+            match compress::apply(c, &fields, &body) {
+                Ok((cf, cb)) => {
+                    fields = cf;
+                    body = cb;
+                }
+                Err(e) => tracing::warn!(error = %e, "compression failed; storing uncompressed"),
+            }
+        }
+    }
     let vary: Vec<(String, Vec<u8>)> = all(&f.fields, "vary")
         .flat_map(crate::cache_control::split_list)
         .map(|name| {
@@ -610,7 +629,7 @@ fn store(
         status: f.status,
         head: Bytes::from(respond::head(f.status, &fields, Some(body.len() as u64))),
         fields,
-        body: body.clone(),
+        body,
         variant: variant.to_vec(),
         vary,
         freshness,
@@ -622,6 +641,11 @@ fn store(
     let (entries, bytes) = snap.compiled.store.usage_hint();
     logging::metrics().store_usage(entries, bytes);
     Stored::Yes(obj)
+}
+
+/// The coding a compressing behavior gives this viewer.
+fn coding(req: &Request) -> Option<Coding> {
+    Coding::for_accept(cache_key::accept_encoding(req))
 }
 
 /// A reply relaying an origin response that was not stored.
@@ -774,7 +798,12 @@ fn origin_fields(
             out.push(("cookie".into(), kept.join("; ").into_bytes()));
         }
     }
-    let ae = cache_key::accept_encoding(req);
+    // A compressing behavior asks for exactly the coding its variant holds.
+    let ae = if b.compress {
+        coding(req).map_or("", Coding::token)
+    } else {
+        cache_key::accept_encoding(req)
+    };
     if !ae.is_empty() {
         out.push(("accept-encoding".into(), ae.as_bytes().to_vec()));
     }

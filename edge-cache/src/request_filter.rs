@@ -184,6 +184,7 @@ mod tests {
             min_ttl: Duration::ZERO,
             default_ttl: Duration::from_secs(60),
             max_ttl: Duration::from_secs(600),
+            compress: false,
             cache_key: CacheKeyPolicy {
                 query_strings: Selection::All,
                 headers: vec![],

@@ -1018,3 +1018,74 @@ async fn h2_prior_knowledge_hits_share_the_cache_with_http1() {
         "the origin is spoken to in HTTP/1.1"
     );
 }
+
+#[tokio::test]
+async fn compression_follows_cloudfront_rules_and_keeps_variants_apart() {
+    use std::io::Read;
+    let o = Origin::start().await;
+    let page = "<p>hello compressible world</p>\n".repeat(100);
+    o.set_body("/page", page.clone());
+    o.set_headers(
+        "/page",
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/html; charset=UTF-8"),
+            ("etag", "\"p1\""),
+        ],
+    );
+    o.set_body("/small", "tiny");
+    o.set_headers(
+        "/small",
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/html"),
+        ],
+    );
+    o.set_body("/img", "x".repeat(5000));
+    o.set_headers(
+        "/img",
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "image/jpeg"),
+        ],
+    );
+    let e = start_with(o.addr(), "compress = true", "").await;
+    let gz = get(&e, "/page", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        gz.header("etag"),
+        Some("W/\"p1\""),
+        "a strong ETag is made weak"
+    );
+    assert_eq!(gz.header("vary"), Some("Accept-Encoding"));
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&gz.body[..])
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert_eq!(plain, page);
+    assert_eq!(o.seen()[0].header("accept-encoding"), Some("gzip"));
+    let br = get(&e, "/page", &[("accept-encoding", "gzip, deflate, br")]).await;
+    assert_eq!(br.header("content-encoding"), Some("br"));
+    let mut plain = Vec::new();
+    brotli::Decompressor::new(&br.body[..], 4096)
+        .read_to_end(&mut plain)
+        .unwrap();
+    assert_eq!(plain, page.as_bytes());
+    let identity = get(&e, "/page", &[]).await;
+    assert_eq!(identity.header("content-encoding"), None);
+    assert_eq!(identity.text(), page);
+    assert_eq!(
+        x_cache(&get(&e, "/page", &[("accept-encoding", "gzip")]).await),
+        "Hit from causeway"
+    );
+    assert_eq!(o.hits("/page"), 3, "one fetch per coding, then hits");
+    let small = get(&e, "/small", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(small.header("content-encoding"), None, "under 1,000 bytes");
+    let img = get(&e, "/img", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(
+        img.header("content-encoding"),
+        None,
+        "not a compressible type"
+    );
+    assert_eq!(img.body.len(), 5000);
+}
