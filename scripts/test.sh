@@ -14,13 +14,13 @@ if [ ! -x .venv/bin/moto_server ]; then
 fi
 export CAUSEWAY_MOTO_SERVER="$PWD/.venv/bin/moto_server"
 
-step "Debian packages the tests use (nginx: a real PROXY protocol peer)"
-if ! [ -x /usr/sbin/nginx ]; then
+step "Debian packages the tests use (nginx: a real PROXY protocol peer; curl: a real h2 client)"
+if ! [ -x /usr/sbin/nginx ] || ! command -v curl >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl >/dev/null
   else
-    echo "nginx is not installed and this is not root: the PROXY protocol peer test will skip"
+    echo "nginx or curl is not installed and this is not root: tests that need them will fail"
   fi
 fi
 
@@ -57,6 +57,9 @@ for plane in alb.toml alb-2.toml nlb.toml edge.toml; do
 done
 echo "$out" | grep -q "^pipeline GET / via the edge: HTTP/1.1 200 OK (Hit from causeway)" \
   || { echo "$out"; echo "demo: the second GET through the pipeline was not an edge hit"; exit 1; }
+
+step "fuzz every parser target for 15 s (cargo-fuzz, libFuzzer)"
+bash scripts/fuzz.sh 15
 
 step "cargo bench --no-run"
 cargo bench --workspace --locked --no-run

@@ -121,12 +121,24 @@ pub fn accept_encoding(req: &Request) -> &'static str {
 /// and whitespace around list items removed (RFC 9111 §4.1).
 pub fn normalize_field<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = Vec::new();
+    let mut push = |out: &mut Vec<u8>, item: &[u8]| {
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    };
     for v in values {
-        for item in crate::cache_control::split_list(v) {
-            if !out.is_empty() {
-                out.push(b',');
+        if v.contains(&b'"') {
+            // Quoted strings may hold commas and spaces: such a line is kept as sent (found by
+            // the `cache_directives` fuzz target: splitting an unbalanced quote is ambiguous).
+            let v = crate::cache_control::trim(v);
+            if !v.is_empty() {
+                push(&mut out, v);
             }
-            out.extend_from_slice(item);
+            continue;
+        }
+        for item in crate::cache_control::split_list(v) {
+            push(&mut out, item);
         }
     }
     out
@@ -224,6 +236,16 @@ mod tests {
             "unkeyed cookies do not split the cache"
         );
         assert_ne!(variant(&a, &p), variant(&c, &p));
+    }
+
+    #[test]
+    fn vary_values_normalise_whitespace_but_keep_quoted_lines() {
+        let n = |v: &[&str]| normalize_field(v.iter().map(|s| s.as_bytes()));
+        assert_eq!(n(&["a , b", "c"]), b"a,b,c");
+        assert_eq!(n(&["\"x, y\" , z"]), b"\"x, y\" , z");
+        // Regression (fuzz): an unbalanced quote normalises the same way twice.
+        let once = n(&["\"", "-\"a,a,"]);
+        assert_eq!(normalize_field(std::iter::once(once.as_slice())), once);
     }
 
     #[test]

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for N seconds (default 15) with cargo-fuzz (libFuzzer). The toolchain is
+# stable, so the sanitizer flags cargo-fuzz passes are enabled with RUSTC_BOOTSTRAP=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-15}"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+cd fuzz
+for t in $(cargo fuzz list 2>/dev/null); do
+  echo "fuzz: $t for ${secs}s"
+  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time="$secs" 2>&1 | grep -E "^Done|panicked|ERROR|crash-" || true
+  if ls "artifacts/$t"/crash-* >/dev/null 2>&1; then
+    echo "fuzz: $t found a crash:"; ls "artifacts/$t"; exit 1
+  fi
+done
