@@ -33,6 +33,17 @@ pub struct FileEdge {
     #[serde(default)]
     pub cache_behaviors: Vec<FileCacheBehavior>,
     pub default_cache_behavior: FileCacheBehavior,
+    #[serde(default)]
+    pub custom_error_responses: Vec<FileCustomError>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCustomError {
+    pub error_code: i64,
+    pub response_page_path: Option<String>,
+    pub response_code: Option<i64>,
+    pub error_caching_min_ttl_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +139,26 @@ pub struct EdgeConfig {
     /// Ordered: first match wins.
     pub cache_behaviors: Vec<CacheBehavior>,
     pub default_cache_behavior: CacheBehavior,
+    pub custom_error_responses: Vec<CustomError>,
+}
+
+/// CloudFront's custom error response: for an error status, a page (fetched through the cache
+/// like any object) and the status to send it with, and how long the error itself is cached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomError {
+    pub error_code: u16,
+    pub response_page_path: Option<String>,
+    pub response_code: u16,
+    pub error_caching_min_ttl: Option<Duration>,
+}
+
+impl EdgeConfig {
+    /// The custom error response for a status, if one is configured.
+    pub fn custom_error(&self, status: u16) -> Option<&CustomError> {
+        self.custom_error_responses
+            .iter()
+            .find(|c| c.error_code == status)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -351,6 +382,67 @@ impl ConfigFile for FileEdge {
             }
             cache_behaviors.push(validate_behavior(b, &p, &known)?);
         }
+        let mut custom_error_responses: Vec<CustomError> = Vec::new();
+        const ERRORS: &[&str] = &[
+            "400", "403", "404", "405", "414", "416", "500", "501", "502", "503", "504",
+        ];
+        for (i, c) in self.custom_error_responses.into_iter().enumerate() {
+            let p = format!("custom_error_responses[{i}]");
+            let code = c.error_code.to_string();
+            one_of(&format!("{p}.error_code"), &code, ERRORS)?;
+            let error_code = c.error_code as u16;
+            if custom_error_responses
+                .iter()
+                .any(|o| o.error_code == error_code)
+            {
+                return Err(Violation::new(
+                    format!("{p}.error_code"),
+                    format!("{error_code} already has a custom error response"),
+                )
+                .into());
+            }
+            if let Some(path) = &c.response_page_path {
+                if !path.starts_with('/') || path.contains('?') {
+                    return Err(Violation::new(
+                        format!("{p}.response_page_path"),
+                        "must be a path starting with / (no query)",
+                    )
+                    .into());
+                }
+            }
+            let response_code = match c.response_code {
+                None => error_code,
+                Some(_) if c.response_page_path.is_none() => {
+                    return Err(Violation::new(
+                        format!("{p}.response_code"),
+                        "needs response_page_path",
+                    )
+                    .into())
+                }
+                Some(r) => {
+                    let s = r.to_string();
+                    if s != "200" {
+                        one_of(&format!("{p}.response_code"), &s, ERRORS)?;
+                    }
+                    r as u16
+                }
+            };
+            let ttl = match c.error_caching_min_ttl_seconds {
+                None => None,
+                Some(t) => Some(Duration::from_secs(in_range(
+                    &format!("{p}.error_caching_min_ttl_seconds"),
+                    t,
+                    0,
+                    YEAR,
+                )? as u64)),
+            };
+            custom_error_responses.push(CustomError {
+                error_code,
+                response_page_path: c.response_page_path,
+                response_code,
+                error_caching_min_ttl: ttl,
+            });
+        }
         Ok(EdgeConfig {
             server,
             admin,
@@ -362,6 +454,7 @@ impl ConfigFile for FileEdge {
             origin_groups,
             cache_behaviors,
             default_cache_behavior,
+            custom_error_responses,
         })
     }
 }

@@ -121,7 +121,7 @@ pub fn accept_encoding(req: &Request) -> &'static str {
 /// and whitespace around list items removed (RFC 9111 §4.1).
 pub fn normalize_field<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut push = |out: &mut Vec<u8>, item: &[u8]| {
+    let push = |out: &mut Vec<u8>, item: &[u8]| {
         if !out.is_empty() {
             out.push(b',');
         }

@@ -173,22 +173,13 @@ fn to_response(reply: Reply, head_only: bool) -> hyper::Response<Body> {
         Head::Built(v) => v,
     };
     let mut builder = hyper::Response::builder().status(reply.status);
-    // The head ends with a field line; the blank line the parser wants is added here.
-    let mut full = Vec::with_capacity(head.len() + 2);
-    full.extend_from_slice(head);
-    full.extend_from_slice(b"\r\n");
-    let mut storage = [httparse::EMPTY_HEADER; 128];
-    let mut parsed = httparse::Response::new(&mut storage);
-    if parsed.parse(&full).is_ok() {
-        for h in parsed.headers.iter() {
-            let name = h.name.to_ascii_lowercase();
-            if matches!(
-                name.as_str(),
-                "transfer-encoding" | "connection" | "keep-alive"
-            ) {
-                continue;
-            }
-            builder = builder.header(name, h.value);
+    let (_, fields) = crate::respond::head_fields(head);
+    for (name, value) in &fields {
+        builder = builder.header(name.as_str(), value.as_slice());
+    }
+    if let ReplyBody::Full(b) = &reply.body {
+        if reply.status != 304 && reply.status != 204 {
+            builder = builder.header("content-length", b.len().to_string());
         }
     }
     if let Some(age) = reply.age {

@@ -191,6 +191,78 @@ pub async fn pipeline(
     req: &Request,
     peer: SocketAddr,
 ) -> (Reply, &'static str) {
+    let (reply, detail) = Box::pin(route(snap, req, peer)).await;
+    match snap.config.custom_error(reply.status) {
+        Some(c) => (custom_error(snap, req, peer, reply, c).await, detail),
+        None => (reply, detail),
+    }
+}
+
+/// CloudFront's custom error response: the configured page, fetched through the cache like
+/// any object (never through another custom error), sent with the configured status. If the
+/// page cannot be had, the original error goes out.
+async fn custom_error(
+    snap: &Arc<Snapshot<Edge>>,
+    req: &Request,
+    peer: SocketAddr,
+    original: Reply,
+    c: &causeway_config::edge::CustomError,
+) -> Reply {
+    let Some(path) = &c.response_page_path else {
+        return original;
+    };
+    let page_req = Request {
+        method: "GET".into(),
+        path: path.clone(),
+        query: String::new(),
+        headers: req
+            .headers
+            .iter()
+            .filter(|(n, _)| {
+                !matches!(
+                    n.as_str(),
+                    "range" | "if-range" | "if-none-match" | "if-modified-since"
+                )
+            })
+            .cloned()
+            .collect(),
+        body: Bytes::new(),
+        ..req.clone()
+    };
+    let b = &snap.compiled.behaviors[request_filter::behavior_for(&snap.compiled.behaviors, path)];
+    let (page, _) = Box::pin(cached(snap, b, &page_req, peer)).await;
+    let ReplyBody::Full(body) = page.body else {
+        return original;
+    };
+    if page.status != 200 {
+        return original;
+    }
+    let head_bytes: &[u8] = match &page.head {
+        Head::Stored(h) => h,
+        Head::Built(h) => h,
+    };
+    let (_, mut fields) = respond::head_fields(head_bytes);
+    fields.retain(|(n, _)| !matches!(n.as_str(), "etag" | "last-modified" | "age"));
+    Reply {
+        status: c.response_code,
+        head: Head::Built(respond::head(
+            c.response_code,
+            &fields,
+            Some(body.len() as u64),
+        )),
+        age: None,
+        result: original.result,
+        body: ReplyBody::Full(body),
+        from_cache: page.from_cache,
+    }
+}
+
+/// request_filter, then the cache or a local answer.
+async fn route(
+    snap: &Arc<Snapshot<Edge>>,
+    req: &Request,
+    peer: SocketAddr,
+) -> (Reply, &'static str) {
     let cfg = &snap.config;
     let c = &snap.compiled;
     // request_filter
@@ -592,7 +664,10 @@ fn store(
         min: b.min_ttl,
         default: b.default_ttl,
         max: b.max_ttl,
-        error_min: cfg.cache.error_caching_min_ttl,
+        error_min: cfg
+            .custom_error(f.status)
+            .and_then(|c| c.error_caching_min_ttl)
+            .unwrap_or(cfg.cache.error_caching_min_ttl),
     };
     let freshness = match admit::admit(&facts, f.status, &f.fields, &policy, f.response_time) {
         Admission::Store(fr) => fr,

@@ -90,6 +90,32 @@ pub fn head(status: u16, fields: &Fields, length: Option<u64>) -> Vec<u8> {
     out
 }
 
+/// The status and fields of a head built by [`head`] (for writers that are not HTTP/1.1, and
+/// for custom error pages). Framing fields are left out.
+pub fn head_fields(head: &[u8]) -> (u16, Fields) {
+    let mut full = Vec::with_capacity(head.len() + 2);
+    full.extend_from_slice(head);
+    full.extend_from_slice(b"\r\n");
+    let mut storage = [httparse::EMPTY_HEADER; 128];
+    let mut parsed = httparse::Response::new(&mut storage);
+    if parsed.parse(&full).is_err() {
+        return (502, Vec::new());
+    }
+    let status = parsed.code.unwrap_or(502);
+    let fields = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+        .filter(|(n, _)| {
+            !matches!(
+                n.as_str(),
+                "transfer-encoding" | "content-length" | "connection" | "keep-alive"
+            )
+        })
+        .collect();
+    (status, fields)
+}
+
 /// The per-response tail of a head: Age, X-Cache, connection close, and the blank line.
 pub fn tail(out: &mut Vec<u8>, age: Option<u64>, x_cache: &str, close: bool) {
     debug_assert!(!x_cache.is_empty());

@@ -1089,3 +1089,81 @@ async fn compression_follows_cloudfront_rules_and_keeps_variants_apart() {
     );
     assert_eq!(img.body.len(), 5000);
 }
+
+#[tokio::test]
+async fn custom_error_responses_serve_a_cached_page_with_the_configured_status() {
+    let o = Origin::builder()
+        .status_for("/gone", 404)
+        .status_for("/broken", 503)
+        .start()
+        .await;
+    o.set_body("/errors/404.html", "<h1>not here</h1>");
+    o.set_headers(
+        "/errors/404.html",
+        &[
+            ("cache-control", "max-age=600"),
+            ("content-type", "text/html"),
+        ],
+    );
+    let extra = "[[custom_error_responses]]\nerror_code = 404\nresponse_page_path = \"/errors/404.html\"\n\
+                 [[custom_error_responses]]\nerror_code = 503\nresponse_page_path = \"/errors/404.html\"\nresponse_code = 200\nerror_caching_min_ttl_seconds = 0\n";
+    let e = start_with(o.addr(), "", extra).await;
+    let r = get(&e, "/gone", &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.text(), "<h1>not here</h1>");
+    assert_eq!(r.header("content-type"), Some("text/html"));
+    assert_eq!(x_cache(&r), "Error from causeway");
+    let r = get(&e, "/gone", &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        o.hits("/gone"),
+        1,
+        "the 404 itself is cached for the error-caching TTL"
+    );
+    let r = get(&e, "/broken", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "<h1>not here</h1>");
+    get(&e, "/broken", &[]).await;
+    assert_eq!(
+        o.hits("/broken"),
+        2,
+        "error_caching_min_ttl_seconds = 0: not cached"
+    );
+    assert_eq!(o.hits("/errors/404.html"), 1, "the page is a cached object");
+}
+
+#[tokio::test]
+async fn the_access_log_records_the_edge_result_type() {
+    let o = Origin::start().await;
+    o.set_headers("/logged", &[("cache-control", "max-age=60")]);
+    let log = std::env::temp_dir().join(format!("causeway-edge-access-{}.log", free_port()));
+    let extra = format!(
+        "[access_logs]\nenabled = true\npath = \"{}\"",
+        log.display()
+    );
+    let e = start_with(o.addr(), "", &extra).await;
+    get(&e, "/logged", &[]).await;
+    get(&e, "/logged", &[]).await;
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains(" GET ") && lines[0].contains("\"/logged\" 200 "),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains(" Miss "), "{}", lines[0]);
+    assert!(lines[1].contains(" Hit "), "{}", lines[1]);
+    assert!(lines[1].ends_with(" Compliant"), "{}", lines[1]);
+    let _ = std::fs::remove_file(&log);
+}
