@@ -125,11 +125,30 @@ def wrk(url, seconds, conns, extra=()):
             "errors": errors}
 
 
-def measure(proxy, seconds, conns):
+def h2load(url, seconds, conns):
+    """HTTP/2 with prior knowledge (h2c), 10 concurrent streams per connection. h2load gives
+    no percentiles: the p99 column holds its mean time per request."""
+    cmd = ["taskset", "-c", "0", "h2load", "-t1", f"-c{conns}", "-m10", f"-D{seconds}", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", out)
+    if not m:
+        raise SystemExit(f"h2load output not understood:\n{out}")
+    done = int(m.group(1))
+    # h2load counts non-2xx/3xx answers as failed.
+    errors = int(m.group(2)) + int(m.group(3)) + int(m.group(4))
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    return {"requests": done, "rps": rps, "p99_ms": to_ms(mean.group(1)) if mean else float("nan"),
+            "errors": errors}
+
+
+def measure(proxy, seconds, conns, client="wrk"):
     url = proxy["url"]
-    wrk(url, 2, conns)  # warm-up: pools, caches
+    run = h2load if client == "h2load" else wrk
+    run(url, 2, conns)  # warm-up: pools, caches
     before = cpu_seconds(proxy["pid"])
-    r = wrk(url, seconds, conns, proxy.get("wrk_extra", ()))
+    r = run(url, seconds, conns) if client == "h2load" else wrk(url, seconds, conns, proxy.get("wrk_extra", ()))
     r["cpu_per_100k"] = (cpu_seconds(proxy["pid"]) - before) / r["requests"] * 100_000
     return r
 
@@ -205,7 +224,7 @@ backend b
     return path
 
 
-def nginx_peer_cfg(port, cache):
+def nginx_peer_cfg(port, cache, h2=False):
     servers = "\n".join(f"    server {a};" for a in upstreams()[: (1 if cache else 3)])
     cache_http = f"proxy_cache_path {TMP}/nginx-cache keys_zone=c:10m max_size=100m;" if cache else ""
     cache_loc = ("proxy_cache c; proxy_cache_valid 200 1h; "
@@ -224,7 +243,7 @@ http {{
     keepalive 64;
   }}
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{" http2" if h2 else ""};
     location / {{
       proxy_pass http://o;
       proxy_http_version 1.1;
@@ -239,7 +258,7 @@ http {{
     return path
 
 
-def nginx_static_cfg(port, size):
+def nginx_static_cfg(port, size, h2=False):
     """The ceiling for a hit: NGINX answering `return 200` with the object's bytes (a config
     token holds at most 4 KiB, so the 16 KiB object is a static file with open_file_cache)."""
     if size <= 1024:
@@ -256,7 +275,7 @@ http {{
   keepalive_requests 1000000;
   default_type application/octet-stream;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{" http2" if h2 else ""};
     location / {{ {loc} }}
   }}
 }}
@@ -329,21 +348,34 @@ def haproxy(mode, path="/", maxconn=4000):
             "url": f"http://127.0.0.1:{port}{path}"}
 
 
-def nginx_peer(cache, path="/"):
+def nginx_peer(cache, path="/", h2=False):
     port = free_port()
-    p = start(["nginx", "-c", nginx_peer_cfg(port, cache)], 1, "nginx-peer")
+    p = start(["nginx", "-c", nginx_peer_cfg(port, cache, h2)], 1, "nginx-peer")
     wait_port(port)
     return {"name": "NGINX 1.22" + (" proxy_cache" if cache else ""), "pid": p.pid,
             "url": f"http://127.0.0.1:{port}{path}"}
 
 
-def nginx_static(size, path):
+def nginx_static(size, path, h2=False):
     port = free_port()
-    p = start(["nginx", "-c", nginx_static_cfg(port, size)], 1, "nginx-static")
+    p = start(["nginx", "-c", nginx_static_cfg(port, size, h2)], 1, "nginx-static")
     wait_port(port)
     what = "return 200" if size <= 1024 else "static file"
     return {"name": f"NGINX 1.22 {what} (ceiling)", "pid": p.pid,
             "url": f"http://127.0.0.1:{port}{path}"}
+
+
+def cache_evidence_h2(url):
+    """The same over h2c, with curl (NGINX 1.22 speaks only h2 on an `http2` cleartext port)."""
+    out = ""
+    for _ in range(2):
+        out = subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge", "--max-time", "5", url],
+                             capture_output=True, timeout=10).stdout
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    hdr = dict((k.lower(), v.strip()) for k, _, v in (l.partition(":") for l in lines[1:]))
+    keys = ("x-cache", "x-cache-status", "age", "x-varnish")
+    return f"{lines[0]}, {len(body)} bytes" + "".join(f", {k}: {hdr[k]}" for k in keys if k in hdr)
 
 
 def cache_evidence(url):
@@ -361,12 +393,13 @@ def cache_evidence(url):
     return seen + "".join(f", {k}: {hdr[k]}" for k in keys if k in hdr)
 
 
-def varnish(path):
+def varnish(path, h2=False):
     port = free_port()
     workdir = os.path.join(TMP, "varnish")
     os.makedirs(workdir, exist_ok=True)
+    extra = ["-p", "feature=+http2"] if h2 else []
     p = start(["varnishd", "-F", "-n", workdir, "-a", f"127.0.0.1:{port}",
-               "-b", upstreams()[0], "-s", "malloc,256m", "-p", "thread_pools=1"], 1, "varnish")
+               "-b", upstreams()[0], "-s", "malloc,256m", "-p", "thread_pools=1", *extra], 1, "varnish")
     wait_port(port, 60)
     return {"name": "Varnish 7.1", "pid": p.pid, "url": f"http://127.0.0.1:{port}{path}"}
 
@@ -389,10 +422,12 @@ def scenario_proxies(args):
     elif args.scenario == "tcp":
         proxies += [haproxy("tcp")]
     else:
-        proxies += [nginx_peer(True, path), varnish(path),
-                    nginx_static(16384 if args.object == "16k" else 64, path)]
+        h2 = args.client == "h2load"
+        proxies += [nginx_peer(True, path, h2), varnish(path, h2),
+                    nginx_static(16384 if args.object == "16k" else 64, path, h2)]
         for p in proxies:
-            notes.append(f"{p['name']}, second GET: {cache_evidence(p['url'])}")
+            ev = cache_evidence_h2(p["url"]) if h2 else cache_evidence(p["url"])
+            notes.append(f"{p['name']}, second GET: {ev}")
     return proxies, notes
 
 
@@ -403,6 +438,8 @@ def main():
     ap.add_argument("--idle-connections", type=int, default=9000,
                     help="HAProxy needs two descriptors per connection and the hard limit here is 20000")
     ap.add_argument("--object", choices=["64b", "16k"], default="16k", help="cache scenario object")
+    ap.add_argument("--client", choices=["wrk", "h2load"], default="wrk",
+                    help="cache scenario: h2load speaks HTTP/2 with prior knowledge (h2c)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per timed wrk run")
     ap.add_argument("--connections", type=int, default=64)
@@ -422,7 +459,7 @@ def main():
     results = {p["name"]: [] for p in proxies}
     for rnd in range(args.rounds):
         for p in proxies:
-            r = measure(p, args.duration, args.connections)
+            r = measure(p, args.duration, args.connections, args.client)
             results[p["name"]].append(r)
             print(f"round {rnd + 1} {p['name']}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.2f} ms, "
                   f"{r['cpu_per_100k']:.3f} CPU-s/100k, errors {r['errors']}", file=sys.stderr)
@@ -432,10 +469,12 @@ def main():
         med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p99_ms", "cpu_per_100k")}
         med[name]["errors"] = sum(r["errors"] for r in rs)
     cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
-    print(f"\n### {args.scenario}" + (f" ({args.object})" if args.scenario == "cache" else ""))
+    what = f" ({args.object}{', h2c' if args.client == 'h2load' else ''})" if args.scenario == "cache" else ""
+    print(f"\n### {args.scenario}{what}")
     print(f"\n`{cmd}` — {args.rounds} interleaved rounds of {args.duration} s, "
           f"{args.connections} keep-alive connections, medians.\n")
-    print("| proxy | req/s | p99 ms | CPU-s / 100k req | errors |")
+    lat = "mean ms" if args.client == "h2load" else "p99 ms"
+    print(f"| proxy | req/s | {lat} | CPU-s / 100k req | errors |")
     print("|---|---|---|---|---|")
     for name, m in med.items():
         flag = " ⚠" if m["errors"] else ""
@@ -443,7 +482,7 @@ def main():
     cw = [n for n in med if n.startswith("causeway")]
     if cw:
         c = med[cw[0]]
-        print("\n| ratio | CPU per request | req/s | p99 |")
+        print(f"\n| ratio | CPU per request | req/s | {lat.split()[0]} |")
         print("|---|---|---|---|")
         for name, m in med.items():
             if name == cw[0]:
