@@ -14,11 +14,11 @@ if [ ! -x .venv/bin/moto_server ]; then
 fi
 export CAUSEWAY_MOTO_SERVER="$PWD/.venv/bin/moto_server"
 
-step "Debian packages the tests use (nginx: a real PROXY protocol peer; curl: a real h2 client)"
-if ! [ -x /usr/sbin/nginx ] || ! command -v curl >/dev/null; then
+step "Debian packages the tests use (nginx: PROXY protocol peer and origin; curl: h2 client; wrk: load)"
+if ! [ -x /usr/sbin/nginx ] || ! command -v curl >/dev/null || ! command -v wrk >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl wrk >/dev/null
   else
     echo "nginx or curl is not installed and this is not root: tests that need them will fail"
   fi
@@ -57,6 +57,9 @@ for plane in alb.toml alb-2.toml nlb.toml edge.toml; do
 done
 echo "$out" | grep -q "^pipeline GET / via the edge: HTTP/1.1 200 OK (Hit from causeway)" \
   || { echo "$out"; echo "demo: the second GET through the pipeline was not an edge hit"; exit 1; }
+
+step "reload under load: 100 SIGHUPs (one broken config) during wrk through alb, nlb, edge"
+python3 benches/reliability/reload_under_load.py --bin-dir target/debug --seconds 8
 
 step "fuzz every parser target for 15 s (cargo-fuzz, libFuzzer)"
 bash scripts/fuzz.sh 15

@@ -35,7 +35,7 @@ def cleanup():
             os.killpg(p.pid, signal.SIGKILL)
         except OSError:
             pass
-    for pidfile in ("nginx-origin.pid", "nginx-peer.pid", "haproxy.pid"):
+    for pidfile in ("nginx-origin.pid", "nginx-peer.pid", "nginx-static.pid", "haproxy.pid"):
         path = os.path.join(TMP, pidfile)
         if os.path.exists(path):
             try:
