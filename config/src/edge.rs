@@ -51,6 +51,9 @@ pub struct FileCustomError {
 pub struct FileListener {
     pub address: String,
     pub protocol: Option<String>,
+    pub ssl_policy: Option<String>,
+    #[serde(default)]
+    pub certificates: Vec<crate::tls::FileCertificate>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +133,8 @@ pub struct EdgeConfig {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub listeners: Vec<SocketAddr>,
+    /// The HTTPS listeners' TLS settings, by address.
+    pub tls: BTreeMap<SocketAddr, crate::tls::TlsSettings>,
     pub wordpress: bool,
     /// Where access logs go, when enabled.
     pub access_log: Option<std::path::PathBuf>,
@@ -259,18 +264,27 @@ impl ConfigFile for FileEdge {
         }
         let mut seen = vec![admin.address];
         let mut listeners = Vec::new();
+        let mut tls = BTreeMap::new();
         for (i, l) in self.listeners.into_iter().enumerate() {
             let path = format!("listeners[{i}]");
-            listeners.push(unique_address(
-                &mut seen,
-                &format!("{path}.address"),
-                &l.address,
-            )?);
-            one_of(
+            let address = unique_address(&mut seen, &format!("{path}.address"), &l.address)?;
+            listeners.push(address);
+            let protocol = one_of(
                 &format!("{path}.protocol"),
                 l.protocol.as_deref().unwrap_or("HTTP"),
-                &["HTTP"],
+                &["HTTP", "HTTPS"],
             )?;
+            if protocol == "HTTPS" {
+                let settings =
+                    crate::tls::validate(&path, l.ssl_policy.as_deref(), l.certificates, cx)?;
+                tls.insert(address, settings);
+            } else if l.ssl_policy.is_some() || !l.certificates.is_empty() {
+                return Err(Violation::new(
+                    format!("{path}.certificates"),
+                    "only an HTTPS listener takes ssl_policy and certificates",
+                )
+                .into());
+            }
         }
         let wordpress = match self.preset.as_deref() {
             None => false,
@@ -447,6 +461,7 @@ impl ConfigFile for FileEdge {
             server,
             admin,
             listeners,
+            tls,
             wordpress,
             access_log,
             cache,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod nlb;
 pub mod source;
 pub mod targets;
+pub mod tls;
 
 pub use error::{ConfigError, Place, Violation};
 

@@ -27,5 +27,6 @@ pub mod select;
 pub mod server;
 pub mod target;
 pub mod telemetry;
+pub mod tls;
 
 pub use server::{Conn, Plane, Server, Snapshot, Snapshots};

@@ -1,6 +1,7 @@
-//! The HTTP/2 listener side (h2c with prior knowledge, on the same port as HTTP/1.1): hyper's
-//! h2 server with explicit limits turns each stream into the pipeline's [`Request`], and each
-//! [`Reply`] back into a response. The cache pipeline is the same as for HTTP/1.1.
+//! The hyper-served listener sides: HTTP/2 (h2c with prior knowledge on the cleartext port, or
+//! h2 by ALPN over TLS) and HTTP/1.1 over TLS. hyper's servers, with explicit limits, turn each
+//! request into the pipeline's [`Request`] and each [`Reply`] back into a response; the cache
+//! pipeline is the same as for cleartext HTTP/1.1.
 
 use crate::message::{valid_authority, Fields, Request};
 use crate::respond::{Head, Reply, ReplyBody};
@@ -14,7 +15,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// The connection preface a prior-knowledge h2 client sends first (RFC 9113 §3.4).
@@ -43,49 +43,75 @@ impl hyper::body::Body for ChannelBody {
 
 type Body = Either<Full<Bytes>, ChannelBody>;
 
-/// Serves one h2c connection until it ends; when the process drains, sends GOAWAY and lets the
-/// open streams finish.
-pub async fn serve(
-    stream: TcpStream,
+/// Which protocol a hyper-served connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    H2,
+    Http1,
+}
+
+/// Serves one connection until it ends; when the process drains, h2 sends GOAWAY and HTTP/1.1
+/// stops keep-alive, and open requests finish.
+pub async fn serve<IO>(
+    io: IO,
+    proto: Proto,
+    scheme: &'static str,
     peer: SocketAddr,
     snaps: Snapshots<Edge>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let snaps = snaps.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, snaps).await) }
+        async move { Ok::<_, Infallible>(handle(req, scheme, peer, snaps).await) }
     });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_header_list_size(MAX_HEADER_LIST)
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_pending_accept_reset_streams(Some(50))
-        .max_local_error_reset_streams(Some(256))
-        .serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                    break conn.as_mut().await;
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            conn.as_mut().graceful_shutdown();
+                            break conn.as_mut().await;
+                        }
+                    }
                 }
             }
-        }
+        }};
+    }
+    let result = match proto {
+        Proto::H2 => drive!(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(MAX_HEADER_LIST)
+                .max_concurrent_streams(MAX_STREAMS)
+                .max_pending_accept_reset_streams(Some(50))
+                .max_local_error_reset_streams(Some(256))
+                .serve_connection(TokioIo::new(io), svc)
+        ),
+        Proto::Http1 => drive!(hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(crate::proxy::HEADER_TIMEOUT)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(io), svc)),
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "h2 connection ended with an error");
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
 async fn handle(
     req: hyper::Request<Incoming>,
+    scheme: &'static str,
     peer: SocketAddr,
     snaps: Snapshots<Edge>,
 ) -> hyper::Response<Body> {
     let received = tokio::time::Instant::now();
     let snap = snaps.load();
-    let request = match to_request(req).await {
+    let request = match to_request(req, scheme).await {
         Ok(r) => r,
         Err((status, why)) => {
             let reply = Reply::local(
@@ -118,8 +144,18 @@ async fn handle(
 }
 
 /// An h2 request as the pipeline's request type.
-async fn to_request(req: hyper::Request<Incoming>) -> Result<Request, (u16, &'static str)> {
+async fn to_request(
+    req: hyper::Request<Incoming>,
+    scheme: &'static str,
+) -> Result<Request, (u16, &'static str)> {
     let (parts, body) = req.into_parts();
+    if parts.headers.get_all(hyper::header::HOST).iter().count() > 1 {
+        return Err((400, "duplicate Host"));
+    }
+    if parts.version == hyper::Version::HTTP_11 && parts.headers.get(hyper::header::HOST).is_none()
+    {
+        return Err((400, "HTTP/1.1 needs a Host"));
+    }
     let host_header = parts
         .headers
         .get(hyper::header::HOST)
@@ -156,7 +192,7 @@ async fn to_request(req: hyper::Request<Incoming>) -> Result<Request, (u16, &'st
         .to_bytes();
     Ok(Request {
         method: parts.method.as_str().to_string(),
-        scheme: "http",
+        scheme,
         authority: String::from_utf8_lossy(&authority).to_ascii_lowercase(),
         path,
         query: parts.uri.query().unwrap_or("").to_string(),

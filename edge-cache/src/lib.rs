@@ -32,12 +32,22 @@ pub struct Edge;
 
 /// What one config load compiles: the behaviors in match order (the default last), and
 /// handles on the process's store, which outlives reloads.
-#[derive(Debug)]
 pub struct Compiled {
     pub behaviors: Vec<CacheBehavior>,
     pub store: Arc<dyn store::Store>,
     pub collapser: Arc<collapse::Collapser>,
     pub access_log: Option<causeway_dataplane::accesslog::AccessLog>,
+    /// TLS acceptors of the HTTPS listeners (h2 and HTTP/1.1 by ALPN).
+    pub tls: std::collections::HashMap<SocketAddr, tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("behaviors", &self.behaviors.len())
+            .field("tls_listeners", &self.tls.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The behaviors in match order: the configured ones, the WordPress preset's static paths
@@ -77,7 +87,14 @@ impl Plane for Edge {
             ),
             None => None,
         };
+        let mut tls = std::collections::HashMap::new();
+        for (addr, settings) in &cfg.tls {
+            let sc = causeway_dataplane::tls::server_config(settings, &[b"h2", b"http/1.1"])
+                .map_err(|e| format!("listener {addr}: {e}"))?;
+            tls.insert(*addr, tokio_rustls::TlsAcceptor::from(sc));
+        }
         Ok(Compiled {
+            tls,
             behaviors: behaviors(cfg),
             // The cache outlives reloads; its capacity is the first config's (a new capacity
             // takes effect on restart).

@@ -9,6 +9,7 @@ use crate::admit::{self, Admission, RequestFacts, TtlPolicy};
 use crate::cache_control::Directives;
 use crate::collapse::{self, Outcome, Ticket};
 use crate::compress::{self, Coding};
+use crate::h2::Proto;
 use crate::message::{all, get, Fields, Request};
 use crate::origin::{self, Body, Fetched, OriginError};
 use crate::request_filter::{self, Decision, UNKEYED_FORWARDING};
@@ -34,8 +35,20 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one viewer connection until it closes, idles out, or the process drains. Each
 /// request loads the current snapshot.
 pub async fn handle(conn: Conn, snaps: Snapshots<Edge>) {
+    let acceptor = snaps.load().compiled.tls.get(&conn.local).cloned();
+    if let Some(acceptor) = acceptor {
+        return serve_tls(conn, acceptor, snaps).await;
+    }
     if starts_with_h2_preface(&conn.stream).await {
-        return crate::h2::serve(conn.stream, conn.peer, snaps, conn.shutdown).await;
+        return crate::h2::serve(
+            conn.stream,
+            Proto::H2,
+            "http",
+            conn.peer,
+            snaps,
+            conn.shutdown,
+        )
+        .await;
     }
     let mut client = Client::new(conn);
     loop {
@@ -46,6 +59,31 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Edge>) {
     if let Err(e) = client.stream.shutdown().await {
         tracing::debug!(error = %e, "client shutdown");
     }
+}
+
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTPS listener's connection: the handshake (certificate by SNI), then h2 or HTTP/1.1 as
+/// ALPN chose.
+async fn serve_tls(conn: Conn, acceptor: tokio_rustls::TlsAcceptor, snaps: Snapshots<Edge>) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn.stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            metrics::counter!("causeway_edge_tls_handshake_errors_total").increment(1);
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("causeway_edge_tls_handshake_errors_total").increment(1);
+            return;
+        }
+    };
+    let proto = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Proto::H2,
+        _ => Proto::Http1,
+    };
+    crate::h2::serve(tls, proto, "https", conn.peer, snaps, conn.shutdown).await;
 }
 
 /// Whether the connection opens with the HTTP/2 preface (prior knowledge). Looks without

@@ -19,10 +19,20 @@ pub async fn closed_port() -> SocketAddr {
     a
 }
 
-/// A free loopback port, for configs that must name a port before the process binds it.
+/// A free loopback port, for configs that must name a port before the process binds it. Never
+/// the same port twice in one test process (the kernel may hand a just-released port out again,
+/// and one config naming it twice is refused).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The value of a Prometheus sample whose line starts with `series` (name and labels, exactly
