@@ -45,6 +45,10 @@ pub trait Plane: Send + Sync + Sized + 'static {
     /// one per connection (nlb) or per request (alb), and keeps it for that unit of work.
     fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl Future<Output = ()> + Send;
 
+    /// Starts what the plane serves besides its TCP listeners (the edge's HTTP/3 endpoints):
+    /// called once after start, with the live snapshots and the drain signal.
+    fn started(_snaps: Snapshots<Self>, _shutdown: watch::Receiver<bool>) {}
+
     /// Admin endpoints of this plane beyond the shared ones (the edge's invalidation API):
     /// method, path and body in, status and JSON out. `None`: not handled (404).
     fn admin_extra(
@@ -261,6 +265,7 @@ impl<P: Plane> Server<P> {
         for (addr, l) in bound {
             server.spawn_listener(addr, l);
         }
+        P::started(server.current.clone(), server.shutdown.subscribe());
         server.start_checkers();
         server.refresh_gauges();
         tokio::spawn(Self::housekeeping(

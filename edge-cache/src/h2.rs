@@ -52,10 +52,12 @@ pub enum Proto {
 
 /// Serves one connection until it ends; when the process drains, h2 sends GOAWAY and HTTP/1.1
 /// stops keep-alive, and open requests finish.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<IO>(
     io: IO,
     proto: Proto,
     scheme: &'static str,
+    alt_svc: Option<std::sync::Arc<str>>,
     peer: SocketAddr,
     snaps: Snapshots<Edge>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -64,7 +66,8 @@ pub async fn serve<IO>(
 {
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let snaps = snaps.clone();
-        async move { Ok::<_, Infallible>(handle(req, scheme, peer, snaps).await) }
+        let alt_svc = alt_svc.clone();
+        async move { Ok::<_, Infallible>(handle(req, scheme, alt_svc.as_deref(), peer, snaps).await) }
     });
     macro_rules! drive {
         ($conn:expr) => {{
@@ -106,6 +109,7 @@ pub async fn serve<IO>(
 async fn handle(
     req: hyper::Request<Incoming>,
     scheme: &'static str,
+    alt_svc: Option<&str>,
     peer: SocketAddr,
     snaps: Snapshots<Edge>,
 ) -> hyper::Response<Body> {
@@ -121,7 +125,7 @@ async fn handle(
                 &format!("{why}\n"),
                 crate::respond::EdgeResult::Error,
             );
-            return to_response(reply, false);
+            return to_response(reply, false, alt_svc);
         }
     };
     let (reply, detail) = proxy::pipeline(&snap, &request, peer).await;
@@ -140,15 +144,30 @@ async fn handle(
         received,
         "Compliant",
     );
-    to_response(reply, head_only)
+    to_response(reply, head_only, alt_svc)
 }
 
-/// An h2 request as the pipeline's request type.
+/// A hyper request as the pipeline's request type.
 async fn to_request(
     req: hyper::Request<Incoming>,
     scheme: &'static str,
 ) -> Result<Request, (u16, &'static str)> {
     let (parts, body) = req.into_parts();
+    let body = Limited::new(body, crate::wire::MAX_REQUEST_BODY as usize)
+        .collect()
+        .await
+        .map_err(|_| (413, "request body too large or cut short"))?
+        .to_bytes();
+    from_parts(parts, body, scheme)
+}
+
+/// An HTTP/2 or HTTP/3 (or hyper-parsed HTTP/1.1) request head and body as the pipeline's
+/// request: one authority (`:authority` and Host must agree), origin-form paths, no CONNECT.
+pub fn from_parts(
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+    scheme: &'static str,
+) -> Result<Request, (u16, &'static str)> {
     if parts.headers.get_all(hyper::header::HOST).iter().count() > 1 {
         return Err((400, "duplicate Host"));
     }
@@ -185,11 +204,6 @@ async fn to_request(
             headers.push((n.as_str().to_string(), v.as_bytes().to_vec()));
         }
     }
-    let body = Limited::new(body, crate::wire::MAX_REQUEST_BODY as usize)
-        .collect()
-        .await
-        .map_err(|_| (413, "request body too large or cut short"))?
-        .to_bytes();
     Ok(Request {
         method: parts.method.as_str().to_string(),
         scheme,
@@ -203,7 +217,36 @@ async fn to_request(
 
 /// A reply as an h2 response: the HTTP/1.1 head's fields without connection-specific ones,
 /// plus Age and X-Cache.
-fn to_response(reply: Reply, head_only: bool) -> hyper::Response<Body> {
+fn to_response(reply: Reply, head_only: bool, alt_svc: Option<&str>) -> hyper::Response<Body> {
+    let mut builder = response_head(&reply, alt_svc);
+    let body = match reply.body {
+        _ if head_only => Either::Left(Full::new(Bytes::new())),
+        ReplyBody::Empty => Either::Left(Full::new(Bytes::new())),
+        ReplyBody::Full(b) => Either::Left(Full::new(b)),
+        ReplyBody::Stream(mut s) => {
+            let (tx, rx) = mpsc::channel(8);
+            tokio::spawn(async move {
+                while let Ok(Some(piece)) = s.next().await {
+                    if tx.send(Bytes::from(piece)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Either::Right(ChannelBody(rx))
+        }
+    };
+    builder = builder.status(reply.status);
+    builder.body(body).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "building a response");
+        let mut r = hyper::Response::new(Either::Left(Full::new(Bytes::new())));
+        *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+        r
+    })
+}
+
+/// A reply's status and fields for HTTP/2 and HTTP/3: the HTTP/1.1 head's fields without
+/// connection-specific ones, plus Age, X-Cache and (on TLS listeners) Alt-Svc.
+pub fn response_head(reply: &Reply, alt_svc: Option<&str>) -> hyper::http::response::Builder {
     let head: &[u8] = match &reply.head {
         Head::Stored(b) => b,
         Head::Built(v) => v,
@@ -225,26 +268,8 @@ fn to_response(reply: Reply, head_only: bool) -> hyper::Response<Body> {
         "x-cache",
         format!("{} from causeway", reply.result.x_cache(reply.status)),
     );
-    let body = match reply.body {
-        _ if head_only => Either::Left(Full::new(Bytes::new())),
-        ReplyBody::Empty => Either::Left(Full::new(Bytes::new())),
-        ReplyBody::Full(b) => Either::Left(Full::new(b)),
-        ReplyBody::Stream(mut s) => {
-            let (tx, rx) = mpsc::channel(8);
-            tokio::spawn(async move {
-                while let Ok(Some(piece)) = s.next().await {
-                    if tx.send(Bytes::from(piece)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            Either::Right(ChannelBody(rx))
-        }
-    };
-    builder.body(body).unwrap_or_else(|e| {
-        tracing::debug!(error = %e, "building an h2 response");
-        let mut r = hyper::Response::new(Either::Left(Full::new(Bytes::new())));
-        *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
-        r
-    })
+    if let Some(v) = alt_svc {
+        builder = builder.header("alt-svc", v);
+    }
+    builder
 }

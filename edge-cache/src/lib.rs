@@ -14,6 +14,7 @@ pub mod logging;
 pub mod message;
 pub mod origin;
 pub mod proxy;
+pub mod quic;
 pub mod request_filter;
 pub mod respond;
 pub mod store;
@@ -39,6 +40,8 @@ pub struct Compiled {
     pub access_log: Option<causeway_dataplane::accesslog::AccessLog>,
     /// TLS acceptors of the HTTPS listeners (h2 and HTTP/1.1 by ALPN).
     pub tls: std::collections::HashMap<SocketAddr, tokio_rustls::TlsAcceptor>,
+    /// HTTP/3 server configs for the same listeners (UDP, same port).
+    pub quic: std::collections::HashMap<SocketAddr, quinn::ServerConfig>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -88,13 +91,17 @@ impl Plane for Edge {
             None => None,
         };
         let mut tls = std::collections::HashMap::new();
+        let mut quic = std::collections::HashMap::new();
         for (addr, settings) in &cfg.tls {
             let sc = causeway_dataplane::tls::server_config(settings, &[b"h2", b"http/1.1"])
                 .map_err(|e| format!("listener {addr}: {e}"))?;
             tls.insert(*addr, tokio_rustls::TlsAcceptor::from(sc));
+            let qc = quic::server_config(settings).map_err(|e| format!("listener {addr}: {e}"))?;
+            quic.insert(*addr, qc);
         }
         Ok(Compiled {
             tls,
+            quic,
             behaviors: behaviors(cfg),
             // The cache outlives reloads; its capacity is the first config's (a new capacity
             // takes effect on restart).
@@ -125,6 +132,10 @@ impl Plane for Edge {
 
     fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl std::future::Future<Output = ()> + Send {
         proxy::handle(conn, snaps)
+    }
+
+    fn started(snaps: Snapshots<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        quic::start(snaps, shutdown);
     }
 
     fn admin_extra(

@@ -44,6 +44,7 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Edge>) {
             conn.stream,
             Proto::H2,
             "http",
+            None,
             conn.peer,
             snaps,
             conn.shutdown,
@@ -83,7 +84,18 @@ async fn serve_tls(conn: Conn, acceptor: tokio_rustls::TlsAcceptor, snaps: Snaps
         Some(b"h2") => Proto::H2,
         _ => Proto::Http1,
     };
-    crate::h2::serve(tls, proto, "https", conn.peer, snaps, conn.shutdown).await;
+    // HTTP/3 listens on the same port over UDP.
+    let alt_svc: Arc<str> = format!("h3=\":{}\"; ma=86400", conn.local.port()).into();
+    crate::h2::serve(
+        tls,
+        proto,
+        "https",
+        Some(alt_svc),
+        conn.peer,
+        snaps,
+        conn.shutdown,
+    )
+    .await;
 }
 
 /// Whether the connection opens with the HTTP/2 preface (prior knowledge). Looks without

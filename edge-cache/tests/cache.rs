@@ -1265,3 +1265,67 @@ async fn the_tls13_only_policy_refuses_tls12() {
     assert!(out.starts_with("HTTP/2 200"), "{out}\n{err}");
     assert!(err.contains("TLSv1.3"), "{err}");
 }
+
+#[tokio::test]
+async fn h3_hits_on_the_https_port_advertised_by_alt_svc() {
+    use causeway_testkit::h3client::H3Client;
+    let o = Origin::start().await;
+    o.set_headers(
+        "/h3",
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/plain"),
+        ],
+    );
+    let (_e, addr) = start_tls(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06").await;
+    // The TCP side advertises HTTP/3 on the same port.
+    let (out, err) = curl_tls(addr, "a.example.test", "/h3", &[]).await;
+    let alt = format!("alt-svc: h3=\":{}\"; ma=86400", addr.port());
+    assert!(out.contains(&alt), "{out}\n{err}");
+    // The supervisor binds UDP shortly after start; a bounded wait for it.
+    let ca = std::path::PathBuf::from(cert("ca.pem"));
+    let mut client = None;
+    for _ in 0..50 {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            H3Client::connect(addr, "a.example.test", &ca),
+        )
+        .await
+        {
+            Ok(Ok(c)) => {
+                client = Some(c);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut client = client.expect("an HTTP/3 connection");
+    let r = client.request("GET", "/h3", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-cache"),
+        Some("Hit from causeway"),
+        "stored by the TCP request"
+    );
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.body, format!("origin {} /h3\n", o.name()).into_bytes());
+    let r = client
+        .request("GET", "/h3", &[("range", "bytes=0-5")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, b"origin");
+    let r = client.request("HEAD", "/h3", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(o.hits("/h3"), 1);
+    let seen_before = o.seen().len();
+    let r = client.request("GET", "/h3-miss", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-cache"), Some("Miss from causeway"));
+    assert_eq!(o.seen().len(), seen_before + 1);
+    assert_eq!(
+        o.seen().last().unwrap().header("x-forwarded-proto"),
+        Some("https")
+    );
+}
