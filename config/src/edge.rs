@@ -9,6 +9,7 @@ use crate::{ConfigFile, Context, Invalid, Violation};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +74,9 @@ pub struct FileOrigin {
     pub address: String,
     pub connect_timeout_seconds: Option<i64>,
     pub response_timeout_seconds: Option<i64>,
+    pub origin_protocol_policy: Option<String>,
+    pub domain_name: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,7 +186,19 @@ pub struct Origin {
     pub address: SocketAddr,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// `https-only`: TLS to the origin, verified against this name.
+    pub tls: Option<OriginTls>,
 }
+
+/// TLS to an origin: the name sent as SNI and checked in its certificate, and the CA bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OriginTls {
+    pub server_name: String,
+    pub ca_file: PathBuf,
+}
+
+/// Debian's bundle of the system's trusted CAs.
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OriginGroup {
@@ -321,12 +337,52 @@ impl ConfigFile for FileEdge {
                 1,
                 120,
             )?;
+            let tls = match one_of(
+                &format!("{p}.origin_protocol_policy"),
+                o.origin_protocol_policy.as_deref().unwrap_or("http-only"),
+                &["http-only", "https-only"],
+            )? {
+                "https-only" => {
+                    let server_name = o.domain_name.filter(|n| !n.is_empty()).ok_or_else(|| {
+                        Violation::new(
+                            format!("{p}.domain_name"),
+                            "https-only needs the name the origin's certificate holds",
+                        )
+                    })?;
+                    let ca_file = o
+                        .ca_file
+                        .map(|f| cx.resolve(&f))
+                        .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_FILE));
+                    if !ca_file.is_file() {
+                        return Err(Violation::new(
+                            format!("{p}.ca_file"),
+                            format!("no such file: {}", ca_file.display()),
+                        )
+                        .into());
+                    }
+                    Some(OriginTls {
+                        server_name,
+                        ca_file,
+                    })
+                }
+                _ => {
+                    if o.domain_name.is_some() || o.ca_file.is_some() {
+                        return Err(Violation::new(
+                            format!("{p}.domain_name"),
+                            "domain_name and ca_file are for origin_protocol_policy = \"https-only\"",
+                        )
+                        .into());
+                    }
+                    None
+                }
+            };
             origins.insert(
                 id,
                 Origin {
                     address,
                     connect_timeout: Duration::from_secs(connect as u64),
                     response_timeout: Duration::from_secs(response as u64),
+                    tls,
                 },
             );
         }

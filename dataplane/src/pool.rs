@@ -12,25 +12,43 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per target.
 pub const MAX_IDLE: usize = 512;
 
-/// The idle connections of one target.
-#[derive(Debug, Default)]
-pub struct Pool {
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+/// The idle connections of one target (plain TCP, or any stream that can tell whether it is
+/// still usable).
+#[derive(Debug)]
+pub struct Pool<S = TcpStream> {
+    idle: Mutex<Vec<(S, Instant)>>,
 }
 
-fn alive(s: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    // WouldBlock: nothing pending, the connection is fine. Data or EOF: unusable.
-    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+impl<S> Default for Pool<S> {
+    fn default() -> Self {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
 }
 
-impl Pool {
+/// A connection that can be checked for a pending close without blocking.
+pub trait Reusable {
+    /// Whether nothing is pending on it: any byte or an EOF from an idle peer means it is
+    /// being closed, or is out of step.
+    fn alive(&self) -> bool;
+}
+
+impl Reusable for TcpStream {
+    fn alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        // WouldBlock: nothing pending, the connection is fine. Data or EOF: unusable.
+        matches!(self.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+impl<S: Reusable> Pool<S> {
     /// A live idle connection, if any.
-    pub fn take(&self) -> Option<TcpStream> {
+    pub fn take(&self) -> Option<S> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((s, since)) = idle.pop() {
-            if now.saturating_duration_since(since) < IDLE_TIMEOUT && alive(&s) {
+            if now.saturating_duration_since(since) < IDLE_TIMEOUT && s.alive() {
                 return Some(s);
             }
         }
@@ -38,7 +56,7 @@ impl Pool {
     }
 
     /// Returns a connection after a complete exchange.
-    pub fn put(&self, s: TcpStream) {
+    pub fn put(&self, s: S) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push((s, Instant::now()));

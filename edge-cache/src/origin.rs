@@ -4,16 +4,75 @@
 
 use crate::message::{Fields, Request};
 use bytes::Bytes;
-use causeway_config::edge::Origin;
+use causeway_config::edge::{Origin, OriginTls};
 use causeway_dataplane::http1::{parse_response, ChunkedScanner, Framing, ResponseHead};
-use causeway_dataplane::pool::Pool;
+use causeway_dataplane::pool::{Pool, Reusable};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+
+/// A connection to an origin: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Reusable for Conn {
+    fn alive(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.alive(),
+            // A close_notify or any byte from an idle origin shows on the socket first.
+            Conn::Tls(s) => s.get_ref().0.alive(),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Largest response head accepted from an origin.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -31,6 +90,8 @@ pub enum OriginError {
     Closed,
     #[error("invalid response from origin")]
     BadResponse,
+    #[error("TLS to the origin failed")]
+    Tls,
 }
 
 impl OriginError {
@@ -63,7 +124,7 @@ pub enum Body {
 /// The rest of a body too big to store, decoded piece by piece.
 #[derive(Debug)]
 pub struct Streaming {
-    conn: TcpStream,
+    conn: Conn,
     /// Decoded data read before the stream was handed over.
     first: Vec<u8>,
     /// Raw bytes read and not yet decoded.
@@ -128,29 +189,79 @@ impl Streaming {
     }
 }
 
-fn pools() -> &'static Mutex<HashMap<SocketAddr, Arc<Pool>>> {
-    static POOLS: OnceLock<Mutex<HashMap<SocketAddr, Arc<Pool>>>> = OnceLock::new();
+type PoolKey = (SocketAddr, Option<OriginTls>);
+
+fn pools() -> &'static Mutex<HashMap<PoolKey, Arc<Pool<Conn>>>> {
+    static POOLS: OnceLock<Mutex<HashMap<PoolKey, Arc<Pool<Conn>>>>> = OnceLock::new();
     POOLS.get_or_init(Default::default)
 }
 
-fn pool(addr: SocketAddr) -> Arc<Pool> {
+fn pool(o: &Origin) -> Arc<Pool<Conn>> {
     pools()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .entry(addr)
+        .entry((o.address, o.tls.clone()))
         .or_default()
         .clone()
 }
 
-async fn connect(o: &Origin) -> Result<TcpStream, OriginError> {
-    match timeout(o.connect_timeout, TcpStream::connect(o.address)).await {
+/// A TLS client config per CA bundle (TLS 1.2+, ALPN http/1.1), built once.
+fn tls_connector(tls: &OriginTls) -> Result<tokio_rustls::TlsConnector, OriginError> {
+    use rustls::pki_types::pem::PemObject;
+    static CONFIGS: OnceLock<Mutex<HashMap<std::path::PathBuf, Arc<rustls::ClientConfig>>>> =
+        OnceLock::new();
+    let mut configs = CONFIGS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = configs.get(&tls.ca_file) {
+        return Ok(tokio_rustls::TlsConnector::from(c.clone()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&tls.ca_file).map_err(|e| {
+        tracing::error!(file = %tls.ca_file.display(), error = %e, "reading the origin CA file");
+        OriginError::Tls
+    })?;
+    for c in certs.flatten() {
+        // A bundle may hold certificates this verifier cannot use; the rest still count.
+        let _ = roots.add(c);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| OriginError::Tls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = Arc::new(cfg);
+    configs.insert(tls.ca_file.clone(), cfg.clone());
+    Ok(tokio_rustls::TlsConnector::from(cfg))
+}
+
+async fn connect(o: &Origin) -> Result<Conn, OriginError> {
+    let tcp = match timeout(o.connect_timeout, TcpStream::connect(o.address)).await {
         Ok(Ok(s)) => {
             if let Err(e) = s.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY");
             }
-            Ok(s)
+            s
         }
-        Ok(Err(_)) => Err(OriginError::Connect),
+        Ok(Err(_)) => return Err(OriginError::Connect),
+        Err(_) => return Err(OriginError::ConnectTimeout),
+    };
+    let Some(tls) = &o.tls else {
+        return Ok(Conn::Plain(tcp));
+    };
+    let connector = tls_connector(tls)?;
+    let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
+        .map_err(|_| OriginError::Tls)?;
+    match timeout(o.connect_timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(Conn::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            tracing::debug!(origin = %o.address, error = %e, "TLS handshake with the origin failed");
+            metrics::counter!("causeway_edge_origin_tls_errors_total").increment(1);
+            Err(OriginError::Tls)
+        }
         Err(_) => Err(OriginError::ConnectTimeout),
     }
 }
@@ -185,7 +296,7 @@ pub async fn fetch(
     idempotent: bool,
     max_body: u64,
 ) -> Result<Fetched, OriginError> {
-    let pool = pool(o.address);
+    let pool = pool(o);
     // A pooled connection the origin closed meanwhile fails before any response byte; an
     // idempotent request then goes once more over a new connection.
     if let Some(conn) = pool.take() {
@@ -202,19 +313,29 @@ pub async fn fetch(
 
 /// One exchange; the error's flag says whether any response byte arrived.
 async fn exchange(
-    mut conn: TcpStream,
+    mut conn: Conn,
     o: &Origin,
     request: &[u8],
     body: &[u8],
     head_request: bool,
     max_body: u64,
-    pool: &Pool,
+    pool: &Pool<Conn>,
 ) -> Result<Fetched, (OriginError, bool)> {
     let request_time = SystemTime::now();
-    let sent = if body.is_empty() {
-        conn.write_all(request).await
-    } else {
-        causeway_dataplane::client::write_two(&mut conn, request, body).await
+    let sent = match &mut conn {
+        Conn::Plain(s) if !body.is_empty() => {
+            causeway_dataplane::client::write_two(s, request, body).await
+        }
+        _ => {
+            let mut r = conn.write_all(request).await;
+            if r.is_ok() && !body.is_empty() {
+                r = conn.write_all(body).await;
+            }
+            if r.is_ok() {
+                r = conn.flush().await;
+            }
+            r
+        }
     };
     if sent.is_err() {
         return Err((OriginError::Closed, false));

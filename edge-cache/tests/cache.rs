@@ -1329,3 +1329,44 @@ async fn h3_hits_on_the_https_port_advertised_by_alt_svc() {
         Some("https")
     );
 }
+
+#[tokio::test]
+async fn an_https_origin_is_verified_against_its_domain_name() {
+    // Edge A terminates TLS in front of a plain origin; edge B uses A as an https-only origin.
+    let o = Origin::start().await;
+    o.set_headers("/o-tls", &[("cache-control", "max-age=60")]);
+    let (_a, a_tls) = start_tls(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06").await;
+    let origin_cfg = |name: &str| {
+        format!(
+            "[origins.o]\naddress = \"{a_tls}\"\norigin_protocol_policy = \"https-only\"\ndomain_name = \"{name}\"\nca_file = \"{}\"\n",
+            cert("ca.pem")
+        )
+    };
+    let b = start_custom(&origin_cfg("a.example.test")).await;
+    let r = get(&b, "/o-tls", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), format!("origin {} /o-tls\n", o.name()));
+    assert_eq!(
+        o.seen()[0].header("x-forwarded-proto"),
+        Some("https"),
+        "A was reached over TLS"
+    );
+    let r = get(&b, "/o-tls-2", &[]).await;
+    assert_eq!(r.status, 200, "a pooled TLS connection is reused");
+    // A name the certificate does not hold: refused, nothing reaches the origin.
+    let before = o.seen().len();
+    let bad = start_custom(&origin_cfg("wrong.example.test")).await;
+    let r = get(&bad, "/o-tls-3", &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(o.seen().len(), before);
+}
+
+/// An edge whose `[origins.o]` table is given whole.
+async fn start_custom(origin_table: &str) -> Edge1 {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        "[admin]\naddress = \"{admin}\"\n[[listeners]]\naddress = \"{addr}\"\n{origin_table}[default_cache_behavior]\ntarget_origin_id = \"o\"\n"
+    );
+    launch(&text, addr, admin).await
+}
