@@ -98,7 +98,7 @@ mod tests {
         drop(sa);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let got = pool.take().expect("b is alive");
-        assert!(alive(&got));
+        assert!(got.alive());
         assert!(pool.take().is_none());
         pool.put(got);
         assert_eq!(pool.len(), 1);
