@@ -143,12 +143,27 @@ def h2load(url, seconds, conns):
             "errors": errors}
 
 
+def h3load(url, seconds, conns):
+    """HTTP/3 with the repository's quinn + h3 client (benches/src/bin/h3load.rs), 10 requests in
+    flight per connection, on CPU 0 like the other clients."""
+    m = re.match(r"h3://([\d.]+):(\d+)(/.*)", url)
+    binary = os.path.join(ROOT, "target", "release", "h3load")
+    ca = os.path.join(ROOT, "testkit", "certs", "ca.pem")
+    cmd = ["taskset", "-c", "0", binary, f"{m.group(1)}:{m.group(2)}", "a.example.test",
+           m.group(3), ca, str(conns), "10", str(seconds)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode != 0:
+        raise SystemExit(f"h3load failed: {out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def measure(proxy, seconds, conns, client="wrk"):
     url = proxy["url"]
-    run = h2load if client == "h2load" else wrk
+    client = proxy.get("client", client)
+    run = {"h2load": h2load, "h3load": h3load}.get(client, wrk)
     run(url, 2, conns)  # warm-up: pools, caches
     before = cpu_seconds(proxy["pid"])
-    r = run(url, seconds, conns) if client == "h2load" else wrk(url, seconds, conns, proxy.get("wrk_extra", ()))
+    r = run(url, seconds, conns) if client != "wrk" else wrk(url, seconds, conns, proxy.get("wrk_extra", ()))
     r["cpu_per_100k"] = (cpu_seconds(proxy["pid"]) - before) / r["requests"] * 100_000
     return r
 
@@ -303,10 +318,28 @@ target_group = "web"
 targets = [{targets}]
 health_check = {{ interval_seconds = 5, timeout_seconds = 2 }}
 """
-    else:
+    elif kind == "edge-miss":
         body = f"""[[listeners]]
 address = "127.0.0.1:{port}"
 [origins.o]
+address = "{upstreams()[0]}"
+[default_cache_behavior]
+target_origin_id = "o"
+min_ttl_seconds = 0
+default_ttl_seconds = 0
+"""
+    else:
+        certs = os.path.join(ROOT, "testkit", "certs")
+        tls = ""
+        if kind == "edge-tls":
+            tls = f"""[[listeners]]
+address = "127.0.0.1:{port + 1}"
+protocol = "HTTPS"
+certificates = [{{ certificate_file = "{certs}/a.example.test.pem", private_key_file = "{certs}/a.example.test.key" }}]
+"""
+        body = f"""[[listeners]]
+address = "127.0.0.1:{port}"
+{tls}[origins.o]
 address = "{upstreams()[0]}"
 [default_cache_behavior]
 target_origin_id = "o"
@@ -324,7 +357,8 @@ address = "127.0.0.1:{admin}"
 # ------------------------------------------------------------------ scenarios
 
 def causeway(kind, bin_dir, path="/"):
-    name = {"alb": "causeway-alb", "nlb": "causeway-nlb", "edge": "causeway-edge"}[kind]
+    name = {"alb": "causeway-alb", "nlb": "causeway-nlb", "edge": "causeway-edge",
+            "edge-tls": "causeway-edge", "edge-miss": "causeway-edge"}[kind]
     binary = os.path.join(bin_dir, name)
     if not os.access(binary, os.X_OK):
         return None, f"{name}: no binary at {binary} (cargo build --release)"
@@ -410,6 +444,43 @@ def scenario_proxies(args):
     path = "/"
     if args.scenario == "cache":
         path = "/16k" if args.object == "16k" else "/64b"
+    if args.scenario == "cache" and args.client == "h3load":
+        # Only the edge speaks HTTP/3 here (NGINX 1.22 and Varnish 7.1 have no QUIC): the same
+        # process over h3, over h2 with TLS, and over cleartext HTTP/1.1, side by side.
+        port = free_port()
+        while True:
+            try:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port + 1))
+                break
+            except OSError:
+                port = free_port()
+        binary = os.path.join(args.bin_dir, "causeway-edge")
+        admin = free_port()
+        p = start([binary, "--config", causeway_cfg("edge-tls", port, admin)], 1, "causeway-edge")
+        wait_port(admin)
+        wait_port(port + 1)
+        time.sleep(1.0)
+        base = {"pid": p.pid}
+        proxies = [
+            dict(base, name="causeway-edge h3", url=f"h3://127.0.0.1:{port + 1}{path}", client="h3load"),
+            dict(base, name="causeway-edge h2 over TLS", url=f"https://127.0.0.1:{port + 1}{path}",
+                 client="h2load"),
+            dict(base, name="causeway-edge HTTP/1.1", url=f"http://127.0.0.1:{port}{path}", client="wrk"),
+        ]
+        notes.append("causeway-edge: " + cache_evidence(f"http://127.0.0.1:{port}{path}"))
+        return proxies, notes
+    if args.scenario == "miss":
+        # `/` on the origin has no caching headers and no validator; with a zero default TTL
+        # every request is a miss. The origin alone is the baseline.
+        c, note = causeway("edge-miss", args.bin_dir, "/")
+        origin_pid = int(open(os.path.join(TMP, "nginx-origin.pid")).read().strip())
+        rows = [c] if c else []
+        rows.append({"name": "origin direct (no proxy)", "pid": origin_pid,
+                     "url": f"http://{upstreams()[0]}/"})
+        if c:
+            notes.append("causeway-edge: " + cache_evidence(c["url"]))
+        return rows, notes + ([note] if note else [])
     if not args.peers_only:
         kind = {"http": "alb", "tcp": "nlb", "cache": "edge"}[args.scenario]
         c, note = causeway(kind, args.bin_dir, path)
@@ -433,13 +504,14 @@ def scenario_proxies(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["http", "tcp", "cache", "idle"], default="http",
+    ap.add_argument("--scenario", choices=["http", "tcp", "cache", "miss", "idle"], default="http",
                     help="idle: memory per idle keep-alive client connection (alb, HAProxy, NGINX)")
     ap.add_argument("--idle-connections", type=int, default=9000,
                     help="HAProxy needs two descriptors per connection and the hard limit here is 20000")
     ap.add_argument("--object", choices=["64b", "16k"], default="16k", help="cache scenario object")
-    ap.add_argument("--client", choices=["wrk", "h2load"], default="wrk",
-                    help="cache scenario: h2load speaks HTTP/2 with prior knowledge (h2c)")
+    ap.add_argument("--client", choices=["wrk", "h2load", "h3load"], default="wrk",
+                    help="cache scenario: h2load speaks HTTP/2 with prior knowledge (h2c); h3load "
+                         "runs the edge alone over HTTP/3, h2 over TLS and HTTP/1.1")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per timed wrk run")
     ap.add_argument("--connections", type=int, default=64)
@@ -469,11 +541,13 @@ def main():
         med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p99_ms", "cpu_per_100k")}
         med[name]["errors"] = sum(r["errors"] for r in rs)
     cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
-    what = f" ({args.object}{', h2c' if args.client == 'h2load' else ''})" if args.scenario == "cache" else ""
+    proto = {"h2load": ", h2c", "h3load": ", h3 / h2+TLS / h1"}.get(args.client, "")
+    what = f" ({args.object}{proto})" if args.scenario == "cache" else ""
     print(f"\n### {args.scenario}{what}")
     print(f"\n`{cmd}` — {args.rounds} interleaved rounds of {args.duration} s, "
           f"{args.connections} keep-alive connections, medians.\n")
-    lat = "mean ms" if args.client == "h2load" else "p99 ms"
+    lat = "mean ms (h2load) / p99 ms" if args.client == "h3load" else (
+        "mean ms" if args.client == "h2load" else "p99 ms")
     print(f"| proxy | req/s | {lat} | CPU-s / 100k req | errors |")
     print("|---|---|---|---|---|")
     for name, m in med.items():

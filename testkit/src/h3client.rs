@@ -25,7 +25,8 @@ impl H3Response {
     }
 }
 
-/// An open HTTP/3 connection.
+/// An open HTTP/3 connection; clones share it (concurrent requests on one connection).
+#[derive(Clone)]
 pub struct H3Client {
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     host: String,
