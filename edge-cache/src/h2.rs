@@ -194,6 +194,9 @@ pub fn from_parts(
         return Err((405, "CONNECT is not supported"));
     }
     let path = parts.uri.path().to_string();
+    if path.len() + parts.uri.query().map_or(0, |q| q.len() + 1) > crate::wire::MAX_URL {
+        return Err((414, "URL too long"));
+    }
     if !(path.starts_with('/') || (parts.method == hyper::Method::OPTIONS && path == "*")) {
         return Err((400, "invalid :path"));
     }

@@ -378,7 +378,8 @@ async fn pass(snap: &Snapshot<Edge>, b: &CacheBehavior, req: &Request, peer: Soc
             if admit::invalidates(req.method.as_bytes(), f.status) {
                 invalidate_uri(snap, b, req, &f.fields);
             }
-            from_origin(f, &snap.config.cache.tag_header, EdgeResult::Bypass)
+            let coding = coding(req).filter(|_| b.compress);
+            from_origin(f, &snap.config.cache.tag_header, EdgeResult::Bypass, coding)
         }
         Err(e) => origin_error(e),
     }
@@ -630,7 +631,12 @@ async fn fetch_and_admit_inner(
                     true,
                 ),
                 Stored::No(f, why) => (
-                    from_origin(*f, &cfg.cache.tag_header, EdgeResult::RefreshHit),
+                    from_origin(
+                        *f,
+                        &cfg.cache.tag_header,
+                        EdgeResult::RefreshHit,
+                        coding(req).filter(|_| b.compress),
+                    ),
                     why,
                     false,
                 ),
@@ -652,7 +658,12 @@ async fn fetch_and_admit_inner(
             } else {
                 EdgeResult::Miss
             };
-            (from_origin(*f, &cfg.cache.tag_header, result), why, false)
+            let coding = coding(req).filter(|_| b.compress);
+            (
+                from_origin(*f, &cfg.cache.tag_header, result, coding),
+                why,
+                false,
+            )
         }
     }
 }
@@ -774,10 +785,23 @@ fn coding(req: &Request) -> Option<Coding> {
 }
 
 /// A reply relaying an origin response that was not stored.
-fn from_origin(f: Fetched, tag_header: &str, result: EdgeResult) -> Reply {
-    let fields = respond::relayed_fields(&f.fields, tag_header, &[]);
+/// `coding`: the behavior compresses and the viewer accepts this coding; a whole, eligible
+/// body is compressed on its way through.
+fn from_origin(f: Fetched, tag_header: &str, result: EdgeResult, coding: Option<Coding>) -> Reply {
+    let mut fields = respond::relayed_fields(&f.fields, tag_header, &[]);
     let (length, body) = match f.body {
-        Body::Full(b) => (Some(b.len() as u64), ReplyBody::Full(b)),
+        Body::Full(mut b) => {
+            if let Some(c) = coding.filter(|_| compress::eligible(f.status, &fields, b.len())) {
+                match compress::apply(c, &fields, &b) {
+                    Ok((cf, cb)) => {
+                        fields = cf;
+                        b = cb;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "compression failed; sending uncompressed"),
+                }
+            }
+            (Some(b.len() as u64), ReplyBody::Full(b))
+        }
         Body::Stream(s) => (s.length, ReplyBody::Stream(s)),
     };
     let no_body = f.status == 304 || f.status == 204;

@@ -21,6 +21,9 @@ pub const LIMITS: Limits = Limits {
     max_headers: 100,
 };
 
+/// CloudFront's longest URL (path and query), for every protocol.
+pub const MAX_URL: usize = 8192;
+
 /// Largest request body the edge buffers for the origin.
 pub const MAX_REQUEST_BODY: u64 = 64 * 1024 * 1024;
 /// How long a request body may stall.

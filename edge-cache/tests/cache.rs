@@ -1370,3 +1370,62 @@ async fn start_custom(origin_table: &str) -> Edge1 {
     );
     launch(&text, addr, admin).await
 }
+
+#[tokio::test]
+async fn rfc9111_4_2_2_heuristic_freshness_only_where_allowed() {
+    let o = Origin::start().await;
+    let now = std::time::SystemTime::now();
+    let lm = httpdate::fmt_http_date(now - Duration::from_secs(100_000));
+    o.set_headers("/heur", &[("last-modified", lm.as_str())]);
+    o.set_headers("/heur302", &[("last-modified", lm.as_str())]);
+    o.set_status("/heur302", 302);
+    // A strict policy (min and default TTL 0): only the RFC's own heuristic applies.
+    let e = start_with(o.addr(), "default_ttl_seconds = 0", "").await;
+    get(&e, "/heur", &[]).await;
+    let r = get(&e, "/heur", &[]).await;
+    assert_eq!(x_cache(&r), "Hit from causeway", "10% of the time since Last-Modified");
+    get(&e, "/heur302", &[]).await;
+    get(&e, "/heur302", &[]).await;
+    assert_eq!(o.hits("/heur302"), 2, "a 302 is not heuristically cacheable");
+}
+
+#[tokio::test]
+async fn rfc9111_5_2_1_request_max_age_zero_and_no_cache_revalidate() {
+    let o = Origin::start().await;
+    o.set_headers("/rq", &[("cache-control", "max-age=600"), ("etag", "\"q\"")]);
+    let e = start(&o).await;
+    get(&e, "/rq", &[]).await;
+    let r = get(&e, "/rq", &[("cache-control", "max-age=0")]).await;
+    assert_eq!(x_cache(&r), "RefreshHit from causeway");
+    let r = get(&e, "/rq", &[("pragma", "no-cache")]).await;
+    assert_eq!(x_cache(&r), "RefreshHit from causeway", "Pragma when there is no Cache-Control");
+    let r = get(&e, "/rq", &[("cache-control", "max-stale=5")]).await;
+    assert_eq!(x_cache(&r), "Hit from causeway");
+    assert_eq!(o.hits("/rq"), 3);
+    assert!(o.seen()[1..].iter().all(|s| s.header("if-none-match") == Some("\"q\"")));
+}
+
+#[tokio::test]
+async fn bypassed_responses_are_compressed_too() {
+    use std::io::Read;
+    let o = Origin::start().await;
+    let page = "<p>logged in</p>\n".repeat(100);
+    o.set_body("/wp-admin/index.php", page.clone());
+    o.set_headers("/wp-admin/index.php", &[("content-type", "text/html"), ("cache-control", "private")]);
+    let e = start_with(o.addr(), "compress = true", "preset = \"wordpress\"").await;
+    let r = get(&e, "/wp-admin/index.php", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&r.body[..]).read_to_string(&mut plain).unwrap();
+    assert_eq!(plain, page);
+}
+
+#[tokio::test]
+async fn h2_urls_longer_than_8192_bytes_get_414() {
+    let o = Origin::start().await;
+    let e = start(&o).await;
+    let long = format!("/{}", "a".repeat(9000));
+    let r = curl_h2(format!("http://{}{long}", e.addr), &[]).await;
+    assert!(r.starts_with("HTTP/2 414"), "{r}");
+    assert_eq!(o.total(), 0);
+}
