@@ -1,19 +1,46 @@
-//! The client side of a connection: the socket, its read buffer (released while idle, so an
-//! idle keep-alive connection holds no buffer), and vectored writes.
+//! The client side of a connection: the stream (plain TCP, or TLS over it), its read buffer
+//! (released while idle, so an idle keep-alive connection holds no buffer), and vectored
+//! writes.
 
 use crate::{buffers, Conn};
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+/// A stream a client connection runs on.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Whether readiness can be awaited without reading (plain TCP): an idle connection then
+    /// holds no buffer. TLS may hold decrypted bytes the socket no longer shows, so it reads.
+    const READINESS: bool;
+
+    /// Waits until a read would not block (used only when `READINESS`).
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl ClientStream for TcpStream {
+    const READINESS: bool = true;
+
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    const READINESS: bool = false;
+
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
 
 /// Bytes read at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug)]
-pub struct Client {
-    pub stream: TcpStream,
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// Bytes read and not yet consumed.
@@ -22,7 +49,7 @@ pub struct Client {
     pub requests: u64,
 }
 
-impl Drop for Client {
+impl<S> Drop for Client<S> {
     fn drop(&mut self) {
         buffers::give(std::mem::take(&mut self.buf));
     }
@@ -30,12 +57,24 @@ impl Drop for Client {
 
 impl Client {
     pub fn new(conn: Conn) -> Client {
+        Client::over(conn.stream, conn.peer, conn.local, conn.shutdown)
+    }
+}
+
+impl<S: ClientStream> Client<S> {
+    /// A client on `stream` (e.g. after a TLS handshake).
+    pub fn over(
+        stream: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> Client<S> {
         Client {
-            stream: conn.stream,
-            peer: conn.peer,
-            local: conn.local,
+            stream,
+            peer,
+            local,
             buf: Vec::new(),
-            shutdown: conn.shutdown,
+            shutdown,
             requests: 0,
         }
     }
@@ -75,8 +114,8 @@ pub const JOIN_LIMIT: usize = 4096;
 
 /// Writes `head` then `body`: one `send` of both when the body is small (the body is copied
 /// behind the head in `head`'s buffer), else one `writev`.
-pub async fn write_joined(
-    s: &mut TcpStream,
+pub async fn write_joined<W: AsyncWrite + Unpin>(
+    s: &mut W,
     head: &mut Vec<u8>,
     body: &[u8],
 ) -> std::io::Result<()> {
@@ -88,7 +127,11 @@ pub async fn write_joined(
 }
 
 /// Writes two slices with as few syscalls as possible.
-pub async fn write_two(s: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
+pub async fn write_two<W: AsyncWrite + Unpin>(
+    s: &mut W,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> std::io::Result<()> {
     while !a.is_empty() {
         let n = s
             .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
@@ -120,8 +163,8 @@ pub enum ReadHeadError {
 /// Reads the next request head into `head`, waiting at most `idle` for its first byte and
 /// `header_timeout` (slowloris) for the rest. `Ok(None)`: the client closed, or idled out,
 /// between requests.
-pub async fn read_head(
-    client: &mut Client,
+pub async fn read_head<S: ClientStream>(
+    client: &mut Client<S>,
     head: &mut crate::http1::RequestHead,
     limits: &crate::http1::Limits,
     idle: std::time::Duration,
@@ -129,10 +172,17 @@ pub async fn read_head(
 ) -> Result<Option<()>, ReadHeadError> {
     use crate::http1::{parse_request, HeadError};
     if client.buf.is_empty() {
-        // Idle between requests: hold no buffer, wait for the first byte.
-        match tokio::time::timeout(idle, client.stream.readable()).await {
-            Err(_) | Ok(Err(_)) => return Ok(None),
-            Ok(Ok(())) => {}
+        if S::READINESS {
+            // Idle between requests: hold no buffer, wait for the first byte.
+            match tokio::time::timeout(idle, client.stream.ready()).await {
+                Err(_) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(())) => {}
+            }
+        } else {
+            match tokio::time::timeout(idle, client.fill()).await {
+                Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => {}
+            }
         }
     }
     let deadline = tokio::time::Instant::now() + header_timeout;

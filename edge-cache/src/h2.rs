@@ -1,7 +1,7 @@
-//! The hyper-served listener sides: HTTP/2 (h2c with prior knowledge on the cleartext port, or
-//! h2 by ALPN over TLS) and HTTP/1.1 over TLS. hyper's servers, with explicit limits, turn each
-//! request into the pipeline's [`Request`] and each [`Reply`] back into a response; the cache
-//! pipeline is the same as for cleartext HTTP/1.1.
+//! The HTTP/2 listener side: h2c with prior knowledge on the cleartext port, or h2 by ALPN over
+//! TLS. hyper's h2 server, with explicit limits, turns each stream into the pipeline's
+//! [`Request`] and each [`Reply`] back into a response; the cache pipeline is the same as for
+//! HTTP/1.1 and HTTP/3.
 
 use crate::message::{valid_authority, Fields, Request};
 use crate::respond::{Head, Reply, ReplyBody};
@@ -43,19 +43,10 @@ impl hyper::body::Body for ChannelBody {
 
 type Body = Either<Full<Bytes>, ChannelBody>;
 
-/// Which protocol a hyper-served connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    H2,
-    Http1,
-}
-
-/// Serves one connection until it ends; when the process drains, h2 sends GOAWAY and HTTP/1.1
-/// stops keep-alive, and open requests finish.
-#[allow(clippy::too_many_arguments)]
+/// Serves one h2 connection until it ends; when the process drains, it sends GOAWAY and open
+/// streams finish.
 pub async fn serve<IO>(
     io: IO,
-    proto: Proto,
     scheme: &'static str,
     alt_svc: Option<std::sync::Arc<str>>,
     peer: SocketAddr,
@@ -69,37 +60,23 @@ pub async fn serve<IO>(
         let alt_svc = alt_svc.clone();
         async move { Ok::<_, Infallible>(handle(req, scheme, alt_svc.as_deref(), peer, snaps).await) }
     });
-    macro_rules! drive {
-        ($conn:expr) => {{
-            let conn = $conn;
-            tokio::pin!(conn);
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => break r,
-                    changed = shutdown.changed() => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            conn.as_mut().graceful_shutdown();
-                            break conn.as_mut().await;
-                        }
-                    }
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(256))
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.as_mut().await;
                 }
             }
-        }};
-    }
-    let result = match proto {
-        Proto::H2 => drive!(
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .max_header_list_size(MAX_HEADER_LIST)
-                .max_concurrent_streams(MAX_STREAMS)
-                .max_pending_accept_reset_streams(Some(50))
-                .max_local_error_reset_streams(Some(256))
-                .serve_connection(TokioIo::new(io), svc)
-        ),
-        Proto::Http1 => drive!(hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(crate::proxy::HEADER_TIMEOUT)
-            .max_buf_size(64 * 1024)
-            .serve_connection(TokioIo::new(io), svc)),
+        }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -9,7 +9,6 @@ use crate::admit::{self, Admission, RequestFacts, TtlPolicy};
 use crate::cache_control::Directives;
 use crate::collapse::{self, Outcome, Ticket};
 use crate::compress::{self, Coding};
-use crate::h2::Proto;
 use crate::message::{all, get, Fields, Request};
 use crate::origin::{self, Body, Fetched, OriginError};
 use crate::request_filter::{self, Decision, UNKEYED_FORWARDING};
@@ -18,7 +17,7 @@ use crate::store::{Object, Reuse};
 use crate::{cache_key, invalidate, logging, wire, Edge};
 use bytes::Bytes;
 use causeway_config::edge::{CacheBehavior, Selection};
-use causeway_dataplane::client::{self, Client, ReadHeadError};
+use causeway_dataplane::client::{self, Client, ClientStream, ReadHeadError};
 use causeway_dataplane::http1::RequestHead;
 use causeway_dataplane::{Conn, Snapshot, Snapshots};
 use std::net::SocketAddr;
@@ -40,20 +39,19 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Edge>) {
         return serve_tls(conn, acceptor, snaps).await;
     }
     if starts_with_h2_preface(&conn.stream).await {
-        return crate::h2::serve(
-            conn.stream,
-            Proto::H2,
-            "http",
-            None,
-            conn.peer,
-            snaps,
-            conn.shutdown,
-        )
-        .await;
+        return crate::h2::serve(conn.stream, "http", None, conn.peer, snaps, conn.shutdown).await;
     }
-    let mut client = Client::new(conn);
+    serve_http1(Client::new(conn), "http", &snaps).await;
+}
+
+/// The HTTP/1.1 request loop, on plain TCP or TLS: the same reader, checks and writer.
+async fn serve_http1<S: ClientStream>(
+    mut client: Client<S>,
+    scheme: &'static str,
+    snaps: &Snapshots<Edge>,
+) {
     loop {
-        if !Box::pin(serve_request(&mut client, &snaps)).await {
+        if !Box::pin(serve_request(&mut client, scheme, snaps)).await {
             break;
         }
     }
@@ -80,22 +78,14 @@ async fn serve_tls(conn: Conn, acceptor: tokio_rustls::TlsAcceptor, snaps: Snaps
             return;
         }
     };
-    let proto = match tls.get_ref().1.alpn_protocol() {
-        Some(b"h2") => Proto::H2,
-        _ => Proto::Http1,
-    };
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        // HTTP/1.1 over TLS takes the same reader and smuggling checks as cleartext.
+        let client = Client::over(tls, conn.peer, conn.local, conn.shutdown);
+        return serve_http1(client, "https", &snaps).await;
+    }
     // HTTP/3 listens on the same port over UDP.
     let alt_svc: Arc<str> = format!("h3=\":{}\"; ma=86400", conn.local.port()).into();
-    crate::h2::serve(
-        tls,
-        proto,
-        "https",
-        Some(alt_svc),
-        conn.peer,
-        snaps,
-        conn.shutdown,
-    )
-    .await;
+    crate::h2::serve(tls, "https", Some(alt_svc), conn.peer, snaps, conn.shutdown).await;
 }
 
 /// Whether the connection opens with the HTTP/2 preface (prior knowledge). Looks without
@@ -127,7 +117,11 @@ async fn starts_with_h2_preface(s: &tokio::net::TcpStream) -> bool {
 }
 
 /// Serves the next request; returns whether the connection stays open.
-async fn serve_request(client: &mut Client, snaps: &Snapshots<Edge>) -> bool {
+async fn serve_request<S: ClientStream>(
+    client: &mut Client<S>,
+    scheme: &'static str,
+    snaps: &Snapshots<Edge>,
+) -> bool {
     let mut head = RequestHead::default();
     // listener: read and check the head, then the body.
     match client::read_head(
@@ -155,7 +149,7 @@ async fn serve_request(client: &mut Client, snaps: &Snapshots<Edge>) -> bool {
             return false;
         }
     };
-    let mut req = match wire::to_request(&client.buf, &head, "http") {
+    let mut req = match wire::to_request(&client.buf, &head, scheme) {
         Ok(r) => r,
         Err((status, why)) => {
             refuse(client, status, why).await;
@@ -172,7 +166,8 @@ async fn serve_request(client: &mut Client, snaps: &Snapshots<Edge>) -> bool {
     let close = checked.close || client.draining();
     let (mut reply, detail) = pipeline(&snap, &req, client.peer).await;
     let head_only = req.method == "HEAD";
-    let sent = wire::write_reply(client, &mut reply, head_only, close).await;
+    let alt_svc = (scheme == "https").then(|| format!("h3=\":{}\"; ma=86400", client.local.port()));
+    let sent = wire::write_reply(client, &mut reply, head_only, close, alt_svc.as_deref()).await;
     // logging
     let bytes = *sent.as_ref().unwrap_or(&0);
     let class = checked.classification.tier_name();
@@ -220,7 +215,7 @@ pub fn log_request(
 }
 
 /// Answers a refused request and closes.
-async fn refuse(client: &mut Client, status: u16, why: &'static str) {
+async fn refuse<S: ClientStream>(client: &mut Client<S>, status: u16, why: &'static str) {
     tracing::debug!(peer = %client.peer, status, why, "refusing request");
     let mut r = Reply::local(
         status,
@@ -230,7 +225,7 @@ async fn refuse(client: &mut Client, status: u16, why: &'static str) {
         EdgeResult::Error,
     );
     logging::metrics().served(EdgeResult::Error, 0, false);
-    if let Err(e) = wire::write_reply(client, &mut r, false, true).await {
+    if let Err(e) = wire::write_reply(client, &mut r, false, true, None).await {
         tracing::debug!(error = %e, "writing refusal");
     }
 }
@@ -797,7 +792,9 @@ fn from_origin(f: Fetched, tag_header: &str, result: EdgeResult, coding: Option<
                         fields = cf;
                         b = cb;
                     }
-                    Err(e) => tracing::warn!(error = %e, "compression failed; sending uncompressed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "compression failed; sending uncompressed")
+                    }
                 }
             }
             (Some(b.len() as u64), ReplyBody::Full(b))

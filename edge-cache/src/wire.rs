@@ -6,7 +6,7 @@
 use crate::message::{valid_authority, Fields, Request};
 use crate::respond::{tail, Head, Reply, ReplyBody};
 use bytes::Bytes;
-use causeway_dataplane::client::{write_two, Client};
+use causeway_dataplane::client::{write_two, Client, ClientStream};
 use causeway_dataplane::desync::{self, Mode, Verdict};
 use causeway_dataplane::http1::uri::split_target;
 use causeway_dataplane::http1::{ChunkedScanner, Framing, Limits, RequestHead};
@@ -112,8 +112,8 @@ pub fn to_request(
 }
 
 /// Reads the body that follows the head and consumes the whole request from the buffer.
-pub async fn read_body(
-    client: &mut Client,
+pub async fn read_body<S: ClientStream>(
+    client: &mut Client<S>,
     head: &RequestHead,
     checked: &Checked,
 ) -> Result<Bytes, Refusal> {
@@ -159,7 +159,11 @@ pub async fn read_body(
 }
 
 /// Reads more of a body, first sending `100 Continue` if the client waits for it.
-async fn more(client: &mut Client, expect: &mut bool, start: usize) -> Result<(), Refusal> {
+async fn more<S: ClientStream>(
+    client: &mut Client<S>,
+    expect: &mut bool,
+    start: usize,
+) -> Result<(), Refusal> {
     if std::mem::take(expect) && client.buf.len() == start {
         client
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -173,14 +177,21 @@ async fn more(client: &mut Client, expect: &mut bool, start: usize) -> Result<()
     }
 }
 
-/// Writes a reply. `head_only` drops the body (HEAD); `close` adds `connection: close`.
-pub async fn write_reply(
-    client: &mut Client,
+/// Writes a reply. `head_only` drops the body (HEAD); `close` adds `connection: close`;
+/// `alt_svc` advertises HTTP/3 (TLS listeners).
+pub async fn write_reply<S: ClientStream>(
+    client: &mut Client<S>,
     reply: &mut Reply,
     head_only: bool,
     close: bool,
+    alt_svc: Option<&str>,
 ) -> std::io::Result<u64> {
     let mut t = Vec::with_capacity(96);
+    if let Some(v) = alt_svc {
+        t.extend_from_slice(b"alt-svc: ");
+        t.extend_from_slice(v.as_bytes());
+        t.extend_from_slice(b"\r\n");
+    }
     tail(&mut t, reply.age, reply.result.x_cache(reply.status), close);
     let prefix: &[u8] = match &reply.head {
         Head::Stored(b) => b,

@@ -1383,26 +1383,43 @@ async fn rfc9111_4_2_2_heuristic_freshness_only_where_allowed() {
     let e = start_with(o.addr(), "default_ttl_seconds = 0", "").await;
     get(&e, "/heur", &[]).await;
     let r = get(&e, "/heur", &[]).await;
-    assert_eq!(x_cache(&r), "Hit from causeway", "10% of the time since Last-Modified");
+    assert_eq!(
+        x_cache(&r),
+        "Hit from causeway",
+        "10% of the time since Last-Modified"
+    );
     get(&e, "/heur302", &[]).await;
     get(&e, "/heur302", &[]).await;
-    assert_eq!(o.hits("/heur302"), 2, "a 302 is not heuristically cacheable");
+    assert_eq!(
+        o.hits("/heur302"),
+        2,
+        "a 302 is not heuristically cacheable"
+    );
 }
 
 #[tokio::test]
 async fn rfc9111_5_2_1_request_max_age_zero_and_no_cache_revalidate() {
     let o = Origin::start().await;
-    o.set_headers("/rq", &[("cache-control", "max-age=600"), ("etag", "\"q\"")]);
+    o.set_headers(
+        "/rq",
+        &[("cache-control", "max-age=600"), ("etag", "\"q\"")],
+    );
     let e = start(&o).await;
     get(&e, "/rq", &[]).await;
     let r = get(&e, "/rq", &[("cache-control", "max-age=0")]).await;
     assert_eq!(x_cache(&r), "RefreshHit from causeway");
     let r = get(&e, "/rq", &[("pragma", "no-cache")]).await;
-    assert_eq!(x_cache(&r), "RefreshHit from causeway", "Pragma when there is no Cache-Control");
+    assert_eq!(
+        x_cache(&r),
+        "RefreshHit from causeway",
+        "Pragma when there is no Cache-Control"
+    );
     let r = get(&e, "/rq", &[("cache-control", "max-stale=5")]).await;
     assert_eq!(x_cache(&r), "Hit from causeway");
     assert_eq!(o.hits("/rq"), 3);
-    assert!(o.seen()[1..].iter().all(|s| s.header("if-none-match") == Some("\"q\"")));
+    assert!(o.seen()[1..]
+        .iter()
+        .all(|s| s.header("if-none-match") == Some("\"q\"")));
 }
 
 #[tokio::test]
@@ -1411,12 +1428,17 @@ async fn bypassed_responses_are_compressed_too() {
     let o = Origin::start().await;
     let page = "<p>logged in</p>\n".repeat(100);
     o.set_body("/wp-admin/index.php", page.clone());
-    o.set_headers("/wp-admin/index.php", &[("content-type", "text/html"), ("cache-control", "private")]);
+    o.set_headers(
+        "/wp-admin/index.php",
+        &[("content-type", "text/html"), ("cache-control", "private")],
+    );
     let e = start_with(o.addr(), "compress = true", "preset = \"wordpress\"").await;
     let r = get(&e, "/wp-admin/index.php", &[("accept-encoding", "gzip")]).await;
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     let mut plain = String::new();
-    flate2::read::GzDecoder::new(&r.body[..]).read_to_string(&mut plain).unwrap();
+    flate2::read::GzDecoder::new(&r.body[..])
+        .read_to_string(&mut plain)
+        .unwrap();
     assert_eq!(plain, page);
 }
 
@@ -1428,4 +1450,34 @@ async fn h2_urls_longer_than_8192_bytes_get_414() {
     let r = curl_h2(format!("http://{}{long}", e.addr), &[]).await;
     assert!(r.starts_with("HTTP/2 414"), "{r}");
     assert_eq!(o.total(), 0);
+}
+
+#[tokio::test]
+async fn http1_over_tls_gets_the_same_smuggling_checks_and_alt_svc() {
+    let o = Origin::start().await;
+    let (_e, addr) = start_tls(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06").await;
+    let (out, err) = curl_tls(addr, "a.example.test", "/x", &["--http1.1"]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    let alt = format!("alt-svc: h3=\":{}\"; ma=86400", addr.port());
+    assert!(out.contains(&alt), "{out}");
+    // CL + TE over TLS: AWS's classifier refuses it as in cleartext.
+    let (out, _) = curl_tls(
+        addr,
+        "a.example.test",
+        "/smuggle",
+        &[
+            "--http1.1",
+            "-X",
+            "POST",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Content-Length: 3",
+            "--data-binary",
+            "abc",
+        ],
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(o.hits("/smuggle"), 0);
 }
