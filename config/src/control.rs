@@ -170,6 +170,34 @@ impl ConfigFile for FileControl {
                 )
                 .into());
             }
+            if let Provider::Aws {
+                auto_scaling_groups,
+                ..
+            } = &provider
+            {
+                if !auto_scaling_groups.is_empty()
+                    && !auto_scaling_groups.contains(&m.auto_scaling_group)
+                {
+                    return Err(Violation::new(
+                        format!("{p}.auto_scaling_group"),
+                        format!(
+                            "\"{}\" is not in aws.auto_scaling_groups",
+                            m.auto_scaling_group
+                        ),
+                    )
+                    .into());
+                }
+            }
+            if target_groups
+                .iter()
+                .any(|o: &Mapping| o.data_plane == m.data_plane && o.target_group == m.target_group)
+            {
+                return Err(Violation::new(
+                    format!("{p}.target_group"),
+                    "another mapping already feeds this data plane's target group",
+                )
+                .into());
+            }
             target_groups.push(Mapping {
                 auto_scaling_group: m.auto_scaling_group,
                 port: port as u16,
