@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct FileServer {
     pub workers: Option<i64>,
     pub grace_period_seconds: Option<i64>,
+    /// The availability zone this process runs in (for zone preference).
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +78,7 @@ pub struct FileAlgorithm {
 pub struct FileLoadBalancing {
     #[serde(default)]
     pub algorithm: FileAlgorithm,
+    pub cross_zone: Option<FileEnabled>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +204,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long SIGTERM waits for in-flight work before exiting.
     pub grace_period: Duration,
+    /// The availability zone this process runs in, if known.
+    pub zone: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -208,6 +213,7 @@ impl Default for ServerConfig {
         ServerConfig {
             workers: 0,
             grace_period: Duration::from_secs(30),
+            zone: None,
         }
     }
 }
@@ -332,6 +338,11 @@ pub struct TargetGroupConfig {
     /// nlb: send a PROXY protocol v2 header to targets (and on health checks).
     pub proxy_protocol_v2: bool,
     pub termination: Termination,
+    /// AWS's `load_balancing.cross_zone.enabled` (on by default for the alb, off for the nlb):
+    /// when off, targets in `local_zone` are preferred while any is usable.
+    pub cross_zone: bool,
+    /// The process's own zone (`server.zone`), set by the plane's config.
+    pub local_zone: Option<String>,
 }
 
 /// Which data plane a target group belongs to: decides protocols and defaults.
@@ -361,9 +372,13 @@ impl FileServer {
             0,
             3600,
         )?;
+        if self.zone.as_deref() == Some("") {
+            return Err(Violation::new(format!("{path}.zone"), "must not be empty"));
+        }
         Ok(ServerConfig {
             workers: workers as usize,
             grace_period: grace,
+            zone: self.zone,
         })
     }
 }
@@ -673,7 +688,14 @@ impl FileTargetGroup {
                 100,
             )? as u32,
         };
+        let cross_zone = self
+            .load_balancing
+            .cross_zone
+            .and_then(|c| c.enabled)
+            .unwrap_or(plane == Plane::Alb);
         Ok(TargetGroupConfig {
+            cross_zone,
+            local_zone: None,
             termination,
             proxy_protocol_v2,
             outlier_detection,

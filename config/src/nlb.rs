@@ -104,6 +104,9 @@ impl ConfigFile for FileNlb {
         if let Some(f) = &self.targets_file {
             merge_targets_file(&cx.resolve(f), &mut target_groups)?;
         }
+        for tg in target_groups.values_mut() {
+            tg.local_zone = server.zone.clone();
+        }
         if self.listeners.is_empty() {
             return Err(Violation::new("listeners", "at least one listener is required").into());
         }

@@ -256,3 +256,26 @@ fn edge_errors_name_the_behavior_key() {
     );
     assert_eq!(cfg.cache.error_caching_min_ttl, Duration::from_secs(10));
 }
+
+#[test]
+fn cross_zone_defaults_follow_aws_and_take_the_server_zone() {
+    let alb = BASE
+        .replace("  interval_seconds = 0", "interval_seconds = 5")
+        .replace("[admin]", "[server]\nzone = \"us-east-1a\"\n[admin]");
+    let cfg = parse::<FileAlb>("alb.toml", &alb, &cx()).unwrap();
+    let tg = &cfg.target_groups["wordpress"];
+    assert!(tg.cross_zone, "on by default for an ALB");
+    assert_eq!(tg.local_zone.as_deref(), Some("us-east-1a"));
+    let off = alb.replace(
+        "[target_groups.wordpress.health_check]",
+        "[target_groups.wordpress.load_balancing]\ncross_zone.enabled = false\n[target_groups.wordpress.health_check]",
+    );
+    let cfg = parse::<FileAlb>("alb.toml", &off, &cx()).unwrap();
+    assert!(!cfg.target_groups["wordpress"].cross_zone);
+    let nlb = "[admin]\naddress = \"127.0.0.1:9181\"\n[[listeners]]\naddress = \"127.0.0.1:8081\"\ntarget_group = \"t\"\n[target_groups.t]\ntargets = [{ address = \"127.0.0.1:9001\" }]\n";
+    let cfg = parse::<causeway_config::nlb::FileNlb>("nlb.toml", nlb, &cx()).unwrap();
+    assert!(
+        !cfg.target_groups["t"].cross_zone,
+        "off by default for an NLB"
+    );
+}

@@ -254,6 +254,8 @@ pub struct TargetGroup {
     pub draining: Mutex<Vec<Arc<Target>>>,
     wrr: SmoothWrr,
     maglev: Option<Maglev>,
+    /// With cross-zone off and a known local zone: which targets are in it.
+    local: Vec<bool>,
     /// Bounds retries to this group's targets.
     pub retry_budget: crate::retry::RetryBudget,
 }
@@ -305,12 +307,20 @@ impl TargetGroup {
             let names: Vec<String> = targets.iter().map(|t| t.cfg.id.clone()).collect();
             Maglev::new(&names)
         });
+        let local = match (&cfg.local_zone, cfg.cross_zone) {
+            (Some(zone), false) => targets
+                .iter()
+                .map(|t| t.cfg.zone.as_deref() == Some(zone.as_str()))
+                .collect(),
+            _ => Vec::new(),
+        };
         TargetGroup {
             cfg,
             targets,
             draining: Mutex::new(draining),
             wrr: SmoothWrr::new(),
             maglev,
+            local,
             retry_budget: crate::retry::RetryBudget::default(),
         }
     }
@@ -322,13 +332,17 @@ impl TargetGroup {
 
     /// The targets a new request may use: the routable ones (or, failing open when none is
     /// routable, every registered target), less those outlier detection ejected and those of
-    /// weight 0, whatever the algorithm.
+    /// weight 0, whatever the algorithm; with cross-zone off, only those in the local zone
+    /// while any of them is usable.
     fn usable(&self) -> impl Fn(usize) -> bool + '_ {
         let fail_open = !self.any_routable();
-        move |i| {
+        let base = move |i: usize| {
             let t = &self.targets[i];
             (fail_open || t.state().routable()) && !t.is_ejected() && t.cfg.weight > 0
-        }
+        };
+        let zoned =
+            !self.local.is_empty() && (0..self.targets.len()).any(|i| self.local[i] && base(i));
+        move |i| base(i) && (!zoned || self.local[i])
     }
 
     /// Records the outcome of one exchange with `t` for outlier ejection: `failed` for a 5xx
@@ -503,6 +517,8 @@ mod tests {
                 ejection_time: Duration::from_secs(30),
                 max_ejection_percent: 50,
             },
+            cross_zone: true,
+            local_zone: None,
         }
     }
 
@@ -523,6 +539,37 @@ mod tests {
         assert_eq!(g.host_counts(), (1, 0));
         g.targets[0].record_check(Outcome::Failed);
         assert_eq!(g.host_counts(), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn cross_zone_off_prefers_the_local_zone_while_it_has_a_usable_target() {
+        let mut cfg = tg(&[1, 2, 3], Algorithm::RoundRobin);
+        for (t, z) in cfg
+            .targets
+            .iter_mut()
+            .zip(["us-east-1a", "us-east-1b", "us-east-1a"])
+        {
+            t.zone = Some(z.into());
+        }
+        cfg.local_zone = Some("us-east-1a".into());
+        let spread = TargetGroup::build(cfg.clone(), None);
+        let picks: Vec<u16> = (0..3).map(|_| port(&spread.select(0).unwrap())).collect();
+        assert_eq!(picks, vec![1, 2, 3], "cross-zone on: every zone");
+        cfg.cross_zone = false;
+        let g = TargetGroup::build(cfg, None);
+        for t in &g.targets {
+            t.record_check(Outcome::Success);
+        }
+        let picks: Vec<u16> = (0..4).map(|_| port(&g.select(0).unwrap())).collect();
+        assert_eq!(picks, vec![1, 3, 1, 3], "only the local zone");
+        assert_eq!(g.preference(0).len(), 2);
+        g.targets[0].record_check(Outcome::Failed);
+        g.targets[2].record_check(Outcome::Failed);
+        assert_eq!(
+            port(&g.select(0).unwrap()),
+            2,
+            "no usable local target: the other zone"
+        );
     }
 
     #[tokio::test]
