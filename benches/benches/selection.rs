@@ -41,6 +41,8 @@ fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
         stickiness: None,
         proxy_protocol_v2: false,
         termination: causeway_config::common::Termination::NEVER,
+        cross_zone: true,
+        local_zone: None,
         outlier_detection: causeway_config::common::OutlierConfig {
             enabled: true,
             consecutive_failures: 5,
