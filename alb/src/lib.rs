@@ -21,9 +21,8 @@ use std::net::SocketAddr;
 #[derive(Debug)]
 pub struct Alb;
 
-/// What the alb derives from its config at load: one router per listener, and the sticky
-/// cookie key.
-#[derive(Debug)]
+/// What the alb derives from its config at load: one router per listener, the sticky cookie
+/// key, and the HTTPS listeners' TLS acceptors.
 pub struct Routers {
     routers: Vec<(SocketAddr, route::Router)>,
     pub sticky_key: sticky::StickyKey,
@@ -32,9 +31,22 @@ pub struct Routers {
     /// Metric handles by target group, and for the alb's own responses.
     pub group_metrics: std::collections::HashMap<String, logging::GroupMetrics>,
     pub elb_metrics: logging::ElbMetrics,
+    /// TLS acceptors of the HTTPS listeners.
+    tls: Vec<(SocketAddr, tokio_rustls::TlsAcceptor)>,
 }
 
 impl Routers {
+    /// The TLS acceptor of the HTTPS listener bound at `local`, if it is one.
+    pub fn tls(&self, local: SocketAddr) -> Option<tokio_rustls::TlsAcceptor> {
+        if self.tls.is_empty() {
+            return None;
+        }
+        self.tls
+            .iter()
+            .find(|(a, _)| *a == local)
+            .map(|(_, t)| t.clone())
+    }
+
     /// The router of the listener bound at `local`.
     pub fn router(&self, local: SocketAddr) -> Option<&route::Router> {
         self.routers
@@ -42,6 +54,15 @@ impl Routers {
             .find(|(a, _)| *a == local)
             .or_else(|| self.routers.iter().find(|(a, _)| a.port() == local.port()))
             .map(|(_, r)| r)
+    }
+}
+
+impl std::fmt::Debug for Routers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routers")
+            .field("listeners", &self.routers.len())
+            .field("tls_listeners", &self.tls.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,7 +81,16 @@ impl Plane for Alb {
                     .map_err(|e| format!("cannot open access log {}: {e}", p.display()))?,
             ),
         };
+        let mut tls = Vec::new();
+        for l in &cfg.listeners {
+            if let Some(settings) = &l.tls {
+                let sc = causeway_dataplane::tls::server_config(settings, &[b"http/1.1"])
+                    .map_err(|e| format!("listener {}: {e}", l.address))?;
+                tls.push((l.address, tokio_rustls::TlsAcceptor::from(sc)));
+            }
+        }
         Ok(Routers {
+            tls,
             routers: cfg
                 .listeners
                 .iter()

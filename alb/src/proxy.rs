@@ -5,7 +5,7 @@
 //! fixed-response) → `upstream_peer` + `upstream_request` → `response_filter` → `logging`.
 
 use crate::action::{self, RedirectInput};
-use crate::client::Client;
+use crate::client::{Client, ClientStream};
 use crate::error::ProxyError;
 use crate::request_filter::{self, Prepared};
 use crate::route::{host_without_port, split_target, RequestView};
@@ -32,6 +32,17 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Alb>) {
     metrics::counter!("causeway_alb_new_connection_count").increment(1);
     let active = metrics::gauge!("causeway_alb_active_connection_count");
     active.increment(1.0);
+    let tls = {
+        let snap = snaps.load();
+        snap.compiled.tls(client.local)
+    };
+    if let Some(acceptor) = tls {
+        // HTTPS: the handshake, then the same engine over TLS. Boxed, so a cleartext
+        // connection's task stays small.
+        Box::pin(serve_tls(client, acceptor, &snaps)).await;
+        active.decrement(1.0);
+        return;
+    }
     let opened = Instant::now();
     loop {
         if client.buf.is_empty() {
@@ -56,6 +67,47 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Alb>) {
         tracing::debug!(error = %e, "client shutdown");
     }
     active.decrement(1.0);
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An HTTPS listener's connection: the handshake (certificate by SNI, AWS's policy), then the
+/// same HTTP/1.1 engine as cleartext, over TLS.
+async fn serve_tls(client: Client, acceptor: tokio_rustls::TlsAcceptor, snaps: &Snapshots<Alb>) {
+    let Client {
+        stream,
+        peer,
+        local,
+        shutdown,
+        ..
+    } = client;
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            metrics::counter!("causeway_alb_client_tls_negotiation_error_count").increment(1);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("causeway_alb_client_tls_negotiation_error_count").increment(1);
+            return;
+        }
+    };
+    let mut client = Client::over(tls, peer, local, shutdown, true);
+    let opened = Instant::now();
+    loop {
+        let snap = snaps.load();
+        let Some(router) = snap.compiled.router(client.local) else {
+            break;
+        };
+        if !Box::pin(serve_request(&mut client, &snap, router, opened)).await {
+            break;
+        }
+    }
+    if let Err(e) = client.stream.shutdown().await {
+        tracing::debug!(error = %e, "client shutdown");
+    }
 }
 
 /// Counts a new connection against its listener's caps; `Err` means it was refused (and reset).
@@ -90,8 +142,8 @@ fn admit(conn: &Client, snaps: &Snapshots<Alb>) -> Result<Option<Box<Slot>>, ()>
 
 /// Serves the request at the front of the client's buffer, calling the phases in order.
 /// Returns whether the connection stays open for another request.
-async fn serve_request(
-    client: &mut Client,
+async fn serve_request<S: ClientStream>(
+    client: &mut Client<S>,
     snap: &Arc<Snapshot<Alb>>,
     router: &crate::route::Router,
     opened: Instant,
@@ -232,7 +284,7 @@ async fn serve_request(
         Action::Redirect(r) => {
             let (path, query) = split_target(head.target(&client.buf));
             let input = RedirectInput {
-                protocol: "http",
+                protocol: client.scheme(),
                 host: head
                     .header(&client.buf, "host")
                     .map(host_without_port)
@@ -309,7 +361,7 @@ async fn serve_request(
 
 /// Whether a request body is still unread (a local answer then closes the connection rather
 /// than reading a body nobody wants).
-fn body_left(client: &Client, head: &RequestHead, req: &Prepared) -> bool {
+fn body_left<S: ClientStream>(client: &Client<S>, head: &RequestHead, req: &Prepared) -> bool {
     match req.framing {
         Framing::None | Framing::Close => false,
         Framing::Length(n) => (client.buf.len() - head.len) as u64 != n,
@@ -318,8 +370,8 @@ fn body_left(client: &Client, head: &RequestHead, req: &Prepared) -> bool {
 }
 
 /// Writes a locally generated response and consumes the request.
-async fn finish_local(
-    client: &mut Client,
+async fn finish_local<S: ClientStream>(
+    client: &mut Client<S>,
     head: &RequestHead,
     req: &Prepared,
     response: &[u8],
@@ -341,7 +393,7 @@ async fn finish_local(
 }
 
 /// Answers an error with its status (if it has one); the connection then closes.
-async fn refuse(client: &mut Client, e: ProxyError) {
+async fn refuse<S: ClientStream>(client: &mut Client<S>, e: ProxyError) {
     let Some(status) = e.status() else { return };
     tracing::debug!(peer = %client.peer, error = %e, status, "refusing request");
     let mut out = Vec::new();

@@ -4,7 +4,7 @@
 
 use crate::error::ProxyError;
 use causeway_config::alb::{DesyncMode, LoadBalancerAttributes};
-use causeway_dataplane::client::{self, Client, ReadHeadError};
+use causeway_dataplane::client::{self, Client, ClientStream, ReadHeadError};
 use causeway_dataplane::desync::{self, Classification, Mode, Verdict};
 use causeway_dataplane::http1::{Framing, Limits, RequestHead};
 use std::time::Duration;
@@ -34,8 +34,8 @@ fn mode(m: DesyncMode) -> Mode {
 
 /// Reads the next request head. `Ok(None)`: the client closed, or idled past the keep-alive
 /// idle timeout, between requests.
-pub async fn read_head(
-    client: &mut Client,
+pub async fn read_head<S: ClientStream>(
+    client: &mut Client<S>,
     head: &mut RequestHead,
     lb: &LoadBalancerAttributes,
 ) -> Result<Option<()>, ProxyError> {
@@ -55,8 +55,8 @@ pub async fn read_head(
 }
 
 /// Classifies and checks a parsed head.
-pub fn prepare(
-    client: &Client,
+pub fn prepare<S: ClientStream>(
+    client: &Client<S>,
     head: &RequestHead,
     lb: &LoadBalancerAttributes,
 ) -> Result<Prepared, ProxyError> {

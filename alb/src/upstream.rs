@@ -4,7 +4,7 @@
 //! A connect failure is retried on another target; a failure after sending only for an
 //! idempotent request whose body we still hold, and never once a response byte went out.
 
-use crate::client::{write_joined, Client};
+use crate::client::{write_joined, Client, ClientStream};
 use crate::error::ProxyError;
 use crate::request_filter::{Prepared, BODY_IDLE};
 use crate::response_filter;
@@ -169,12 +169,12 @@ pub fn upstream_peer(
 
 /// Writes the request head the target gets: hop-by-hop headers (and those the Connection
 /// header names) dropped, Host as the attributes say, X-Forwarded-For/Proto/Port set.
-pub fn build_request_head(
+pub fn build_request_head<S: ClientStream>(
     out: &mut Vec<u8>,
     buf: &[u8],
     head: &RequestHead,
     req: &Prepared,
-    client: &Client,
+    client: &Client<S>,
     lb: &LoadBalancerAttributes,
 ) {
     out.clear();
@@ -237,7 +237,9 @@ pub fn build_request_head(
             out.extend_from_slice(b"\r\n");
         }
     }
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: ");
+    out.extend_from_slice(b"X-Forwarded-Proto: ");
+    out.extend_from_slice(client.scheme().as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     out.extend_from_slice(crate::action::itoa(port as u64).as_bytes());
     out.extend_from_slice(b"\r\n");
     if req.framing == Framing::Chunked {
@@ -302,8 +304,8 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
 /// Forwards the request at the start of `client.buf` and relays the response. On success the
 /// request's bytes have been consumed from `client.buf`.
 #[allow(clippy::too_many_arguments)]
-pub async fn forward(
-    client: &mut Client,
+pub async fn forward<S: ClientStream>(
+    client: &mut Client<S>,
     head: &RequestHead,
     req: &Prepared,
     group: &TargetGroup,
@@ -453,8 +455,8 @@ struct Sent {
 /// Sends the rest of the body if needed, reads the response head, and relays the response.
 /// Returns the upstream connection when it can be reused.
 #[allow(clippy::too_many_arguments)]
-async fn exchange(
-    client: &mut Client,
+async fn exchange<S: ClientStream>(
+    client: &mut Client<S>,
     mut up: TcpStream,
     mut sent: Sent,
     req: &Prepared,
@@ -604,8 +606,8 @@ async fn exchange(
 
 /// The body of a response past what was read with its head. Returns whether the upstream
 /// connection ended cleanly at the body's end (so it can be reused), and the bytes relayed.
-async fn relay_response_body(
-    client: &mut Client,
+async fn relay_response_body<S: ClientStream>(
+    client: &mut Client<S>,
     up: &mut TcpStream,
     ubuf: &mut Vec<u8>,
     framing: Framing,
@@ -656,8 +658,8 @@ async fn relay_response_body(
 }
 
 /// The request body past what was buffered with its head, streamed from client to target.
-async fn stream_request_body(
-    client: &mut Client,
+async fn stream_request_body<S: ClientStream>(
+    client: &mut Client<S>,
     up: &mut TcpStream,
     framing: Framing,
     mut remaining: u64,
@@ -695,8 +697,8 @@ async fn stream_request_body(
 }
 
 /// After a 101: relay the response head and everything after, both ways, until both close.
-async fn tunnel(
-    client: &mut Client,
+async fn tunnel<S: ClientStream>(
+    client: &mut Client<S>,
     up: &mut TcpStream,
     ubuf: &mut [u8],
     target: &Target,

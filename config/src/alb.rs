@@ -211,6 +211,9 @@ pub struct FileListener {
     /// Ours: connection caps (0 = none).
     pub max_connections: Option<i64>,
     pub max_connections_per_source: Option<i64>,
+    pub ssl_policy: Option<String>,
+    #[serde(default)]
+    pub certificates: Vec<crate::tls::FileCertificate>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +299,8 @@ pub struct Listener {
     pub max_connections: u32,
     /// Open connections per source IP at most (0 = no limit).
     pub max_connections_per_source: u32,
+    /// HTTPS listeners: certificates and policy.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// A listener rule: every condition must match.
@@ -701,11 +706,28 @@ impl ConfigFile for FileAlb {
         for (i, l) in self.listeners.into_iter().enumerate() {
             let path = format!("listeners[{i}]");
             let address = unique_address(&mut seen, &format!("{path}.address"), &l.address)?;
-            one_of(
+            let protocol = one_of(
                 &format!("{path}.protocol"),
                 l.protocol.as_deref().unwrap_or("HTTP"),
-                &["HTTP"],
+                &["HTTP", "HTTPS"],
             )?;
+            let tls = if protocol == "HTTPS" {
+                Some(crate::tls::validate(
+                    &path,
+                    l.ssl_policy.as_deref(),
+                    l.certificates,
+                    cx,
+                )?)
+            } else {
+                if l.ssl_policy.is_some() || !l.certificates.is_empty() {
+                    return Err(Violation::new(
+                        format!("{path}.certificates"),
+                        "only an HTTPS listener takes ssl_policy and certificates",
+                    )
+                    .into());
+                }
+                None
+            };
             let default_action = l
                 .default_action
                 .validate(&format!("{path}.default_action"), &target_groups)?;
@@ -731,6 +753,7 @@ impl ConfigFile for FileAlb {
             };
             listeners.push(Listener {
                 address,
+                tls,
                 default_action,
                 rules,
                 max_connections: cap("max_connections", l.max_connections)?,

@@ -38,44 +38,76 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 /// Bytes read at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// A read buffer from the per-thread cache, given back when dropped.
+#[derive(Debug, Default)]
+pub struct PooledBuf(pub Vec<u8>);
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        buffers::give(std::mem::take(&mut self.0));
+    }
+}
+
+impl std::ops::Deref for PooledBuf {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+/// A client connection. It has no `Drop` of its own (its buffer returns itself), so it can be
+/// taken apart, e.g. to run TLS over its socket.
 #[derive(Debug)]
 pub struct Client<S = TcpStream> {
     pub stream: S,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// Bytes read and not yet consumed.
-    pub buf: Vec<u8>,
+    pub buf: PooledBuf,
     pub shutdown: watch::Receiver<bool>,
     pub requests: u64,
-}
-
-impl<S> Drop for Client<S> {
-    fn drop(&mut self) {
-        buffers::give(std::mem::take(&mut self.buf));
-    }
+    /// Whether the client reached us over TLS.
+    pub tls: bool,
 }
 
 impl Client {
     pub fn new(conn: Conn) -> Client {
-        Client::over(conn.stream, conn.peer, conn.local, conn.shutdown)
+        Client::over(conn.stream, conn.peer, conn.local, conn.shutdown, false)
     }
 }
 
 impl<S: ClientStream> Client<S> {
-    /// A client on `stream` (e.g. after a TLS handshake).
+    /// A client on `stream` (`tls`: after a TLS handshake).
     pub fn over(
         stream: S,
         peer: SocketAddr,
         local: SocketAddr,
         shutdown: watch::Receiver<bool>,
+        tls: bool,
     ) -> Client<S> {
         Client {
             stream,
             peer,
             local,
-            buf: Vec::new(),
+            buf: PooledBuf::default(),
             shutdown,
             requests: 0,
+            tls,
+        }
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
         }
     }
 
@@ -87,18 +119,18 @@ impl<S: ClientStream> Client<S> {
     /// Reads more bytes onto the end of the buffer; 0 means EOF.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
         if self.buf.capacity() == 0 {
-            self.buf = buffers::take();
+            self.buf.0 = buffers::take();
         } else if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
-        self.stream.read_buf(&mut self.buf).await
+        self.stream.read_buf(&mut self.buf.0).await
     }
 
     /// Drops the first `n` bytes (a finished request); gives the buffer back when nothing is
     /// left.
     pub fn consume(&mut self, n: usize) {
         if n >= self.buf.len() {
-            buffers::give(std::mem::take(&mut self.buf));
+            buffers::give(std::mem::take(&mut self.buf.0));
         } else {
             self.buf.drain(..n);
         }

@@ -80,7 +80,7 @@ async fn serve_tls(conn: Conn, acceptor: tokio_rustls::TlsAcceptor, snaps: Snaps
     };
     if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
         // HTTP/1.1 over TLS takes the same reader and smuggling checks as cleartext.
-        let client = Client::over(tls, conn.peer, conn.local, conn.shutdown);
+        let client = Client::over(tls, conn.peer, conn.local, conn.shutdown, true);
         return serve_http1(client, "https", &snaps).await;
     }
     // HTTP/3 listens on the same port over UDP.

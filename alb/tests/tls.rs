@@ -1,0 +1,161 @@
+//! HTTPS listeners: certificates chosen by SNI (with a default), AWS's TLS policies, and the
+//! same HTTP/1.1 engine over TLS (X-Forwarded-Proto, redirects, desync mitigation). The client
+//! is curl, trusting the test CA.
+
+use causeway_alb::Alb;
+use causeway_config::alb::FileAlb;
+use causeway_config::{parse, Context};
+use causeway_dataplane::check::NetProber;
+use causeway_dataplane::Server;
+use causeway_testkit::{free_port, Origin};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+fn cert(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testkit/certs")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+async fn start(origin: &Origin, policy: &str, extra_rules: &str) -> (Arc<Server<Alb>>, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let certs = ["default.example.test", "a.example.test", "b.example.test"]
+        .iter()
+        .map(|n| {
+            format!(
+                "{{ certificate_file = \"{}\", private_key_file = \"{}\" }}",
+                cert(&format!("{n}.pem")),
+                cert(&format!("{n}.key"))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        r#"
+[admin]
+address = "127.0.0.1:{admin}"
+[[listeners]]
+address = "{addr}"
+protocol = "HTTPS"
+ssl_policy = "{policy}"
+certificates = [{certs}]
+default_action = {{ type = "forward", target_group = "web" }}
+{extra_rules}
+[target_groups.web]
+targets = [{{ address = "{origin}" }}]
+health_check.interval_seconds = 300
+"#,
+        admin = free_port(),
+        origin = origin.addr()
+    );
+    let cfg = parse::<FileAlb>("alb.toml", &text, &Context { dir: ".".into() })
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    (server, addr)
+}
+
+async fn curl(addr: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (String, String) {
+    let mut args: Vec<String> = vec![
+        "-s".into(),
+        "-i".into(),
+        "-v".into(),
+        "--max-time".into(),
+        "10".into(),
+        "--cacert".into(),
+        cert("ca.pem"),
+        "--resolve".into(),
+        format!("{host}:{}:127.0.0.1", addr.port()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(format!("https://{host}:{}{path}", addr.port()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(&args).output()
+    })
+    .await
+    .unwrap()
+    .expect("curl runs");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn https_listener_picks_certificates_by_sni_and_forwards_with_proto_https() {
+    let o = Origin::builder().name("web-1").start().await;
+    let redirect = r#"
+[[listeners.rules]]
+priority = 1
+conditions = [{ field = "path-pattern", values = ["/old"] }]
+action = { type = "redirect", status_code = "HTTP_301", path = "/new" }
+"#;
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", redirect).await;
+    let (out, err) = curl(addr, "a.example.test", "/x", &[]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    assert!(err.contains("subject: CN=a.example.test"), "{err}");
+    assert!(out.ends_with("origin web-1 /x\n"), "{out}");
+    let seen = o.seen();
+    assert_eq!(seen[0].header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        seen[0].header("x-forwarded-port"),
+        Some(addr.port().to_string().as_str())
+    );
+    let (_, err) = curl(addr, "www.b.example.test", "/x", &[]).await;
+    assert!(
+        err.contains("subject: CN=b.example.test"),
+        "wildcard: {err}"
+    );
+    let (_, err) = curl(addr, "unknown.example.test", "/x", &["-k"]).await;
+    assert!(
+        err.contains("subject: CN=default.example.test"),
+        "default: {err}"
+    );
+    // #{protocol} is https on this listener.
+    let (out, _) = curl(addr, "a.example.test", "/old", &[]).await;
+    assert!(out.starts_with("HTTP/1.1 301"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains(&format!(
+            "location: https://a.example.test:{}/new",
+            addr.port()
+        )),
+        "{out}"
+    );
+    // Keep-alive over TLS: two requests on one connection.
+    let url = format!("https://a.example.test:{}/y", addr.port());
+    let (out, _) = curl(addr, "a.example.test", "/y", &[url.as_str()]).await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+}
+
+#[tokio::test]
+async fn desync_mitigation_and_policies_hold_over_tls() {
+    let o = Origin::start().await;
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-3-2021-06", "").await;
+    let (out, err) = curl(addr, "a.example.test", "/", &["--tls-max", "1.2"]).await;
+    assert!(out.is_empty(), "TLS 1.2 refused: {out}\n{err}");
+    let (out, err) = curl(addr, "a.example.test", "/", &[]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    assert!(err.contains("TLSv1.3"), "{err}");
+    let (out, _) = curl(
+        addr,
+        "a.example.test",
+        "/smuggle",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Content-Length: 3",
+            "--data-binary",
+            "abc",
+        ],
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(o.hits("/smuggle"), 0);
+}
