@@ -64,7 +64,7 @@ python3 benches/reliability/reload_under_load.py --bin-dir target/debug --second
 step "fuzz every parser target for 15 s (cargo-fuzz, libFuzzer)"
 bash scripts/fuzz.sh 15
 
-step "cargo bench --no-run"
-cargo bench --workspace --locked --no-run
+step "cargo bench --no-run (the criterion benches and the h3load client)"
+cargo bench -p causeway-benches --locked --no-run
 
 step "all checks passed"
