@@ -20,6 +20,8 @@ pub struct Counters {
 pub struct Sample {
     pub planes: Vec<(String, Result<serde_json::Value, String>)>,
     pub counters: Counters,
+    /// The edge's cache hit ratio (0..=1), by plane.
+    pub hit_ratio: BTreeMap<String, f64>,
 }
 
 /// A GET through the whole pipeline (edge → nlb → alb → origin): the status line and the
@@ -87,8 +89,15 @@ pub async fn collect(planes: &[(&str, &str)]) -> Sample {
             .and_then(|b| serde_json::from_str(&b).map_err(|e| e.to_string()));
         if let Ok(m) = get(admin, "/metrics").await {
             let total = metric_sum(&m, "causeway_alb_request_count")
-                + metric_sum(&m, "causeway_nlb_new_flow_count");
+                + metric_sum(&m, "causeway_nlb_new_flow_count")
+                + metric_sum(&m, "causeway_edge_requests_total");
             s.counters.values.insert((*name).to_owned(), total);
+            if m.lines().any(|l| l.starts_with("causeway_edge_hit_ratio ")) {
+                s.hit_ratio.insert(
+                    (*name).to_owned(),
+                    metric_sum(&m, "causeway_edge_hit_ratio"),
+                );
+            }
         }
         s.planes.push(((*name).to_owned(), status));
     }
@@ -120,7 +129,14 @@ pub fn render(now: &Sample, last: &Counters) -> String {
                 let _ = write!(out, "{name:<11} gen {generation:<3} {rate:>7}  ");
                 let groups = v["target_groups"].as_object().cloned().unwrap_or_default();
                 if groups.is_empty() {
-                    let _ = write!(out, "(no target groups)");
+                    match now.hit_ratio.get(name) {
+                        Some(r) => {
+                            let _ = write!(out, "cache hit ratio {:.0}%", r * 100.0);
+                        }
+                        None => {
+                            let _ = write!(out, "(no target groups)");
+                        }
+                    }
                 }
                 for (g, body) in groups {
                     let _ = write!(out, "{g}:");
@@ -166,15 +182,18 @@ mod tests {
             planes: vec![
                 ("alb".into(), Ok(status)),
                 ("edge".into(), Err("refused".into())),
+                ("edge-2".into(), Ok(serde_json::json!({ "generation": 1 }))),
             ],
             counters: Counters {
                 at: Some(t0 + Duration::from_secs(2)),
                 values: [("alb".to_owned(), 300.0)].into(),
             },
+            hit_ratio: [("edge-2".to_owned(), 0.875)].into(),
         };
         let text = render(&now, &last);
         assert!(text.contains("gen 2") && text.contains("100/s"), "{text}");
         assert!(text.contains("9001=healthy 9002=unhealthy"), "{text}");
         assert!(text.contains("edge        down (refused)"), "{text}");
+        assert!(text.contains("cache hit ratio 88%"), "{text}");
     }
 }
