@@ -7,18 +7,11 @@ use causeway_config::alb::FileAlb;
 use causeway_config::{parse, Context};
 use causeway_dataplane::check::NetProber;
 use causeway_dataplane::Server;
+use causeway_testkit::tls::{cert, curl};
 use causeway_testkit::{free_port, Origin};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-
-fn cert(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testkit/certs")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 async fn start(origin: &Origin, policy: &str, extra_rules: &str) -> (Arc<Server<Alb>>, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -57,32 +50,6 @@ health_check.interval_seconds = 300
         .await
         .unwrap();
     (server, addr)
-}
-
-async fn curl(addr: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (String, String) {
-    let mut args: Vec<String> = vec![
-        "-s".into(),
-        "-i".into(),
-        "-v".into(),
-        "--max-time".into(),
-        "10".into(),
-        "--cacert".into(),
-        cert("ca.pem"),
-        "--resolve".into(),
-        format!("{host}:{}:127.0.0.1", addr.port()),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(format!("https://{host}:{}{path}", addr.port()));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl").args(&args).output()
-    })
-    .await
-    .unwrap()
-    .expect("curl runs");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

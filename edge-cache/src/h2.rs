@@ -94,16 +94,7 @@ async fn handle(
     let snap = snaps.load();
     let request = match to_request(req, scheme).await {
         Ok(r) => r,
-        Err((status, why)) => {
-            let reply = Reply::local(
-                status,
-                &[],
-                "text/plain",
-                &format!("{why}\n"),
-                crate::respond::EdgeResult::Error,
-            );
-            return to_response(reply, false, alt_svc);
-        }
+        Err((status, why)) => return to_response(Reply::refusal(status, why), false, alt_svc),
     };
     let (reply, detail) = proxy::pipeline(&snap, &request, peer).await;
     let head_only = request.method == "HEAD";
@@ -115,7 +106,7 @@ async fn handle(
         &snap,
         peer,
         &request,
-        &reply,
+        reply.served(),
         bytes,
         detail,
         received,

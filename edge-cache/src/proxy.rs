@@ -12,7 +12,7 @@ use crate::compress::{self, Coding};
 use crate::message::{all, get, Fields, Request};
 use crate::origin::{self, Body, Fetched, OriginError};
 use crate::request_filter::{self, Decision, UNKEYED_FORWARDING};
-use crate::respond::{self, EdgeResult, Head, Reply, ReplyBody};
+use crate::respond::{self, EdgeResult, Head, Reply, ReplyBody, Served};
 use crate::store::{Object, Reuse};
 use crate::{cache_key, invalidate, logging, wire, Edge};
 use bytes::Bytes;
@@ -175,7 +175,7 @@ async fn serve_request<S: ClientStream>(
         &snap,
         client.peer,
         &req,
-        &reply,
+        reply.served(),
         bytes,
         detail,
         received,
@@ -190,7 +190,7 @@ pub fn log_request(
     snap: &Snapshot<Edge>,
     peer: SocketAddr,
     req: &Request,
-    reply: &Reply,
+    reply: Served,
     bytes: u64,
     detail: &str,
     received: Instant,
@@ -217,13 +217,7 @@ pub fn log_request(
 /// Answers a refused request and closes.
 async fn refuse<S: ClientStream>(client: &mut Client<S>, status: u16, why: &'static str) {
     tracing::debug!(peer = %client.peer, status, why, "refusing request");
-    let mut r = Reply::local(
-        status,
-        &[],
-        "text/plain",
-        &format!("{why}\n"),
-        EdgeResult::Error,
-    );
+    let mut r = Reply::refusal(status, why);
     logging::metrics().served(EdgeResult::Error, 0, false);
     if let Err(e) = wire::write_reply(client, &mut r, false, true, None).await {
         tracing::debug!(error = %e, "writing refusal");

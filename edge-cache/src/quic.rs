@@ -182,35 +182,20 @@ async fn serve_request(
     let request = match parsed {
         Ok(r) => r,
         Err((status, why)) => {
-            let reply = Reply::local(
-                status,
-                &[],
-                "text/plain",
-                &format!("{why}\n"),
-                crate::respond::EdgeResult::Error,
-            );
-            return send(&mut stream, reply, false).await.map(drop);
+            return send(&mut stream, Reply::refusal(status, why), false)
+                .await
+                .map(drop)
         }
     };
     let (reply, detail) = proxy::pipeline(&snap, &request, peer).await;
     let head_only = request.method == "HEAD";
-    let result = reply.result;
-    let status = reply.status;
-    let from_cache = reply.from_cache;
-    let log_reply = Reply {
-        status,
-        head: crate::respond::Head::Built(Vec::new()),
-        age: None,
-        result,
-        body: ReplyBody::Empty,
-        from_cache,
-    };
+    let served = reply.served();
     let bytes = send(&mut stream, reply, head_only).await?;
     proxy::log_request(
         &snap,
         peer,
         &request,
-        &log_reply,
+        served,
         bytes,
         detail,
         received,

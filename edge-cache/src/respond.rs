@@ -387,7 +387,35 @@ pub struct Reply {
     pub from_cache: bool,
 }
 
+/// What the logs need of a reply once its body is gone.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    pub status: u16,
+    pub result: EdgeResult,
+    pub from_cache: bool,
+}
+
 impl Reply {
+    /// What the logs need of this reply.
+    pub fn served(&self) -> Served {
+        Served {
+            status: self.status,
+            result: self.result,
+            from_cache: self.from_cache,
+        }
+    }
+
+    /// A refused request's answer: the status and the reason as text.
+    pub fn refusal(status: u16, why: &str) -> Reply {
+        Reply::local(
+            status,
+            &[],
+            "text/plain",
+            &format!("{why}\n"),
+            EdgeResult::Error,
+        )
+    }
+
     /// A short local answer (errors, redirects, purge results).
     pub fn local(
         status: u16,

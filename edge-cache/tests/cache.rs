@@ -8,6 +8,7 @@ use causeway_dataplane::check::NetProber;
 use causeway_dataplane::Server;
 use causeway_edge::Edge;
 use causeway_testkit::raw::{self, RawResponse};
+use causeway_testkit::tls::{cert, curl};
 use causeway_testkit::{free_port, Origin};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -1168,11 +1169,6 @@ async fn the_access_log_records_the_edge_result_type() {
     let _ = std::fs::remove_file(&log);
 }
 
-fn cert(name: &str) -> String {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/certs");
-    dir.join(name).display().to_string()
-}
-
 /// Starts an edge with an HTTPS listener (certificates: default, a, *.b) and returns its
 /// address too.
 async fn start_tls(o: &Origin, policy: &str) -> (Edge1, SocketAddr) {
@@ -1194,43 +1190,16 @@ async fn start_tls(o: &Origin, policy: &str) -> (Edge1, SocketAddr) {
     (start_with(o.addr(), "", &extra).await, tls_addr)
 }
 
-/// curl over TLS to `host` (resolved to the edge), trusting the test CA: (stdout, stderr).
-async fn curl_tls(addr: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (String, String) {
-    let mut args: Vec<String> = vec![
-        "-s".into(),
-        "-i".into(),
-        "-v".into(),
-        "--max-time".into(),
-        "10".into(),
-        "--cacert".into(),
-        cert("ca.pem"),
-        "--resolve".into(),
-        format!("{host}:{}:127.0.0.1", addr.port()),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(format!("https://{host}:{}{path}", addr.port()));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl").args(&args).output()
-    })
-    .await
-    .unwrap()
-    .expect("curl runs");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn https_chooses_the_certificate_by_sni_and_serves_h2_and_http1_from_the_cache() {
     let o = Origin::start().await;
     o.set_headers("/tls", &[("cache-control", "max-age=60")]);
     let (_e, addr) = start_tls(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06").await;
-    let (out, err) = curl_tls(addr, "a.example.test", "/tls", &[]).await;
+    let (out, err) = curl(addr, "a.example.test", "/tls", &[]).await;
     assert!(out.starts_with("HTTP/2 200"), "{out}\n{err}");
     assert!(err.contains("subject: CN=a.example.test"), "{err}");
     assert!(out.contains("x-cache: Miss from causeway"), "{out}");
-    let (out, err) = curl_tls(addr, "www.b.example.test", "/tls", &["--http1.1"]).await;
+    let (out, err) = curl(addr, "www.b.example.test", "/tls", &["--http1.1"]).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
     assert!(
         err.contains("subject: CN=b.example.test"),
@@ -1240,10 +1209,10 @@ async fn https_chooses_the_certificate_by_sni_and_serves_h2_and_http1_from_the_c
         out.contains("x-cache: Miss from causeway"),
         "another host, another key: {out}"
     );
-    let (out, _) = curl_tls(addr, "a.example.test", "/tls", &["--http1.1"]).await;
+    let (out, _) = curl(addr, "a.example.test", "/tls", &["--http1.1"]).await;
     assert!(out.contains("x-cache: Hit from causeway"), "{out}");
     // An unknown name gets the default certificate (which the client then refuses).
-    let (_, err) = curl_tls(addr, "other.example.test", "/tls", &["-k"]).await;
+    let (_, err) = curl(addr, "other.example.test", "/tls", &["-k"]).await;
     assert!(err.contains("subject: CN=default.example.test"), "{err}");
     assert_eq!(
         o.hits("/tls"),
@@ -1258,10 +1227,10 @@ async fn https_chooses_the_certificate_by_sni_and_serves_h2_and_http1_from_the_c
 async fn the_tls13_only_policy_refuses_tls12() {
     let o = Origin::start().await;
     let (_e, addr) = start_tls(&o, "ELBSecurityPolicy-TLS13-1-3-2021-06").await;
-    let (out, err) = curl_tls(addr, "a.example.test", "/", &["--tls-max", "1.2"]).await;
+    let (out, err) = curl(addr, "a.example.test", "/", &["--tls-max", "1.2"]).await;
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("alert") || err.contains("error"), "{err}");
-    let (out, err) = curl_tls(addr, "a.example.test", "/", &[]).await;
+    let (out, err) = curl(addr, "a.example.test", "/", &[]).await;
     assert!(out.starts_with("HTTP/2 200"), "{out}\n{err}");
     assert!(err.contains("TLSv1.3"), "{err}");
 }
@@ -1279,7 +1248,7 @@ async fn h3_hits_on_the_https_port_advertised_by_alt_svc() {
     );
     let (_e, addr) = start_tls(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06").await;
     // The TCP side advertises HTTP/3 on the same port.
-    let (out, err) = curl_tls(addr, "a.example.test", "/h3", &[]).await;
+    let (out, err) = curl(addr, "a.example.test", "/h3", &[]).await;
     let alt = format!("alt-svc: h3=\":{}\"; ma=86400", addr.port());
     assert!(out.contains(&alt), "{out}\n{err}");
     // The supervisor binds UDP shortly after start; a bounded wait for it.
@@ -1456,12 +1425,12 @@ async fn h2_urls_longer_than_8192_bytes_get_414() {
 async fn http1_over_tls_gets_the_same_smuggling_checks_and_alt_svc() {
     let o = Origin::start().await;
     let (_e, addr) = start_tls(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06").await;
-    let (out, err) = curl_tls(addr, "a.example.test", "/x", &["--http1.1"]).await;
+    let (out, err) = curl(addr, "a.example.test", "/x", &["--http1.1"]).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
     let alt = format!("alt-svc: h3=\":{}\"; ma=86400", addr.port());
     assert!(out.contains(&alt), "{out}");
     // CL + TE over TLS: AWS's classifier refuses it as in cleartext.
-    let (out, _) = curl_tls(
+    let (out, _) = curl(
         addr,
         "a.example.test",
         "/smuggle",

@@ -7,6 +7,7 @@ pub mod moto;
 pub mod origin;
 pub mod process;
 pub mod raw;
+pub mod tls;
 
 pub use origin::{Origin, Seen};
 

@@ -1,0 +1,42 @@
+//! TLS test helpers: the test certificates in `testkit/certs`, and curl over TLS (a real
+//! client) to a loopback listener under a test name, trusting the test CA.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// A file in `testkit/certs` (e.g. `a.example.test.pem`, `ca.pem`), as a path string.
+pub fn cert(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("certs")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `curl -s -i -v` over TLS to `https://host:PORT/path`, with `host` resolved to `addr`:
+/// (stdout, stderr). `extra` are more curl arguments.
+pub async fn curl(addr: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (String, String) {
+    let mut args: Vec<String> = vec![
+        "-s".into(),
+        "-i".into(),
+        "-v".into(),
+        "--max-time".into(),
+        "10".into(),
+        "--cacert".into(),
+        cert("ca.pem"),
+        "--resolve".into(),
+        format!("{host}:{}:127.0.0.1", addr.port()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(format!("https://{host}:{}{path}", addr.port()));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(&args).output()
+    })
+    .await
+    .expect("curl task")
+    .expect("curl runs");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
