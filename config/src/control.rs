@@ -5,6 +5,7 @@ use crate::common::{AdminConfig, FileAdmin};
 use crate::error::{in_range, one_of, socket_addr};
 use crate::{ConfigFile, Context, Invalid, Violation};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +24,10 @@ pub struct FileControl {
     pub target_groups: Vec<FileMapping>,
     #[serde(default)]
     pub safety: FileSafety,
+    #[serde(default)]
+    pub lifecycle: FileLifecycle,
+    #[serde(default)]
+    pub reconcile: FileReconcile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,7 +58,8 @@ pub struct FileDataPlane {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileMapping {
-    pub auto_scaling_group: String,
+    pub auto_scaling_group: Option<String>,
+    pub tags: Option<BTreeMap<String, String>>,
     pub port: i64,
     pub data_plane: String,
     pub target_group: String,
@@ -63,6 +69,20 @@ pub struct FileMapping {
 #[serde(deny_unknown_fields)]
 pub struct FileSafety {
     pub max_removal_fraction: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLifecycle {
+    pub enabled: Option<bool>,
+    pub drain_timeout_seconds: Option<i64>,
+    pub heartbeat_interval_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReconcile {
+    pub debounce_seconds: Option<i64>,
 }
 
 /// Where targets come from.
@@ -87,9 +107,50 @@ pub struct DataPlane {
     pub pidfile: Option<PathBuf>,
 }
 
+/// Which Auto Scaling groups a mapping takes its instances from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Selector {
+    /// The group of this name.
+    Name(String),
+    /// Every group that carries all of these tags (key = value).
+    Tags(BTreeMap<String, String>),
+}
+
+impl Selector {
+    /// Whether a group with this name and these tags is selected.
+    pub fn selects(&self, name: &str, tags: &BTreeMap<String, String>) -> bool {
+        match self {
+            Selector::Name(n) => n == name,
+            Selector::Tags(want) => want.iter().all(|(k, v)| tags.get(k) == Some(v)),
+        }
+    }
+}
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Selector::Name(n) => f.write_str(n),
+            Selector::Tags(t) => {
+                let parts: Vec<String> = t.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "tags {}", parts.join(","))
+            }
+        }
+    }
+}
+
+/// Draining before scale-in, for groups with a Terminating lifecycle hook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lifecycle {
+    pub enabled: bool,
+    /// The longest control waits for a terminating instance's in-flight work.
+    pub drain_timeout: Duration,
+    /// Heartbeats on long drains; `None`: a third of the hook's heartbeat timeout.
+    pub heartbeat_interval: Option<Duration>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapping {
-    pub auto_scaling_group: String,
+    pub auto_scaling_group: Selector,
     pub port: u16,
     pub data_plane: String,
     pub target_group: String,
@@ -103,6 +164,9 @@ pub struct ControlConfig {
     pub data_planes: Vec<DataPlane>,
     pub target_groups: Vec<Mapping>,
     pub max_removal_fraction: f64,
+    pub lifecycle: Lifecycle,
+    /// How long a changed discovery result must stay the same before `run` applies it.
+    pub debounce: Duration,
 }
 
 impl ConfigFile for FileControl {
@@ -170,24 +234,62 @@ impl ConfigFile for FileControl {
                 )
                 .into());
             }
-            if let Provider::Aws {
-                auto_scaling_groups,
-                ..
-            } = &provider
-            {
-                if !auto_scaling_groups.is_empty()
-                    && !auto_scaling_groups.contains(&m.auto_scaling_group)
-                {
+            let selector = match (m.auto_scaling_group, m.tags) {
+                (Some(name), None) => {
+                    if let Provider::Aws {
+                        auto_scaling_groups,
+                        ..
+                    } = &provider
+                    {
+                        if !auto_scaling_groups.is_empty() && !auto_scaling_groups.contains(&name) {
+                            return Err(Violation::new(
+                                format!("{p}.auto_scaling_group"),
+                                format!("\"{name}\" is not in aws.auto_scaling_groups"),
+                            )
+                            .into());
+                        }
+                    }
+                    Selector::Name(name)
+                }
+                (None, Some(tags)) => {
+                    if !matches!(provider, Provider::Aws { .. }) {
+                        return Err(Violation::new(
+                            format!("{p}.tags"),
+                            "groups are selected by tag only with provider = \"aws\"",
+                        )
+                        .into());
+                    }
+                    if tags.is_empty() {
+                        return Err(Violation::new(
+                            format!("{p}.tags"),
+                            "must name at least one tag",
+                        )
+                        .into());
+                    }
+                    if let Some(k) = tags.keys().find(|k| k.is_empty() || k.len() > 128) {
+                        return Err(Violation::new(
+                            format!("{p}.tags"),
+                            format!("tag keys are 1..=128 characters, got \"{k}\""),
+                        )
+                        .into());
+                    }
+                    Selector::Tags(tags)
+                }
+                (Some(_), Some(_)) => {
+                    return Err(Violation::new(
+                        format!("{p}.tags"),
+                        "give auto_scaling_group or tags, not both",
+                    )
+                    .into())
+                }
+                (None, None) => {
                     return Err(Violation::new(
                         format!("{p}.auto_scaling_group"),
-                        format!(
-                            "\"{}\" is not in aws.auto_scaling_groups",
-                            m.auto_scaling_group
-                        ),
+                        "required (or tags, to select groups by tag)",
                     )
-                    .into());
+                    .into())
                 }
-            }
+            };
             if target_groups
                 .iter()
                 .any(|o: &Mapping| o.data_plane == m.data_plane && o.target_group == m.target_group)
@@ -199,7 +301,7 @@ impl ConfigFile for FileControl {
                 .into());
             }
             target_groups.push(Mapping {
-                auto_scaling_group: m.auto_scaling_group,
+                auto_scaling_group: selector,
                 port: port as u16,
                 data_plane: m.data_plane,
                 target_group: m.target_group,
@@ -213,12 +315,39 @@ impl ConfigFile for FileControl {
             )
             .into());
         }
+        let drain = in_range(
+            "lifecycle.drain_timeout_seconds",
+            self.lifecycle.drain_timeout_seconds.unwrap_or(300),
+            1,
+            7200,
+        )?;
+        let heartbeat = match self.lifecycle.heartbeat_interval_seconds {
+            Some(s) => Some(Duration::from_secs(in_range(
+                "lifecycle.heartbeat_interval_seconds",
+                s,
+                1,
+                3600,
+            )? as u64)),
+            None => None,
+        };
+        let debounce = in_range(
+            "reconcile.debounce_seconds",
+            self.reconcile.debounce_seconds.unwrap_or(5),
+            0,
+            300,
+        )?;
         Ok(ControlConfig {
             provider,
             admin,
             data_planes,
             target_groups,
             max_removal_fraction: frac,
+            lifecycle: Lifecycle {
+                enabled: self.lifecycle.enabled.unwrap_or(true),
+                drain_timeout: Duration::from_secs(drain as u64),
+                heartbeat_interval: heartbeat,
+            },
+            debounce: Duration::from_secs(debounce as u64),
         })
     }
 }

@@ -279,3 +279,92 @@ fn cross_zone_defaults_follow_aws_and_take_the_server_zone() {
         "off by default for an NLB"
     );
 }
+
+const CONTROL: &str = r#"provider = "aws"
+[aws]
+region = "us-east-1"
+[[data_planes]]
+name = "alb-1"
+kind = "alb"
+admin = "127.0.0.1:9182"
+targets_file = "t.toml"
+[[target_groups]]
+MAPPING
+port = 80
+data_plane = "alb-1"
+target_group = "wordpress"
+EXTRA
+"#;
+
+fn control(mapping: &str, extra: &str) -> Result<causeway_config::control::ControlConfig, String> {
+    let text = CONTROL.replace("MAPPING", mapping).replace("EXTRA", extra);
+    parse::<causeway_config::control::FileControl>("control.toml", &text, &cx())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn control_mappings_select_groups_by_name_or_by_tags() {
+    use causeway_config::control::Selector;
+    let by_tag = control("tags = { \"causeway:pool\" = \"wordpress\" }", "").unwrap();
+    let Selector::Tags(t) = &by_tag.target_groups[0].auto_scaling_group else {
+        panic!("{by_tag:?}")
+    };
+    assert_eq!(
+        t.get("causeway:pool").map(String::as_str),
+        Some("wordpress")
+    );
+    let tags: std::collections::BTreeMap<String, String> = [
+        ("causeway:pool".into(), "wordpress".into()),
+        ("env".into(), "prod".into()),
+    ]
+    .into();
+    assert!(by_tag.target_groups[0]
+        .auto_scaling_group
+        .selects("any-name", &tags));
+    assert!(!by_tag.target_groups[0]
+        .auto_scaling_group
+        .selects("any-name", &Default::default()));
+    assert_eq!(
+        control(
+            "auto_scaling_group = \"wordpress\"\ntags = { a = \"b\" }",
+            ""
+        )
+        .unwrap_err(),
+        "control.toml:11:1: target_groups[0].tags: give auto_scaling_group or tags, not both"
+    );
+    assert_eq!(
+        control("", "").unwrap_err(),
+        "control.toml:9:1: target_groups[0].auto_scaling_group: required (or tags, to select groups by tag)"
+    );
+    assert_eq!(
+        control("tags = {}", "").unwrap_err(),
+        "control.toml:10:1: target_groups[0].tags: must name at least one tag"
+    );
+}
+
+#[test]
+fn control_lifecycle_and_debounce_keys_have_defaults_and_ranges() {
+    let c = control("auto_scaling_group = \"wordpress\"", "").unwrap();
+    assert!(c.lifecycle.enabled);
+    assert_eq!(c.lifecycle.drain_timeout, Duration::from_secs(300));
+    assert_eq!(c.lifecycle.heartbeat_interval, None);
+    assert_eq!(c.debounce, Duration::from_secs(5));
+    let err = control(
+        "auto_scaling_group = \"wordpress\"",
+        "[lifecycle]\ndrain_timeout_seconds = 0",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "control.toml:15:1: lifecycle.drain_timeout_seconds: must be 1..=7200, got 0"
+    );
+    let err = control(
+        "auto_scaling_group = \"wordpress\"",
+        "[reconcile]\ndebounce_seconds = 301",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "control.toml:15:1: reconcile.debounce_seconds: must be 0..=300, got 301"
+    );
+}

@@ -1,15 +1,32 @@
-//! What discovery yields, whatever the provider: instances with their group, lifecycle state,
-//! health, address and zone. The static provider reads them from a file.
+//! What discovery yields, whatever the provider: instances with their group (and its tags),
+//! lifecycle state, health, address, zone and, while terminating, the lifecycle hook that holds
+//! them. The static provider reads them from a file.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
+
+/// The lifecycle state of an instance that a Terminating hook holds for us.
+pub const TERMINATING_WAIT: &str = "Terminating:Wait";
+
+/// A group's `autoscaling:EC2_INSTANCE_TERMINATING` lifecycle hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub name: String,
+    /// Auto Scaling applies the hook's default result when neither a heartbeat nor a completion
+    /// comes within this long.
+    pub heartbeat_timeout: Duration,
+}
 
 /// One instance of an Auto Scaling group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub id: String,
     pub group: String,
+    /// The group's tags (empty for the static provider).
+    pub group_tags: BTreeMap<String, String>,
     /// Auto Scaling's lifecycle state (`InService`, `Pending`, `Terminating:Wait`, ...).
     pub lifecycle: String,
     pub healthy: bool,
@@ -17,6 +34,8 @@ pub struct Instance {
     pub zone: String,
     /// EC2's state (`running`, ...), for display.
     pub ec2_state: String,
+    /// In `Terminating:Wait` under a Terminating hook: the hook to heartbeat and complete.
+    pub hook: Option<Hook>,
 }
 
 impl Instance {
@@ -24,6 +43,13 @@ impl Instance {
     /// with an address.
     pub fn serves(&self) -> bool {
         self.lifecycle == "InService" && self.healthy && self.address.is_some()
+    }
+
+    /// Waiting on a lifecycle hook that control must complete once the instance is drained.
+    pub fn awaits_drain(&self) -> Option<&Hook> {
+        self.hook
+            .as_ref()
+            .filter(|_| self.lifecycle == TERMINATING_WAIT)
     }
 }
 
@@ -69,11 +95,13 @@ pub fn read_static(path: &Path) -> Result<Vec<Instance>, causeway_config::Config
         out.push(Instance {
             id: r.id,
             group: r.auto_scaling_group,
+            group_tags: BTreeMap::new(),
             lifecycle: r.lifecycle_state.unwrap_or_else(|| "InService".into()),
             healthy: true,
             address: Some(address),
             zone: r.zone.unwrap_or_default(),
             ec2_state: "running".into(),
+            hook: None,
         });
     }
     Ok(out)

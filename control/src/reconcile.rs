@@ -5,10 +5,10 @@
 
 use crate::discover::{self, Instance};
 use crate::render::{self, Brake, Change, Groups};
-use causeway_config::control::{ControlConfig, DataPlane, Provider};
-use std::collections::BTreeMap;
+use causeway_config::control::{ControlConfig, DataPlane, Provider, Selector};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,32 +31,63 @@ pub enum ReconcileError {
     Reload { plane: String, why: String },
 }
 
-/// Discovers the configured groups' instances.
-pub async fn discover(cfg: &ControlConfig) -> Result<Vec<Instance>, ReconcileError> {
-    let groups: Vec<String> = {
-        let mut g: Vec<String> = cfg
+/// Where instances come from, built once per process.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Static(PathBuf),
+    Aws(std::sync::Arc<crate::aws::Discovery>),
+}
+
+impl Source {
+    pub async fn new(cfg: &ControlConfig) -> Source {
+        match &cfg.provider {
+            Provider::Static { file } => Source::Static(file.clone()),
+            Provider::Aws { region, .. } => Source::Aws(std::sync::Arc::new(
+                crate::aws::Discovery::new(region).await,
+            )),
+        }
+    }
+
+    /// Discovers the instances of the groups that the mappings select, by name or by tags.
+    pub async fn discover(&self, cfg: &ControlConfig) -> Result<Vec<Instance>, ReconcileError> {
+        let selectors: BTreeSet<&Selector> = cfg
             .target_groups
             .iter()
-            .map(|m| m.auto_scaling_group.clone())
+            .map(|m| &m.auto_scaling_group)
             .collect();
-        g.sort();
-        g.dedup();
-        g
-    };
-    match &cfg.provider {
-        Provider::Static { file } => discover::read_static(file)
-            .map_err(|e| ReconcileError::Discovery(e.to_string()))
-            .map(|all| {
-                all.into_iter()
-                    .filter(|i| groups.contains(&i.group))
-                    .collect()
-            }),
-        Provider::Aws { region, .. } => crate::aws::Discovery::new(region)
-            .await
-            .discover(&groups)
-            .await
-            .map_err(|e| ReconcileError::Discovery(e.to_string())),
+        let found = match self {
+            Source::Static(file) => discover::read_static(file)
+                .map_err(|e| ReconcileError::Discovery(e.to_string()))
+                .map(|all| {
+                    all.into_iter()
+                        .filter(|i| selectors.iter().any(|s| s.selects(&i.group, &i.group_tags)))
+                        .collect()
+                }),
+            Source::Aws(aws) => {
+                let (names, tags) = split(&selectors);
+                aws.discover(&names, &tags)
+                    .await
+                    .map_err(|e| ReconcileError::Discovery(e.to_string()))
+            }
+        };
+        if found.is_err() {
+            metrics::counter!("causeway_control_discovery_failures_total").increment(1);
+        }
+        found
     }
+}
+
+/// Group names and tag sets, each once, in a stable order.
+pub fn split(selectors: &BTreeSet<&Selector>) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
+    let mut names = Vec::new();
+    let mut tags = Vec::new();
+    for s in selectors {
+        match s {
+            Selector::Name(n) => names.push(n.clone()),
+            Selector::Tags(t) => tags.push(t.clone()),
+        }
+    }
+    (names, tags)
 }
 
 /// One data plane's planned change.
@@ -91,8 +122,8 @@ pub fn plan(cfg: &ControlConfig, instances: &[Instance]) -> Vec<Planned> {
         .collect()
 }
 
-/// The plan as text: per data plane and group, each target added (+), removed (-), with IP and
-/// zone, and how many stay.
+/// The plan as text: per data plane and group, each target added (+), removed (-) or removed
+/// to drain before its instance terminates (~), with IP and zone, and how many stay.
 pub fn describe(instances: &[Instance], planned: &[Planned]) -> String {
     let mut s = String::new();
     s.push_str(&format!("discovered {} instances:\n", instances.len()));
@@ -119,7 +150,17 @@ pub fn describe(instances: &[Instance], planned: &[Planned]) -> String {
                 s.push_str(&format!("  + {group} {} {} {}\n", t.address, t.id, t.zone));
             }
             for t in &c.removed {
-                s.push_str(&format!("  - {group} {} {} {}\n", t.address, t.id, t.zone));
+                let hook = instances
+                    .iter()
+                    .find(|i| i.id == t.id)
+                    .and_then(Instance::awaits_drain);
+                match hook {
+                    Some(h) => s.push_str(&format!(
+                        "  ~ {group} {} {} {} draining, then CompleteLifecycleAction on hook {}\n",
+                        t.address, t.id, t.zone, h.name
+                    )),
+                    None => s.push_str(&format!("  - {group} {} {} {}\n", t.address, t.id, t.zone)),
+                }
             }
             s.push_str(&format!("    {group}: {} unchanged\n", c.kept));
         }
@@ -208,14 +249,99 @@ async fn reload(d: &DataPlane) -> Result<(), String> {
 }
 
 async fn generation(admin: SocketAddr) -> Result<u64, String> {
-    let (status, body) = admin_request(admin, "GET", "/status").await?;
-    if status != 200 {
-        return Err(format!("/status answered {status}"));
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    v["generation"]
+    status(admin).await?["generation"]
         .as_u64()
         .ok_or_else(|| "no generation in /status".to_owned())
+}
+
+/// A data plane's `/status` document.
+pub async fn status(admin: SocketAddr) -> Result<serde_json::Value, String> {
+    let (code, body) = admin_request(admin, "GET", "/status").await?;
+    if code != 200 {
+        return Err(format!("/status answered {code}"));
+    }
+    serde_json::from_str(&body).map_err(|e| e.to_string())
+}
+
+impl crate::drain::Fleet for crate::aws::Discovery {
+    async fn status(&self, admin: SocketAddr) -> Result<serde_json::Value, String> {
+        status(admin).await
+    }
+
+    async fn heartbeat(&self, w: &crate::drain::Waiting) -> Result<(), String> {
+        crate::aws::Discovery::heartbeat(self, &w.group, &w.hook.name, &w.instance)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn complete(&self, w: &crate::drain::Waiting) -> Result<(), String> {
+        crate::aws::Discovery::complete(self, &w.group, &w.hook.name, &w.instance)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The `run` loop's debounce: a changed plan is applied only once discovery has returned the
+/// same change for `quiet` (a burst of scaling events becomes one reload).
+#[derive(Debug)]
+pub struct Debounce {
+    quiet: Duration,
+    pending: Option<(u64, tokio::time::Instant)>,
+}
+
+/// What the loop does with this pass's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to change.
+    Idle,
+    /// Apply it now.
+    Apply,
+    /// Look again after this long; apply if it is still the same.
+    Wait(Duration),
+}
+
+impl Debounce {
+    pub fn new(quiet: Duration) -> Debounce {
+        Debounce {
+            quiet,
+            pending: None,
+        }
+    }
+
+    /// `change`: a fingerprint of what the pass would write, `None` when nothing changed.
+    pub fn observe(&mut self, change: Option<u64>, now: tokio::time::Instant) -> Step {
+        let Some(fp) = change else {
+            self.pending = None;
+            return Step::Idle;
+        };
+        match self.pending {
+            _ if self.quiet.is_zero() => Step::Apply,
+            Some((p, since)) if p == fp => {
+                let waited = now - since;
+                if waited >= self.quiet {
+                    self.pending = None;
+                    Step::Apply
+                } else {
+                    Step::Wait(self.quiet - waited)
+                }
+            }
+            _ => {
+                self.pending = Some((fp, now));
+                Step::Wait(self.quiet)
+            }
+        }
+    }
+}
+
+/// A fingerprint of what a plan would write, `None` when it changes nothing.
+pub fn fingerprint(planned: &[Planned]) -> Option<u64> {
+    let mut text = String::new();
+    for p in planned.iter().filter(|p| p.changed) {
+        text.push_str(&p.plane.name);
+        text.push('\0');
+        text.push_str(&p.text);
+    }
+    (!text.is_empty()).then(|| render::fnv(text.as_bytes()))
 }
 
 /// One HTTP/1.1 request to a data plane's admin server.
@@ -250,4 +376,29 @@ async fn admin_request(
         .map_or("", |(_, b)| b)
         .to_owned();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_debounce_applies_a_change_once_it_holds_still() {
+        let mut d = Debounce::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        assert_eq!(d.observe(None, t0), Step::Idle);
+        assert_eq!(d.observe(Some(1), t0), Step::Wait(Duration::from_secs(5)));
+        let t2 = t0 + Duration::from_secs(2);
+        assert_eq!(d.observe(Some(1), t2), Step::Wait(Duration::from_secs(3)));
+        // Another change restarts the wait.
+        assert_eq!(d.observe(Some(2), t2), Step::Wait(Duration::from_secs(5)));
+        assert_eq!(d.observe(Some(2), t2 + Duration::from_secs(5)), Step::Apply);
+        // Back to nothing to do, then a new change waits again.
+        let t9 = t0 + Duration::from_secs(9);
+        assert_eq!(d.observe(None, t9), Step::Idle);
+        assert_eq!(d.observe(Some(2), t9), Step::Wait(Duration::from_secs(5)));
+        let mut now = Debounce::new(Duration::ZERO);
+        assert_eq!(now.observe(Some(3), t0), Step::Apply);
+    }
 }

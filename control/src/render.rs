@@ -28,7 +28,7 @@ pub fn desired(cfg: &ControlConfig, instances: &[Instance]) -> BTreeMap<String, 
     for m in &cfg.target_groups {
         let mut targets: Vec<Target> = instances
             .iter()
-            .filter(|i| i.group == m.auto_scaling_group && i.serves())
+            .filter(|i| m.auto_scaling_group.selects(&i.group, &i.group_tags) && i.serves())
             .filter_map(|i| {
                 Some(Target {
                     address: SocketAddr::new(i.address?, m.port),
@@ -94,7 +94,7 @@ fn escape(s: &str) -> String {
 }
 
 /// FNV-1a, 64 bits: a stable content hash (not for security).
-fn fnv(data: &[u8]) -> u64 {
+pub fn fnv(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in data {
         h ^= u64::from(b);

@@ -24,8 +24,14 @@ impl Drop for Proc {
 impl Proc {
     /// Starts `bin` with `args`; its stderr goes to the test's stderr.
     pub fn spawn(bin: &Path, args: &[&str]) -> Proc {
+        Proc::spawn_env(bin, args, &[])
+    }
+
+    /// Starts `bin` with `args` and these environment variables added.
+    pub fn spawn_env(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -3,13 +3,13 @@
 //! `AWS_ENDPOINT_URL` included); the one EC2 call, `DescribeInstances` by instance-id filter, is
 //! signed with `aws-sigv4` and its XML read with `roxmltree` (docs/aws-sdk.md says why).
 
-use crate::discover::Instance;
+use crate::discover::{Hook, Instance, TERMINATING_WAIT};
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::ProvideCredentials;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,9 +28,21 @@ pub enum AwsError {
     Credentials(String),
     #[error("DescribeInstances: {0}")]
     Ec2(String),
+    #[error("DescribeLifecycleHooks: {0}")]
+    Hooks(String),
+    #[error("{action} for {instance}: {why}")]
+    Lifecycle {
+        action: &'static str,
+        instance: String,
+        why: String,
+    },
 }
 
+/// The transition of the hooks that hold terminating instances for control.
+const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+
 /// A discovery client for one region.
+#[derive(Clone)]
 pub struct Discovery {
     sdk: aws_config::SdkConfig,
     asg: aws_sdk_autoscaling::Client,
@@ -52,6 +64,7 @@ impl std::fmt::Debug for Discovery {
 struct Member {
     id: String,
     group: String,
+    group_tags: BTreeMap<String, String>,
     lifecycle: String,
     healthy: bool,
 }
@@ -85,9 +98,22 @@ impl Discovery {
         }
     }
 
-    /// The instances of the named groups, with their addresses and zones.
-    pub async fn discover(&self, groups: &[String]) -> Result<Vec<Instance>, AwsError> {
-        let members = self.members(groups).await?;
+    /// The instances of the named groups and of the groups carrying each tag set, with their
+    /// addresses, zones and, for those in `Terminating:Wait`, the group's Terminating hook.
+    pub async fn discover(
+        &self,
+        names: &[String],
+        tag_sets: &[BTreeMap<String, String>],
+    ) -> Result<Vec<Instance>, AwsError> {
+        let mut members = Vec::new();
+        if !names.is_empty() {
+            members.extend(self.members(Some(names), None).await?);
+        }
+        for tags in tag_sets {
+            members.extend(self.members(None, Some(tags)).await?);
+        }
+        let mut seen = std::collections::HashSet::new();
+        members.retain(|m| seen.insert(m.id.clone()));
         let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
         let ec2: HashMap<String, Ec2Instance> = self
             .describe_instances(&ids)
@@ -95,6 +121,14 @@ impl Discovery {
             .into_iter()
             .map(|i| (i.id.clone(), i))
             .collect();
+        // Hooks are looked up only for groups that have an instance waiting on one.
+        let mut hooks: HashMap<String, Option<Hook>> = HashMap::new();
+        for m in members.iter().filter(|m| m.lifecycle == TERMINATING_WAIT) {
+            if !hooks.contains_key(&m.group) {
+                let hook = self.terminating_hook(&m.group).await?;
+                hooks.insert(m.group.clone(), hook);
+            }
+        }
         Ok(members
             .into_iter()
             .map(|m| {
@@ -103,8 +137,12 @@ impl Discovery {
                     address: e.and_then(|e| e.private_ip),
                     zone: e.map(|e| e.zone.clone()).unwrap_or_default(),
                     ec2_state: e.map(|e| e.state.clone()).unwrap_or_default(),
+                    hook: (m.lifecycle == TERMINATING_WAIT)
+                        .then(|| hooks.get(&m.group).cloned().flatten())
+                        .flatten(),
                     id: m.id,
                     group: m.group,
+                    group_tags: m.group_tags,
                     lifecycle: m.lifecycle,
                     healthy: m.healthy,
                 }
@@ -112,23 +150,44 @@ impl Discovery {
             .collect())
     }
 
-    /// DescribeAutoScalingGroups, every page.
-    async fn members(&self, groups: &[String]) -> Result<Vec<Member>, AwsError> {
+    /// DescribeAutoScalingGroups by name or by tags (`tag:KEY` filters, all of which must
+    /// match), every page.
+    async fn members(
+        &self,
+        names: Option<&[String]>,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Result<Vec<Member>, AwsError> {
         let mut out = Vec::new();
-        let mut pages = self
+        let mut req = self
             .asg
             .describe_auto_scaling_groups()
-            .set_auto_scaling_group_names(Some(groups.to_vec()))
-            .into_paginator()
-            .send();
+            .set_auto_scaling_group_names(names.map(<[String]>::to_vec));
+        for (k, v) in tags.into_iter().flatten() {
+            req = req.filters(
+                aws_sdk_autoscaling::types::Filter::builder()
+                    .name(format!("tag:{k}"))
+                    .values(v.clone())
+                    .build(),
+            );
+        }
+        let mut pages = req.into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| AwsError::AutoScaling(error_text(&e)))?;
             for g in page.auto_scaling_groups() {
                 let name = g.auto_scaling_group_name().unwrap_or_default().to_owned();
+                let group_tags: BTreeMap<String, String> = g
+                    .tags()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+                    .collect();
+                if tags.is_some_and(|want| want.iter().any(|(k, v)| group_tags.get(k) != Some(v))) {
+                    continue;
+                }
                 for i in g.instances() {
                     out.push(Member {
                         id: i.instance_id().unwrap_or_default().to_owned(),
                         group: name.clone(),
+                        group_tags: group_tags.clone(),
                         lifecycle: i
                             .lifecycle_state()
                             .map(|s| s.as_str().to_owned())
@@ -139,6 +198,62 @@ impl Discovery {
             }
         }
         Ok(out)
+    }
+
+    /// The group's `autoscaling:EC2_INSTANCE_TERMINATING` hook, if it has one.
+    async fn terminating_hook(&self, group: &str) -> Result<Option<Hook>, AwsError> {
+        let out = self
+            .asg
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(group)
+            .send()
+            .await
+            .map_err(|e| AwsError::Hooks(error_text(&e)))?;
+        Ok(out
+            .lifecycle_hooks()
+            .iter()
+            .find(|h| h.lifecycle_transition() == Some(TERMINATING))
+            .map(|h| Hook {
+                name: h.lifecycle_hook_name().unwrap_or_default().to_owned(),
+                heartbeat_timeout: Duration::from_secs(
+                    h.heartbeat_timeout().unwrap_or(3600).max(1) as u64,
+                ),
+            }))
+    }
+
+    /// CompleteLifecycleAction with CONTINUE: Auto Scaling may terminate the instance.
+    pub async fn complete(&self, group: &str, hook: &str, instance: &str) -> Result<(), AwsError> {
+        self.asg
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .instance_id(instance)
+            .lifecycle_action_result("CONTINUE")
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::Lifecycle {
+                action: "CompleteLifecycleAction",
+                instance: instance.to_owned(),
+                why: error_text(&e),
+            })
+    }
+
+    /// RecordLifecycleActionHeartbeat: restarts the hook's heartbeat timeout.
+    pub async fn heartbeat(&self, group: &str, hook: &str, instance: &str) -> Result<(), AwsError> {
+        self.asg
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .instance_id(instance)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::Lifecycle {
+                action: "RecordLifecycleActionHeartbeat",
+                instance: instance.to_owned(),
+                why: error_text(&e),
+            })
     }
 
     /// DescribeInstances filtered by instance id (a missing id does not fail the call, as an
