@@ -273,6 +273,12 @@ async fn discovery_plan_apply_scale_and_the_safety_brake() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("safety brake"), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&targets).unwrap(), rendered);
+    // A failed discovery (nothing answers at the endpoint) also keeps the last good set.
+    let dead = format!("http://{}", causeway_testkit::closed_port().await);
+    let out = control(&dead, &control_cfg, &["apply"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("discovery failed"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&targets).unwrap(), rendered);
     // The operator confirms.
     let out = control(&endpoint, &control_cfg, &["apply", "--force"]);
     assert!(out.status.success(), "{}", text(&out));
