@@ -540,7 +540,7 @@ impl FileTargetGroup {
     pub fn validate(self, name: &str, path: &str, plane: Plane) -> Check<TargetGroupConfig> {
         let (protocols, default_proto): (&[&str], &str) = match plane {
             Plane::Alb => (&["HTTP"], "HTTP"),
-            Plane::Nlb => (&["TCP"], "TCP"),
+            Plane::Nlb => (&["TCP", "UDP", "TCP_UDP"], "TCP"),
         };
         let protocol = one_of(
             &format!("{path}.protocol"),
@@ -551,6 +551,12 @@ impl FileTargetGroup {
         let targets = validate_targets(&format!("{path}.targets"), self.targets)?;
         let pp2_path = format!("{path}.proxy_protocol_v2.enabled");
         let proxy_protocol_v2 = self.proxy_protocol_v2.enabled.unwrap_or(false);
+        if proxy_protocol_v2 && protocol != "TCP" && plane == Plane::Nlb {
+            return Err(Violation::new(
+                pp2_path,
+                format!("PROXY protocol v2 is for TCP target groups (as on NLB), not {protocol}"),
+            ));
+        }
         if proxy_protocol_v2 && plane == Plane::Alb {
             return Err(Violation::new(
                 pp2_path,

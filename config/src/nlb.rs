@@ -1,4 +1,4 @@
-//! The nlb's config file: TCP listeners, each forwarding to a target group.
+//! The nlb's config file: TCP, UDP and TCP_UDP listeners, each forwarding to a target group.
 
 use crate::alb::unique_address;
 use crate::common::{
@@ -32,6 +32,8 @@ pub struct FileListener {
     pub target_group: String,
     #[serde(default)]
     pub tcp: FileTcp,
+    #[serde(default)]
+    pub udp: FileUdp,
     #[serde(default)]
     pub proxy_protocol: FileAcceptProxy,
     /// Ours: connection limits (0 = none).
@@ -71,6 +73,46 @@ pub struct FileIdle {
     pub seconds: Option<i64>,
 }
 
+/// UDP flows: idle timeout (NLB's 120 s by default) and the flow table's bounds (ours).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUdp {
+    #[serde(default)]
+    pub idle_timeout: FileIdle,
+    pub max_flows: Option<i64>,
+    pub max_flows_per_source: Option<i64>,
+}
+
+/// What a listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// TCP and UDP on the same port.
+    TcpUdp,
+}
+
+impl Protocol {
+    pub fn tcp(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::TcpUdp)
+    }
+
+    pub fn udp(self) -> bool {
+        matches!(self, Protocol::Udp | Protocol::TcpUdp)
+    }
+}
+
+/// A listener's UDP settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSettings {
+    /// A flow silent both ways this long is closed.
+    pub idle_timeout: std::time::Duration,
+    /// Live flows at most, across all sources.
+    pub max_flows: u32,
+    /// Live flows per source IP at most.
+    pub max_flows_per_source: u32,
+}
+
 /// A validated nlb config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NlbConfig {
@@ -83,7 +125,9 @@ pub struct NlbConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub address: SocketAddr,
+    pub protocol: Protocol,
     pub target_group: String,
+    pub udp: UdpSettings,
     /// A flow silent both ways this long is closed.
     pub idle_timeout: std::time::Duration,
     /// `Some` when connections must start with a PROXY header.
@@ -115,15 +159,62 @@ impl ConfigFile for FileNlb {
         for (i, l) in self.listeners.into_iter().enumerate() {
             let path = format!("listeners[{i}]");
             let address = unique_address(&mut seen, &format!("{path}.address"), &l.address)?;
-            one_of(
+            let protocol = match one_of(
                 &format!("{path}.protocol"),
                 l.protocol.as_deref().unwrap_or("TCP"),
-                &["TCP"],
-            )?;
-            if !target_groups.contains_key(&l.target_group) {
+                &["TCP", "UDP", "TCP_UDP"],
+            )? {
+                "UDP" => Protocol::Udp,
+                "TCP_UDP" => Protocol::TcpUdp,
+                _ => Protocol::Tcp,
+            };
+            let Some(group) = target_groups.get(&l.target_group) else {
                 return Err(Violation::new(
                     format!("{path}.target_group"),
                     format!("no target group named \"{}\"", l.target_group),
+                )
+                .into());
+            };
+            // NLB's pairings: a TCP_UDP group serves TCP, UDP and TCP_UDP listeners.
+            let fits = match protocol {
+                Protocol::Tcp => ["TCP", "TCP_UDP"].contains(&group.protocol.as_str()),
+                Protocol::Udp => ["UDP", "TCP_UDP"].contains(&group.protocol.as_str()),
+                Protocol::TcpUdp => group.protocol == "TCP_UDP",
+            };
+            if !fits {
+                return Err(Violation::new(
+                    format!("{path}.target_group"),
+                    format!(
+                        "a {} listener cannot forward to the {} target group \"{}\"",
+                        l.protocol.as_deref().unwrap_or("TCP"),
+                        group.protocol,
+                        l.target_group
+                    ),
+                )
+                .into());
+            }
+            let udp_idle = crate::error::in_range(
+                &format!("{path}.udp.idle_timeout.seconds"),
+                l.udp.idle_timeout.seconds.unwrap_or(120),
+                1,
+                6000,
+            )?;
+            let max_flows = crate::error::in_range(
+                &format!("{path}.udp.max_flows"),
+                l.udp.max_flows.unwrap_or(65_536),
+                1,
+                10_000_000,
+            )?;
+            let max_flows_per_source = crate::error::in_range(
+                &format!("{path}.udp.max_flows_per_source"),
+                l.udp.max_flows_per_source.unwrap_or(1024),
+                1,
+                10_000_000,
+            )?;
+            if protocol == Protocol::Udp && l.proxy_protocol.enabled == Some(true) {
+                return Err(Violation::new(
+                    format!("{path}.proxy_protocol.enabled"),
+                    "PROXY headers are accepted on TCP listeners only",
                 )
                 .into());
             }
@@ -177,6 +268,12 @@ impl ConfigFile for FileNlb {
             )?;
             listeners.push(Listener {
                 address,
+                protocol,
+                udp: UdpSettings {
+                    idle_timeout: std::time::Duration::from_secs(udp_idle as u64),
+                    max_flows: max_flows as u32,
+                    max_flows_per_source: max_flows_per_source as u32,
+                },
                 target_group: l.target_group,
                 idle_timeout: std::time::Duration::from_secs(idle as u64),
                 proxy_protocol,

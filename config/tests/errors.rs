@@ -368,3 +368,49 @@ fn control_lifecycle_and_debounce_keys_have_defaults_and_ranges() {
         "control.toml:15:1: reconcile.debounce_seconds: must be 0..=300, got 301"
     );
 }
+
+fn nlb(listener: &str, group: &str) -> Result<causeway_config::nlb::NlbConfig, String> {
+    let text = format!(
+        "[admin]\naddress = \"127.0.0.1:9181\"\n[[listeners]]\naddress = \"127.0.0.1:8081\"\ntarget_group = \"t\"\n{listener}\n[target_groups.t]\ntargets = [{{ address = \"127.0.0.1:9001\" }}]\n{group}\n"
+    );
+    parse::<causeway_config::nlb::FileNlb>("nlb.toml", &text, &cx()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn nlb_udp_listeners_pair_with_udp_groups_as_on_nlb() {
+    use causeway_config::nlb::Protocol;
+    let c = nlb("protocol = \"UDP\"", "protocol = \"UDP\"").unwrap();
+    assert_eq!(c.listeners[0].protocol, Protocol::Udp);
+    assert_eq!(c.listeners[0].udp.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        (
+            c.listeners[0].udp.max_flows,
+            c.listeners[0].udp.max_flows_per_source
+        ),
+        (65_536, 1024)
+    );
+    nlb("protocol = \"TCP_UDP\"", "protocol = \"TCP_UDP\"").unwrap();
+    nlb("protocol = \"UDP\"", "protocol = \"TCP_UDP\"").unwrap();
+    assert_eq!(
+        nlb("protocol = \"UDP\"", "").unwrap_err(),
+        "nlb.toml:5:1: listeners[0].target_group: a UDP listener cannot forward to the TCP target group \"t\""
+    );
+    assert_eq!(
+        nlb("protocol = \"TCP_UDP\"", "protocol = \"UDP\"").unwrap_err(),
+        "nlb.toml:5:1: listeners[0].target_group: a TCP_UDP listener cannot forward to the UDP target group \"t\""
+    );
+    assert!(nlb(
+        "protocol = \"UDP\"",
+        "protocol = \"UDP\"\nproxy_protocol_v2.enabled = true"
+    )
+    .unwrap_err()
+    .contains(
+        "target_groups.t.proxy_protocol_v2.enabled: PROXY protocol v2 is for TCP target groups"
+    ));
+    assert!(nlb(
+        "protocol = \"UDP\"\nudp.idle_timeout.seconds = 0",
+        "protocol = \"UDP\""
+    )
+    .unwrap_err()
+    .ends_with("listeners[0].udp.idle_timeout.seconds: must be 1..=6000, got 0"));
+}

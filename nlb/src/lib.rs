@@ -1,10 +1,13 @@
-//! causeway-nlb: L4 pass-through. Flows are spread by Maglev over healthy targets.
+//! causeway-nlb: L4 pass-through over TCP and UDP. Flows are spread by Maglev over healthy
+//! targets.
 
 pub mod accept_proxy;
 pub mod connect;
 pub mod flow;
+pub mod flow_table;
 pub mod proxy;
 pub mod relay;
+pub mod udp;
 
 use causeway_config::common::{ServerConfig, TargetGroupConfig};
 use causeway_config::nlb::{FileNlb, NlbConfig};
@@ -36,7 +39,11 @@ impl Plane for Nlb {
     }
 
     fn listeners(cfg: &NlbConfig) -> Vec<SocketAddr> {
-        cfg.listeners.iter().map(|l| l.address).collect()
+        cfg.listeners
+            .iter()
+            .filter(|l| l.protocol.tcp())
+            .map(|l| l.address)
+            .collect()
     }
 
     fn target_groups(cfg: &NlbConfig) -> Vec<TargetGroupConfig> {
@@ -45,5 +52,9 @@ impl Plane for Nlb {
 
     fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl std::future::Future<Output = ()> + Send {
         proxy::handle(conn, snaps.load())
+    }
+
+    fn started(snaps: Snapshots<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        udp::start(snaps, shutdown);
     }
 }
