@@ -34,6 +34,11 @@ pub struct FileListener {
     pub tcp: FileTcp,
     #[serde(default)]
     pub udp: FileUdp,
+    /// TLS listeners: AWS's policy name, certificates (first = default), ALPN policy.
+    pub ssl_policy: Option<String>,
+    #[serde(default)]
+    pub certificates: Vec<crate::tls::FileCertificate>,
+    pub alpn_policy: Option<String>,
     #[serde(default)]
     pub proxy_protocol: FileAcceptProxy,
     /// Ours: connection limits (0 = none).
@@ -90,11 +95,44 @@ pub enum Protocol {
     Udp,
     /// TCP and UDP on the same port.
     TcpUdp,
+    /// TLS terminated here, TCP to the targets.
+    Tls,
+}
+
+/// NLB's ALPN policies for TLS listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlpnPolicy {
+    None,
+    Http1Only,
+    Http2Only,
+    Http2Optional,
+    Http2Preferred,
+}
+
+pub const ALPN_POLICIES: &[&str] = &[
+    "None",
+    "HTTP1Only",
+    "HTTP2Only",
+    "HTTP2Optional",
+    "HTTP2Preferred",
+];
+
+impl AlpnPolicy {
+    /// The protocols offered, in the server's order of preference.
+    pub fn protocols(self) -> &'static [&'static [u8]] {
+        match self {
+            AlpnPolicy::None => &[],
+            AlpnPolicy::Http1Only => &[b"http/1.1"],
+            AlpnPolicy::Http2Only => &[b"h2"],
+            AlpnPolicy::Http2Optional => &[b"http/1.1", b"h2"],
+            AlpnPolicy::Http2Preferred => &[b"h2", b"http/1.1"],
+        }
+    }
 }
 
 impl Protocol {
     pub fn tcp(self) -> bool {
-        matches!(self, Protocol::Tcp | Protocol::TcpUdp)
+        matches!(self, Protocol::Tcp | Protocol::TcpUdp | Protocol::Tls)
     }
 
     pub fn udp(self) -> bool {
@@ -128,6 +166,8 @@ pub struct Listener {
     pub protocol: Protocol,
     pub target_group: String,
     pub udp: UdpSettings,
+    /// TLS listeners: certificates, policy, and the ALPN protocols offered.
+    pub tls: Option<(crate::tls::TlsSettings, AlpnPolicy)>,
     /// A flow silent both ways this long is closed.
     pub idle_timeout: std::time::Duration,
     /// `Some` when connections must start with a PROXY header.
@@ -162,10 +202,11 @@ impl ConfigFile for FileNlb {
             let protocol = match one_of(
                 &format!("{path}.protocol"),
                 l.protocol.as_deref().unwrap_or("TCP"),
-                &["TCP", "UDP", "TCP_UDP"],
+                &["TCP", "UDP", "TCP_UDP", "TLS"],
             )? {
                 "UDP" => Protocol::Udp,
                 "TCP_UDP" => Protocol::TcpUdp,
+                "TLS" => Protocol::Tls,
                 _ => Protocol::Tcp,
             };
             let Some(group) = target_groups.get(&l.target_group) else {
@@ -177,7 +218,9 @@ impl ConfigFile for FileNlb {
             };
             // NLB's pairings: a TCP_UDP group serves TCP, UDP and TCP_UDP listeners.
             let fits = match protocol {
-                Protocol::Tcp => ["TCP", "TCP_UDP"].contains(&group.protocol.as_str()),
+                Protocol::Tcp | Protocol::Tls => {
+                    ["TCP", "TCP_UDP"].contains(&group.protocol.as_str())
+                }
                 Protocol::Udp => ["UDP", "TCP_UDP"].contains(&group.protocol.as_str()),
                 Protocol::TcpUdp => group.protocol == "TCP_UDP",
             };
@@ -211,6 +254,38 @@ impl ConfigFile for FileNlb {
                 1,
                 10_000_000,
             )?;
+            let tls = if protocol == Protocol::Tls {
+                let settings =
+                    crate::tls::validate(&path, l.ssl_policy.as_deref(), l.certificates, cx)?;
+                let alpn = match one_of(
+                    &format!("{path}.alpn_policy"),
+                    l.alpn_policy.as_deref().unwrap_or("None"),
+                    ALPN_POLICIES,
+                )? {
+                    "HTTP1Only" => AlpnPolicy::Http1Only,
+                    "HTTP2Only" => AlpnPolicy::Http2Only,
+                    "HTTP2Optional" => AlpnPolicy::Http2Optional,
+                    "HTTP2Preferred" => AlpnPolicy::Http2Preferred,
+                    _ => AlpnPolicy::None,
+                };
+                if l.proxy_protocol.enabled == Some(true) {
+                    return Err(Violation::new(
+                        format!("{path}.proxy_protocol.enabled"),
+                        "PROXY headers are accepted on TCP listeners only, not before TLS",
+                    )
+                    .into());
+                }
+                Some((settings, alpn))
+            } else {
+                if l.ssl_policy.is_some() || !l.certificates.is_empty() || l.alpn_policy.is_some() {
+                    return Err(Violation::new(
+                        format!("{path}.certificates"),
+                        "only a TLS listener takes ssl_policy, certificates and alpn_policy",
+                    )
+                    .into());
+                }
+                None
+            };
             if protocol == Protocol::Udp && l.proxy_protocol.enabled == Some(true) {
                 return Err(Violation::new(
                     format!("{path}.proxy_protocol.enabled"),
@@ -269,6 +344,7 @@ impl ConfigFile for FileNlb {
             listeners.push(Listener {
                 address,
                 protocol,
+                tls,
                 udp: UdpSettings {
                     idle_timeout: std::time::Duration::from_secs(udp_idle as u64),
                     max_flows: max_flows as u32,

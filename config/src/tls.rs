@@ -74,7 +74,7 @@ pub fn validate(
     if certificates.is_empty() {
         return Err(Violation::new(
             format!("{path}.certificates"),
-            "an HTTPS listener needs at least one certificate (the first is the default)",
+            "a TLS listener needs at least one certificate (the first is the default)",
         ));
     }
     let mut out = Vec::new();

@@ -18,16 +18,45 @@ use std::net::SocketAddr;
 #[derive(Debug)]
 pub struct Nlb;
 
+/// What the nlb derives from its config at load: the TLS listeners' acceptors.
+#[derive(Default)]
+pub struct Compiled {
+    tls: Vec<(SocketAddr, tokio_rustls::TlsAcceptor)>,
+}
+
+impl Compiled {
+    /// The TLS acceptor of the TLS listener bound at `local`, if it is one.
+    pub fn tls(&self, local: SocketAddr) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.iter().find(|(a, _)| *a == local).map(|(_, t)| t)
+    }
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("tls_listeners", &self.tls.len())
+            .finish()
+    }
+}
+
 impl Plane for Nlb {
     const NAME: &'static str = "causeway-nlb";
     const ABOUT: &'static str =
         "Causeway's L4 load balancer (TCP pass-through, Maglev flow hashing)";
     type File = FileNlb;
     type Config = NlbConfig;
-    type Compiled = ();
+    type Compiled = Compiled;
 
-    fn compile(_cfg: &NlbConfig, _previous: Option<&()>) -> Result<(), String> {
-        Ok(())
+    fn compile(cfg: &NlbConfig, _previous: Option<&Compiled>) -> Result<Compiled, String> {
+        let mut tls = Vec::new();
+        for l in &cfg.listeners {
+            if let Some((settings, alpn)) = &l.tls {
+                let sc = causeway_dataplane::tls::server_config(settings, alpn.protocols())
+                    .map_err(|e| format!("listener {}: {e}", l.address))?;
+                tls.push((l.address, tokio_rustls::TlsAcceptor::from(sc)));
+            }
+        }
+        Ok(Compiled { tls })
     }
 
     fn server(cfg: &NlbConfig) -> &ServerConfig {

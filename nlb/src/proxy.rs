@@ -1,5 +1,6 @@
-//! The nlb's request path, in order: listener (accepted by the runtime) → select (Maglev on
-//! the flow tuple) → connect (failing over along the flow's preference list) → relay.
+//! The nlb's request path, in order: listener (accepted by the runtime; limits, PROXY header,
+//! TLS handshake on TLS listeners) → select (Maglev on the flow tuple) → connect (failing over
+//! along the flow's preference list) → relay.
 
 use crate::accept_proxy::{self, Accepted};
 use crate::flow::{self, Proto};
@@ -12,6 +13,23 @@ use tokio::io::AsyncWriteExt;
 
 /// AWS NLB's default TCP idle timeout.
 const DEFAULT_IDLE: std::time::Duration = std::time::Duration::from_secs(350);
+/// How long a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The client's side of a flow: the TCP stream, or TLS over it on TLS listeners.
+enum ClientIo {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl ClientIo {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        match self {
+            ClientIo::Plain(s) => s,
+            ClientIo::Tls(s) => s.get_ref().0,
+        }
+    }
+}
 
 /// Serves one client connection.
 pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
@@ -68,6 +86,29 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
             }
         },
     };
+    // listener: the TLS handshake on TLS listeners (before any target is chosen).
+    let peer = conn.peer;
+    let mut client = match snap.compiled.tls(conn.local) {
+        None => ClientIo::Plain(conn.stream),
+        Some(acceptor) => {
+            // Boxed: the handshake state stays out of every plain flow's future.
+            let accept = Box::pin(acceptor.accept(conn.stream));
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                Ok(Ok(s)) => ClientIo::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    metrics::counter!("causeway_nlb_client_tls_negotiation_error_count")
+                        .increment(1);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("causeway_nlb_client_tls_negotiation_error_count")
+                        .increment(1);
+                    return;
+                }
+            }
+        }
+    };
     metrics::counter!("causeway_nlb_new_flow_count", &labels).increment(1);
     let hash = match group.cfg.stickiness {
         Some(Stickiness::SourceIp) => flow::hash_source(Proto::Tcp, accepted.client.ip()),
@@ -104,8 +145,6 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
     let active = metrics::gauge!("causeway_nlb_active_flow_count", &labels);
     active.increment(1.0);
     let idle = listener.map_or(DEFAULT_IDLE, |l| l.idle_timeout);
-    let mut client = conn.stream;
-    let (cr, cw) = client.split();
     let (tr, tw) = upstream.split();
     let mut cut = in_flight.target().termination_signal();
     let stop = async move {
@@ -114,7 +153,16 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
             std::future::pending::<()>().await;
         }
     };
-    let (n, result) = relay::relay(cr, cw, tr, tw, idle, stop).await;
+    let (n, result) = match &mut client {
+        ClientIo::Plain(s) => {
+            let (cr, cw) = s.split();
+            relay::relay(cr, cw, tr, tw, idle, stop).await
+        }
+        ClientIo::Tls(s) => {
+            let (cr, cw) = tokio::io::split(&mut **s);
+            relay::relay(cr, cw, tr, tw, idle, stop).await
+        }
+    };
     metrics::counter!("causeway_nlb_processed_bytes", &labels)
         .increment(n.client_to_target + n.target_to_client);
     match result {
@@ -125,7 +173,7 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
         Err(relay::RelayError::Terminated) => {
             // Reset both sides, as NLB does when it terminates a flow.
             metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(2);
-            for s in [&client, &upstream] {
+            for s in [client.tcp(), &upstream] {
                 if let Err(e) = s.set_zero_linger() {
                     tracing::debug!(error = %e, "SO_LINGER");
                 }

@@ -1,0 +1,116 @@
+//! TLS listeners: the nlb terminates TLS (certificates by SNI with a default, AWS's TLS
+//! policies, NLB's ALPN policies) and relays the plaintext to TCP targets. curl is the client;
+//! the targets are testkit origins (HTTP/1.1 and h2, so ALPN's choice passes through).
+
+use causeway_config::nlb::FileNlb;
+use causeway_config::{parse, Context};
+use causeway_dataplane::check::NetProber;
+use causeway_dataplane::Server;
+use causeway_nlb::Nlb;
+use causeway_testkit::tls::{cert, curl};
+use causeway_testkit::{free_port, Origin};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+async fn start(o: &Origin, policy: &str, alpn: &str) -> (Arc<Server<Nlb>>, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let certs: Vec<String> = ["default.example.test", "a.example.test", "b.example.test"]
+        .iter()
+        .map(|n| {
+            format!(
+                "{{ certificate_file = \"{}\", private_key_file = \"{}\" }}",
+                cert(&format!("{n}.pem")),
+                cert(&format!("{n}.key"))
+            )
+        })
+        .collect();
+    let text = format!(
+        r#"
+[admin]
+address = "127.0.0.1:{admin}"
+[[listeners]]
+address = "{listen}"
+protocol = "TLS"
+target_group = "t"
+ssl_policy = "{policy}"
+alpn_policy = "{alpn}"
+certificates = [{certs}]
+[target_groups.t]
+targets = [{{ address = "{target}" }}]
+"#,
+        admin = free_port(),
+        certs = certs.join(", "),
+        target = o.addr(),
+    );
+    let cfg = parse::<FileNlb>("nlb.toml", &text, &Context { dir: ".".into() }).unwrap();
+    let server = Server::<Nlb>::start(Path::new("nlb.toml"), cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    (server, listen)
+}
+
+#[tokio::test]
+async fn tls_listener_picks_certificates_by_sni_and_relays_plaintext() {
+    let o = Origin::builder().name("web").start().await;
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", "HTTP2Preferred").await;
+    let (out, err) = curl(addr, "a.example.test", "/x", &["--http1.1"]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    assert!(err.contains("subject: CN=a.example.test"), "{err}");
+    assert!(out.ends_with("origin web /x\n"), "{out}");
+    // The target got the plaintext request, unchanged (no header added at L4).
+    let seen = o.seen();
+    assert_eq!(seen.last().unwrap().path, "/x");
+    assert_eq!(seen.last().unwrap().header("x-forwarded-proto"), None);
+    let (_, err) = curl(addr, "www.b.example.test", "/x", &["--http1.1"]).await;
+    assert!(
+        err.contains("subject: CN=b.example.test"),
+        "wildcard: {err}"
+    );
+    let (_, err) = curl(addr, "unknown.example.test", "/x", &["-k", "--http1.1"]).await;
+    assert!(
+        err.contains("subject: CN=default.example.test"),
+        "default: {err}"
+    );
+    // HTTP2Preferred: h2 is chosen when offered, and the h2 bytes pass through to the target.
+    let (out, err) = curl(addr, "a.example.test", "/h2", &["--http2"]).await;
+    assert!(err.contains("ALPN: server accepted h2"), "{err}");
+    assert!(out.starts_with("HTTP/2 200"), "{out}\n{err}");
+}
+
+#[tokio::test]
+async fn alpn_policies_take_nlbs_names() {
+    let o = Origin::start().await;
+    let (_a, http1) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", "HTTP1Only").await;
+    let (_, err) = curl(http1, "a.example.test", "/", &["--http2"]).await;
+    assert!(err.contains("ALPN: server accepted http/1.1"), "{err}");
+    let (_b, none) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", "None").await;
+    let (out, err) = curl(none, "a.example.test", "/", &["--http2"]).await;
+    assert!(err.contains("ALPN: server did not agree"), "{err}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    let (_c, h2) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", "HTTP2Only").await;
+    let (out, err) = curl(h2, "a.example.test", "/", &["--http1.1"]).await;
+    assert!(
+        out.is_empty(),
+        "HTTP2Only refuses a client without h2: {out}\n{err}"
+    );
+    let (out, _) = curl(h2, "a.example.test", "/", &["--http2"]).await;
+    assert!(out.starts_with("HTTP/2 200"), "{out}");
+    let (_d, opt) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", "HTTP2Optional").await;
+    let (_, err) = curl(opt, "a.example.test", "/", &["--http2"]).await;
+    assert!(
+        err.contains("ALPN: server accepted http/1.1"),
+        "HTTP2Optional prefers HTTP/1.1: {err}"
+    );
+}
+
+#[tokio::test]
+async fn the_tls13_only_policy_refuses_tls12() {
+    let o = Origin::start().await;
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-3-2021-06", "None").await;
+    let (out, err) = curl(addr, "a.example.test", "/", &["--tls-max", "1.2"]).await;
+    assert!(out.is_empty(), "TLS 1.2 refused: {out}\n{err}");
+    let (out, err) = curl(addr, "a.example.test", "/", &[]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    assert!(err.contains("TLSv1.3"), "{err}");
+}
