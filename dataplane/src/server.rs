@@ -341,7 +341,8 @@ impl<P: Plane> Server<P> {
         }
     }
 
-    /// Once a second: retire drained targets and refresh the gauges.
+    /// Once a second: cut targets unhealthy past their draining interval, retire drained
+    /// targets, and refresh the gauges.
     async fn housekeeping(weak: std::sync::Weak<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -352,6 +353,7 @@ impl<P: Plane> Server<P> {
             let Some(server) = weak.upgrade() else { return };
             let now = tokio::time::Instant::now();
             for g in server.snapshot().groups.values() {
+                g.cut_unhealthy(now);
                 for t in g.reap_draining(now) {
                     tracing::info!(target_group = %g.cfg.name, target = %t.cfg.address,
                         in_flight = t.in_flight(), "target drained");

@@ -24,6 +24,8 @@ pub struct Target {
     healthy_since: Mutex<Option<Instant>>,
     ewma: Mutex<PeakEwma>,
     drain_deadline: Mutex<Option<Instant>>,
+    /// When it last turned unhealthy (while it stays so), for `unhealthy.draining_interval`.
+    unhealthy_since: Mutex<Option<Instant>>,
     /// Set when a newer `Target` replaced this one or it was dropped: its checker stops.
     retired: AtomicBool,
     checker_started: AtomicBool,
@@ -72,6 +74,7 @@ impl Target {
         healthy_since: Option<Instant>,
     ) -> Arc<Self> {
         let healthy_since = healthy_since.or_else(|| machine.state().routable().then(Instant::now));
+        let unhealthy_since = (machine.state() == State::Unhealthy).then(Instant::now);
         Arc::new(Target {
             cfg,
             group,
@@ -85,6 +88,7 @@ impl Target {
                 Duration::from_millis(1),
             )),
             drain_deadline: Mutex::new(None),
+            unhealthy_since: Mutex::new(unhealthy_since),
             retired: AtomicBool::new(false),
             checker_started: AtomicBool::new(false),
             pool: crate::pool::Pool::default(),
@@ -106,6 +110,7 @@ impl Target {
         let since = *lock(&old.healthy_since);
         let t = Self::with_machine(cfg, group, hc, machine, since);
         *lock(&t.ewma) = *lock(&old.ewma);
+        *lock(&t.unhealthy_since) = *lock(&old.unhealthy_since);
         old.retired.store(true, Ordering::Release);
         t
     }
@@ -130,6 +135,25 @@ impl Target {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// With `unhealthy.connection_termination` off: cuts the connections of a target that has
+    /// stayed unhealthy for the group's `draining_interval`. True when it cut them now.
+    pub fn cut_after_unhealthy_draining(&self, now: Instant) -> bool {
+        let t = *lock(&self.termination);
+        if t.on_unhealthy || t.unhealthy_draining == Duration::MAX || *self.terminate_tx.borrow() {
+            return false;
+        }
+        let since = *lock(&self.unhealthy_since);
+        match since {
+            Some(since)
+                if self.state() == State::Unhealthy && now >= since + t.unhealthy_draining =>
+            {
+                self.terminate();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Sets when this target's connections are cut (its group's policy).
@@ -163,7 +187,10 @@ impl Target {
         drop(m);
         if t.to.routable() {
             *lock(&self.healthy_since) = Some(Instant::now());
+            // Back in service: connections opened from now on are not cut by an old verdict.
+            self.terminate_tx.send_replace(false);
         }
+        *lock(&self.unhealthy_since) = (t.to == State::Unhealthy).then(Instant::now);
         if t.to == State::Unhealthy && lock(&self.termination).on_unhealthy {
             self.terminate();
         }
@@ -458,6 +485,13 @@ impl TargetGroup {
         done
     }
 
+    /// Cuts the connections of targets unhealthy for longer than the draining interval.
+    pub fn cut_unhealthy(&self, now: Instant) {
+        for t in &self.targets {
+            t.cut_after_unhealthy_draining(now);
+        }
+    }
+
     /// (healthy, unhealthy) counts, as AWS's HealthyHostCount and UnHealthyHostCount.
     pub fn host_counts(&self) -> (usize, usize) {
         let healthy = self.targets.iter().filter(|t| t.state().routable()).count();
@@ -681,6 +715,70 @@ mod tests {
         let s3 = a.targets[0].termination_signal();
         a.targets[0].record_check(Outcome::Failed);
         assert!(!*s3.borrow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_target_is_not_cut_by_its_old_verdict() {
+        let mut cfg = tg(&[1], Algorithm::Maglev);
+        cfg.termination = Termination {
+            on_deregistration: false,
+            on_unhealthy: true,
+            unhealthy_draining: Duration::ZERO,
+        };
+        let g = TargetGroup::build(cfg, None);
+        let t = &g.targets[0];
+        t.record_check(Outcome::Success);
+        t.record_check(Outcome::Failed);
+        while t.state() != State::Unhealthy {
+            t.record_check(Outcome::Failed);
+        }
+        assert!(*t.termination_signal().borrow(), "cut while unhealthy");
+        while !t.state().routable() {
+            t.record_check(Outcome::Success);
+        }
+        assert!(
+            !*t.termination_signal().borrow(),
+            "a connection opened after recovery must not be cut at once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unhealthy_draining_interval_cuts_only_when_it_ends() {
+        let mut cfg = tg(&[1], Algorithm::Maglev);
+        cfg.termination = Termination {
+            on_deregistration: false,
+            on_unhealthy: false,
+            unhealthy_draining: Duration::from_secs(10),
+        };
+        let g = TargetGroup::build(cfg, None);
+        let t = &g.targets[0];
+        t.record_check(Outcome::Success);
+        while t.state() != State::Unhealthy {
+            t.record_check(Outcome::Failed);
+        }
+        let sig = t.termination_signal();
+        assert!(!*sig.borrow(), "not cut on turning unhealthy");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        g.cut_unhealthy(Instant::now());
+        assert!(!*sig.borrow(), "still draining at 9 s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        g.cut_unhealthy(Instant::now());
+        assert!(*sig.borrow(), "cut when the draining interval ends");
+        // Healthy again before the interval ends: nothing is cut.
+        while !t.state().routable() {
+            t.record_check(Outcome::Success);
+        }
+        while t.state() != State::Unhealthy {
+            t.record_check(Outcome::Failed);
+        }
+        let sig = t.termination_signal();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        while !t.state().routable() {
+            t.record_check(Outcome::Success);
+        }
+        tokio::time::advance(Duration::from_secs(60)).await;
+        g.cut_unhealthy(Instant::now());
+        assert!(!*sig.borrow());
     }
 
     #[tokio::test(start_paused = true)]
