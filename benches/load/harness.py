@@ -300,7 +300,7 @@ http {{
     return path
 
 
-def causeway_cfg(kind, port, admin):
+def causeway_cfg(kind, port, admin, relay=None):
     targets = ", ".join(f'{{ address = "{a}" }}' for a in upstreams())
     if kind == "alb":
         body = f"""[[listeners]]
@@ -311,10 +311,11 @@ targets = [{targets}]
 health_check = {{ path = "/", interval_seconds = 5, timeout_seconds = 2 }}
 """
     elif kind == "nlb":
+        mode = f'relay = "{relay}"\n' if relay else ""
         body = f"""[[listeners]]
 address = "127.0.0.1:{port}"
 target_group = "web"
-[target_groups.web]
+{mode}[target_groups.web]
 targets = [{targets}]
 health_check = {{ interval_seconds = 5, timeout_seconds = 2 }}
 """
@@ -356,14 +357,14 @@ address = "127.0.0.1:{admin}"
 
 # ------------------------------------------------------------------ scenarios
 
-def causeway(kind, bin_dir, path="/"):
+def causeway(kind, bin_dir, path="/", relay=None):
     name = {"alb": "causeway-alb", "nlb": "causeway-nlb", "edge": "causeway-edge",
             "edge-tls": "causeway-edge", "edge-miss": "causeway-edge"}[kind]
     binary = os.path.join(bin_dir, name)
     if not os.access(binary, os.X_OK):
         return None, f"{name}: no binary at {binary} (cargo build --release)"
     port, admin = free_port(), free_port()
-    p = start([binary, "--config", causeway_cfg(kind, port, admin)], 1, name)
+    p = start([binary, "--config", causeway_cfg(kind, port, admin, relay)], 1, name)
     wait_port(admin)
     wait_port(port)
     url = f"http://127.0.0.1:{port}{path}"
@@ -371,7 +372,8 @@ def causeway(kind, bin_dir, path="/"):
     status = probe(url)
     if status == 501:
         return None, f"{name}: answers 501 Not Implemented; its engine is not built yet"
-    return {"name": name, "pid": p.pid, "url": url}, None
+    label = f"{name} ({relay})" if relay else name
+    return {"name": label, "pid": p.pid, "url": url}, None
 
 
 def haproxy(mode, path="/", maxconn=4000):
@@ -483,11 +485,13 @@ def scenario_proxies(args):
         return rows, notes + ([note] if note else [])
     if not args.peers_only:
         kind = {"http": "alb", "tcp": "nlb", "cache": "edge"}[args.scenario]
-        c, note = causeway(kind, args.bin_dir, path)
-        if c:
-            proxies.append(c)
-        if note:
-            notes.append(note)
+        # The nlb twice: its buffered copy (the default) and its splice(2) relay.
+        for relay in (("copy", "splice") if kind == "nlb" else (None,)):
+            c, note = causeway(kind, args.bin_dir, path, relay)
+            if c:
+                proxies.append(c)
+            if note:
+                notes.append(note)
     if args.scenario == "http":
         proxies += [haproxy("http"), nginx_peer(False)]
     elif args.scenario == "tcp":
@@ -504,8 +508,11 @@ def scenario_proxies(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["http", "tcp", "cache", "miss", "idle"], default="http",
-                    help="idle: memory per idle keep-alive client connection (alb, HAProxy, NGINX)")
+    ap.add_argument("--scenario", choices=["http", "tcp", "cache", "miss", "idle", "bulk"],
+                    default="http",
+                    help="idle: memory per idle keep-alive client connection (alb, HAProxy, NGINX); "
+                         "bulk: one large download through the nlb vs direct")
+    ap.add_argument("--bulk-mib", type=int, default=1024, help="bulk scenario: MiB per download")
     ap.add_argument("--idle-connections", type=int, default=9000,
                     help="HAProxy needs two descriptors per connection and the hard limit here is 20000")
     ap.add_argument("--object", choices=["64b", "16k"], default="16k", help="cache scenario object")
@@ -527,6 +534,8 @@ def main():
         wait_port(p)
     if args.scenario == "idle":
         return idle_memory(args)
+    if args.scenario == "bulk":
+        return bulk(args)
     proxies, notes = scenario_proxies(args)
     results = {p["name"]: [] for p in proxies}
     for rnd in range(args.rounds):
@@ -567,6 +576,57 @@ def main():
         print(f"\nNote: {n}")
     if args.json:
         json.dump({"args": vars(args), "rounds": results, "medians": med}, open(args.json, "w"), indent=1)
+
+
+def bulk(args):
+    """One `--bulk-mib` download at a time with curl (on CPU 0, beside the origin): straight
+    from the origin, then through the nlb (splice and copy) and HAProxy mode tcp on CPU 1.
+    Reports MiB/s, the ratio to direct, and the proxy's CPU-seconds per GiB."""
+    www = os.path.join(TMP, "www")
+    block = os.urandom(1 << 20)
+    with open(os.path.join(www, "bulk"), "wb") as f:
+        for _ in range(args.bulk_mib):
+            f.write(block)
+    os.chmod(os.path.join(www, "bulk"), 0o644)
+    rows = [{"name": "direct (origin, no proxy)", "pid": None,
+             "url": f"http://{upstreams()[0]}/bulk"}]
+    notes = []
+    for relay in ("copy", "splice"):
+        c, note = causeway("nlb", args.bin_dir, "/bulk", relay)
+        if c:
+            rows.append(c)
+        if note:
+            notes.append(note)
+    rows.append(haproxy("tcp", "/bulk"))
+    results = {r["name"]: [] for r in rows}
+    for rnd in range(args.rounds):
+        for r in rows:
+            before = cpu_seconds(r["pid"]) if r["pid"] else 0.0
+            out = subprocess.run(
+                ["taskset", "-c", "0", "curl", "-s", "-o", "/dev/null", "--max-time", "120",
+                 "-w", "%{size_download} %{time_total}", r["url"]],
+                capture_output=True, text=True, timeout=130).stdout.split()
+            cpu = (cpu_seconds(r["pid"]) - before) if r["pid"] else 0.0
+            size, secs = int(out[0]), float(out[1])
+            if size != args.bulk_mib << 20:
+                raise SystemExit(f"{r['name']}: got {size} bytes, wanted {args.bulk_mib << 20}")
+            mibs = size / (1 << 20) / secs
+            results[r["name"]].append({"mibs": mibs, "cpu_per_gib": cpu * (1 << 30) / size})
+            print(f"round {rnd + 1} {r['name']}: {mibs:.0f} MiB/s, "
+                  f"{cpu * (1 << 30) / size:.3f} CPU-s/GiB", file=sys.stderr)
+    med = {n: {k: statistics.median(x[k] for x in rs) for k in ("mibs", "cpu_per_gib")}
+           for n, rs in results.items()}
+    direct = med[rows[0]["name"]]["mibs"]
+    cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
+    print(f"\n### bulk ({args.bulk_mib} MiB)\n\n`{cmd}` — {args.rounds} interleaved rounds, "
+          f"one download at a time, medians.\n")
+    print("| path | MiB/s | / direct | proxy CPU-s per GiB |")
+    print("|---|---|---|---|")
+    for n, m in med.items():
+        cpu = "–" if n.startswith("direct") else f"{m['cpu_per_gib']:.3f}"
+        print(f"| {n} | {m['mibs']:.0f} | {m['mibs'] / direct:.2f} | {cpu} |")
+    for n in notes:
+        print(f"\nNote: {n}")
 
 
 def idle_memory(args):

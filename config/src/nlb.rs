@@ -39,6 +39,8 @@ pub struct FileListener {
     #[serde(default)]
     pub certificates: Vec<crate::tls::FileCertificate>,
     pub alpn_policy: Option<String>,
+    /// Ours: how TCP bytes move, `splice` (zero-copy) or `copy`.
+    pub relay: Option<String>,
     #[serde(default)]
     pub proxy_protocol: FileAcceptProxy,
     /// Ours: connection limits (0 = none).
@@ -97,6 +99,18 @@ pub enum Protocol {
     TcpUdp,
     /// TLS terminated here, TCP to the targets.
     Tls,
+}
+
+/// The default relay, chosen by benchmark (docs/benchmarks.md).
+pub const DEFAULT_RELAY: &str = "copy";
+
+/// How the nlb moves a plain TCP flow's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    /// splice(2) through a pipe per direction: the bytes never enter user space.
+    Splice,
+    /// read into a buffer, write it out.
+    Copy,
 }
 
 /// NLB's ALPN policies for TLS listeners.
@@ -166,6 +180,8 @@ pub struct Listener {
     pub protocol: Protocol,
     pub target_group: String,
     pub udp: UdpSettings,
+    /// How plain TCP flows are relayed (TLS flows are always copied).
+    pub relay: RelayMode,
     /// TLS listeners: certificates, policy, and the ALPN protocols offered.
     pub tls: Option<(crate::tls::TlsSettings, AlpnPolicy)>,
     /// A flow silent both ways this long is closed.
@@ -341,9 +357,18 @@ impl ConfigFile for FileNlb {
                 0,
                 10_000_000,
             )?;
+            let relay = match one_of(
+                &format!("{path}.relay"),
+                l.relay.as_deref().unwrap_or(DEFAULT_RELAY),
+                &["splice", "copy"],
+            )? {
+                "copy" => RelayMode::Copy,
+                _ => RelayMode::Splice,
+            };
             listeners.push(Listener {
                 address,
                 protocol,
+                relay,
                 tls,
                 udp: UdpSettings {
                     idle_timeout: std::time::Duration::from_secs(udp_idle as u64),

@@ -7,6 +7,7 @@ pub mod flow;
 pub mod flow_table;
 pub mod proxy;
 pub mod relay;
+pub mod splice;
 pub mod udp;
 
 use causeway_config::common::{ServerConfig, TargetGroupConfig};

@@ -6,6 +6,7 @@ use crate::accept_proxy::{self, Accepted};
 use crate::flow::{self, Proto};
 use crate::{connect, relay, Nlb};
 use causeway_config::common::Stickiness;
+use causeway_config::nlb::RelayMode;
 use causeway_dataplane::limits::{Limiter, Refused};
 use causeway_dataplane::{Conn, Snapshot};
 use std::sync::Arc;
@@ -145,7 +146,7 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
     let active = metrics::gauge!("causeway_nlb_active_flow_count", &labels);
     active.increment(1.0);
     let idle = listener.map_or(DEFAULT_IDLE, |l| l.idle_timeout);
-    let (tr, tw) = upstream.split();
+
     let mut cut = in_flight.target().termination_signal();
     let stop = async move {
         if cut.wait_for(|c| *c).await.is_err() {
@@ -153,13 +154,17 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
             std::future::pending::<()>().await;
         }
     };
+    let splice = listener.is_some_and(|l| l.relay == RelayMode::Splice);
     let (n, result) = match &mut client {
+        ClientIo::Plain(s) if splice => crate::splice::relay(s, &upstream, idle, stop).await,
         ClientIo::Plain(s) => {
             let (cr, cw) = s.split();
+            let (tr, tw) = upstream.split();
             relay::relay(cr, cw, tr, tw, idle, stop).await
         }
         ClientIo::Tls(s) => {
             let (cr, cw) = tokio::io::split(&mut **s);
+            let (tr, tw) = upstream.split();
             relay::relay(cr, cw, tr, tw, idle, stop).await
         }
     };

@@ -136,15 +136,40 @@ async fn counting_server() -> SocketAddr {
 }
 
 #[tokio::test]
-async fn half_close_is_propagated() {
+async fn half_close_is_propagated_by_either_relay() {
+    for relay in ["splice", "copy"] {
+        let target = counting_server().await;
+        let (_server, listen) =
+            start_nlb_with(&[target], 300, &format!("relay = \"{relay}\"")).await;
+        let mut c = TcpStream::connect(listen).await.unwrap();
+        c.write_all(&vec![7u8; 100_000]).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, "got 100000", "{relay}");
+    }
+}
+
+#[tokio::test]
+async fn a_target_back_from_unhealthy_takes_new_flows_uncut() {
     let target = counting_server().await;
-    let (_server, listen) = start_nlb(&[target], 300).await;
+    let (server, listen) = start_nlb(&[target], 300).await;
+    let snap = server.snapshot();
+    let t = &snap.group("t").unwrap().targets[0];
+    for _ in 0..2 {
+        t.record_check(causeway_dataplane::health::Outcome::Failed);
+    }
+    assert_eq!(t.state(), State::Unhealthy);
+    for _ in 0..2 {
+        t.record_check(causeway_dataplane::health::Outcome::Success);
+    }
+    assert_eq!(t.state(), State::Healthy);
     let mut c = TcpStream::connect(listen).await.unwrap();
-    c.write_all(&vec![7u8; 100_000]).await.unwrap();
+    c.write_all(b"after recovery").await.unwrap();
     c.shutdown().await.unwrap();
     let mut answer = String::new();
     c.read_to_string(&mut answer).await.unwrap();
-    assert_eq!(answer, "got 100000");
+    assert_eq!(answer, "got 14", "a new flow is not cut by the old verdict");
 }
 
 #[tokio::test]
