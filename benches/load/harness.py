@@ -513,6 +513,10 @@ def main():
                     help="idle: memory per idle keep-alive client connection (alb, HAProxy, NGINX); "
                          "bulk: one large download through the nlb vs direct")
     ap.add_argument("--bulk-mib", type=int, default=1024, help="bulk scenario: MiB per download")
+    ap.add_argument("--close", action="store_true",
+                    help="every request on a new connection (Connection: close): connections per second")
+    ap.add_argument("--idle-plane", choices=["alb", "nlb"], default="alb",
+                    help="idle scenario: the alb against HAProxy and NGINX, or the nlb against HAProxy mode tcp")
     ap.add_argument("--idle-connections", type=int, default=9000,
                     help="HAProxy needs two descriptors per connection and the hard limit here is 20000")
     ap.add_argument("--object", choices=["64b", "16k"], default="16k", help="cache scenario object")
@@ -537,6 +541,9 @@ def main():
     if args.scenario == "bulk":
         return bulk(args)
     proxies, notes = scenario_proxies(args)
+    if args.close:
+        for p in proxies:
+            p["wrk_extra"] = ("-H", "Connection: close")
     results = {p["name"]: [] for p in proxies}
     for rnd in range(args.rounds):
         for p in proxies:
@@ -551,10 +558,12 @@ def main():
         med[name]["errors"] = sum(r["errors"] for r in rs)
     cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
     proto = {"h2load": ", h2c", "h3load": ", h3 / h2+TLS / h1"}.get(args.client, "")
-    what = f" ({args.object}{proto})" if args.scenario == "cache" else ""
+    what = f" ({args.object}{proto})" if args.scenario == "cache" else (
+        " (new connections)" if args.close else "")
     print(f"\n### {args.scenario}{what}")
+    conns = "connections, a new one per request (Connection: close)" if args.close else "keep-alive connections"
     print(f"\n`{cmd}` — {args.rounds} interleaved rounds of {args.duration} s, "
-          f"{args.connections} keep-alive connections, medians.\n")
+          f"{args.connections} {conns}, medians.\n")
     lat = "mean ms (h2load) / p99 ms" if args.client == "h3load" else (
         "mean ms" if args.client == "h2load" else "p99 ms")
     print(f"| proxy | req/s | {lat} | CPU-s / 100k req | errors |")
@@ -633,12 +642,15 @@ def idle_memory(args):
     """Memory per idle keep-alive connection: N connections, one request each, then held."""
     proxies, notes = [], []
     if not args.peers_only:
-        c, note = causeway("alb", args.bin_dir)
+        c, note = causeway(args.idle_plane, args.bin_dir)
         if c:
             proxies.append(c)
         if note:
             notes.append(note)
-    proxies += [haproxy("http", maxconn=args.idle_connections + 50), nginx_peer(False)]
+    if args.idle_plane == "nlb":
+        proxies += [haproxy("tcp", maxconn=args.idle_connections + 50)]
+    else:
+        proxies += [haproxy("http", maxconn=args.idle_connections + 50), nginx_peer(False)]
     rows = []
     for p in proxies:
         port = int(p["url"].split(":")[2].split("/")[0])
@@ -654,7 +666,7 @@ def idle_memory(args):
         print(f"{p['name']}: {n} idle connections, RSS {before} -> {during} KB, {per:.2f} KB each, "
               f"errors {errors}", file=sys.stderr)
     cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
-    print(f"\n### idle connections\n\n`{cmd}` — {args.idle_connections} keep-alive connections, "
+    print(f"\n### idle connections ({args.idle_plane})\n\n`{cmd}` — {args.idle_connections} keep-alive connections, "
           "one request each, then held open; resident memory of the proxy (and its children).\n")
     print("| proxy | connections | RSS before (KB) | RSS with them (KB) | KB per idle connection | errors |")
     print("|---|---|---|---|---|---|")

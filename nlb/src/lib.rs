@@ -8,6 +8,7 @@ pub mod flow_table;
 pub mod proxy;
 pub mod relay;
 pub mod splice;
+pub mod tcp_relay;
 pub mod udp;
 
 use causeway_config::common::{ServerConfig, TargetGroupConfig};

@@ -4,7 +4,7 @@
 
 use crate::accept_proxy::{self, Accepted};
 use crate::flow::{self, Proto};
-use crate::{connect, relay, Nlb};
+use crate::{connect, relay, tcp_relay, Nlb};
 use causeway_config::common::Stickiness;
 use causeway_config::nlb::RelayMode;
 use causeway_dataplane::limits::{Limiter, Refused};
@@ -156,12 +156,10 @@ pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
     };
     let splice = listener.is_some_and(|l| l.relay == RelayMode::Splice);
     let (n, result) = match &mut client {
-        ClientIo::Plain(s) if splice => crate::splice::relay(s, &upstream, idle, stop).await,
-        ClientIo::Plain(s) => {
-            let (cr, cw) = s.split();
-            let (tr, tw) = upstream.split();
-            relay::relay(cr, cw, tr, tw, idle, stop).await
+        ClientIo::Plain(s) if splice => {
+            tcp_relay::relay::<crate::splice::Pipe>(s, &upstream, idle, stop).await
         }
+        ClientIo::Plain(s) => tcp_relay::relay::<tcp_relay::Buffer>(s, &upstream, idle, stop).await,
         ClientIo::Tls(s) => {
             let (cr, cw) = tokio::io::split(&mut **s);
             let (tr, tw) = upstream.split();

@@ -1,0 +1,365 @@
+//! The relay for a flow that is plain TCP on both sides, driven by socket readiness: each
+//! direction moves bytes through a [`Carrier`] (a pooled buffer, or a splice pipe), with the
+//! same contract as `relay::relay` (half-close, idle timeout, termination, byte counts). An idle
+//! flow holds no buffer: one is taken from a per-thread pool when bytes arrive, and given back
+//! once they are delivered.
+
+use crate::relay::{RelayError, Relayed};
+use std::cell::RefCell;
+use std::io::{self, Read};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// What holds one direction's bytes between reading and writing.
+pub trait Carrier: Sized + Send {
+    fn new() -> io::Result<Self>;
+    /// Bytes read and not yet written.
+    fn pending(&self) -> usize;
+    /// How many more bytes it can take now.
+    fn room(&self) -> usize;
+    /// Source → carrier, once the source is readable. `Ok(0)`: the source sent FIN.
+    fn fill(&mut self, src: &TcpStream) -> io::Result<usize>;
+    /// Carrier → destination, once it is writable.
+    fn flush(&mut self, dst: &TcpStream) -> io::Result<usize>;
+}
+
+/// One read from a readable source, the way tokio's own `poll_read` does it: a read shorter
+/// than the room drained the socket, so its readiness is cleared at once (the next wait goes to
+/// epoll instead of costing a read that answers EAGAIN).
+pub fn read_draining(
+    src: &TcpStream,
+    mut read: impl FnMut(usize) -> io::Result<usize>,
+    room: usize,
+) -> io::Result<usize> {
+    let mut got = 0;
+    let r = src.try_io(tokio::io::Interest::READABLE, || {
+        let n = read(room)?;
+        got = n;
+        if n > 0 && n < room {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
+    }
+}
+
+/// Bytes per buffer.
+const CHUNK: usize = 16 * 1024;
+/// Free buffers a thread keeps for the next busy flow.
+const POOL: usize = 256;
+
+thread_local! {
+    static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer taken from the pool only while it holds bytes.
+#[derive(Default)]
+pub struct Buffer {
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+}
+
+impl Buffer {
+    fn take(&mut self) -> &mut [u8] {
+        self.buf.get_or_insert_with(|| {
+            FREE.with(|f| f.borrow_mut().pop())
+                .unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice())
+        })
+    }
+
+    /// Empty: back to the pool.
+    fn rest(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        if let Some(b) = self.buf.take() {
+            FREE.with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < POOL {
+                    f.push(b);
+                }
+            });
+        }
+    }
+}
+
+impl Carrier for Buffer {
+    fn new() -> io::Result<Buffer> {
+        Ok(Buffer::default())
+    }
+
+    fn pending(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn room(&self) -> usize {
+        CHUNK - self.end
+    }
+
+    fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+        let end = self.end;
+        let buf = &mut self.take()[end..];
+        let room = buf.len();
+        let sock = socket2::SockRef::from(src);
+        let r = read_draining(src, |len| (&*sock).read(&mut buf[..len]), room);
+        if let Ok(n) = r {
+            self.end += n;
+        }
+        if self.pending() == 0 {
+            self.rest();
+        }
+        r
+    }
+
+    fn flush(&mut self, dst: &TcpStream) -> io::Result<usize> {
+        let Some(buf) = &self.buf else { return Ok(0) };
+        let n = dst.try_write(&buf[self.start..self.end])?;
+        self.start += n;
+        if self.start == self.end {
+            self.rest();
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.rest();
+    }
+}
+
+/// One direction: its carrier, whether its source is open, whether its FIN went on.
+struct Way<C> {
+    c: C,
+    open: bool,
+    shut: bool,
+    moved: u64,
+}
+
+impl<C: Carrier> Way<C> {
+    fn new() -> io::Result<Way<C>> {
+        Ok(Way {
+            c: C::new()?,
+            open: true,
+            shut: false,
+            moved: 0,
+        })
+    }
+
+    /// Still has work: bytes to deliver, or a source to read.
+    fn live(&self) -> bool {
+        self.open || self.c.pending() > 0
+    }
+
+    fn can_fill(&self) -> bool {
+        self.open && self.c.room() > 0
+    }
+
+    /// Flushes what it can without waiting (a full destination is not an error); once the
+    /// source has ended and nothing is pending, passes the FIN on (a write shutdown), once.
+    fn deliver(&mut self, dst: &TcpStream) -> io::Result<()> {
+        if self.c.pending() > 0 {
+            match self.c.flush(dst) {
+                Ok(k) => self.moved += k as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.open && self.c.pending() == 0 && !self.shut {
+            self.shut = true;
+            socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what the source has (it was readable), then delivers at once: the destination is
+    /// most often writable, which saves a turn of the loop. `Ok(true)`: bytes moved.
+    fn pump(&mut self, src: &TcpStream, dst: &TcpStream) -> Result<bool, (bool, io::Error)> {
+        let moved = match self.c.fill(src) {
+            Ok(0) => {
+                self.open = false;
+                false
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err((true, e)),
+        };
+        self.deliver(dst).map_err(|e| (false, e))?;
+        Ok(moved)
+    }
+}
+
+/// Relays between two TCP streams until both directions have ended, until no byte moved for
+/// `idle`, or until `stop` resolves. Returns the counts either way.
+pub async fn relay<C: Carrier>(
+    client: &TcpStream,
+    target: &TcpStream,
+    idle: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> (Relayed, Result<(), RelayError>) {
+    let counts = |up: &Way<C>, down: &Way<C>| Relayed {
+        client_to_target: up.moved,
+        target_to_client: down.moved,
+    };
+    let (mut up, mut down) = match (Way::<C>::new(), Way::<C>::new()) {
+        (Ok(u), Ok(d)) => (u, d),
+        (Err(e), _) | (_, Err(e)) => return (Relayed::default(), Err(RelayError::Client(e))),
+    };
+    // (source side failed?, error) → the error on the right side.
+    let up_err = |(source, e): (bool, io::Error)| {
+        if source {
+            RelayError::Client(e)
+        } else {
+            RelayError::Target(e)
+        }
+    };
+    let down_err = |(source, e): (bool, io::Error)| {
+        if source {
+            RelayError::Target(e)
+        } else {
+            RelayError::Client(e)
+        }
+    };
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    tokio::pin!(stop);
+    while up.live() || down.live() {
+        tokio::select! {
+            r = client.readable(), if up.can_fill() => {
+                let r = r.map_err(|e| (true, e)).and_then(|()| up.pump(client, target));
+                match r {
+                    Ok(true) => timer.as_mut().reset(tokio::time::Instant::now() + idle),
+                    Ok(false) => {}
+                    Err(e) => return (counts(&up, &down), Err(up_err(e))),
+                }
+            }
+            r = target.writable(), if up.c.pending() > 0 => {
+                if let Err(e) = r.and_then(|()| up.deliver(target)) {
+                    return (counts(&up, &down), Err(RelayError::Target(e)));
+                }
+            }
+            r = target.readable(), if down.can_fill() => {
+                let r = r.map_err(|e| (true, e)).and_then(|()| down.pump(target, client));
+                match r {
+                    Ok(true) => timer.as_mut().reset(tokio::time::Instant::now() + idle),
+                    Ok(false) => {}
+                    Err(e) => return (counts(&up, &down), Err(down_err(e))),
+                }
+            }
+            r = client.writable(), if down.c.pending() > 0 => {
+                if let Err(e) = r.and_then(|()| down.deliver(client)) {
+                    return (counts(&up, &down), Err(RelayError::Client(e)));
+                }
+            }
+            _ = &mut timer => return (counts(&up, &down), Err(RelayError::Idle(idle))),
+            () = &mut stop => return (counts(&up, &down), Err(RelayError::Terminated)),
+        }
+    }
+    (counts(&up, &down), Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::splice::Pipe;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Two connected pairs: (client end, relay's client side), (relay's target side, target end).
+    async fn pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (d, _) = l.accept().await.unwrap();
+        ((a, b), (c, d))
+    }
+
+    async fn bulk_and_half_close<C: Carrier + 'static>() {
+        let ((mut client, relay_c), (relay_t, mut target)) = pairs().await;
+        let task = tokio::spawn(async move {
+            relay::<C>(
+                &relay_c,
+                &relay_t,
+                Duration::from_secs(350),
+                std::future::pending(),
+            )
+            .await
+        });
+        // 4 MiB one way (many buffers or pipe-fulls), then FIN; then an answer after it.
+        let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        target.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "4 MiB arrive intact and in order");
+        let mut client = writer.await.unwrap();
+        target.write_all(b"pong after half-close").await.unwrap();
+        target.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong after half-close");
+        let (n, r) = task.await.unwrap();
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(
+            n,
+            Relayed {
+                client_to_target: 4 << 20,
+                target_to_client: 21
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn buffers_carry_bytes_and_half_close() {
+        bulk_and_half_close::<Buffer>().await;
+    }
+
+    #[tokio::test]
+    async fn splice_carries_bytes_and_half_close() {
+        bulk_and_half_close::<Pipe>().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_flow_ends_at_the_idle_timeout_holding_no_buffer() {
+        let ((_client, relay_c), (relay_t, _target)) = pairs().await;
+        let (n, r) = relay::<Buffer>(
+            &relay_c,
+            &relay_t,
+            Duration::from_secs(350),
+            std::future::pending(),
+        )
+        .await;
+        assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");
+        assert_eq!(n, Relayed::default());
+        let ((_client, relay_c), (relay_t, _target)) = pairs().await;
+        let (_, r) = relay::<Pipe>(
+            &relay_c,
+            &relay_t,
+            Duration::from_secs(350),
+            std::future::pending(),
+        )
+        .await;
+        assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");
+    }
+
+    #[test]
+    fn an_emptied_buffer_goes_back_to_the_pool() {
+        let mut b = Buffer::default();
+        b.take();
+        b.end = 10;
+        assert!(b.buf.is_some());
+        b.start = 10;
+        b.rest();
+        assert!(b.buf.is_none(), "an idle direction holds no memory");
+        assert!(FREE.with(|f| !f.borrow().is_empty()));
+    }
+}
