@@ -348,12 +348,16 @@ async fn scale_in_with_a_lifecycle_hook_drains_first_then_completes() {
         &["run", "--config", stack.control_cfg.to_str().unwrap()],
         &aws_env(&endpoint),
     );
-    // The loop renders the three instances and the alb routes to them.
+    // The loop renders the three instances and reloads the alb, which then routes to them.
     let routed = eventually(Duration::from_secs(20), || {
-        let t = std::fs::read_to_string(&stack.targets).ok()?;
-        (t.matches(&format!(":{port}\"")).count() == 3).then_some(())
+        let (_, body) = causeway_testkit::process::http_get(stack.admin, "/status").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["target_groups"]["wordpress"]["targets"].as_array()?.len() == 3).then_some(())
     });
-    assert!(routed.is_some(), "control run never rendered the targets");
+    assert!(
+        routed.is_some(),
+        "control run never gave the alb the three targets"
+    );
     let mut served = std::collections::BTreeSet::new();
     for _ in 0..6 {
         let r = raw::get(stack.listen, "/", &[]).await.unwrap();
