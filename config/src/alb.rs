@@ -688,7 +688,7 @@ impl ConfigFile for FileAlb {
     type Valid = AlbConfig;
 
     fn validate(self, cx: &Context) -> Result<AlbConfig, Invalid> {
-        let server = self.server.validate("server")?;
+        let server = self.server.validate("server", cx)?;
         let admin = self.admin.validate("admin")?;
         let load_balancer = self.load_balancer.validate(cx)?;
         let mut target_groups = validate_target_groups(self.target_groups, Plane::Alb)?;

@@ -15,6 +15,9 @@ pub struct FileServer {
     pub grace_period_seconds: Option<i64>,
     /// The availability zone this process runs in (for zone preference).
     pub zone: Option<String>,
+    /// A Unix socket where this process hands its listening sockets to a new binary
+    /// (`--upgrade`).
+    pub upgrade_socket: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +209,8 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// The availability zone this process runs in, if known.
     pub zone: Option<String>,
+    /// Where listening sockets are handed to a new binary on upgrade.
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -214,6 +219,7 @@ impl Default for ServerConfig {
             workers: 0,
             grace_period: Duration::from_secs(30),
             zone: None,
+            upgrade_socket: None,
         }
     }
 }
@@ -358,7 +364,7 @@ fn secs(path: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Check<Dur
 }
 
 impl FileServer {
-    pub fn validate(self, path: &str) -> Check<ServerConfig> {
+    pub fn validate(self, path: &str, cx: &crate::Context) -> Check<ServerConfig> {
         let workers = in_range(
             &format!("{path}.workers"),
             self.workers.unwrap_or(0),
@@ -375,10 +381,28 @@ impl FileServer {
         if self.zone.as_deref() == Some("") {
             return Err(Violation::new(format!("{path}.zone"), "must not be empty"));
         }
+        let upgrade_socket = match self.upgrade_socket.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(Violation::new(
+                    format!("{path}.upgrade_socket"),
+                    "must not be empty",
+                ))
+            }
+            // sun_path holds 108 bytes with its NUL.
+            Some(p) if cx.resolve(p).as_os_str().len() > 107 => {
+                return Err(Violation::new(
+                    format!("{path}.upgrade_socket"),
+                    "a Unix socket path is at most 107 bytes",
+                ))
+            }
+            Some(p) => Some(cx.resolve(p)),
+        };
         Ok(ServerConfig {
             workers: workers as usize,
             grace_period: grace,
             zone: self.zone,
+            upgrade_socket,
         })
     }
 }

@@ -273,7 +273,7 @@ impl ConfigFile for FileEdge {
     type Valid = EdgeConfig;
 
     fn validate(self, cx: &Context) -> Result<EdgeConfig, Invalid> {
-        let server = self.server.validate("server")?;
+        let server = self.server.validate("server", cx)?;
         let admin = self.admin.validate("admin")?;
         if self.listeners.is_empty() {
             return Err(Violation::new("listeners", "at least one listener is required").into());

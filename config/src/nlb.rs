@@ -198,7 +198,7 @@ impl ConfigFile for FileNlb {
     type Valid = NlbConfig;
 
     fn validate(self, cx: &Context) -> Result<NlbConfig, Invalid> {
-        let server = self.server.validate("server")?;
+        let server = self.server.validate("server", cx)?;
         let admin = self.admin.validate("admin")?;
         let mut target_groups = validate_target_groups(self.target_groups, Plane::Nlb)?;
         if let Some(f) = &self.targets_file {

@@ -6,6 +6,9 @@
 //! | SIGHUP  | reload: read → validate → build → one snapshot store; on failure keep the old config |
 //! | SIGTERM | stop accepting, drain in-flight work up to `server.grace_period_seconds`, exit 0 |
 //! | SIGINT  | exit at once (status 130) |
+//!
+//! `--upgrade` starts a new binary on the running one's listening sockets
+//! (`server.upgrade_socket`, see `upgrade.rs`); the old one then drains and exits 0.
 
 use crate::check::NetProber;
 use crate::server::{Plane, Server};
@@ -24,6 +27,10 @@ struct Args {
     /// Validate this config file, print `ok` or the error, and exit.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     check: Option<PathBuf>,
+    /// Take the listening sockets over from the process serving `server.upgrade_socket`, then
+    /// let it drain and exit: a binary upgrade without a refused connection.
+    #[arg(long, requires = "config")]
+    upgrade: bool,
 }
 
 /// The whole `main` of a data-plane binary.
@@ -73,21 +80,64 @@ pub fn main<P: Plane>() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(run::<P>(path, config))
+    rt.block_on(run::<P>(path, config, args.upgrade))
 }
 
-/// Runs until SIGTERM or SIGINT.
-pub async fn run<P: Plane>(path: PathBuf, config: P::Config) -> ExitCode {
+/// Runs until SIGTERM or SIGINT, or until a newer binary has taken the sockets over.
+pub async fn run<P: Plane>(path: PathBuf, config: P::Config, upgrade: bool) -> ExitCode {
+    use std::os::fd::AsFd;
     crate::telemetry::metrics();
+    let upgrade_socket = P::server(&config).upgrade_socket.clone();
+    let mut inherited = None;
+    if upgrade {
+        let Some(sock) = upgrade_socket.clone() else {
+            eprintln!("--upgrade needs server.upgrade_socket in the config file");
+            return ExitCode::FAILURE;
+        };
+        match tokio::task::spawn_blocking(move || crate::upgrade::receive(&sock)).await {
+            Ok(Ok(i)) => {
+                tracing::info!(
+                    from_pid = i.from_pid,
+                    listeners = i.listeners.len(),
+                    "upgrade: took the running process's sockets"
+                );
+                inherited = Some(i);
+            }
+            Ok(Err(e)) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("upgrade: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let admin_addr = P::admin(&config);
-    let admin = match crate::listener::bind_tcp(admin_addr) {
+    let inherited_admin = inherited
+        .as_mut()
+        .and_then(|i| i.admin.take())
+        .filter(|(a, _)| *a == admin_addr)
+        .map(|(_, l)| l);
+    let admin = match inherited_admin {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l)),
+        None => crate::listener::bind_tcp(admin_addr),
+    };
+    let admin = match admin {
         Ok(l) => l,
         Err(e) => {
             eprintln!("cannot bind admin {admin_addr}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::<P>::start(&path, config, Arc::new(NetProber)).await {
+    let admin_socket = admin.as_fd().try_clone_to_owned().ok();
+    let sockets = inherited
+        .as_mut()
+        .map(|i| std::mem::take(&mut i.listeners))
+        .unwrap_or_default();
+    let server = match Server::<P>::start_with(&path, config, Arc::new(NetProber), sockets).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -96,7 +146,39 @@ pub async fn run<P: Plane>(path: PathBuf, config: P::Config) -> ExitCode {
     };
     let (stop_admin, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(crate::admin::serve(admin, server.clone(), stop_rx));
-    let code = wait_for_signals(&server).await;
+    let (upgraded_tx, upgraded) = tokio::sync::oneshot::channel();
+    if let Some(sock) = upgrade_socket {
+        match crate::upgrade::listen(&sock) {
+            Ok(unix) => {
+                let weak = Arc::downgrade(&server);
+                tokio::spawn(async move {
+                    crate::upgrade::offer(unix, sock, move || crate::upgrade::Handoff {
+                        listeners: weak
+                            .upgrade()
+                            .map(|s| s.listener_sockets())
+                            .unwrap_or_default(),
+                        admin: admin_socket
+                            .as_ref()
+                            .and_then(|s| s.try_clone().ok())
+                            .map(|s| (admin_addr, s)),
+                    })
+                    .await;
+                    let _ = upgraded_tx.send(());
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "upgrades are off for this process"),
+        }
+    }
+    if let Some(i) = inherited {
+        // This process serves now, and answers the next upgrade: the old one may stop
+        // accepting and drain.
+        match tokio::task::spawn_blocking(move || i.ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "upgrade: telling the old process failed"),
+            Err(e) => tracing::warn!(error = %e, "upgrade: telling the old process failed"),
+        }
+    }
+    let code = wait_for_signals(&server, upgraded, &stop_admin).await;
     // send fails only if the admin server already ended
     if stop_admin.send(true).is_err() {
         tracing::debug!("admin server already stopped");
@@ -104,7 +186,11 @@ pub async fn run<P: Plane>(path: PathBuf, config: P::Config) -> ExitCode {
     code
 }
 
-async fn wait_for_signals<P: Plane>(server: &Arc<Server<P>>) -> ExitCode {
+async fn wait_for_signals<P: Plane>(
+    server: &Arc<Server<P>>,
+    mut upgraded: tokio::sync::oneshot::Receiver<()>,
+    stop_admin: &tokio::sync::watch::Sender<bool>,
+) -> ExitCode {
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -130,6 +216,13 @@ async fn wait_for_signals<P: Plane>(server: &Arc<Server<P>>) -> ExitCode {
             _ = int.recv() => {
                 tracing::info!("SIGINT: exiting now");
                 return ExitCode::from(130);
+            }
+            Ok(()) = &mut upgraded => {
+                // The new process has the sockets, the admin one included: stop answering on it.
+                let _ = stop_admin.send(true);
+                server.shutdown().await;
+                tracing::info!("drained after the upgrade, exiting");
+                return ExitCode::SUCCESS;
             }
         }
     }

@@ -28,5 +28,6 @@ pub mod server;
 pub mod target;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
 
 pub use server::{Conn, Plane, Server, Snapshot, Snapshots};

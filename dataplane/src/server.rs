@@ -185,6 +185,8 @@ impl std::fmt::Display for ReloadSummary {
 
 struct ListenerHandle {
     stop: watch::Sender<bool>,
+    /// The listening socket, for a binary upgrade to hand over.
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 /// A running data plane.
@@ -230,15 +232,35 @@ impl<P: Plane> Server<P> {
         config: P::Config,
         prober: Arc<dyn Prober>,
     ) -> Result<Arc<Self>, StartError> {
+        Self::start_with(config_path, config, prober, Default::default()).await
+    }
+
+    /// Like `start`, but serves on `inherited` sockets (a binary upgrade's) where their
+    /// addresses are configured, binding only the others.
+    pub async fn start_with(
+        config_path: &Path,
+        config: P::Config,
+        prober: Arc<dyn Prober>,
+        mut inherited: std::collections::HashMap<SocketAddr, std::net::TcpListener>,
+    ) -> Result<Arc<Self>, StartError> {
         let addrs = P::listeners(&config);
         let mut bound = Vec::new();
         for addr in addrs {
-            let l = bind_tcp(addr).map_err(|source| StartError::Bind {
+            let l = match inherited.remove(&addr) {
+                Some(l) => l
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(l)),
+                None => bind_tcp(addr),
+            }
+            .map_err(|source| StartError::Bind {
                 what: "listener",
                 addr,
                 source,
             })?;
             bound.push((addr, l));
+        }
+        for addr in inherited.keys() {
+            tracing::info!(%addr, "inherited listener no longer configured: closed");
         }
         let compiled = P::compile(&config, None).map_err(StartError::Compile)?;
         let groups = build_groups(P::target_groups(&config), None);
@@ -298,7 +320,21 @@ impl<P: Plane> Server<P> {
         *self.shutdown.borrow()
     }
 
+    /// Copies of the listening sockets, for a binary upgrade.
+    pub fn listener_sockets(&self) -> Vec<(SocketAddr, std::os::fd::OwnedFd)> {
+        lock(&self.listeners)
+            .iter()
+            .filter_map(|(a, h)| Some((*a, h.socket.as_ref()?.try_clone().ok()?)))
+            .collect()
+    }
+
     fn spawn_listener(self: &Arc<Self>, addr: SocketAddr, l: tokio::net::TcpListener) {
+        use std::os::fd::AsFd;
+        let socket = l
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| tracing::warn!(%addr, error = %e, "this listener cannot be handed over on upgrade"))
+            .ok();
         let (stop, stop_rx) = watch::channel(false);
         let weak = Arc::downgrade(self);
         let local = l.local_addr().unwrap_or(addr);
@@ -317,7 +353,7 @@ impl<P: Plane> Server<P> {
                 drop(guard);
             });
         }));
-        lock(&self.listeners).insert(addr, ListenerHandle { stop });
+        lock(&self.listeners).insert(addr, ListenerHandle { stop, socket });
     }
 
     fn start_checkers(&self) {

@@ -59,10 +59,15 @@ pub fn start(snaps: Snapshots<Edge>, shutdown: watch::Receiver<bool>) {
 async fn supervise(snaps: Snapshots<Edge>, mut shutdown: watch::Receiver<bool>) {
     let mut endpoints: HashMap<SocketAddr, quinn::Endpoint> = HashMap::new();
     let mut seen = 0;
+    let mut missing = false;
     loop {
         let snap = snaps.load();
-        if snap.generation != seen {
+        // A failed bind is tried again each tick: after a binary upgrade the old process holds
+        // the UDP port until its last HTTP/3 connection ends.
+        let fresh = snap.generation != seen;
+        if fresh || missing {
             seen = snap.generation;
+            missing = false;
             for (addr, cfg) in &snap.compiled.quic {
                 match endpoints.get(addr) {
                     Some(ep) => ep.set_server_config(Some(cfg.clone())),
@@ -77,7 +82,10 @@ async fn supervise(snaps: Snapshots<Edge>, mut shutdown: watch::Receiver<bool>) 
                                 addr: *addr,
                                 source,
                             };
-                            tracing::error!(error = %e, "HTTP/3 not served on this listener");
+                            if fresh {
+                                tracing::warn!(error = %e, "HTTP/3 not served on this listener yet; retrying");
+                            }
+                            missing = true;
                         }
                     },
                 }

@@ -121,10 +121,15 @@ pub fn start(snaps: Snapshots<Nlb>, shutdown: watch::Receiver<bool>) {
 async fn supervise(snaps: Snapshots<Nlb>, mut shutdown: watch::Receiver<bool>) {
     let mut bound: HashMap<SocketAddr, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut seen = 0;
+    let mut missing = false;
     loop {
         let snap = snaps.load();
-        if snap.generation != seen {
+        // A failed bind is tried again each tick: after a binary upgrade the old process holds
+        // the port until it starts draining.
+        let fresh = snap.generation != seen;
+        if fresh || missing {
             seen = snap.generation;
+            missing = false;
             let want: Vec<SocketAddr> = snap
                 .config
                 .listeners
@@ -142,7 +147,12 @@ async fn supervise(snaps: Snapshots<Nlb>, mut shutdown: watch::Receiver<bool>) {
                         let task = serve(Arc::new(sock), *addr, snaps.clone(), shutdown.clone());
                         bound.insert(*addr, tokio::spawn(task));
                     }
-                    Err(e) => tracing::error!(%addr, error = %e, "binding UDP failed"),
+                    Err(e) => {
+                        if fresh {
+                            tracing::warn!(%addr, error = %e, "binding UDP failed; retrying");
+                        }
+                        missing = true;
+                    }
                 }
             }
             bound.retain(|addr, task| {
@@ -157,7 +167,12 @@ async fn supervise(snaps: Snapshots<Nlb>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             changed = shutdown.changed() => {
-                if changed.is_err() {
+                if changed.is_err() || *shutdown.borrow() {
+                    // Draining: UDP has no connections to finish; let the ports go (to a new
+                    // binary, on upgrade) and end the flows.
+                    for (_, task) in bound.drain() {
+                        task.abort();
+                    }
                     return;
                 }
             }
