@@ -223,16 +223,36 @@ async fn serve_request<S: ClientStream>(
     let mut ended: Option<logging::Ended<'_>> = None;
     // action
     let result = match action {
-        Action::Forward { target_groups } => match upstream::pick_group(snap, target_groups) {
+        Action::Forward {
+            target_groups,
+            group_stickiness,
+        } => match upstream::pick_group(
+            snap,
+            target_groups,
+            *group_stickiness,
+            &client.buf,
+            &head,
+            &snap.compiled.sticky_key,
+        ) {
             None => {
                 ended = Some(logging::Ended::Refused(ProxyError::NoTargets));
                 Err((ProxyError::NoTargets, None))
             }
-            Some(group) => {
+            Some((group, group_cookie)) => {
                 let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
                 let key = &snap.compiled.sticky_key;
-                let r = upstream::forward(client, &head, &req, group, lb, &mut scratch, hash, key)
-                    .await;
+                let r = upstream::forward(
+                    client,
+                    &head,
+                    &req,
+                    group,
+                    lb,
+                    &mut scratch,
+                    hash,
+                    key,
+                    group_cookie.as_deref(),
+                )
+                .await;
                 logging::forwarded(
                     &group.cfg.name,
                     snap.compiled.group_metrics.get(&group.cfg.name),

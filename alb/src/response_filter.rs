@@ -12,7 +12,7 @@ pub fn build_response_head(
     resp: &ResponseHead,
     framing: Framing,
     close: bool,
-    set_cookie: Option<&[u8]>,
+    set_cookies: [Option<&str>; 2],
 ) {
     out.clear();
     let status_line_end = ubuf.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
@@ -40,9 +40,9 @@ pub fn build_response_head(
     if framing == Framing::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    if let Some(c) = set_cookie {
+    for c in set_cookies.into_iter().flatten() {
         out.extend_from_slice(b"Set-Cookie: ");
-        out.extend_from_slice(c);
+        out.extend_from_slice(c.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if close {
@@ -68,11 +68,11 @@ mod tests {
             &h,
             Framing::Chunked,
             true,
-            Some(b"AWSALB=x; Path=/"),
+            [Some("AWSALB=x; Path=/"), Some("AWSALBTG=y; Path=/")],
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nSet-Cookie: AWSALB=x; Path=/\r\nConnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nSet-Cookie: AWSALB=x; Path=/\r\nSet-Cookie: AWSALBTG=y; Path=/\r\nConnection: close\r\n\r\n"
         );
     }
 
@@ -82,7 +82,7 @@ mod tests {
         let mut h = ResponseHead::default();
         assert!(parse_response(raw, 65536, &mut h).unwrap());
         let mut out = Vec::new();
-        build_response_head(&mut out, raw, &h, Framing::Length(0), false, None);
+        build_response_head(&mut out, raw, &h, Framing::Length(0), false, [None, None]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"

@@ -165,6 +165,7 @@ mod tests {
     fn fwd(tg: &str) -> Action {
         Action::Forward {
             target_groups: vec![(tg.into(), 1)],
+            group_stickiness: None,
         }
     }
 
@@ -196,7 +197,7 @@ mod tests {
 
     fn routed(router: &Router, r: &RequestView<'_>) -> String {
         match router.route(r).0 {
-            Action::Forward { target_groups } => target_groups[0].0.clone(),
+            Action::Forward { target_groups, .. } => target_groups[0].0.clone(),
             other => format!("{other:?}"),
         }
     }

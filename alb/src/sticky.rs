@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 pub const LB_COOKIE: &str = "AWSALB";
 /// ALB's application-based stickiness cookie (set when the application sets its own cookie).
 pub const APP_COOKIE: &str = "AWSALBAPP-0";
+/// ALB's target group stickiness cookie (a weighted forward keeps a client on one group).
+pub const TG_COOKIE: &str = "AWSALBTG";
 
 /// Whether a response head's Set-Cookie values set cookie `name`.
 pub fn sets_cookie<'a>(mut set_cookies: impl Iterator<Item = &'a [u8]>, name: &str) -> bool {
@@ -62,12 +64,23 @@ impl StickyKey {
 
 /// The cookie value for `target`, valid until `expires` (Unix seconds).
 pub fn encode(key: &StickyKey, target: SocketAddr, expires: u64) -> String {
-    let t = target.to_string();
-    format!("{t}~{expires}~{:032x}", key.mac(&t, expires))
+    encode_name(key, &target.to_string(), expires)
 }
 
 /// The target a cookie value names, if its signature holds and it has not expired.
 pub fn decode(key: &StickyKey, value: &[u8], now: u64) -> Option<SocketAddr> {
+    decode_name(key, value, now)?.parse().ok()
+}
+
+/// The cookie value for any name (a target group's), signed the same way. Names with `~`, `;`
+/// or spaces never come from the config (target group names are validated), so the value
+/// needs no quoting.
+pub fn encode_name(key: &StickyKey, name: &str, expires: u64) -> String {
+    format!("{name}~{expires}~{:032x}", key.mac(name, expires))
+}
+
+/// The name a cookie value carries, if its signature holds and it has not expired.
+pub fn decode_name<'v>(key: &StickyKey, value: &'v [u8], now: u64) -> Option<&'v str> {
     let v = std::str::from_utf8(value).ok()?;
     let mut parts = v.split('~');
     let (t, exp, mac) = (parts.next()?, parts.next()?, parts.next()?);
@@ -80,7 +93,7 @@ pub fn decode(key: &StickyKey, value: &[u8], now: u64) -> Option<SocketAddr> {
     if (given ^ key.mac(t, expires)) != 0 || expires <= now {
         return None;
     }
-    t.parse().ok()
+    Some(t)
 }
 
 /// The value of cookie `name` in a Cookie header value.
@@ -131,6 +144,16 @@ mod tests {
         for junk in ["", "~~", "10.0.1.7:80~2000~zz", "10.0.1.7:80~2000"] {
             assert_eq!(decode(&k, junk.as_bytes(), 1_000), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn group_cookies_are_signed_like_target_cookies() {
+        let k = StickyKey::from_secret("s3cret");
+        let v = encode_name(&k, "blue", 2_000);
+        assert_eq!(decode_name(&k, v.as_bytes(), 1_000), Some("blue"));
+        let forged = v.replacen("blue", "green", 1);
+        assert_eq!(decode_name(&k, forged.as_bytes(), 1_000), None);
+        assert_eq!(decode_name(&k, v.as_bytes(), 2_001), None, "expired");
     }
 
     #[test]

@@ -77,20 +77,55 @@ pub struct Outcome {
     pub sent_bytes: u64,
 }
 
-/// Picks a target group among weighted ones.
+/// Picks a target group among weighted ones. With target group stickiness, a valid
+/// `AWSALBTG` cookie keeps the client on the group it names while that group is in the action
+/// with a weight above 0; the second value is then the cookie line naming the group chosen.
 pub fn pick_group<'s>(
     snap: &'s Snapshot<Alb>,
     groups: &[(String, u32)],
-) -> Option<&'s Arc<TargetGroup>> {
-    let name = if groups.len() == 1 {
-        &groups[0].0
-    } else {
-        let mut rng = fastrand::Rng::new();
-        let i =
-            causeway_dataplane::select::weighted_random(groups.len(), |i| groups[i].1, &mut rng)?;
-        &groups[i].0
+    stickiness: Option<std::time::Duration>,
+    buf: &[u8],
+    head: &RequestHead,
+    key: &StickyKey,
+) -> Option<(&'s Arc<TargetGroup>, Option<String>)> {
+    let Some(duration) = stickiness else {
+        return Some((snap.group(weighted(groups)?)?, None));
     };
-    snap.group(name)
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let stuck = cookie_value(buf, head, sticky::TG_COOKIE)
+        .and_then(|v| sticky::decode_name(key, v, now))
+        .filter(|name| groups.iter().any(|(g, w)| g == name && *w > 0));
+    let name = match stuck {
+        Some(n) => n,
+        None => weighted(groups)?,
+    };
+    let line = format!(
+        "{}={}; Max-Age={}; Path=/",
+        sticky::TG_COOKIE,
+        sticky::encode_name(key, name, now + duration.as_secs()),
+        duration.as_secs()
+    );
+    Some((snap.group(name)?, Some(line)))
+}
+
+/// A group name by weight.
+fn weighted(groups: &[(String, u32)]) -> Option<&str> {
+    if groups.len() == 1 {
+        return Some(&groups[0].0);
+    }
+    let mut rng = fastrand::Rng::new();
+    let i = causeway_dataplane::select::weighted_random(groups.len(), |i| groups[i].1, &mut rng)?;
+    Some(&groups[i].0)
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+fn cookie_value<'b>(buf: &'b [u8], head: &RequestHead, name: &str) -> Option<&'b [u8]> {
+    head.headers
+        .iter()
+        .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"cookie"))
+        .find_map(|h| sticky::find_cookie(h.value.get(buf), name))
 }
 
 /// How a target group sticks: the cookie we set, its lifetime, and for application-based
@@ -132,12 +167,7 @@ pub fn sticky_target(
     cookie: &str,
     now_unix: u64,
 ) -> Option<Arc<Target>> {
-    let addr = head
-        .headers
-        .iter()
-        .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"cookie"))
-        .find_map(|h| sticky::find_cookie(h.value.get(buf), cookie))
-        .and_then(|v| sticky::decode(key, v, now_unix))?;
+    let addr = cookie_value(buf, head, cookie).and_then(|v| sticky::decode(key, v, now_unix))?;
     group
         .targets
         .iter()
@@ -313,6 +343,7 @@ pub async fn forward<S: ClientStream>(
     scratch: &mut Scratch,
     hash: u64,
     key: &StickyKey,
+    group_cookie: Option<&str>,
 ) -> Result<Outcome, (ProxyError, Option<SocketAddr>)> {
     let (prefix, complete, scanner) =
         buffered_body(&client.buf, head.len, req.framing).map_err(|e| (e, None))?;
@@ -404,6 +435,7 @@ pub async fn forward<S: ClientStream>(
                     &target,
                     started,
                     set_cookie.as_ref().map(|(l, app)| (l.as_str(), *app)),
+                    group_cookie,
                 )
                 .await
             }
@@ -465,6 +497,7 @@ async fn exchange<S: ClientStream>(
     target: &Target,
     started: Instant,
     set_cookie: Option<(&str, Option<&str>)>,
+    group_cookie: Option<&str>,
 ) -> Result<(Outcome, Option<TcpStream>), ProxyError> {
     let idle = lb.idle_timeout;
     if !sent.complete {
@@ -552,7 +585,7 @@ async fn exchange<S: ClientStream>(
         resp,
         framing,
         close,
-        set_cookie.map(str::as_bytes),
+        [set_cookie, group_cookie],
     );
     let head_len = resp.len;
     let avail = ubuf.len() - head_len;

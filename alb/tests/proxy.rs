@@ -995,3 +995,71 @@ action = { type = "fixed-response", status_code = 418 }
         "histogram present"
     );
 }
+
+/// The `AWSALBTG` cookie of a response (name=value), if it set one.
+fn group_cookie_of(r: &RawResponse) -> Option<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v)
+        .find(|v| v.starts_with("AWSALBTG="))
+        .map(|v| {
+            assert!(v.contains("Max-Age=600") && v.contains("Path=/"), "{v}");
+            v.split(';').next().unwrap().to_owned()
+        })
+}
+
+#[tokio::test]
+async fn target_group_stickiness_keeps_a_client_on_its_weighted_group() {
+    let os = origins(&["blue-1", "green-1"]).await;
+    let groups = format!("{}{}", group("blue", &[&os[0]]), group("green", &[&os[1]]));
+    let weighted = r#"[{ name = "blue", weight = 1 }, { name = "green", weight = 1 }]"#;
+    let alb = start(
+        &groups,
+        &format!(
+            r#"{{ type = "forward", target_groups = {weighted}, target_group_stickiness_config = {{ enabled = true, duration_seconds = 600 }} }}"#
+        ),
+        "",
+    )
+    .await;
+    let first = raw::get(alb.addr, "/", &[]).await.unwrap();
+    assert_eq!(first.status, 200);
+    let home = first.header("x-origin").unwrap().to_owned();
+    let cookie = group_cookie_of(&first).expect("a weighted sticky forward sets AWSALBTG");
+    for _ in 0..12 {
+        let r = raw::get(alb.addr, "/again", &[("Cookie", &format!("x=1; {cookie}"))])
+            .await
+            .unwrap();
+        assert_eq!(
+            r.header("x-origin"),
+            Some(home.as_str()),
+            "stays with its group"
+        );
+        assert!(group_cookie_of(&r).is_some(), "the cookie is refreshed");
+    }
+    // A forged cookie naming the other group is ignored: the weights decide, as without one.
+    let (mine, other) = if home.starts_with("blue") {
+        ("blue", "green")
+    } else {
+        ("green", "blue")
+    };
+    let forged = cookie.replacen(mine, other, 1);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let r = raw::get(alb.addr, "/forged", &[("Cookie", &forged)])
+            .await
+            .unwrap();
+        seen.insert(r.header("x-origin").unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "forgery does not pin a group: {seen:?}");
+    // Without the setting, no group cookie.
+    let plain = start(
+        &groups,
+        &format!(r#"{{ type = "forward", target_groups = {weighted} }}"#),
+        "",
+    )
+    .await;
+    let r = raw::get(plain.addr, "/", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(group_cookie_of(&r), None);
+}

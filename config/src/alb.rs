@@ -254,6 +254,8 @@ pub struct FileAction {
     pub kind: String,
     pub target_group: Option<String>,
     pub target_groups: Option<Vec<FileWeightedGroup>>,
+    /// AWS's `ForwardConfig.TargetGroupStickinessConfig`.
+    pub target_group_stickiness_config: Option<FileGroupStickiness>,
     pub status_code: Option<FileStatus>,
     pub content_type: Option<String>,
     pub message_body: Option<String>,
@@ -262,6 +264,13 @@ pub struct FileAction {
     pub port: Option<String>,
     pub path: Option<String>,
     pub query: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGroupStickiness {
+    pub enabled: Option<bool>,
+    pub duration_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +357,9 @@ pub enum Action {
     /// To one target group, or to several by weight.
     Forward {
         target_groups: Vec<(String, u32)>,
+        /// Target group stickiness: a client stays with the group it was sent to this long
+        /// (the `AWSALBTG` cookie).
+        group_stickiness: Option<std::time::Duration>,
     },
     FixedResponse {
         status: u16,
@@ -467,7 +479,27 @@ impl FileAction {
                 ))
             }
         };
-        Ok(Action::Forward { target_groups })
+        let group_stickiness = match self.target_group_stickiness_config {
+            Some(gs) if gs.enabled.unwrap_or(false) => {
+                let secs = in_range(
+                    &format!("{path}.target_group_stickiness_config.duration_seconds"),
+                    gs.duration_seconds.ok_or_else(|| {
+                        Violation::new(
+                            format!("{path}.target_group_stickiness_config.duration_seconds"),
+                            "required when enabled (1..=604800)",
+                        )
+                    })?,
+                    1,
+                    604_800,
+                )?;
+                Some(std::time::Duration::from_secs(secs as u64))
+            }
+            _ => None,
+        };
+        Ok(Action::Forward {
+            target_groups,
+            group_stickiness,
+        })
     }
 
     fn validate_redirect(self, path: &str) -> Check<Action> {

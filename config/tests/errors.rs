@@ -111,7 +111,8 @@ fn aws_defaults_apply() {
     assert_eq!(
         cfg.listeners[0].default_action,
         Action::Forward {
-            target_groups: vec![("wordpress".into(), 1)]
+            target_groups: vec![("wordpress".into(), 1)],
+            group_stickiness: None,
         }
     );
 }
@@ -413,4 +414,41 @@ fn nlb_udp_listeners_pair_with_udp_groups_as_on_nlb() {
     )
     .unwrap_err()
     .ends_with("listeners[0].udp.idle_timeout.seconds: must be 1..=6000, got 0"));
+}
+
+#[test]
+fn target_group_stickiness_needs_a_duration_in_range() {
+    let two = BASE.replace("interval_seconds = 0", "interval_seconds = 5")
+        + "[target_groups.green]\ntargets = [{ address = \"127.0.0.1:9002\" }]\n";
+    let with = |gs: &str| {
+        two.replace(
+            r#"default_action = { type = "forward", target_group = "wordpress" }"#,
+            &format!(
+                r#"default_action = {{ type = "forward", target_groups = [{{ name = "wordpress", weight = 1 }}, {{ name = "green", weight = 1 }}], target_group_stickiness_config = {gs} }}"#
+            ),
+        )
+    };
+    let ok = parse::<FileAlb>(
+        "alb.toml",
+        &with("{ enabled = true, duration_seconds = 3600 }"),
+        &cx(),
+    )
+    .unwrap();
+    assert!(matches!(
+        &ok.listeners[0].default_action,
+        Action::Forward { group_stickiness: Some(d), .. } if *d == Duration::from_secs(3600)
+    ));
+    let err = parse::<FileAlb>("alb.toml", &with("{ enabled = true }"), &cx()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("target_group_stickiness_config.duration_seconds: required when enabled"),
+        "{err}"
+    );
+    let err = parse::<FileAlb>(
+        "alb.toml",
+        &with("{ enabled = true, duration_seconds = 604801 }"),
+        &cx(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("must be 1..=604800"), "{err}");
 }
