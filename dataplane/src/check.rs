@@ -294,6 +294,99 @@ mod tests {
         assert_eq!(p.1.load(Ordering::SeqCst), 2, "no check after shutdown");
     }
 
+    /// A target that is up for `period`, down for `period`, and so on, on the paused clock.
+    struct Flapping {
+        start: tokio::time::Instant,
+        period: Duration,
+        calls: AtomicUsize,
+        flips: AtomicUsize,
+        last_up: std::sync::atomic::AtomicBool,
+    }
+
+    impl Prober for Flapping {
+        fn probe<'a>(
+            &'a self,
+            _addr: SocketAddr,
+            _hc: &'a HealthCheckConfig,
+        ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+            let phase = self.start.elapsed().as_millis() / self.period.as_millis();
+            let up = phase % 2 == 0;
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.last_up.swap(up, Ordering::SeqCst) != up {
+                self.flips.fetch_add(1, Ordering::SeqCst);
+            }
+            Box::pin(async move {
+                if up {
+                    Outcome::Success
+                } else {
+                    Outcome::Failed
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_target_changes_state_a_bounded_number_of_times_and_fail_open_holds() {
+        let (_tx, rx) = watch::channel(false);
+        let p = Arc::new(Flapping {
+            start: tokio::time::Instant::now(),
+            period: Duration::from_secs(4),
+            calls: AtomicUsize::new(0),
+            flips: AtomicUsize::new(0),
+            last_up: std::sync::atomic::AtomicBool::new(true),
+        });
+        let group = crate::target::TargetGroup::build(
+            causeway_config::common::TargetGroupConfig {
+                health_check: hc(),
+                ..crate::target::tests::tg(&[1, 2], causeway_config::common::Algorithm::RoundRobin)
+            },
+            None,
+        );
+        for t in &group.targets {
+            spawn_checker(t, p.clone(), rx.clone());
+        }
+        // One virtual hour, sampled every 100 ms.
+        let mut changes = 0;
+        let mut all_down_samples = 0;
+        let mut last = group.targets[0].state();
+        for _ in 0..36_000 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            let now = group.targets[0].state();
+            if now != last {
+                changes += 1;
+                last = now;
+            }
+            if group.targets.iter().all(|t| t.state() == State::Unhealthy) {
+                all_down_samples += 1;
+                assert!(
+                    group.select(7).is_some(),
+                    "fail open: with every target unhealthy, requests still go somewhere"
+                );
+            }
+        }
+        let checks = p.calls.load(Ordering::SeqCst) / 2;
+        let flips = p.flips.load(Ordering::SeqCst);
+        assert!(
+            checks >= 330,
+            "{checks} checks in an hour at a 10 s interval"
+        );
+        // Hysteresis: a down-and-up cycle needs 2 failures then 3 successes in a row, so at
+        // most 2 changes per 5 checks, and far fewer than the raw outcome flips.
+        assert!(changes >= 4, "the target does flap: {changes} changes");
+        assert!(
+            changes * 5 <= checks * 2,
+            "{changes} changes in {checks} checks"
+        );
+        assert!(
+            changes * 2 < flips,
+            "{changes} state changes for {flips} flips of the raw outcome"
+        );
+        assert!(
+            all_down_samples > 0,
+            "both targets were down together at times"
+        );
+    }
+
     #[test]
     fn jitter_stays_within_ten_percent() {
         let mut rng = fastrand::Rng::with_seed(1);

@@ -512,11 +512,11 @@ impl TargetGroup {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use causeway_config::common::HealthCheckKind;
 
-    fn tg(addrs: &[u16], algorithm: Algorithm) -> TargetGroupConfig {
+    pub(crate) fn tg(addrs: &[u16], algorithm: Algorithm) -> TargetGroupConfig {
         TargetGroupConfig {
             name: "web".into(),
             protocol: "HTTP".into(),
