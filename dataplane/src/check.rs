@@ -310,7 +310,7 @@ mod tests {
             _hc: &'a HealthCheckConfig,
         ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
             let phase = self.start.elapsed().as_millis() / self.period.as_millis();
-            let up = phase % 2 == 0;
+            let up = phase.is_multiple_of(2);
             self.calls.fetch_add(1, Ordering::SeqCst);
             if self.last_up.swap(up, Ordering::SeqCst) != up {
                 self.flips.fetch_add(1, Ordering::SeqCst);
