@@ -7,7 +7,7 @@ use causeway_config::alb::FileAlb;
 use causeway_config::{parse, Context};
 use causeway_dataplane::check::NetProber;
 use causeway_dataplane::Server;
-use causeway_testkit::tls::{cert, curl};
+use causeway_testkit::tls::curl;
 use causeway_testkit::{free_port, Origin};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,17 +15,7 @@ use std::sync::Arc;
 
 async fn start(origin: &Origin, policy: &str, extra_rules: &str) -> (Arc<Server<Alb>>, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let certs = ["default.example.test", "a.example.test", "b.example.test"]
-        .iter()
-        .map(|n| {
-            format!(
-                "{{ certificate_file = \"{}\", private_key_file = \"{}\" }}",
-                cert(&format!("{n}.pem")),
-                cert(&format!("{n}.key"))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let certs = causeway_testkit::tls::certificates_toml();
     let text = format!(
         r#"
 [admin]

@@ -1173,17 +1173,7 @@ async fn the_access_log_records_the_edge_result_type() {
 /// address too.
 async fn start_tls(o: &Origin, policy: &str) -> (Edge1, SocketAddr) {
     let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let certs = ["default.example.test", "a.example.test", "b.example.test"]
-        .iter()
-        .map(|n| {
-            format!(
-                "{{ certificate_file = \"{}\", private_key_file = \"{}\" }}",
-                cert(&format!("{n}.pem")),
-                cert(&format!("{n}.key"))
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let certs = causeway_testkit::tls::certificates_toml();
     let extra = format!(
         "[[listeners]]\naddress = \"{tls_addr}\"\nprotocol = \"HTTPS\"\nssl_policy = \"{policy}\"\ncertificates = [{certs}]\n"
     );

@@ -7,7 +7,7 @@ use causeway_config::{parse, Context};
 use causeway_dataplane::check::NetProber;
 use causeway_dataplane::Server;
 use causeway_nlb::Nlb;
-use causeway_testkit::tls::{cert, curl};
+use causeway_testkit::tls::curl;
 use causeway_testkit::{free_port, Origin};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,16 +15,7 @@ use std::sync::Arc;
 
 async fn start(o: &Origin, policy: &str, alpn: &str) -> (Arc<Server<Nlb>>, SocketAddr) {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let certs: Vec<String> = ["default.example.test", "a.example.test", "b.example.test"]
-        .iter()
-        .map(|n| {
-            format!(
-                "{{ certificate_file = \"{}\", private_key_file = \"{}\" }}",
-                cert(&format!("{n}.pem")),
-                cert(&format!("{n}.key"))
-            )
-        })
-        .collect();
+    let certs = causeway_testkit::tls::certificates_toml();
     let text = format!(
         r#"
 [admin]
@@ -40,7 +31,6 @@ certificates = [{certs}]
 targets = [{{ address = "{target}" }}]
 "#,
         admin = free_port(),
-        certs = certs.join(", "),
         target = o.addr(),
     );
     let cfg = parse::<FileNlb>("nlb.toml", &text, &Context { dir: ".".into() }).unwrap();

@@ -13,6 +13,22 @@ pub fn cert(name: &str) -> String {
         .to_string()
 }
 
+/// The test certificates as a listener's `certificates` array items (TOML): `default` first
+/// (the default), then `a.example.test` and `*.b.example.test`.
+pub fn certificates_toml() -> String {
+    ["default.example.test", "a.example.test", "b.example.test"]
+        .iter()
+        .map(|n| {
+            format!(
+                "{{ certificate_file = \"{}\", private_key_file = \"{}\" }}",
+                cert(&format!("{n}.pem")),
+                cert(&format!("{n}.key"))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `curl -s -i -v` over TLS to `https://host:PORT/path`, with `host` resolved to `addr`:
 /// (stdout, stderr). `extra` are more curl arguments.
 pub async fn curl(addr: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (String, String) {
