@@ -8,7 +8,11 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 
 cd fuzz
 for t in $(cargo fuzz list 2>/dev/null); do
   echo "fuzz: $t for ${secs}s"
-  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time="$secs" 2>&1 | grep -E "^Done|panicked|ERROR|crash-" || true
+  # corpus/<target> is the fuzzer's own (not committed); seeds/<target> is the committed seed corpus.
+  mkdir -p "corpus/$t"
+  seeds=()
+  [ -d "seeds/$t" ] && seeds=("seeds/$t")
+  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" "${seeds[@]}" -- -max_total_time="$secs" 2>&1 | grep -E "^Done|panicked|ERROR|crash-" || true
   if ls "artifacts/$t"/crash-* >/dev/null 2>&1; then
     echo "fuzz: $t found a crash:"; ls "artifacts/$t"; exit 1
   fi

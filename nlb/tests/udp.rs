@@ -20,9 +20,14 @@ use tokio::net::{TcpListener, UdpSocket};
 /// A target: answers each datagram with one datagram `NAME PORT PAYLOAD` (PORT: the source port
 /// it saw, i.e. the nlb's upstream socket for that flow), and on TCP echoes `NAME ` + bytes.
 async fn echo_target(name: &'static str) -> SocketAddr {
-    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A port free for both TCP and UDP (an ephemeral UDP socket may hold a free TCP port).
+    let (tcp, udp) = loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(udp) = UdpSocket::bind(tcp.local_addr().unwrap()).await {
+            break (tcp, udp);
+        }
+    };
     let addr = tcp.local_addr().unwrap();
-    let udp = UdpSocket::bind(addr).await.unwrap();
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         loop {
@@ -89,7 +94,7 @@ timeout_seconds = 1
 
 impl Nlb1 {
     async fn start(targets: &[SocketAddr], listener_extra: &str, group_extra: &str) -> Nlb1 {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let listen = free_tcp_and_udp();
         let dir = std::env::temp_dir().join(format!("causeway-nlb-udp-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("nlb.toml");
@@ -111,6 +116,16 @@ impl Nlb1 {
     async fn retarget(&self, targets: &[SocketAddr]) {
         std::fs::write(&self.file, config_text(self.listen, &self.extra, targets)).unwrap();
         self.server.reload().await.unwrap();
+    }
+}
+
+/// A loopback address whose port is free for TCP and for UDP (never the same twice).
+fn free_tcp_and_udp() -> SocketAddr {
+    loop {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
     }
 }
 
