@@ -22,6 +22,7 @@ pub fn reason(status: u16) -> &'static str {
         417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         460 => "Client Closed Request",
+        464 => "Incompatible Protocol",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",

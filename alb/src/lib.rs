@@ -1,9 +1,11 @@
-//! causeway-alb: L7 routing over HTTP/1.1. `proxy.rs` calls the phases in order; each phase
-//! has its own file.
+//! causeway-alb: L7 routing over HTTP/1.1 and HTTP/2. `proxy.rs` calls the phases in order
+//! (`h2.rs` for HTTP/2 streams); each phase has its own file.
 
 pub mod action;
 pub use causeway_dataplane::client;
 pub mod error;
+pub mod h2;
+pub mod hyper_upstream;
 pub mod logging;
 pub mod proxy;
 pub mod request_filter;
@@ -33,6 +35,8 @@ pub struct Routers {
     pub elb_metrics: logging::ElbMetrics,
     /// TLS acceptors of the HTTPS listeners.
     tls: Vec<(SocketAddr, tokio_rustls::TlsAcceptor)>,
+    /// Upstream connections for requests that came over HTTP/2, kept across reloads.
+    pub pools: std::sync::Arc<hyper_upstream::Pools>,
 }
 
 impl Routers {
@@ -73,7 +77,7 @@ impl Plane for Alb {
     type Config = AlbConfig;
     type Compiled = Routers;
 
-    fn compile(cfg: &AlbConfig, _previous: Option<&Routers>) -> Result<Routers, String> {
+    fn compile(cfg: &AlbConfig, previous: Option<&Routers>) -> Result<Routers, String> {
         let access_log = match &cfg.load_balancer.access_log {
             None => None,
             Some(p) => Some(
@@ -84,12 +88,19 @@ impl Plane for Alb {
         let mut tls = Vec::new();
         for l in &cfg.listeners {
             if let Some(settings) = &l.tls {
-                let sc = causeway_dataplane::tls::server_config(settings, &[b"http/1.1"])
+                let sc = causeway_dataplane::tls::server_config(settings, &[b"h2", b"http/1.1"])
                     .map_err(|e| format!("listener {}: {e}", l.address))?;
                 tls.push((l.address, tokio_rustls::TlsAcceptor::from(sc)));
             }
         }
+        let pools = previous.map(|p| p.pools.clone()).unwrap_or_default();
+        pools.retain(|a| {
+            cfg.target_groups
+                .values()
+                .any(|g| g.targets.iter().any(|t| t.address == *a))
+        });
         Ok(Routers {
+            pools,
             tls,
             routers: cfg
                 .listeners

@@ -96,6 +96,8 @@ pub fn forwarded(
 /// when access logging is on.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
+    /// ALB's `type` field: `http`, `https` or `h2`.
+    pub kind: &'static str,
     pub created: std::time::SystemTime,
     pub received: Instant,
     pub client: SocketAddr,
@@ -116,10 +118,11 @@ impl RequestInfo {
         client: SocketAddr,
         listener: SocketAddr,
         received: Instant,
+        tls: bool,
     ) -> RequestInfo {
         let mut request = Vec::with_capacity(64 + head.target.len());
         request.extend_from_slice(head.method(buf));
-        request.extend_from_slice(b" http://");
+        request.extend_from_slice(if tls { b" https://" } else { b" http://" });
         let host = head.header(buf, "host").unwrap_or(b"-");
         request.extend_from_slice(crate::route::host_without_port(host));
         request.push(b':');
@@ -136,6 +139,7 @@ impl RequestInfo {
         };
         let compliant = classification.tier == causeway_dataplane::desync::Tier::Compliant;
         RequestInfo {
+            kind: if tls { "https" } else { "http" },
             created: std::time::SystemTime::now(),
             received,
             client,
@@ -228,7 +232,8 @@ pub fn access_line(info: &RequestInfo, ended: Ended<'_>, priority: Option<u32>) 
     let mut l = String::with_capacity(512);
     let _ = write!(
         l,
-        "http {} app/causeway-alb/{} {} {} 0.000 {} {:.3} {} {} {} {} ",
+        "{} {} app/causeway-alb/{} {} {} 0.000 {} {:.3} {} {} {} {} ",
+        info.kind,
         iso8601(std::time::SystemTime::now()),
         info.listener,
         info.client,

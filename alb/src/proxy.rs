@@ -53,6 +53,18 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Alb>) {
                 _ => break,
             }
         }
+        if client.requests == 0 && client.buf.is_empty() {
+            // The first bytes decide HTTP/1.1 or h2c with prior knowledge.
+            match sniff_preface(&mut client, &snaps).await {
+                Sniffed::Http1 => {}
+                Sniffed::Gone => break,
+                Sniffed::H2 => {
+                    Box::pin(serve_h2c(client, &snaps)).await;
+                    active.decrement(1.0);
+                    return;
+                }
+            }
+        }
         let snap = snaps.load();
         let Some(router) = snap.compiled.router(client.local) else {
             // The listener was removed by a reload: this connection ends.
@@ -94,6 +106,15 @@ async fn serve_tls(client: Client, acceptor: tokio_rustls::TlsAcceptor, snaps: &
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let from = crate::hyper_upstream::Origin {
+            peer,
+            local,
+            scheme: "https",
+        };
+        crate::h2::serve(tls, from, snaps.clone(), shutdown).await;
+        return;
+    }
     let mut client = Client::over(tls, peer, local, shutdown, true);
     let opened = Instant::now();
     loop {
@@ -108,6 +129,55 @@ async fn serve_tls(client: Client, acceptor: tokio_rustls::TlsAcceptor, snaps: &
     if let Err(e) = client.stream.shutdown().await {
         tracing::debug!(error = %e, "client shutdown");
     }
+}
+
+/// What a cleartext connection's first bytes are.
+enum Sniffed {
+    Http1,
+    H2,
+    Gone,
+}
+
+/// Reads the first bytes of a cleartext connection into its buffer and says whether they are
+/// the h2 preface. An HTTP/1.1 request is left in the buffer for `read_head`.
+async fn sniff_preface(client: &mut Client, snaps: &Snapshots<Alb>) -> Sniffed {
+    let deadline = Instant::now() + snaps.load().config.load_balancer.request_header_timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, client.fill()).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ if client.buf.is_empty() => return Sniffed::Gone,
+            // Cut short or slow inside a would-be preface: read_head answers it as HTTP/1.1.
+            _ => return Sniffed::Http1,
+        }
+        let have = client.buf.len().min(crate::h2::PREFACE.len());
+        if client.buf[..have] != crate::h2::PREFACE[..have] {
+            return Sniffed::Http1;
+        }
+        if have == crate::h2::PREFACE.len() {
+            return Sniffed::H2;
+        }
+    }
+}
+
+/// A cleartext connection that opened with the h2 preface: HTTP/2 over it, the bytes already
+/// read replayed first.
+async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>) {
+    let Client {
+        stream,
+        peer,
+        local,
+        shutdown,
+        mut buf,
+        ..
+    } = client;
+    let pre = std::mem::take(&mut buf.0);
+    let io = crate::h2::Rewind::new(pre, stream);
+    let from = crate::hyper_upstream::Origin {
+        peer,
+        local,
+        scheme: "http",
+    };
+    crate::h2::serve(io, from, snaps.clone(), shutdown).await;
 }
 
 /// Counts a new connection against its listener's caps; `Err` means it was refused (and reset).
@@ -177,6 +247,7 @@ async fn serve_request<S: ClientStream>(
                     client.peer,
                     client.local,
                     received,
+                    client.tls,
                 );
                 log.log(logging::access_line(
                     &info,
@@ -197,6 +268,7 @@ async fn serve_request<S: ClientStream>(
             client.peer,
             client.local,
             received,
+            client.tls,
         )
     });
     // route
@@ -230,13 +302,19 @@ async fn serve_request<S: ClientStream>(
             snap,
             target_groups,
             *group_stickiness,
-            &client.buf,
-            &head,
+            upstream::cookie_value(&client.buf, &head, crate::sticky::TG_COOKIE),
             &snap.compiled.sticky_key,
         ) {
             None => {
                 ended = Some(logging::Ended::Refused(ProxyError::NoTargets));
                 Err((ProxyError::NoTargets, None))
+            }
+            Some((group, _)) if group.cfg.protocol_version.is_h2() => {
+                // AWS's 464: an HTTP/1.1 request for an HTTP/2 or gRPC target group.
+                let e = ProxyError::Client(464, "the target group speaks HTTP/2 only");
+                snap.compiled.elb_metrics.error(&e);
+                ended = Some(logging::Ended::Refused(e));
+                Err((e, None))
             }
             Some((group, group_cookie)) => {
                 let hash = hash64(client.requests, &client.peer.port().to_le_bytes());

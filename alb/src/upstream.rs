@@ -84,8 +84,7 @@ pub fn pick_group<'s>(
     snap: &'s Snapshot<Alb>,
     groups: &[(String, u32)],
     stickiness: Option<std::time::Duration>,
-    buf: &[u8],
-    head: &RequestHead,
+    tg_cookie: Option<&[u8]>,
     key: &StickyKey,
 ) -> Option<(&'s Arc<TargetGroup>, Option<String>)> {
     let Some(duration) = stickiness else {
@@ -94,7 +93,7 @@ pub fn pick_group<'s>(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let stuck = cookie_value(buf, head, sticky::TG_COOKIE)
+    let stuck = tg_cookie
         .and_then(|v| sticky::decode_name(key, v, now))
         .filter(|name| groups.iter().any(|(g, w)| g == name && *w > 0));
     let name = match stuck {
@@ -121,7 +120,7 @@ fn weighted(groups: &[(String, u32)]) -> Option<&str> {
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
-fn cookie_value<'b>(buf: &'b [u8], head: &RequestHead, name: &str) -> Option<&'b [u8]> {
+pub fn cookie_value<'b>(buf: &'b [u8], head: &RequestHead, name: &str) -> Option<&'b [u8]> {
     head.headers
         .iter()
         .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"cookie"))
@@ -161,13 +160,11 @@ impl<'a> StickyMode<'a> {
 /// The target a valid sticky cookie names, if it is registered and routable.
 pub fn sticky_target(
     group: &TargetGroup,
-    buf: &[u8],
-    head: &RequestHead,
+    cookie: Option<&[u8]>,
     key: &StickyKey,
-    cookie: &str,
     now_unix: u64,
 ) -> Option<Arc<Target>> {
-    let addr = cookie_value(buf, head, cookie).and_then(|v| sticky::decode(key, v, now_unix))?;
+    let addr = cookie.and_then(|v| sticky::decode(key, v, now_unix))?;
     group
         .targets
         .iter()
@@ -318,7 +315,8 @@ fn buffered_body(
     })
 }
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+/// A TCP connection to a target within the connect timeout, with TCP_NODELAY.
+pub(crate) async fn connect(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
     match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             if let Err(e) = s.set_nodelay(true) {
@@ -362,9 +360,10 @@ pub async fn forward<S: ClientStream>(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     });
-    let stuck = stickiness
-        .zip(now_unix)
-        .and_then(|(m, now)| sticky_target(group, &client.buf, head, key, m.cookie, now));
+    let stuck = stickiness.zip(now_unix).and_then(|(m, now)| {
+        let cookie = cookie_value(&client.buf, head, m.cookie);
+        sticky_target(group, cookie, key, now)
+    });
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut last = ProxyError::NoTargets;
     group.retry_budget.deposit();

@@ -7,11 +7,17 @@ use causeway_config::alb::FileAlb;
 use causeway_config::{parse, Context};
 use causeway_dataplane::check::NetProber;
 use causeway_dataplane::Server;
-use causeway_testkit::tls::curl;
 use causeway_testkit::{free_port, Origin};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+
+/// curl over HTTP/1.1 (these tests are about the HTTP/1.1 engine over TLS; `h2.rs` has h2).
+async fn curl(addr: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["--http1.1"];
+    args.extend_from_slice(extra);
+    causeway_testkit::tls::curl(addr, host, path, &args).await
+}
 
 async fn start(origin: &Origin, policy: &str, extra_rules: &str) -> (Arc<Server<Alb>>, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

@@ -15,6 +15,7 @@ fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
     TargetGroupConfig {
         name: "bench".into(),
         protocol: "HTTP".into(),
+        protocol_version: Default::default(),
         targets: (0..n)
             .map(|i| TargetConfig {
                 id: format!("i-{i:08x}"),

@@ -107,6 +107,8 @@ pub struct FileAppCookie {
 #[serde(deny_unknown_fields)]
 pub struct FileTargetGroup {
     pub protocol: Option<String>,
+    /// alb: AWS's `ProtocolVersion` (`HTTP1`, `HTTP2` or `GRPC`).
+    pub protocol_version: Option<String>,
     #[serde(default)]
     pub targets: Vec<FileTarget>,
     #[serde(default)]
@@ -315,6 +317,25 @@ pub enum Algorithm {
     Maglev,
 }
 
+/// How an alb target group talks to its targets (AWS's `ProtocolVersion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProtocolVersion {
+    /// HTTP/1.1 to targets, whatever the client spoke (the default).
+    #[default]
+    Http1,
+    /// h2 with prior knowledge to targets; only HTTP/2 clients are forwarded (HTTP/1.1 gets 464).
+    Http2,
+    /// Like `Http2`, for gRPC: trailers pass through.
+    Grpc,
+}
+
+impl ProtocolVersion {
+    /// Whether requests reach the targets over HTTP/2.
+    pub fn is_h2(self) -> bool {
+        self != ProtocolVersion::Http1
+    }
+}
+
 /// Sticky sessions.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stickiness {
@@ -334,6 +355,8 @@ pub enum Stickiness {
 pub struct TargetGroupConfig {
     pub name: String,
     pub protocol: String,
+    /// alb: the protocol spoken to targets.
+    pub protocol_version: ProtocolVersion,
     pub targets: Vec<TargetConfig>,
     pub health_check: HealthCheckConfig,
     pub deregistration_delay: Duration,
@@ -572,6 +595,21 @@ impl FileTargetGroup {
             protocols,
         )?
         .to_owned();
+        let pv_path = format!("{path}.protocol_version");
+        let protocol_version = match (plane, self.protocol_version.as_deref()) {
+            (_, None) => ProtocolVersion::Http1,
+            (Plane::Nlb, Some(_)) => {
+                return Err(Violation::new(
+                    pv_path,
+                    "protocol_version is an alb target group attribute",
+                ))
+            }
+            (Plane::Alb, Some(v)) => match one_of(&pv_path, v, &["HTTP1", "HTTP2", "GRPC"])? {
+                "HTTP2" => ProtocolVersion::Http2,
+                "GRPC" => ProtocolVersion::Grpc,
+                _ => ProtocolVersion::Http1,
+            },
+        };
         let targets = validate_targets(&format!("{path}.targets"), self.targets)?;
         let pp2_path = format!("{path}.proxy_protocol_v2.enabled");
         let proxy_protocol_v2 = self.proxy_protocol_v2.enabled.unwrap_or(false);
@@ -731,6 +769,7 @@ impl FileTargetGroup {
             outlier_detection,
             name: name.to_owned(),
             protocol,
+            protocol_version,
             targets,
             health_check,
             deregistration_delay,

@@ -520,6 +520,7 @@ pub(crate) mod tests {
         TargetGroupConfig {
             name: "web".into(),
             protocol: "HTTP".into(),
+            protocol_version: Default::default(),
             targets: addrs
                 .iter()
                 .map(|p| TargetConfig {

@@ -1,9 +1,10 @@
 //! A test origin: HTTP/1.1 and h2c (prior knowledge) on an ephemeral loopback port. It counts
 //! requests, records what it saw, and answers `origin <name> <path>` with an `x-origin` header,
-//! so tests can assert which target got a request.
+//! so tests can assert which target got a request. A gRPC request (`application/grpc`) gets its
+//! message echoed and `grpc-status: 0` in trailers.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
@@ -11,6 +12,41 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+/// A response body of one data frame and then trailers (`grpc-status: 0`).
+#[derive(Debug)]
+pub struct WithTrailers {
+    data: Option<Bytes>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl WithTrailers {
+    fn grpc(data: Bytes) -> WithTrailers {
+        let mut t = hyper::HeaderMap::new();
+        t.insert("grpc-status", "0".parse().unwrap());
+        t.insert("grpc-message", "ok".parse().unwrap());
+        WithTrailers {
+            data: Some(data),
+            trailers: Some(t),
+        }
+    }
+}
+
+impl hyper::body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(d) => Some(hyper::body::Frame::data(d)),
+            None => self.trailers.take().map(hyper::body::Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+}
 
 /// One request as the origin saw it.
 #[derive(Debug, Clone)]
@@ -293,6 +329,7 @@ async fn accept(
                         body: body.to_vec(),
                         peer,
                     };
+                    let seen_body = body.clone();
                     {
                         let mut st = state.lock().unwrap();
                         if is_check {
@@ -339,7 +376,19 @@ async fn accept(
                     } else {
                         body.unwrap_or_else(|| Bytes::from(format!("origin {name} {path}\n")))
                     };
-                    let mut resp = Response::new(Full::new(body));
+                    let grpc = parts
+                        .headers
+                        .get("content-type")
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                    if grpc {
+                        // gRPC: the request's message echoed, the status in trailers.
+                        let mut resp = Response::new(Either::Right(WithTrailers::grpc(seen_body)));
+                        resp.headers_mut()
+                            .insert("content-type", "application/grpc".parse().unwrap());
+                        resp.headers_mut().insert("x-origin", name.parse().unwrap());
+                        return Ok(resp);
+                    }
+                    let mut resp = Response::new(Either::Left(Full::new(body)));
                     *resp.status_mut() = if not_modified {
                         hyper::StatusCode::NOT_MODIFIED
                     } else {

@@ -1,0 +1,377 @@
+//! HTTP/2 on the alb: h2c with prior knowledge on an HTTP listener and h2 by ALPN on an HTTPS
+//! one (hyper's client and curl), every action, HTTP/1.1 and h2 to targets, gRPC trailers
+//! passing through, AWS's 464 for HTTP/1.1 to a gRPC group, retries and stickiness.
+
+use bytes::Bytes;
+use causeway_alb::Alb;
+use causeway_config::alb::FileAlb;
+use causeway_config::{parse, Context};
+use causeway_dataplane::check::NetProber;
+use causeway_dataplane::Server;
+use causeway_testkit::{closed_port, free_port, Origin};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper::header::HeaderMap;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const RULES: &str = r#"
+[[listeners.rules]]
+priority = 1
+conditions = [{ field = "path-pattern", values = ["/fixed"] }]
+action = { type = "fixed-response", status_code = 418, content_type = "text/plain", message_body = "teapot over h2" }
+[[listeners.rules]]
+priority = 2
+conditions = [{ field = "path-pattern", values = ["/old"] }]
+action = { type = "redirect", status_code = "HTTP_301", path = "/new", query = "from=#{path}" }
+[[listeners.rules]]
+priority = 3
+conditions = [{ field = "http-header", header_name = "x-route", values = ["grpc"] }]
+action = { type = "forward", target_group = "grpc" }
+"#;
+
+/// An alb on `protocol` (`HTTP` or `HTTPS`) whose default action forwards to `web`, with a
+/// `grpc` group (`protocol_version = "GRPC"`) behind the `x-route: grpc` rule.
+async fn start(protocol: &str, web: &str, grpc: &Origin) -> (Arc<Server<Alb>>, SocketAddr) {
+    start_with(protocol, web, "", grpc).await
+}
+
+/// Like [`start`], with more keys for the `web` group.
+async fn start_with(
+    protocol: &str,
+    web: &str,
+    web_extra: &str,
+    grpc: &Origin,
+) -> (Arc<Server<Alb>>, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let tls = if protocol == "HTTPS" {
+        format!(
+            "certificates = [{}]\n",
+            causeway_testkit::tls::certificates_toml()
+        )
+    } else {
+        String::new()
+    };
+    let text = format!(
+        r#"
+[admin]
+address = "127.0.0.1:{admin}"
+[[listeners]]
+address = "{addr}"
+protocol = "{protocol}"
+{tls}default_action = {{ type = "forward", target_group = "web" }}
+{RULES}
+[target_groups.web]
+targets = [{web}]
+health_check.interval_seconds = 300
+{web_extra}
+[target_groups.grpc]
+protocol_version = "GRPC"
+targets = [{{ address = "{grpc}" }}]
+health_check.interval_seconds = 300
+"#,
+        admin = free_port(),
+        grpc = grpc.addr(),
+    );
+    let cfg = parse::<FileAlb>("alb.toml", &text, &Context { dir: ".".into() })
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    (server, addr)
+}
+
+fn targets(os: &[&Origin]) -> String {
+    os.iter()
+        .map(|o| format!("{{ address = \"{}\" }}", o.addr()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An h2c connection with prior knowledge.
+async fn h2c(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    s
+}
+
+/// curl with these arguments, off the test's runtime thread.
+async fn curl(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "-v", "-i", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+async fn send(
+    s: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
+) -> Answer {
+    let mut b = hyper::Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::from_static(body))).unwrap();
+    s.ready().await.unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    Answer {
+        status,
+        headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_takes_every_action_and_reaches_http1_targets() {
+    let web = Origin::builder().name("web-1").start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start("HTTP", &targets(&[&web]), &grpc).await;
+    let port = addr.port();
+    let mut s = h2c(addr).await;
+    let base = format!("http://a.example.test:{port}");
+
+    // forward, over HTTP/1.1 to the target, with the forwarding fields.
+    let a = send(
+        &mut s,
+        "GET",
+        &format!("{base}/x?y=1"),
+        &[("connection-ish", "1")],
+        b"",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "origin web-1 /x\n");
+    assert_eq!(a.headers["x-origin"], "web-1");
+    let seen = web.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, "HTTP/1.1");
+    assert_eq!(seen[0].path, "/x?y=1");
+    assert_eq!(
+        seen[0].header("host"),
+        Some(format!("a.example.test:{port}").as_str())
+    );
+    assert_eq!(seen[0].header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen[0].header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen[0].header("x-forwarded-port"),
+        Some(port.to_string().as_str())
+    );
+
+    // A body reaches the target whole.
+    let a = send(&mut s, "POST", &format!("{base}/form"), &[], b"name=value").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(web.seen()[1].body, b"name=value");
+
+    // Many streams at once on one connection.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut s = s.clone();
+        let uri = format!("{base}/many/{i}");
+        tasks.push(tokio::spawn(async move {
+            send(&mut s, "GET", &uri, &[], b"").await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let a = t.await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, format!("origin web-1 /many/{i}\n"));
+    }
+
+    // fixed-response and redirect, answered by the alb.
+    let a = send(&mut s, "GET", &format!("{base}/fixed"), &[], b"").await;
+    assert_eq!((a.status, &a.body[..]), (418, &b"teapot over h2"[..]));
+    let a = send(&mut s, "GET", &format!("{base}/old"), &[], b"").await;
+    assert_eq!(a.status, 301);
+    assert_eq!(
+        a.headers["location"],
+        format!("http://a.example.test:{port}/new?from=old").as_str()
+    );
+    assert_eq!(web.hits("/fixed") + web.hits("/old"), 0);
+
+    // A mismatched Host is refused, and only that stream fails.
+    let a = send(
+        &mut s,
+        "GET",
+        &format!("{base}/x"),
+        &[("host", "other.test")],
+        b"",
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    let a = send(&mut s, "GET", &format!("{base}/after"), &[], b"").await;
+    assert_eq!(a.status, 200);
+
+    // curl, a real client, with prior knowledge.
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{port}/curl"),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(text.starts_with("HTTP/2 200"), "{text}\n{err}");
+    assert!(text.ends_with("origin web-1 /curl\n"), "{text}");
+
+    // HTTP/1.1 still works on the same listener.
+    let out = curl(&["--http1.1", &format!("http://127.0.0.1:{port}/plain")]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[tokio::test]
+async fn grpc_passes_through_over_h2_with_trailers_and_http1_gets_464() {
+    let web = Origin::builder().name("web-1").start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start("HTTP", &targets(&[&web]), &grpc).await;
+    let mut s = h2c(addr).await;
+    let message: &[u8] = b"\x00\x00\x00\x00\x05hello";
+    let a = send(
+        &mut s,
+        "POST",
+        &format!("http://grpc.example.test:{}/pkg.Echo/Say", addr.port()),
+        &[
+            ("x-route", "grpc"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ],
+        b"\x00\x00\x00\x00\x05hello",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.headers["content-type"], "application/grpc");
+    assert_eq!(&a.body[..], message, "the message comes back");
+    let trailers = a.trailers.expect("trailers reach the client");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "ok");
+    let seen = grpc.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].version, "HTTP/2.0",
+        "gRPC goes to the target over h2"
+    );
+    assert_eq!(seen[0].path, "/pkg.Echo/Say");
+    assert_eq!(seen[0].header("te"), Some("trailers"));
+    assert_eq!(seen[0].body, message);
+    assert_eq!(web.total(), 0);
+
+    // HTTP/1.1 to the gRPC group: AWS's 464, and the target never sees it.
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"POST /pkg.Echo/Say HTTP/1.1\r\nHost: grpc.example.test\r\nx-route: grpc\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 464"), "{text}");
+    assert_eq!(grpc.total(), 1);
+}
+
+#[tokio::test]
+async fn h2_requests_are_retried_past_a_dead_target() {
+    let live = Origin::builder().name("live").start().await;
+    let other = Origin::builder().name("other").start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let dead = closed_port().await;
+    let web = format!("{{ address = \"{dead}\" }}, {}", targets(&[&live]));
+    let (_s, addr) = start("HTTP", &web, &grpc).await;
+    let mut s = h2c(addr).await;
+    let base = format!("http://a.example.test:{}", addr.port());
+    for i in 0..6 {
+        let a = send(&mut s, "GET", &format!("{base}/r/{i}"), &[], b"").await;
+        assert_eq!(a.status, 200, "request {i}");
+        assert_eq!(a.headers["x-origin"], "live");
+    }
+    // A POST whose connect failed was never sent: it is retried too.
+    let a = send(&mut s, "POST", &format!("{base}/post"), &[], b"x=1").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(live.hits("/post"), 1);
+    assert_eq!(other.total(), 0);
+}
+
+#[tokio::test]
+async fn h2_requests_stick_to_their_target_by_signed_cookie() {
+    let a = Origin::builder().name("a").start().await;
+    let b = Origin::builder().name("b").start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let sticky = "stickiness.enabled = true\nstickiness.type = \"lb_cookie\"\nstickiness.lb_cookie.duration_seconds = 3600\n";
+    let (_s, addr) = start_with("HTTP", &targets(&[&a, &b]), sticky, &grpc).await;
+    let mut s = h2c(addr).await;
+    let base = format!("http://a.example.test:{}", addr.port());
+    let first = send(&mut s, "GET", &format!("{base}/cart"), &[], b"").await;
+    let stuck = first.headers["x-origin"].to_str().unwrap().to_owned();
+    let cookie = first.headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("AWSALB="), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    for _ in 0..8 {
+        let r = send(
+            &mut s,
+            "GET",
+            &format!("{base}/cart"),
+            &[("cookie", &pair)],
+            b"",
+        )
+        .await;
+        assert_eq!(r.headers["x-origin"], stuck.as_str());
+    }
+    let hits = if stuck == "a" { &a } else { &b }.hits("/cart");
+    assert_eq!(hits, 9);
+}
+
+#[tokio::test]
+async fn h2_by_alpn_on_https_and_http1_alongside() {
+    let web = Origin::builder().name("web-1").start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start("HTTPS", &targets(&[&web]), &grpc).await;
+    let (out, err) = causeway_testkit::tls::curl(addr, "a.example.test", "/tls", &[]).await;
+    assert!(out.starts_with("HTTP/2 200"), "{out}\n{err}");
+    assert!(err.contains("ALPN: server accepted h2"), "{err}");
+    assert!(err.contains("subject: CN=a.example.test"), "{err}");
+    assert!(out.ends_with("origin web-1 /tls\n"), "{out}");
+    let seen = web.seen();
+    assert_eq!(seen[0].header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen[0].version, "HTTP/1.1");
+    let (out, err) = causeway_testkit::tls::curl(addr, "a.example.test", "/old", &[]).await;
+    assert!(out.starts_with("HTTP/2 301"), "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "location: https://a.example.test:{}/new?from=old",
+            addr.port()
+        )),
+        "{out}"
+    );
+    let (out, err) =
+        causeway_testkit::tls::curl(addr, "a.example.test", "/one", &["--http1.1"]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    assert!(err.contains("ALPN: server accepted http/1.1"), "{err}");
+}
