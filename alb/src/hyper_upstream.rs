@@ -250,6 +250,7 @@ async fn sender(
     pools: &Arc<Pools>,
     addr: SocketAddr,
     h2: bool,
+    tls: bool,
 ) -> Result<(Sender, bool), ProxyError> {
     if h2 {
         if let Some(s) = pools.h2(addr) {
@@ -259,7 +260,32 @@ async fn sender(
         return Ok((Sender::H1(s), true));
     }
     let tcp = upstream::connect(addr).await?;
-    let io = TokioIo::new(tcp);
+    if tls {
+        let stream = match timeout(
+            upstream::CONNECT_TIMEOUT,
+            causeway_dataplane::tls::connect_target(tcp, h2),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => return Err(ProxyError::ConnectFailed),
+            Err(_) => return Err(ProxyError::ConnectTimeout),
+        };
+        return handshake(pools, addr, h2, TokioIo::new(stream)).await;
+    }
+    handshake(pools, addr, h2, TokioIo::new(tcp)).await
+}
+
+/// HTTP/1.1 or h2 over a connected stream; the connection runs on its own task.
+async fn handshake<IO>(
+    pools: &Arc<Pools>,
+    addr: SocketAddr,
+    h2: bool,
+    io: IO,
+) -> Result<(Sender, bool), ProxyError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     if h2 {
         let (s, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
@@ -370,6 +396,7 @@ pub async fn forward(
     group_cookie: Option<&str>,
 ) -> Result<Forwarded, (ProxyError, Option<SocketAddr>)> {
     let h2 = group.cfg.protocol_version.is_h2();
+    let tls = group.cfg.protocol == "HTTPS";
     let idempotent = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -390,7 +417,7 @@ pub async fn forward(
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = if h2 {
         Uri::builder()
-            .scheme("http")
+            .scheme(if tls { "https" } else { "http" })
             .authority(host.as_str())
             .path_and_query(pq)
             .build()
@@ -441,7 +468,7 @@ pub async fn forward(
         };
         let addr = target.cfg.address;
         let in_flight = target.begin();
-        let (mut s, reused) = match sender(pools, addr, h2).await {
+        let (mut s, reused) = match sender(pools, addr, h2, tls).await {
             Ok(s) => s,
             Err(e) => {
                 metrics::counter!("causeway_alb_target_connection_error_count",

@@ -329,6 +329,118 @@ pub(crate) async fn connect(addr: SocketAddr) -> Result<TcpStream, ProxyError> {
     }
 }
 
+/// A connection to a target: plain TCP, or TLS for groups with protocol HTTPS.
+#[derive(Debug)]
+pub enum Up {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Up {
+    /// An idle pooled connection of the right kind.
+    fn pooled(target: &Target, tls: bool) -> Option<Up> {
+        if tls {
+            target.tls_pool.take().map(|s| Up::Tls(Box::new(s)))
+        } else {
+            target.pool.take().map(Up::Plain)
+        }
+    }
+
+    /// A new connection, with the TLS handshake for HTTPS groups (no certificate check, as
+    /// AWS).
+    pub async fn connect(addr: SocketAddr, tls: bool) -> Result<Up, ProxyError> {
+        let tcp = connect(addr).await?;
+        if !tls {
+            return Ok(Up::Plain(tcp));
+        }
+        match timeout(
+            CONNECT_TIMEOUT,
+            causeway_dataplane::tls::connect_target(tcp, false),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Ok(Up::Tls(Box::new(s))),
+            Ok(Err(e)) => {
+                tracing::debug!(target = %addr, error = %e, "TLS to target failed");
+                Err(ProxyError::ConnectFailed)
+            }
+            Err(_) => Err(ProxyError::ConnectTimeout),
+        }
+    }
+
+    /// Back to the target's pool after a complete exchange.
+    fn give_back(self, target: &Target) {
+        match self {
+            Up::Plain(s) => target.pool.put(s),
+            Up::Tls(s) => target.tls_pool.put(*s),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Up {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Up::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Up::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Up {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Up::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Up::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Up::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Up::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Up::Plain(s) => s.is_write_vectored(),
+            Up::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Up::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Up::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Up::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Up::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Forwards the request at the start of `client.buf` and relays the response. On success the
 /// request's bytes have been consumed from `client.buf`.
 #[allow(clippy::too_many_arguments)]
@@ -364,6 +476,7 @@ pub async fn forward<S: ClientStream>(
         let cookie = cookie_value(&client.buf, head, m.cookie);
         sticky_target(group, cookie, key, now)
     });
+    let tls = group.cfg.protocol == "HTTPS";
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut last = ProxyError::NoTargets;
     group.retry_budget.deposit();
@@ -390,11 +503,11 @@ pub async fn forward<S: ClientStream>(
         });
         let addr = target.cfg.address;
         let _in_flight = target.begin();
-        let pooled = target.pool.take();
+        let pooled = Up::pooled(&target, tls);
         let reused = pooled.is_some();
         let mut up = match pooled {
             Some(s) => s,
-            None => match connect(addr).await {
+            None => match Up::connect(addr, tls).await {
                 Ok(s) => s,
                 Err(e) => {
                     metrics::counter!("causeway_alb_target_connection_error_count",
@@ -412,7 +525,12 @@ pub async fn forward<S: ClientStream>(
         let body = &client.buf[head.len..head.len + prefix];
         // A retry resends the head alone plus the body again.
         scratch.out.truncate(head_out_len);
-        let result = match write_joined(&mut up, &mut scratch.out, body).await {
+        // flush: a no-op on TCP; TLS may hold the last record until flushed.
+        let written = match write_joined(&mut up, &mut scratch.out, body).await {
+            Ok(()) => up.flush().await,
+            Err(e) => Err(e),
+        };
+        let result = match written {
             Err(_) => Err(ProxyError::UpstreamFailed),
             Ok(()) => {
                 let sent = Sent {
@@ -442,7 +560,7 @@ pub async fn forward<S: ClientStream>(
         match result {
             Ok((mut o, reusable)) => {
                 if let Some(s) = reusable {
-                    target.pool.put(s);
+                    s.give_back(&target);
                 }
                 group.record_outcome(&target, o.status >= 500);
                 o.attempts = attempt;
@@ -488,7 +606,7 @@ struct Sent {
 #[allow(clippy::too_many_arguments)]
 async fn exchange<S: ClientStream>(
     client: &mut Client<S>,
-    mut up: TcpStream,
+    mut up: Up,
     mut sent: Sent,
     req: &Prepared,
     scratch: &mut Scratch,
@@ -497,7 +615,7 @@ async fn exchange<S: ClientStream>(
     started: Instant,
     set_cookie: Option<(&str, Option<&str>)>,
     group_cookie: Option<&str>,
-) -> Result<(Outcome, Option<TcpStream>), ProxyError> {
+) -> Result<(Outcome, Option<Up>), ProxyError> {
     let idle = lb.idle_timeout;
     if !sent.complete {
         // No retry is possible once the body streams: the buffered part can go now.
@@ -640,7 +758,7 @@ async fn exchange<S: ClientStream>(
 /// connection ended cleanly at the body's end (so it can be reused), and the bytes relayed.
 async fn relay_response_body<S: ClientStream>(
     client: &mut Client<S>,
-    up: &mut TcpStream,
+    up: &mut Up,
     ubuf: &mut Vec<u8>,
     framing: Framing,
     mut remaining: u64,
@@ -692,7 +810,7 @@ async fn relay_response_body<S: ClientStream>(
 /// The request body past what was buffered with its head, streamed from client to target.
 async fn stream_request_body<S: ClientStream>(
     client: &mut Client<S>,
-    up: &mut TcpStream,
+    up: &mut Up,
     framing: Framing,
     mut remaining: u64,
     scanner: &mut ChunkedScanner,
@@ -721,6 +839,7 @@ async fn stream_request_body<S: ClientStream>(
         up.write_all(&client.buf[..take])
             .await
             .map_err(|_| ProxyError::UpstreamFailed)?;
+        up.flush().await.map_err(|_| ProxyError::UpstreamFailed)?;
         client.consume(take);
         if done {
             return Ok(());
@@ -731,7 +850,7 @@ async fn stream_request_body<S: ClientStream>(
 /// After a 101: relay the response head and everything after, both ways, until both close.
 async fn tunnel<S: ClientStream>(
     client: &mut Client<S>,
-    up: &mut TcpStream,
+    up: &mut Up,
     ubuf: &mut [u8],
     target: &Target,
     target_time: Duration,
@@ -744,6 +863,7 @@ async fn tunnel<S: ClientStream>(
         up.write_all(&client.buf)
             .await
             .map_err(|_| ProxyError::ResponseCut)?;
+        up.flush().await.map_err(|_| ProxyError::ResponseCut)?;
         client.consume(client.buf.len());
     }
     if let Err(e) = tokio::io::copy_bidirectional(&mut client.stream, up).await {

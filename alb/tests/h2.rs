@@ -375,3 +375,71 @@ async fn h2_by_alpn_on_https_and_http1_alongside() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
     assert!(err.contains("ALPN: server accepted http/1.1"), "{err}");
 }
+
+#[tokio::test]
+async fn https_target_groups_reach_targets_over_tls_and_reuse_the_connection() {
+    let secure = Origin::builder().name("secure").tls().start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start_with(
+        "HTTP",
+        &targets(&[&secure]),
+        "protocol = \"HTTPS\"\n",
+        &grpc,
+    )
+    .await;
+    let port = addr.port();
+    // HTTP/1.1 client: two requests, one after the other.
+    let out = curl(&[
+        "--http1.1",
+        &format!("http://127.0.0.1:{port}/one"),
+        &format!("http://127.0.0.1:{port}/two"),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.contains("origin secure /one\n") && text.contains("origin secure /two\n"));
+    let seen = secure.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.tls && s.version == "HTTP/1.1"));
+    assert_eq!(
+        seen[0].peer, seen[1].peer,
+        "the second request reuses the pooled TLS connection"
+    );
+    // h2 client, HTTP/1.1 over TLS to the target.
+    let mut s = h2c(addr).await;
+    let a = send(
+        &mut s,
+        "GET",
+        &format!("http://a.example.test:{port}/h2"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!((a.status, &a.body[..]), (200, &b"origin secure /h2\n"[..]));
+    let last = secure.seen().pop().unwrap();
+    assert!(last.tls && last.version == "HTTP/1.1");
+    drop(s);
+
+    // protocol_version HTTP2 over TLS: h2 by ALPN to the target.
+    let (_s2, addr2) = start_with(
+        "HTTP",
+        &targets(&[&secure]),
+        "protocol = \"HTTPS\"\nprotocol_version = \"HTTP2\"\n",
+        &grpc,
+    )
+    .await;
+    let mut s = h2c(addr2).await;
+    let a = send(
+        &mut s,
+        "GET",
+        &format!("http://a.example.test:{}/h2tls", addr2.port()),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let last = secure.seen().pop().unwrap();
+    assert_eq!(last.path, "/h2tls");
+    assert!(last.tls);
+    assert_eq!(last.version, "HTTP/2.0");
+}

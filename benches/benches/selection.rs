@@ -35,6 +35,7 @@ fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
             healthy_threshold: 1,
             unhealthy_threshold: 1,
             proxy_protocol_v2: false,
+            tls: false,
         },
         deregistration_delay: Duration::from_secs(300),
         slow_start: Duration::ZERO,

@@ -304,6 +304,8 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
     /// Send a PROXY v2 LOCAL header first (the group speaks PROXY protocol to its targets).
     pub proxy_protocol_v2: bool,
+    /// HTTPS: the HTTP check runs over TLS (the target's certificate is not verified, as AWS).
+    pub tls: bool,
 }
 
 /// Target selection algorithm of a target group.
@@ -476,7 +478,9 @@ pub fn validate_targets(path: &str, raw: Vec<FileTarget>) -> Check<Vec<TargetCon
 
 impl FileHealthCheck {
     pub fn validate(self, path: &str, plane: Plane, tg_protocol: &str) -> Check<HealthCheckConfig> {
+        // AWS: an alb group checks with its own protocol by default.
         let default_proto = match (plane, tg_protocol) {
+            (Plane::Alb, "HTTPS") => "HTTPS",
             (Plane::Alb, _) => "HTTP",
             (Plane::Nlb, _) => "TCP",
         };
@@ -484,16 +488,17 @@ impl FileHealthCheck {
         let proto = one_of(
             &proto_path,
             self.protocol.as_deref().unwrap_or(default_proto),
-            &["HTTP", "TCP"],
+            &["HTTP", "HTTPS", "TCP"],
         )?
         .to_owned();
         if plane == Plane::Alb && proto == "TCP" {
             return Err(Violation::new(
                 proto_path,
-                "an alb target group checks with HTTP",
+                "an alb target group checks with HTTP or HTTPS",
             ));
         }
-        let kind = if proto == "HTTP" {
+        let tls = proto == "HTTPS";
+        let kind = if proto == "HTTP" || tls {
             let p = self.path.unwrap_or_else(|| "/".to_owned());
             if !p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
                 return Err(Violation::new(
@@ -509,13 +514,13 @@ impl FileHealthCheck {
             if self.path.is_some() {
                 return Err(Violation::new(
                     format!("{path}.path"),
-                    "only HTTP checks take a path",
+                    "only HTTP and HTTPS checks take a path",
                 ));
             }
             if self.matcher.is_some() {
                 return Err(Violation::new(
                     format!("{path}.matcher"),
-                    "only HTTP checks take a matcher",
+                    "only HTTP and HTTPS checks take a matcher",
                 ));
             }
             HealthCheckKind::Tcp
@@ -579,6 +584,7 @@ impl FileHealthCheck {
             healthy_threshold: healthy as u32,
             unhealthy_threshold: unhealthy as u32,
             proxy_protocol_v2: false,
+            tls,
         })
     }
 }
@@ -586,7 +592,7 @@ impl FileHealthCheck {
 impl FileTargetGroup {
     pub fn validate(self, name: &str, path: &str, plane: Plane) -> Check<TargetGroupConfig> {
         let (protocols, default_proto): (&[&str], &str) = match plane {
-            Plane::Alb => (&["HTTP"], "HTTP"),
+            Plane::Alb => (&["HTTP", "HTTPS"], "HTTP"),
             Plane::Nlb => (&["TCP", "UDP", "TCP_UDP"], "TCP"),
         };
         let protocol = one_of(

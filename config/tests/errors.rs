@@ -452,3 +452,38 @@ fn target_group_stickiness_needs_a_duration_in_range() {
     .unwrap_err();
     assert!(err.to_string().contains("must be 1..=604800"), "{err}");
 }
+
+#[test]
+fn target_group_protocol_version_and_https() {
+    let ok = BASE.replace("  interval_seconds = 0", "interval_seconds = 5");
+    let text = ok.replace(
+        "[target_groups.wordpress]\n",
+        "[target_groups.wordpress]\nprotocol = \"HTTPS\"\nprotocol_version = \"GRPC\"\n",
+    );
+    let cfg = parse::<FileAlb>("alb.toml", &text, &cx()).unwrap();
+    let g = &cfg.target_groups["wordpress"];
+    assert_eq!(g.protocol, "HTTPS");
+    assert_eq!(
+        g.protocol_version,
+        causeway_config::common::ProtocolVersion::Grpc
+    );
+    assert!(
+        g.health_check.tls,
+        "an HTTPS group checks over HTTPS by default"
+    );
+    let plain = parse::<FileAlb>("alb.toml", &ok, &cx()).unwrap();
+    let g = &plain.target_groups["wordpress"];
+    assert_eq!(g.protocol_version, Default::default());
+    assert!(!g.health_check.tls);
+    let bad = ok.replace(
+        "[target_groups.wordpress]\n",
+        "[target_groups.wordpress]\nprotocol_version = \"HTTP3\"\n",
+    );
+    let err = parse::<FileAlb>("alb.toml", &bad, &cx()).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "alb.toml:9:1: target_groups.wordpress.protocol_version: must be one of HTTP1, HTTP2, GRPC"
+        ),
+        "{err}"
+    );
+}

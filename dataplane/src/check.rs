@@ -55,6 +55,22 @@ async fn probe_once(addr: SocketAddr, hc: &HealthCheckConfig) -> Outcome {
     let HealthCheckKind::Http { path, matcher } = &hc.kind else {
         return Outcome::Success;
     };
+    if hc.tls {
+        return match crate::tls::connect_target(s, false).await {
+            Ok(tls) => http_probe(tls, addr, path, matcher).await,
+            Err(_) => Outcome::Failed,
+        };
+    }
+    http_probe(s, addr, path, matcher).await
+}
+
+/// An HTTP GET on a connected stream: the status line decides.
+async fn http_probe<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    addr: SocketAddr,
+    path: &str,
+    matcher: &causeway_config::common::StatusMatcher,
+) -> Outcome {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Causeway-HealthChecker/1.0\r\nConnection: close\r\n\r\n"
     );
@@ -193,6 +209,7 @@ mod tests {
             healthy_threshold: 3,
             unhealthy_threshold: 2,
             proxy_protocol_v2: false,
+            tls: false,
         }
     }
 
@@ -430,5 +447,15 @@ mod tests {
         assert_eq!(NetProber.probe(origin.addr(), &hc).await, Outcome::Success);
         let closed = causeway_testkit::closed_port().await;
         assert_eq!(NetProber.probe(closed, &hc).await, Outcome::Failed);
+        // HTTPS: the same GET over TLS; a plain origin fails it, a TLS one passes.
+        hc.kind = HealthCheckKind::Http {
+            path: "/tls".into(),
+            matcher: StatusMatcher::parse("200").unwrap(),
+        };
+        hc.tls = true;
+        assert_eq!(NetProber.probe(origin.addr(), &hc).await, Outcome::Failed);
+        let secure = causeway_testkit::Origin::builder().tls().start().await;
+        assert_eq!(NetProber.probe(secure.addr(), &hc).await, Outcome::Success);
+        assert_eq!(secure.health_check_hits("/tls"), 1);
     }
 }

@@ -238,6 +238,7 @@ mod tests {
             healthy_threshold: healthy,
             unhealthy_threshold: unhealthy,
             proxy_protocol_v2: false,
+            tls: false,
         }
     }
 

@@ -42,6 +42,12 @@ impl Reusable for TcpStream {
     }
 }
 
+impl Reusable for tokio_rustls::client::TlsStream<TcpStream> {
+    fn alive(&self) -> bool {
+        self.get_ref().0.alive()
+    }
+}
+
 impl<S: Reusable> Pool<S> {
     /// A live idle connection, if any.
     pub fn take(&self) -> Option<S> {

@@ -31,6 +31,8 @@ pub struct Target {
     checker_started: AtomicBool,
     /// Idle keep-alive connections to this target (alb, edge).
     pub pool: crate::pool::Pool,
+    /// Idle TLS connections, for groups with protocol HTTPS.
+    pub tls_pool: crate::pool::Pool<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
     outlier: Mutex<OutlierState>,
     /// Set while ejected, so the common case reads no clock.
     ejected: AtomicBool,
@@ -92,6 +94,7 @@ impl Target {
             retired: AtomicBool::new(false),
             checker_started: AtomicBool::new(false),
             pool: crate::pool::Pool::default(),
+            tls_pool: crate::pool::Pool::default(),
             outlier: Mutex::new(OutlierState::default()),
             ejected: AtomicBool::new(false),
             termination: Mutex::new(Termination::NEVER),
@@ -228,6 +231,7 @@ impl Target {
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         self.pool.clear();
+        self.tls_pool.clear();
         self.apply(HealthMachine::retire);
     }
 
@@ -539,6 +543,7 @@ pub(crate) mod tests {
                 healthy_threshold: 1,
                 unhealthy_threshold: 1,
                 proxy_protocol_v2: false,
+                tls: false,
             },
             deregistration_delay: Duration::from_secs(30),
             slow_start: Duration::ZERO,

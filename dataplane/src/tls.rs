@@ -143,6 +143,94 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// Accepts any target certificate, as AWS does towards targets (they commonly use self-signed
+/// ones); handshake signatures are still checked, so the session is encrypted end to end.
+#[derive(Debug)]
+struct AnyTargetCert(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyTargetCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The client config for TLS to targets: TLS 1.2 or 1.3, no certificate validation, ALPN `h2`
+/// or `http/1.1`. Built once per process.
+pub fn target_client_config(h2: bool) -> Arc<rustls::ClientConfig> {
+    static H1: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    static H2: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    let cell = if h2 { &H2 } else { &H1 };
+    cell.get_or_init(|| {
+        let provider = Arc::new(ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AnyTargetCert(provider)))
+                    .with_no_client_auth()
+            })
+            .unwrap_or_else(|e| panic!("the ring provider supports TLS 1.2 and 1.3: {e}"));
+        cfg.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        Arc::new(cfg)
+    })
+    .clone()
+}
+
+/// TLS to a target over `tcp`. No SNI is sent (the name is the target's IP), as AWS does.
+pub async fn connect_target(
+    tcp: tokio::net::TcpStream,
+    h2: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let ip = tcp.peer_addr()?.ip();
+    let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+    tokio_rustls::TlsConnector::from(target_client_config(h2))
+        .connect(name, tcp)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::name_matches;

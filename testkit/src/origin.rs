@@ -57,6 +57,8 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub peer: SocketAddr,
+    /// The request came over TLS (an origin built with [`Builder::tls`]).
+    pub tls: bool,
 }
 
 impl Seen {
@@ -98,6 +100,7 @@ pub struct Builder {
     default_status: Option<u16>,
     delays: HashMap<String, std::time::Duration>,
     cookies: HashMap<String, String>,
+    tls: bool,
 }
 
 impl Builder {
@@ -130,6 +133,12 @@ impl Builder {
         self
     }
 
+    /// Serves HTTPS (HTTP/1.1 and h2 by ALPN) with the `a.example.test` test certificate.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Answers `status` for `path`.
     pub fn status_for(mut self, path: &str, status: u16) -> Self {
         self.statuses.insert(path.to_owned(), status);
@@ -152,8 +161,10 @@ impl Builder {
             cookies: self.cookies,
             ..Extras::default()
         }));
+        let acceptor = self.tls.then(tls_acceptor);
         let task = tokio::spawn(accept(
             listener,
+            acceptor,
             name.clone(),
             state.clone(),
             statuses,
@@ -271,8 +282,30 @@ impl Origin {
     }
 }
 
+/// The test certificate `a.example.test` as a TLS acceptor offering h2 and HTTP/1.1.
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(crate::tls::cert("a.example.test.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(crate::tls::cert("a.example.test.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 async fn accept(
     listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     name: String,
     state: Arc<Mutex<State>>,
     statuses: Arc<HashMap<String, u16>>,
@@ -289,6 +322,8 @@ async fn accept(
             statuses.clone(),
             extras.clone(),
         );
+        let acceptor = acceptor.clone();
+        let tls = acceptor.is_some();
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (name, state, statuses, extras) = (
@@ -328,6 +363,7 @@ async fn accept(
                             .collect(),
                         body: body.to_vec(),
                         peer,
+                        tls,
                     };
                     let seen_body = body.clone();
                     {
@@ -409,7 +445,14 @@ async fn accept(
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             // Errors here are client disconnects; an origin has nothing to report.
-            drop(builder.serve_connection(TokioIo::new(stream), svc).await);
+            match acceptor {
+                None => drop(builder.serve_connection(TokioIo::new(stream), svc).await),
+                Some(a) => {
+                    if let Ok(s) = a.accept(stream).await {
+                        drop(builder.serve_connection(TokioIo::new(s), svc).await);
+                    }
+                }
+            }
         });
         while conns.try_join_next().is_some() {}
     }
