@@ -118,6 +118,8 @@ pub struct Origin {
 /// until it ends, and then gives an HTTP/1.1 connection back to its pool.
 pub struct Relayed {
     inner: Incoming,
+    /// The body was read to its end.
+    ended: bool,
     _in_flight: InFlight,
     give_back: Option<(Arc<Pools>, SocketAddr, http1::SendRequest<ReqBody>)>,
 }
@@ -125,6 +127,19 @@ pub struct Relayed {
 impl std::fmt::Debug for Relayed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relayed").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        // hyper stops polling a body once it reports its end, so the end is judged here: a
+        // connection whose response was read to the end goes back to the pool, any other
+        // closes with its sender.
+        if let Some((pools, addr, s)) = self.give_back.take() {
+            if self.ended || self.inner.is_end_stream() {
+                pools.put_h1(addr, s);
+            }
+        }
     }
 }
 
@@ -138,9 +153,7 @@ impl Body for Relayed {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
-            if let Some((pools, addr, s)) = self.give_back.take() {
-                pools.put_h1(addr, s);
-            }
+            self.ended = true;
         }
         polled
     }
@@ -519,6 +532,7 @@ pub async fn forward(
                 };
                 let body = Relayed {
                     inner: rbody,
+                    ended: false,
                     _in_flight: in_flight,
                     give_back,
                 };

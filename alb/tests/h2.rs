@@ -189,6 +189,11 @@ async fn h2c_prior_knowledge_takes_every_action_and_reaches_http1_targets() {
     let a = send(&mut s, "POST", &format!("{base}/form"), &[], b"name=value").await;
     assert_eq!(a.status, 200);
     assert_eq!(web.seen()[1].body, b"name=value");
+    assert_eq!(
+        web.seen()[0].peer,
+        web.seen()[1].peer,
+        "the second request reuses the pooled target connection"
+    );
 
     // Many streams at once on one connection.
     let mut tasks = Vec::new();

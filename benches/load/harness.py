@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -170,7 +171,8 @@ def measure(proxy, seconds, conns, client="wrk"):
 
 def probe(url):
     try:
-        with urllib.request.urlopen(url, timeout=3) as r:
+        ctx = ssl._create_unverified_context() if url.startswith("https") else None
+        with urllib.request.urlopen(url, timeout=3, context=ctx) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -216,7 +218,19 @@ def upstreams():
     return [f"127.0.0.1:{p}" for p in ORIGIN_PORTS]
 
 
-def haproxy_cfg(port, mode, maxconn=4000):
+CERTS = os.path.join(ROOT, "testkit", "certs")
+
+
+def tls_pem():
+    """HAProxy wants the certificate and key in one file."""
+    path = os.path.join(TMP, "a.example.test.pem")
+    with open(path, "w") as f:
+        for part in ("a.example.test.pem", "a.example.test.key"):
+            f.write(open(os.path.join(CERTS, part)).read())
+    return path
+
+
+def haproxy_cfg(port, mode, maxconn=4000, tls=False):
     servers = "\n".join(f"  server s{i} {a}" for i, a in enumerate(upstreams()))
     reuse = "  http-reuse always\n" if mode == "http" else ""
     conf = f"""global
@@ -228,7 +242,7 @@ defaults
   timeout client 60s
   timeout server 60s
 {reuse}frontend f
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{f" ssl crt {tls_pem()} alpn h2,http/1.1" if tls else ""}
   default_backend b
 backend b
   balance roundrobin
@@ -239,7 +253,7 @@ backend b
     return path
 
 
-def nginx_peer_cfg(port, cache, h2=False):
+def nginx_peer_cfg(port, cache, h2=False, tls=False):
     servers = "\n".join(f"    server {a};" for a in upstreams()[: (1 if cache else 3)])
     cache_http = f"proxy_cache_path {TMP}/nginx-cache keys_zone=c:10m max_size=100m;" if cache else ""
     cache_loc = ("proxy_cache c; proxy_cache_valid 200 1h; "
@@ -258,7 +272,8 @@ http {{
     keepalive 64;
   }}
   server {{
-    listen 127.0.0.1:{port}{" http2" if h2 else ""};
+    listen 127.0.0.1:{port}{" ssl" if tls else ""}{" http2" if h2 or tls else ""};
+    {f"ssl_certificate {CERTS}/a.example.test.pem; ssl_certificate_key {CERTS}/a.example.test.key;" if tls else ""}
     location / {{
       proxy_pass http://o;
       proxy_http_version 1.1;
@@ -302,10 +317,15 @@ http {{
 
 def causeway_cfg(kind, port, admin, relay=None):
     targets = ", ".join(f'{{ address = "{a}" }}' for a in upstreams())
-    if kind == "alb":
+    if kind in ("alb", "alb-tls"):
+        tls = ""
+        if kind == "alb-tls":
+            tls = f"""protocol = "HTTPS"
+certificates = [{{ certificate_file = "{CERTS}/a.example.test.pem", private_key_file = "{CERTS}/a.example.test.key" }}]
+"""
         body = f"""[[listeners]]
 address = "127.0.0.1:{port}"
-default_action = {{ type = "forward", target_group = "web" }}
+{tls}default_action = {{ type = "forward", target_group = "web" }}
 [target_groups.web]
 targets = [{targets}]
 health_check = {{ path = "/", interval_seconds = 5, timeout_seconds = 2 }}
@@ -358,7 +378,8 @@ address = "127.0.0.1:{admin}"
 # ------------------------------------------------------------------ scenarios
 
 def causeway(kind, bin_dir, path="/", relay=None):
-    name = {"alb": "causeway-alb", "nlb": "causeway-nlb", "edge": "causeway-edge",
+    name = {"alb": "causeway-alb", "alb-tls": "causeway-alb", "nlb": "causeway-nlb",
+            "edge": "causeway-edge",
             "edge-tls": "causeway-edge", "edge-miss": "causeway-edge"}[kind]
     binary = os.path.join(bin_dir, name)
     if not os.access(binary, os.X_OK):
@@ -367,7 +388,7 @@ def causeway(kind, bin_dir, path="/", relay=None):
     p = start([binary, "--config", causeway_cfg(kind, port, admin, relay)], 1, name)
     wait_port(admin)
     wait_port(port)
-    url = f"http://127.0.0.1:{port}{path}"
+    url = f"{'https' if kind == 'alb-tls' else 'http'}://127.0.0.1:{port}{path}"
     time.sleep(0.5)
     status = probe(url)
     if status == 501:
@@ -376,20 +397,20 @@ def causeway(kind, bin_dir, path="/", relay=None):
     return {"name": label, "pid": p.pid, "url": url}, None
 
 
-def haproxy(mode, path="/", maxconn=4000):
+def haproxy(mode, path="/", maxconn=4000, tls=False):
     port = free_port()
-    p = start(["haproxy", "-db", "-f", haproxy_cfg(port, mode, maxconn)], 1, f"haproxy-{mode}")
+    p = start(["haproxy", "-db", "-f", haproxy_cfg(port, mode, maxconn, tls)], 1, f"haproxy-{mode}")
     wait_port(port)
     return {"name": "HAProxy 2.6" + (" (tcp)" if mode == "tcp" else ""), "pid": p.pid,
-            "url": f"http://127.0.0.1:{port}{path}"}
+            "url": f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"}
 
 
-def nginx_peer(cache, path="/", h2=False):
+def nginx_peer(cache, path="/", h2=False, tls=False):
     port = free_port()
-    p = start(["nginx", "-c", nginx_peer_cfg(port, cache, h2)], 1, "nginx-peer")
+    p = start(["nginx", "-c", nginx_peer_cfg(port, cache, h2, tls)], 1, "nginx-peer")
     wait_port(port)
     return {"name": "NGINX 1.22" + (" proxy_cache" if cache else ""), "pid": p.pid,
-            "url": f"http://127.0.0.1:{port}{path}"}
+            "url": f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"}
 
 
 def nginx_static(size, path, h2=False):
@@ -484,7 +505,7 @@ def scenario_proxies(args):
             notes.append("causeway-edge: " + cache_evidence(c["url"]))
         return rows, notes + ([note] if note else [])
     if not args.peers_only:
-        kind = {"http": "alb", "tcp": "nlb", "cache": "edge"}[args.scenario]
+        kind = {"http": "alb-tls" if args.tls else "alb", "tcp": "nlb", "cache": "edge"}[args.scenario]
         # The nlb twice: its buffered copy (the default) and its splice(2) relay.
         for relay in (("copy", "splice") if kind == "nlb" else (None,)):
             c, note = causeway(kind, args.bin_dir, path, relay)
@@ -493,7 +514,7 @@ def scenario_proxies(args):
             if note:
                 notes.append(note)
     if args.scenario == "http":
-        proxies += [haproxy("http"), nginx_peer(False)]
+        proxies += [haproxy("http", tls=args.tls), nginx_peer(False, tls=args.tls)]
     elif args.scenario == "tcp":
         proxies += [haproxy("tcp")]
     else:
@@ -519,6 +540,9 @@ def main():
                     help="idle scenario: the alb against HAProxy and NGINX, or the nlb against HAProxy mode tcp")
     ap.add_argument("--idle-connections", type=int, default=9000,
                     help="HAProxy needs two descriptors per connection and the hard limit here is 20000")
+    ap.add_argument("--tls", action="store_true",
+                    help="http scenario: HTTPS listeners with the same certificate (wrk: HTTP/1.1 "
+                         "over TLS; --client h2load: h2 by ALPN)")
     ap.add_argument("--object", choices=["64b", "16k"], default="16k", help="cache scenario object")
     ap.add_argument("--client", choices=["wrk", "h2load", "h3load"], default="wrk",
                     help="cache scenario: h2load speaks HTTP/2 with prior knowledge (h2c); h3load "
@@ -560,6 +584,8 @@ def main():
     proto = {"h2load": ", h2c", "h3load": ", h3 / h2+TLS / h1"}.get(args.client, "")
     what = f" ({args.object}{proto})" if args.scenario == "cache" else (
         " (new connections)" if args.close else "")
+    if args.tls:
+        what += " (TLS, h2 by ALPN)" if args.client == "h2load" else " (TLS, HTTP/1.1)"
     print(f"\n### {args.scenario}{what}")
     conns = "connections, a new one per request (Connection: close)" if args.close else "keep-alive connections"
     print(f"\n`{cmd}` — {args.rounds} interleaved rounds of {args.duration} s, "
