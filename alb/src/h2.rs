@@ -18,7 +18,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -35,12 +35,11 @@ const MAX_STREAMS: u32 = 128;
 /// What a client gets as a response body: ours, or a target's.
 pub type Body = Either<Full<Bytes>, Relayed>;
 
-/// A connection's streams in progress and when the last one ended, for the idle timeout.
+/// When a connection last moved a byte either way, for the idle timeout.
 #[derive(Debug)]
 struct Activity {
     opened: Instant,
-    active: AtomicUsize,
-    /// Milliseconds after `opened` that the connection was last busy.
+    /// Milliseconds after `opened` of the last read or write.
     last_ms: AtomicU64,
 }
 
@@ -50,35 +49,80 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// When the connection idles out if nothing happens before.
+    /// When the connection idles out if nothing moves before.
     fn idle_deadline(&self, idle: std::time::Duration) -> Instant {
         self.opened + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
     }
 }
 
-/// Counts one stream as active while it lives.
-struct Busy<'a>(&'a Activity);
+/// The client's stream, noting every read and write that moves bytes (as ALB's idle timeout:
+/// no data either way for `idle_timeout`, whatever streams are open).
+struct Watched<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
 
-impl<'a> Busy<'a> {
-    fn new(a: &'a Activity) -> Busy<'a> {
-        a.active.fetch_add(1, Ordering::Relaxed);
-        a.touch();
-        Busy(a)
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
     }
 }
 
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+/// How long streams may take to finish after an idle connection's GOAWAY before it is closed
+/// (a stalled stream, e.g. a client that never opens its flow-control window, cannot hold it).
+const IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One client connection's facts every stream needs.
 struct Ctx {
     from: Origin,
     snaps: Snapshots<Alb>,
-    activity: Activity,
 }
 
 /// A stream that first replays bytes already read from it (the sniffed preface).
@@ -146,9 +190,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 }
 
-/// Serves one h2 connection until it ends: it idles out after `idle_timeout` with no stream
-/// open, closes after the client keep-alive duration, and on drain sends GOAWAY and lets open
-/// streams finish.
+/// Serves one h2 connection until it ends: after `idle_timeout` with no byte moved either way
+/// it sends GOAWAY and, `IDLE_GRACE` later, closes with whatever is still open; after the client
+/// keep-alive duration, and on drain, it sends GOAWAY and lets open streams finish.
 pub async fn serve<IO>(
     io: IO,
     from: Origin,
@@ -161,20 +205,20 @@ pub async fn serve<IO>(
         let lb = &snaps.load().config.load_balancer;
         (lb.idle_timeout, lb.client_keep_alive)
     };
-    let ctx = Arc::new(Ctx {
-        from,
-        snaps,
-        activity: Activity {
-            opened: Instant::now(),
-            active: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-        },
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        last_ms: AtomicU64::new(0),
     });
+    let ctx = Arc::new(Ctx { from, snaps });
     let svc_ctx = ctx.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
         async move { Ok::<_, Infallible>(serve_stream(req, &ctx).await) }
     });
+    let io = Watched {
+        io,
+        activity: activity.clone(),
+    };
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_header_list_size(MAX_HEADER_LIST)
         .max_concurrent_streams(MAX_STREAMS)
@@ -182,10 +226,16 @@ pub async fn serve<IO>(
         .max_local_error_reset_streams(Some(256))
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let closes_at = ctx.activity.opened + keep_alive;
+    let closes_at = activity.opened + keep_alive;
     let mut graceful = false;
+    // Set once the connection idled out: past it, open streams are cut.
+    let mut hard: Option<Instant> = None;
     let result = loop {
-        let idle_at = ctx.activity.idle_deadline(idle);
+        let wake = match hard {
+            Some(h) => h,
+            None if graceful => activity.idle_deadline(idle),
+            None => activity.idle_deadline(idle).min(closes_at),
+        };
         tokio::select! {
             r = conn.as_mut() => break r,
             changed = shutdown.changed(), if !graceful => {
@@ -194,13 +244,21 @@ pub async fn serve<IO>(
                     graceful = true;
                 }
             }
-            _ = tokio::time::sleep_until(idle_at.min(closes_at)), if !graceful => {
+            _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
-                let idle_now = ctx.activity.active.load(Ordering::Relaxed) == 0
-                    && now >= ctx.activity.idle_deadline(idle);
-                if idle_now || now >= closes_at {
-                    conn.as_mut().graceful_shutdown();
-                    graceful = true;
+                if hard.is_some_and(|h| now >= h) {
+                    tracing::debug!(peer = %ctx.from.peer, "idle h2 connection closed with streams open");
+                    break Ok(());
+                }
+                let idle_out = now >= activity.idle_deadline(idle);
+                if idle_out || (!graceful && now >= closes_at) {
+                    if !graceful {
+                        conn.as_mut().graceful_shutdown();
+                        graceful = true;
+                    }
+                    if idle_out {
+                        hard = Some(now + IDLE_GRACE);
+                    }
                 }
             }
         }
@@ -248,7 +306,6 @@ pub fn check(parts: &hyper::http::request::Parts) -> Result<String, ProxyError> 
 
 /// Serves one stream: the phases in order.
 async fn serve_stream(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {
-    let _busy = Busy::new(&ctx.activity);
     let received = Instant::now();
     let snap = ctx.snaps.load();
     let (parts, body) = req.into_parts();

@@ -1,6 +1,8 @@
 //! HTTP/2 on the alb: h2c with prior knowledge on an HTTP listener and h2 by ALPN on an HTTPS
 //! one (hyper's client and curl), every action, HTTP/1.1 and h2 to targets, gRPC trailers
-//! passing through, AWS's 464 for HTTP/1.1 to a gRPC group, retries and stickiness.
+//! passing through, AWS's 464 for HTTP/1.1 to a gRPC group, retries and stickiness; and abuse
+//! with raw frames (CONTINUATION flood, HPACK bomb, control-frame flood, a zero-window stall),
+//! each while an honest client on another connection is served.
 
 use bytes::Bytes;
 use causeway_alb::Alb;
@@ -47,6 +49,17 @@ async fn start_with(
     web_extra: &str,
     grpc: &Origin,
 ) -> (Arc<Server<Alb>>, SocketAddr) {
+    start_full(protocol, "", web, web_extra, grpc).await
+}
+
+/// Like [`start_with`], with `[load_balancer]` keys.
+async fn start_full(
+    protocol: &str,
+    lb_extra: &str,
+    web: &str,
+    web_extra: &str,
+    grpc: &Origin,
+) -> (Arc<Server<Alb>>, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let tls = if protocol == "HTTPS" {
         format!(
@@ -60,6 +73,8 @@ async fn start_with(
         r#"
 [admin]
 address = "127.0.0.1:{admin}"
+[load_balancer]
+{lb_extra}
 [[listeners]]
 address = "{addr}"
 protocol = "{protocol}"
@@ -447,4 +462,192 @@ async fn https_target_groups_reach_targets_over_tls_and_reuse_the_connection() {
     assert_eq!(last.path, "/h2tls");
     assert!(last.tls);
     assert_eq!(last.version, "HTTP/2.0");
+}
+
+/// An honest client on its own connection gets its answer.
+async fn honest(addr: SocketAddr) {
+    let mut s = h2c(addr).await;
+    let a = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        send(
+            &mut s,
+            "GET",
+            &format!("http://a.example.test:{}/honest", addr.port()),
+            &[],
+            b"",
+        ),
+    )
+    .await
+    .expect("an honest client is served during the attack");
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test]
+async fn a_continuation_flood_is_cut_off_and_never_reaches_a_target() {
+    use causeway_testkit::h2raw::*;
+    let web = Origin::builder().name("web-1").start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start("HTTP", &targets(&[&web]), &grpc).await;
+    let mut c = connect(addr, &settings(&[])).await;
+    let block = get_block("a.example.test", "/flood");
+    c.write_all(&frame(HEADERS, 0, 1, &block)).await.unwrap();
+    let mut junk = Vec::new();
+    for i in 0..100 {
+        literal(&mut junk, format!("x-flood-{i}").as_bytes(), b"0123456789");
+    }
+    let mut sent = 0usize;
+    // At most 8 MiB of header block, far past the 64 KiB the alb accepts.
+    while sent < 8 << 20 {
+        if c.write_all(&frame(CONTINUATION, 0, 1, &junk))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += junk.len();
+    }
+    let (frames, closed) = read_frames(
+        &mut c,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let goaway = frames.iter().any(|f| f.kind == GOAWAY);
+    assert!(
+        goaway || closed,
+        "the flood ends the connection: {frames:?}"
+    );
+    assert!(
+        sent < 8 << 20 || closed,
+        "the alb stopped reading the flood"
+    );
+    honest(addr).await;
+    assert_eq!(web.hits("/flood"), 0);
+}
+
+#[tokio::test]
+async fn an_hpack_bomb_is_refused_without_reaching_a_target() {
+    use causeway_testkit::h2raw::*;
+    let web = Origin::builder().name("web-1").start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start("HTTP", &targets(&[&web]), &grpc).await;
+    let mut c = connect(addr, &settings(&[])).await;
+    // One 4000-byte value in the dynamic table, then 4000 one-byte references to it: 16 MB of
+    // headers from a 12 KB block.
+    let mut block = get_block("a.example.test", "/bomb");
+    literal_indexed(&mut block, b"x-bomb", &[b'a'; 4000]);
+    for _ in 0..4000 {
+        indexed(&mut block, 62);
+    }
+    // Split into frames of at most 16 KiB (the default SETTINGS_MAX_FRAME_SIZE).
+    let chunks: Vec<&[u8]> = block.chunks(16_000).collect();
+    for (i, part) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let kind = if i == 0 { HEADERS } else { CONTINUATION };
+        let flags = if last { END_HEADERS } else { 0 } | if i == 0 { END_STREAM } else { 0 };
+        if c.write_all(&frame(kind, flags, 1, part)).await.is_err() {
+            break;
+        }
+    }
+    let (frames, closed) = read_frames(
+        &mut c,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let answered = frames
+        .iter()
+        .any(|f| (f.kind == RST_STREAM || f.kind == HEADERS) && f.stream == 1)
+        || frames.iter().any(|f| f.kind == GOAWAY);
+    assert!(answered || closed, "the bomb is refused: {frames:?}");
+    honest(addr).await;
+    assert_eq!(web.hits("/bomb"), 0, "the bomb never reaches a target");
+}
+
+#[tokio::test]
+async fn a_control_frame_flood_does_not_starve_other_clients() {
+    use causeway_testkit::h2raw::*;
+    let web = Origin::builder().name("web-1").start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start("HTTP", &targets(&[&web]), &grpc).await;
+    let mut c = connect(addr, &settings(&[])).await;
+    // 20,000 PINGs and 20,000 SETTINGS frames, written without reading the answers.
+    let mut burst = Vec::new();
+    for i in 0..1000u64 {
+        burst.extend_from_slice(&frame(PING, 0, 0, &i.to_be_bytes()));
+        burst.extend_from_slice(&settings(&[(0x3, 100)]));
+    }
+    let attack = tokio::spawn(async move {
+        for _ in 0..20 {
+            if c.write_all(&burst).await.is_err() {
+                break;
+            }
+        }
+        c
+    });
+    honest(addr).await;
+    let mut c = tokio::time::timeout(std::time::Duration::from_secs(20), attack)
+        .await
+        .expect("the flood's writes end (read or refused)")
+        .unwrap();
+    let (frames, closed) = read_frames(
+        &mut c,
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let acks = frames
+        .iter()
+        .filter(|f| f.kind == PING && f.flags & ACK != 0)
+        .count();
+    assert!(
+        acks > 0 || closed,
+        "pings are answered, or the flood is cut off"
+    );
+    honest(addr).await;
+}
+
+#[tokio::test]
+async fn a_zero_window_stall_is_closed_after_the_idle_timeout() {
+    use causeway_testkit::h2raw::*;
+    let web = Origin::builder().name("web-1").start().await;
+    web.set_body("/big", vec![b'x'; 1 << 20]);
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start_full(
+        "HTTP",
+        "idle_timeout.timeout_seconds = 1\n",
+        &targets(&[&web]),
+        "",
+        &grpc,
+    )
+    .await;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the alb may send no body byte, and the client never
+    // opens the window.
+    let mut c = connect(addr, &settings(&[(0x4, 0)])).await;
+    let block = get_block("a.example.test", "/big");
+    c.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (frames, closed) = read_frames(
+        &mut c,
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_secs(15),
+    )
+    .await;
+    assert!(closed, "the stalled connection is closed: {frames:?}");
+    assert!(frames.iter().any(|f| f.kind == GOAWAY), "after a GOAWAY");
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.kind == DATA && !f.payload.is_empty()),
+        "no body byte went past the zero window"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(12),
+        "closed at idle timeout + grace, took {took:?}"
+    );
+    assert_eq!(web.hits("/big"), 1);
+    honest(addr).await;
 }

@@ -1,6 +1,7 @@
 //! Dev-only test helpers: origins on ephemeral ports that report what they saw (h1 and h2),
 //! raw-socket helpers, child-process helpers, and a moto server fixture.
 
+pub mod h2raw;
 pub mod h3client;
 pub mod lifecycle;
 pub mod moto;
