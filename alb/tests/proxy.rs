@@ -723,6 +723,115 @@ async fn killing_one_of_three_targets_under_get_load_loses_nothing() {
     assert!(os.iter().map(Origin::total).sum::<usize>() >= 1200);
 }
 
+/// Sends `n` POSTs on one keep-alive connection, each with its own id as the body; returns
+/// (path, status), status 0 for a broken connection.
+async fn keep_alive_posts(addr: SocketAddr, n: usize, tag: usize) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for i in 0..n {
+        let path = format!("/post/{tag}/{i}");
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{path}",
+            path.len()
+        );
+        if s.write_all(req.as_bytes()).await.is_err() {
+            out.push((path, 0));
+            s = TcpStream::connect(addr).await.unwrap();
+            continue;
+        }
+        let r = read_response(&mut s).await;
+        if r.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            s = TcpStream::connect(addr).await.unwrap();
+        }
+        out.push((path, r.status));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_three_targets_under_post_load_fails_only_what_reached_it_and_sends_nothing_twice(
+) {
+    let os = origins(&["a", "b", "c"]).await;
+    let dir = causeway_testkit::lifecycle::TempDir::new("postkill");
+    let log = dir.path().join("access.log");
+    let refs: Vec<&Origin> = os.iter().collect();
+    let groups = format!(
+        "[load_balancer]\naccess_logs.enabled = true\naccess_logs.path = \"{}\"\n{}",
+        log.display(),
+        group("web", &refs)
+    );
+    let alb = start(&groups, r#"{ type = "forward", target_group = "web" }"#, "").await;
+    let clients: Vec<_> = (0..8)
+        .map(|t| tokio::spawn(keep_alive_posts(alb.addr, 100, t)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before = os[1].total();
+    os[1].stop();
+    let mut results = Vec::new();
+    for c in clients {
+        results.extend(c.await.unwrap());
+    }
+    assert_eq!(results.len(), 800);
+    assert!(before > 0, "b served traffic before it died");
+    // Nothing is sent twice: every body reached at most one origin, once.
+    let mut delivered = std::collections::HashMap::new();
+    for o in &os {
+        for seen in o.seen() {
+            *delivered
+                .entry(String::from_utf8(seen.body).unwrap())
+                .or_insert(0) += 1;
+        }
+    }
+    assert!(
+        delivered.values().all(|&n| n == 1),
+        "a POST reached a target twice"
+    );
+    for (path, status) in &results {
+        if *status == 200 {
+            assert_eq!(
+                delivered.get(path),
+                Some(&1),
+                "{path} answered but not delivered"
+            );
+        }
+    }
+    // Every failure was a request sent to the dead target, as the access log shows.
+    let failed: Vec<&String> = results
+        .iter()
+        .filter(|(_, s)| *s != 200)
+        .map(|(p, _)| p)
+        .collect();
+    let dead = os[1].addr().to_string();
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 800 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for path in &failed {
+        let needle = format!("{path} HTTP/1.1\"");
+        let line = text
+            .lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("no access log line for failed {path}"));
+        let target = line.split(' ').nth(4).unwrap();
+        assert_eq!(target, dead, "{path} failed on a live target: {line}");
+    }
+    eprintln!(
+        "{} of 800 POSTs failed, all sent to the dead target",
+        failed.len()
+    );
+    assert!(
+        failed.len() <= 8,
+        "at most one in-flight POST per client connection can be lost: {failed:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_target_removed_by_reload_drains_its_in_flight_request() {
     let a = Origin::builder().name("a").start().await;
