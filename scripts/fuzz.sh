@@ -3,7 +3,7 @@
 # stable, so the sanitizer flags cargo-fuzz passes are enabled with RUSTC_BOOTSTRAP=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs="${1:-15}"
+secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 cd fuzz
 for t in $(cargo fuzz list 2>/dev/null); do

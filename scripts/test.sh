@@ -24,6 +24,9 @@ if ! [ -x /usr/sbin/nginx ] || ! command -v curl >/dev/null || ! command -v wrk 
   fi
 fi
 
+step "minimum versions of h2, quinn-proto and rustls (known advisories fixed)"
+python3 scripts/min_versions.py
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -61,8 +64,8 @@ echo "$out" | grep -q "^pipeline GET / via the edge: HTTP/1.1 200 OK (Hit from c
 step "reload under load: 100 SIGHUPs (one broken config) during wrk through alb, nlb, edge"
 python3 benches/reliability/reload_under_load.py --bin-dir target/debug --seconds 8
 
-step "fuzz every parser target for 15 s (cargo-fuzz, libFuzzer)"
-bash scripts/fuzz.sh 15
+step "fuzz every parser target for 60 s (cargo-fuzz, libFuzzer)"
+bash scripts/fuzz.sh 60
 
 step "cargo bench --no-run (the criterion benches and the h3load client)"
 cargo bench -p causeway-benches --locked --no-run
