@@ -14,11 +14,12 @@ if [ ! -x .venv/bin/moto_server ]; then
 fi
 export CAUSEWAY_MOTO_SERVER="$PWD/.venv/bin/moto_server"
 
-step "Debian packages the tests use (nginx: PROXY protocol peer and origin; curl: h2 client; wrk: load)"
-if ! [ -x /usr/sbin/nginx ] || ! command -v curl >/dev/null || ! command -v wrk >/dev/null; then
+step "Debian packages the tests use (nginx: PROXY protocol peer and origin; curl: h2 client; wrk: load; slowhttptest)"
+if ! [ -x /usr/sbin/nginx ] || ! command -v curl >/dev/null || ! command -v wrk >/dev/null \
+  || ! command -v slowhttptest >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl wrk >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light curl wrk slowhttptest >/dev/null
   else
     echo "nginx or curl is not installed and this is not root: tests that need them will fail"
   fi
@@ -63,6 +64,9 @@ echo "$out" | grep -q "^pipeline GET / via the edge: HTTP/1.1 200 OK (Hit from c
 
 step "reload under load: 100 SIGHUPs (one broken config) during wrk through alb, nlb, edge"
 python3 benches/reliability/reload_under_load.py --bin-dir target/debug --seconds 8
+
+step "slow clients: slowloris, slow POST, slow read (slowhttptest) against the alb"
+python3 benches/reliability/slow_clients.py --bin-dir target/debug
 
 step "fuzz every parser target for 60 s (cargo-fuzz, libFuzzer)"
 bash scripts/fuzz.sh 60

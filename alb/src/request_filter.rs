@@ -132,3 +132,68 @@ pub fn prepare<S: ClientStream>(
 
 /// How long the whole request may take to arrive when its body streams.
 pub const BODY_IDLE: Duration = Duration::from_secs(60);
+
+/// A streamed request body's minimum pace, against slow-POST attacks (Apache mod_reqtimeout's
+/// defaults, `body=20,MinRate=500`): after its first 20 s a body must have averaged 500 bytes/s.
+pub const BODY_GRACE: Duration = Duration::from_secs(20);
+pub const BODY_MIN_RATE: u64 = 500;
+
+/// How fast a streamed request body has arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    started: tokio::time::Instant,
+    bytes: u64,
+}
+
+impl BodyPace {
+    pub fn new(now: tokio::time::Instant) -> BodyPace {
+        BodyPace {
+            started: now,
+            bytes: 0,
+        }
+    }
+
+    pub fn add(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+
+    /// When the body becomes too slow if no more bytes arrive.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        let earned = Duration::from_millis(self.bytes.saturating_mul(1000) / BODY_MIN_RATE);
+        self.started + earned.max(BODY_GRACE)
+    }
+
+    /// Whether the body is behind its minimum pace at `now`.
+    pub fn too_slow(&self, now: tokio::time::Instant) -> bool {
+        now >= self.deadline()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_must_keep_its_minimum_pace_after_the_grace() {
+        let t0 = tokio::time::Instant::now();
+        let mut pace = BodyPace::new(t0);
+        assert_eq!(pace.deadline(), t0 + BODY_GRACE);
+        tokio::time::advance(Duration::from_secs(19)).await;
+        pace.add(3);
+        assert!(
+            !pace.too_slow(tokio::time::Instant::now()),
+            "within the grace"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            pace.too_slow(tokio::time::Instant::now()),
+            "3 bytes in 20 s is too slow"
+        );
+        // 15,000 bytes earn 30 s.
+        let mut fast = BodyPace::new(t0);
+        fast.add(15_000);
+        assert_eq!(fast.deadline(), t0 + Duration::from_secs(30));
+        assert!(!fast.too_slow(t0 + Duration::from_secs(29)));
+        assert!(fast.too_slow(t0 + Duration::from_secs(30)));
+    }
+}

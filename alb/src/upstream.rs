@@ -6,7 +6,7 @@
 
 use crate::client::{write_joined, Client, ClientStream};
 use crate::error::ProxyError;
-use crate::request_filter::{Prepared, BODY_IDLE};
+use crate::request_filter::{BodyPace, Prepared, BODY_IDLE};
 use crate::response_filter;
 use crate::sticky::{self, StickyKey};
 use crate::Alb;
@@ -723,12 +723,17 @@ async fn exchange<S: ClientStream>(
     };
     let leftover = avail - first;
     let mut sent_bytes = (scratch.out.len() + first) as u64;
-    write_joined(
-        &mut client.stream,
-        &mut scratch.out,
-        &ubuf[head_len..head_len + first],
+    // A client that stops reading holds nothing past the idle timeout.
+    timeout(
+        idle,
+        write_joined(
+            &mut client.stream,
+            &mut scratch.out,
+            &ubuf[head_len..head_len + first],
+        ),
     )
     .await
+    .map_err(|_| ProxyError::ResponseCut)?
     .map_err(|_| ProxyError::ResponseCut)?;
     let clean = if done {
         leftover == 0
@@ -795,10 +800,9 @@ async fn relay_response_body<S: ClientStream>(
             }
             _ => (n, false),
         };
-        client
-            .stream
-            .write_all(&ubuf[..take])
+        timeout(idle, client.stream.write_all(&ubuf[..take]))
             .await
+            .map_err(|_| ProxyError::ResponseCut)?
             .map_err(|_| ProxyError::ResponseCut)?;
         relayed += take as u64;
         if done {
@@ -815,11 +819,17 @@ async fn stream_request_body<S: ClientStream>(
     mut remaining: u64,
     scanner: &mut ChunkedScanner,
 ) -> Result<(), ProxyError> {
+    let mut pace = BodyPace::new(Instant::now());
     loop {
         if client.buf.is_empty() {
-            match timeout(BODY_IDLE, client.fill()).await {
+            let wait = pace.deadline().min(Instant::now() + BODY_IDLE);
+            match tokio::time::timeout_at(wait, client.fill()).await {
+                Err(_) if pace.too_slow(Instant::now()) => {
+                    metrics::counter!("causeway_alb_slow_request_body_total").increment(1);
+                    return Err(ProxyError::Client(408, "request body too slow"));
+                }
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(ProxyError::ClientGone),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => pace.add(n),
             }
         }
         let (take, done) = match framing {
