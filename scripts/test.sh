@@ -28,6 +28,9 @@ fi
 step "minimum versions of h2, quinn-proto and rustls (known advisories fixed)"
 python3 scripts/min_versions.py
 
+step "cargo deny: licenses, bans, sources; advisories live or from an offline copy"
+bash scripts/deny.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
