@@ -314,7 +314,9 @@ async fn serve_stream(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {
         .access_log
         .as_ref()
         .map(|_| request_info(&parts, &body, &ctx.from, received));
-    let (response, ended_status) = phases(parts, body, ctx, &snap, received, info.as_ref()).await;
+    // Boxed: hyper spawns a task per stream, and a small task moves cheaply.
+    let (response, ended_status) =
+        Box::pin(phases(parts, body, ctx, &snap, received, info.as_ref())).await;
     if let Some(status) = ended_status {
         snap.compiled.elb_metrics.count(status);
     }
@@ -422,6 +424,7 @@ async fn phases(
                 received.elapsed().subsec_nanos() as u64 ^ fastrand::u64(..),
                 &ctx.from.peer.port().to_le_bytes(),
             );
+            let trace = crate::trace::TraceId::now();
             let r = hyper_upstream::forward(
                 parts,
                 body,
@@ -433,6 +436,7 @@ async fn phases(
                 &snap.compiled.pools,
                 hash,
                 group_cookie.as_deref(),
+                &trace,
             )
             .await;
             let name = &group.cfg.name;
@@ -503,6 +507,7 @@ fn request_info(
         received_bytes: body.size_hint().exact().unwrap_or(0),
         classification: "-",
         classification_reason: "-".into(),
+        trace: Vec::new(),
     }
 }
 

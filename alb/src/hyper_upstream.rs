@@ -1,19 +1,22 @@
-//! Phase `upstream_request` for requests that arrived over HTTP/2: hyper's clients carry them
-//! to targets over HTTP/1.1 (pooled, one request at a time) or h2 with prior knowledge (one
-//! multiplexed connection per target), by the group's `protocol_version`. Retries follow the
-//! HTTP/1.1 path's rules: a request never sent is always retried; one sent is retried only if
-//! its method is idempotent and it has no body.
+//! Phase `upstream_request` for requests that arrived over HTTP/2, by the group's
+//! `protocol_version`: HTTP/1.1 over the targets' pooled connections (`h2_to_h1`, in the
+//! stream's own task), or h2 through hyper's client (one multiplexed connection per target).
+//! Retries follow the HTTP/1.1 path's rules: a connect failure is always retried; a request
+//! that went out only if its method is idempotent and its body was not streamed.
 
 use crate::error::ProxyError;
+use crate::request_filter::BODY_IDLE;
 use crate::sticky::{self, StickyKey};
+use crate::upstream::Up;
 use crate::upstream::{self, StickyMode, MAX_ATTEMPTS};
 use bytes::Bytes;
 use causeway_config::alb::{LoadBalancerAttributes, XffMode};
 use causeway_dataplane::http1::head::is_hop_by_hop;
+use causeway_dataplane::http1::Framing;
 use causeway_dataplane::target::{InFlight, Target, TargetGroup};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -23,20 +26,19 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
 use tokio::time::{timeout, Instant};
 
 /// What a target gets as a request body: nothing (replayable), or the client's stream.
 pub type ReqBody = Either<Empty<Bytes>, Incoming>;
 
-/// Idle HTTP/1.1 connections kept per target for requests that came over h2.
-const MAX_IDLE_PER_TARGET: usize = 64;
-/// How long a pooled connection may take to become ready before it counts as stale.
+/// How long a shared h2 connection may take to become ready before it counts as stale.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Upstream connections of the hyper clients, by target address. Shared across reloads.
+/// The h2 connections to targets of `HTTP2` and `GRPC` groups, by address. Shared across
+/// reloads.
 #[derive(Default)]
 pub struct Pools {
-    h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<ReqBody>>>>,
     h2: Mutex<HashMap<SocketAddr, http2::SendRequest<ReqBody>>>,
 }
 
@@ -47,28 +49,6 @@ impl std::fmt::Debug for Pools {
 }
 
 impl Pools {
-    fn take_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
-        let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = map.get_mut(&addr)?;
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put_h1(&self, addr: SocketAddr, s: http1::SendRequest<ReqBody>) {
-        if s.is_closed() {
-            return;
-        }
-        let mut map = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = map.entry(addr).or_default();
-        if idle.len() < MAX_IDLE_PER_TARGET {
-            idle.push(s);
-        }
-    }
-
     fn h2(&self, addr: SocketAddr) -> Option<http2::SendRequest<ReqBody>> {
         let mut map = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(&addr) {
@@ -88,21 +68,10 @@ impl Pools {
 
     /// Closes the connections of targets no longer registered (after a reload).
     pub fn retain(&self, live: impl Fn(&SocketAddr) -> bool) {
-        self.h1
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|a, _| live(a));
         self.h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|a, _| live(a));
-    }
-
-    /// Idle HTTP/1.1 and live h2 connections held (for tests and metrics).
-    pub fn held(&self) -> (usize, usize) {
-        let h1 = self.h1.lock().unwrap_or_else(|e| e.into_inner());
-        let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        (h1.values().map(Vec::len).sum(), h2.len())
     }
 }
 
@@ -114,14 +83,15 @@ pub struct Origin {
     pub scheme: &'static str,
 }
 
-/// A target's response body on its way to the client. It holds the target's in-flight count
-/// until it ends, and then gives an HTTP/1.1 connection back to its pool.
-pub struct Relayed {
-    inner: Incoming,
-    /// The body was read to its end.
-    ended: bool,
-    _in_flight: InFlight,
-    give_back: Option<(Arc<Pools>, SocketAddr, http1::SendRequest<ReqBody>)>,
+/// A target's response body on its way to the client: from an h2 target (holding the
+/// target's in-flight count until it ends), from an HTTP/1.1 target, or already whole.
+pub enum Relayed {
+    H2 {
+        inner: Incoming,
+        _in_flight: InFlight,
+    },
+    H1(crate::h2_to_h1::H1Body),
+    Whole(Option<Bytes>),
 }
 
 impl std::fmt::Debug for Relayed {
@@ -130,40 +100,41 @@ impl std::fmt::Debug for Relayed {
     }
 }
 
-impl Drop for Relayed {
-    fn drop(&mut self) {
-        // hyper stops polling a body once it reports its end, so the end is judged here: a
-        // connection whose response was read to the end goes back to the pool, any other
-        // closes with its sender.
-        if let Some((pools, addr, s)) = self.give_back.take() {
-            if self.ended || self.inner.is_end_stream() {
-                pools.put_h1(addr, s);
-            }
-        }
-    }
-}
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for Relayed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Relayed::H2 { inner, .. } => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(Into::into))),
+            Relayed::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(Into::into))),
+            Relayed::Whole(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            Relayed::H2 { inner, .. } => inner.is_end_stream(),
+            Relayed::H1(b) => b.is_end_stream(),
+            Relayed::Whole(b) => b.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            Relayed::H2 { inner, .. } => inner.size_hint(),
+            Relayed::H1(b) => b.size_hint(),
+            Relayed::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+        }
     }
 }
 
@@ -179,6 +150,7 @@ pub fn target_headers(
     from: &Origin,
     lb: &LoadBalancerAttributes,
     h2: bool,
+    trace: &crate::trace::TraceId,
 ) -> (HeaderMap, String) {
     let port = from.local.port();
     let mut host = authority.to_owned();
@@ -212,6 +184,7 @@ pub fn target_headers(
             || n == "x-forwarded-for"
             || n == "x-forwarded-proto"
             || n == "x-forwarded-port"
+            || n == crate::trace::HEADER
         {
             continue;
         }
@@ -254,29 +227,32 @@ pub fn target_headers(
         HeaderValue::from_static(from.scheme),
     );
     out.insert(HeaderName::from_static("x-forwarded-port"), port.into());
+    let mut id = Vec::with_capacity(48);
+    trace.write(
+        client.get(crate::trace::HEADER).map(|v| v.as_bytes()),
+        &mut id,
+    );
+    if let Ok(v) = HeaderValue::from_bytes(&id) {
+        out.insert(HeaderName::from_static(crate::trace::HEADER), v);
+    }
     (out, host)
 }
 
-/// A connection to `target`: a pooled or shared one, else a new one. The flag says it was
-/// reused (so its failure does not blame the target).
-async fn sender(
+/// The shared h2 connection to a target, or a new one. The flag says it was shared already (so
+/// its failure does not blame the target).
+async fn h2_sender(
     pools: &Arc<Pools>,
     addr: SocketAddr,
-    h2: bool,
     tls: bool,
-) -> Result<(Sender, bool), ProxyError> {
-    if h2 {
-        if let Some(s) = pools.h2(addr) {
-            return Ok((Sender::H2(s), true));
-        }
-    } else if let Some(s) = pools.take_h1(addr) {
-        return Ok((Sender::H1(s), true));
+) -> Result<(http2::SendRequest<ReqBody>, bool), ProxyError> {
+    if let Some(s) = pools.h2(addr) {
+        return Ok((s, true));
     }
     let tcp = upstream::connect(addr).await?;
-    if tls {
+    let s = if tls {
         let stream = match timeout(
             upstream::CONNECT_TIMEOUT,
-            causeway_dataplane::tls::connect_target(tcp, h2),
+            causeway_dataplane::tls::connect_target(tcp, true),
         )
         .await
         {
@@ -284,49 +260,32 @@ async fn sender(
             Ok(Err(_)) => return Err(ProxyError::ConnectFailed),
             Err(_) => return Err(ProxyError::ConnectTimeout),
         };
-        return handshake(pools, addr, h2, TokioIo::new(stream)).await;
-    }
-    handshake(pools, addr, h2, TokioIo::new(tcp)).await
+        h2_handshake(addr, TokioIo::new(stream)).await?
+    } else {
+        h2_handshake(addr, TokioIo::new(tcp)).await?
+    };
+    pools.put_h2(addr, &s);
+    Ok((s, false))
 }
 
-/// HTTP/1.1 or h2 over a connected stream; the connection runs on its own task.
-async fn handshake<IO>(
-    pools: &Arc<Pools>,
+/// h2 over a connected stream; the connection runs on its own task.
+async fn h2_handshake<IO>(
     addr: SocketAddr,
-    h2: bool,
     io: IO,
-) -> Result<(Sender, bool), ProxyError>
+) -> Result<http2::SendRequest<ReqBody>, ProxyError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    if h2 {
-        let (s, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await
-            .map_err(|_| ProxyError::ConnectFailed)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(target = %addr, error = %e, "h2 target connection ended");
-            }
-        });
-        pools.put_h2(addr, &s);
-        Ok((Sender::H2(s), false))
-    } else {
-        let (s, conn) = http1::handshake(io)
-            .await
-            .map_err(|_| ProxyError::ConnectFailed)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(target = %addr, error = %e, "target connection ended");
-            }
-        });
-        Ok((Sender::H1(s), false))
-    }
-}
-
-enum Sender {
-    H1(http1::SendRequest<ReqBody>),
-    H2(http2::SendRequest<ReqBody>),
+    let (s, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .map_err(|_| ProxyError::ConnectFailed)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(target = %addr, error = %e, "h2 target connection ended");
+        }
+    });
+    Ok(s)
 }
 
 /// Why a send failed, and the request back if it never left.
@@ -335,41 +294,31 @@ struct SendFailed {
     unsent: Option<Request<ReqBody>>,
 }
 
-impl Sender {
-    async fn send(
-        &mut self,
-        req: Request<ReqBody>,
-        wait: Duration,
-    ) -> Result<Response<Incoming>, SendFailed> {
-        let ready = match self {
-            Sender::H1(s) => timeout(READY_TIMEOUT, s.ready()).await,
-            Sender::H2(s) => timeout(READY_TIMEOUT, s.ready()).await,
-        };
-        if !matches!(ready, Ok(Ok(()))) {
-            return Err(SendFailed {
-                error: ProxyError::UpstreamFailed,
-                unsent: Some(req),
-            });
-        }
-        let sent = match self {
-            Sender::H1(s) => timeout(wait, s.try_send_request(req)).await,
-            Sender::H2(s) => timeout(wait, s.try_send_request(req)).await,
-        };
-        match sent {
-            Err(_) => Err(SendFailed {
-                error: ProxyError::UpstreamTimeout,
-                unsent: None,
-            }),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(mut e)) => {
-                let unsent = e.take_message();
-                let error = if e.error().is_parse() {
-                    ProxyError::BadResponse
-                } else {
-                    ProxyError::UpstreamFailed
-                };
-                Err(SendFailed { error, unsent })
-            }
+async fn h2_send(
+    s: &mut http2::SendRequest<ReqBody>,
+    req: Request<ReqBody>,
+    wait: Duration,
+) -> Result<Response<Incoming>, SendFailed> {
+    if !matches!(timeout(READY_TIMEOUT, s.ready()).await, Ok(Ok(()))) {
+        return Err(SendFailed {
+            error: ProxyError::UpstreamFailed,
+            unsent: Some(req),
+        });
+    }
+    match timeout(wait, s.try_send_request(req)).await {
+        Err(_) => Err(SendFailed {
+            error: ProxyError::UpstreamTimeout,
+            unsent: None,
+        }),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(mut e)) => {
+            let unsent = e.take_message();
+            let error = if e.error().is_parse() {
+                ProxyError::BadResponse
+            } else {
+                ProxyError::UpstreamFailed
+            };
+            Err(SendFailed { error, unsent })
         }
     }
 }
@@ -378,7 +327,6 @@ impl Sender {
 struct Template {
     method: Method,
     uri: Uri,
-    version: Version,
     headers: HeaderMap,
 }
 
@@ -387,9 +335,68 @@ impl Template {
         let mut r = Request::new(Either::Left(Empty::new()));
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
-        *r.version_mut() = self.version;
+        *r.version_mut() = Version::HTTP_2;
         *r.headers_mut() = self.headers.clone();
         r
+    }
+}
+
+/// What every attempt shares: the group, the sticky target and cookie, the client's origin.
+struct Plan<'a> {
+    group: &'a TargetGroup,
+    lb: &'a LoadBalancerAttributes,
+    key: &'a StickyKey,
+    stickiness: Option<StickyMode<'a>>,
+    stuck: Option<Arc<Target>>,
+    now_unix: u64,
+    group_cookie: Option<&'a str>,
+    hash: u64,
+    idempotent: bool,
+    tls: bool,
+}
+
+impl Plan<'_> {
+    /// The sticky and group cookies on a target's answer.
+    fn cookies(&self, fields: &mut HeaderMap, addr: SocketAddr) {
+        if let Some(m) = self.stickiness {
+            let sets_app = m.app_cookie.is_none_or(|name| {
+                let sets = fields
+                    .get_all(hyper::header::SET_COOKIE)
+                    .iter()
+                    .map(|v| v.as_bytes());
+                sticky::sets_cookie(sets, name)
+            });
+            if sets_app {
+                let line = format!(
+                    "{}={}; Max-Age={}; Path=/",
+                    m.cookie,
+                    sticky::encode(self.key, addr, self.now_unix + m.duration.as_secs()),
+                    m.duration.as_secs()
+                );
+                append_cookie(fields, &line);
+            }
+        }
+        if let Some(line) = self.group_cookie {
+            append_cookie(fields, line);
+        }
+    }
+
+    /// The next target to try, within the retry budget.
+    fn next(&self, attempt: usize, tried: &[SocketAddr]) -> Option<Arc<Target>> {
+        if attempt > 1 && !self.group.retry_budget.withdraw(Instant::now()) {
+            metrics::counter!("causeway_alb_retry_budget_exhausted_total",
+                "target_group" => self.group.cfg.name.clone())
+            .increment(1);
+            return None;
+        }
+        upstream::upstream_peer(self.group, tried, self.hash, self.stuck.as_ref())
+    }
+
+    fn connect_failed(&self, target: &Target) {
+        metrics::counter!("causeway_alb_target_connection_error_count",
+            "target_group" => self.group.cfg.name.clone())
+        .increment(1);
+        blame(self.group, target);
     }
 }
 
@@ -407,13 +414,9 @@ pub async fn forward(
     pools: &Arc<Pools>,
     hash: u64,
     group_cookie: Option<&str>,
+    trace: &crate::trace::TraceId,
 ) -> Result<Forwarded, (ProxyError, Option<SocketAddr>)> {
     let h2 = group.cfg.protocol_version.is_h2();
-    let tls = group.cfg.protocol == "HTTPS";
-    let idempotent = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
     let stickiness = group.cfg.stickiness.as_ref().and_then(StickyMode::of);
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -426,28 +429,173 @@ pub async fn forward(
             .find_map(|v| sticky::find_cookie(v.as_bytes(), m.cookie));
         upstream::sticky_target(group, cookie, key, now_unix)
     });
-    let (headers, host) = target_headers(&parts.headers, authority, from, lb, h2);
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = if h2 {
-        Uri::builder()
-            .scheme(if tls { "https" } else { "http" })
-            .authority(host.as_str())
-            .path_and_query(pq)
-            .build()
-    } else {
-        Uri::builder().path_and_query(pq).build()
-    }
-    .map_err(|_| (ProxyError::Client(400, "invalid request target"), None))?;
-    let version = if h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
+    let plan = Plan {
+        group,
+        lb,
+        key,
+        stickiness,
+        stuck,
+        now_unix,
+        group_cookie,
+        hash,
+        idempotent: matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        ),
+        tls: group.cfg.protocol == "HTTPS",
     };
+    let (headers, host) = target_headers(&parts.headers, authority, from, lb, h2, trace);
+    group.retry_budget.deposit();
+    if h2 {
+        forward_h2(&plan, parts, body, headers, &host, pools).await
+    } else {
+        forward_h1(&plan, parts, body, headers).await
+    }
+}
+
+/// HTTP/1.1 to the target, over its pooled connections.
+async fn forward_h1(
+    plan: &Plan<'_>,
+    parts: hyper::http::request::Parts,
+    body: Incoming,
+    headers: HeaderMap,
+) -> Result<Forwarded, (ProxyError, Option<SocketAddr>)> {
+    use crate::h2_to_h1::{self as h1, ReqFraming};
+    let framing = ReqFraming::of(&parts.method, &body);
+    let mut body = (!body.is_end_stream()).then_some(body);
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head = Vec::with_capacity(512);
+    h1::request_head(&mut head, &parts.method, pq, &headers, framing);
+    let is_head = parts.method == Method::HEAD;
+    let idle = plan.lb.idle_timeout;
+    let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
+    let mut last = ProxyError::NoTargets;
+    let mut ubuf = Vec::new();
+    let mut resp = causeway_dataplane::http1::ResponseHead::default();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let Some(target) = plan.next(attempt, &tried) else {
+            break;
+        };
+        let addr = target.cfg.address;
+        let in_flight = target.begin();
+        let pooled = Up::pooled(&target, plan.tls);
+        let reused = pooled.is_some();
+        let mut up = match pooled {
+            Some(u) => u,
+            None => match Up::connect(addr, plan.tls).await {
+                Ok(u) => u,
+                Err(e) => {
+                    plan.connect_failed(&target);
+                    tried.push(addr);
+                    last = e;
+                    continue;
+                }
+            },
+        };
+        let started = Instant::now();
+        let mut streamed = false;
+        let exchanged = async {
+            up.write_all(&head)
+                .await
+                .map_err(|_| ProxyError::UpstreamFailed)?;
+            match body.as_mut() {
+                Some(b) => {
+                    streamed = true;
+                    h1::send_body(&mut up, b, framing == ReqFraming::Chunked, BODY_IDLE).await?
+                }
+                None => up.flush().await.map_err(|_| ProxyError::UpstreamFailed)?,
+            }
+            h1::read_head(&mut up, &mut ubuf, &mut resp, idle).await
+        }
+        .await;
+        if let Err(e) = exchanged {
+            tracing::debug!(target = %addr, reused, error = %e, "target request failed");
+            if matches!(e, ProxyError::Client(..) | ProxyError::ClientGone) {
+                return Err((e, Some(addr)));
+            }
+            if !reused && e.blames_target() {
+                blame(plan.group, &target);
+            }
+            if !reused {
+                tried.push(addr);
+            }
+            last = e;
+            if e.retryable(plan.idempotent, !streamed) {
+                continue;
+            }
+            return Err((e, Some(addr)));
+        }
+        let target_time = started.elapsed();
+        target.observe_latency(target_time);
+        let status = resp.status;
+        plan.group.record_outcome(&target, status >= 500);
+        let rframing = resp
+            .framing(&ubuf, is_head)
+            .map_err(|_| (ProxyError::BadResponse, Some(addr)))?;
+        let reusable = resp.minor_version == 1 && !resp.lists_token(&ubuf, "connection", "close");
+        let head_bytes = Bytes::copy_from_slice(&ubuf[..resp.len]);
+        let mut fields = h1::response_fields(&head_bytes, &resp).map_err(|e| (e, Some(addr)))?;
+        plan.cookies(&mut fields, addr);
+        let mut b = h1::H1Body::new(
+            up,
+            std::mem::take(&mut ubuf),
+            resp.len,
+            rframing,
+            reusable,
+            target.clone(),
+            in_flight,
+            idle,
+        );
+        let sent_bytes = match rframing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let body = match b.take_whole() {
+            Some(whole) => Relayed::Whole(Some(whole)),
+            None => Relayed::H1(b),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = hyper::StatusCode::from_u16(status)
+            .map_err(|_| (ProxyError::BadResponse, Some(addr)))?;
+        *response.headers_mut() = fields;
+        let outcome = upstream::Outcome {
+            status,
+            target: addr,
+            close: false,
+            target_time,
+            attempts: attempt,
+            sent_bytes,
+        };
+        return Ok((response, outcome));
+    }
+    Err((last, tried.last().copied()))
+}
+
+/// h2 to the target, through hyper's client over one shared connection per target.
+async fn forward_h2(
+    plan: &Plan<'_>,
+    parts: hyper::http::request::Parts,
+    body: Incoming,
+    headers: HeaderMap,
+    host: &str,
+    pools: &Arc<Pools>,
+) -> Result<Forwarded, (ProxyError, Option<SocketAddr>)> {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = Uri::builder()
+        .scheme(if plan.tls { "https" } else { "http" })
+        .authority(host)
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| (ProxyError::Client(400, "invalid request target"), None))?;
     let empty = body.is_end_stream();
-    let template = (empty && idempotent).then(|| Template {
+    let template = (empty && plan.idempotent).then(|| Template {
         method: parts.method.clone(),
         uri: uri.clone(),
-        version,
         headers: headers.clone(),
     });
     let mut first = Request::new(if empty {
@@ -457,20 +605,13 @@ pub async fn forward(
     });
     *first.method_mut() = parts.method;
     *first.uri_mut() = uri;
-    *first.version_mut() = version;
+    *first.version_mut() = Version::HTTP_2;
     *first.headers_mut() = headers;
     let mut pending = Some(first);
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut last = ProxyError::NoTargets;
-    group.retry_budget.deposit();
     for attempt in 1..=MAX_ATTEMPTS {
-        if attempt > 1 && !group.retry_budget.withdraw(Instant::now()) {
-            metrics::counter!("causeway_alb_retry_budget_exhausted_total",
-                "target_group" => group.cfg.name.clone())
-            .increment(1);
-            break;
-        }
-        let Some(target) = upstream::upstream_peer(group, &tried, hash, stuck.as_ref()) else {
+        let Some(target) = plan.next(attempt, &tried) else {
             break;
         };
         let Some(req) = pending
@@ -481,13 +622,10 @@ pub async fn forward(
         };
         let addr = target.cfg.address;
         let in_flight = target.begin();
-        let (mut s, reused) = match sender(pools, addr, h2, tls).await {
+        let (mut s, reused) = match h2_sender(pools, addr, plan.tls).await {
             Ok(s) => s,
             Err(e) => {
-                metrics::counter!("causeway_alb_target_connection_error_count",
-                    "target_group" => group.cfg.name.clone())
-                .increment(1);
-                blame(group, &target);
+                plan.connect_failed(&target);
                 tried.push(addr);
                 last = e;
                 pending = Some(req);
@@ -495,46 +633,19 @@ pub async fn forward(
             }
         };
         let started = Instant::now();
-        match s.send(req, lb.idle_timeout).await {
+        match h2_send(&mut s, req, plan.lb.idle_timeout).await {
             Ok(resp) => {
                 let target_time = started.elapsed();
                 target.observe_latency(target_time);
                 let status = resp.status().as_u16();
-                group.record_outcome(&target, status >= 500);
+                plan.group.record_outcome(&target, status >= 500);
                 let (mut rparts, rbody) = resp.into_parts();
                 response_headers(&mut rparts.headers);
-                if let Some(m) = stickiness {
-                    let sets_app = m.app_cookie.is_none_or(|name| {
-                        let sets = rparts
-                            .headers
-                            .get_all(hyper::header::SET_COOKIE)
-                            .iter()
-                            .map(|v| v.as_bytes());
-                        sticky::sets_cookie(sets, name)
-                    });
-                    if sets_app {
-                        let line = format!(
-                            "{}={}; Max-Age={}; Path=/",
-                            m.cookie,
-                            sticky::encode(key, addr, now_unix + m.duration.as_secs()),
-                            m.duration.as_secs()
-                        );
-                        append_cookie(&mut rparts.headers, &line);
-                    }
-                }
-                if let Some(line) = group_cookie {
-                    append_cookie(&mut rparts.headers, line);
-                }
+                plan.cookies(&mut rparts.headers, addr);
                 let sent_bytes = rbody.size_hint().exact().unwrap_or(0);
-                let give_back = match s {
-                    Sender::H1(s) => Some((pools.clone(), addr, s)),
-                    Sender::H2(_) => None,
-                };
-                let body = Relayed {
+                let body = Relayed::H2 {
                     inner: rbody,
-                    ended: false,
                     _in_flight: in_flight,
-                    give_back,
                 };
                 let outcome = upstream::Outcome {
                     status,
@@ -549,7 +660,7 @@ pub async fn forward(
             Err(SendFailed { error, unsent }) => {
                 tracing::debug!(target = %addr, reused, error = %error, "target request failed");
                 if !reused && error.blames_target() {
-                    blame(group, &target);
+                    blame(plan.group, &target);
                 }
                 if !reused {
                     tried.push(addr);
@@ -635,7 +746,8 @@ mod tests {
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         h.insert("x-forwarded-proto", "gopher".parse().unwrap());
         h.insert("accept", "*/*".parse().unwrap());
-        let (out, host) = target_headers(&h, "example.com", &from(8443), &lb(), false);
+        let id = crate::trace::TraceId::new(1, 2);
+        let (out, host) = target_headers(&h, "example.com", &from(8443), &lb(), false, &id);
         assert_eq!(host, "example.com:8443");
         assert_eq!(out["host"], "example.com:8443");
         assert!(out.get("x-secret").is_none() && out.get("keep-alive").is_none());
@@ -647,7 +759,11 @@ mod tests {
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out["x-forwarded-port"], "8443");
         assert_eq!(out["accept"], "*/*");
-        let (out, host) = target_headers(&h, "example.com:9", &from(443), &lb(), true);
+        assert_eq!(
+            out["x-amzn-trace-id"],
+            "Root=1-00000001-000000000000000000000002"
+        );
+        let (out, host) = target_headers(&h, "example.com:9", &from(443), &lb(), true, &id);
         assert_eq!(host, "example.com:9");
         assert!(out.get("host").is_none(), "h2 targets get :authority");
         assert_eq!(out["te"], "trailers", "gRPC needs te: trailers");

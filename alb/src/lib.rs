@@ -5,6 +5,7 @@ pub mod action;
 pub use causeway_dataplane::client;
 pub mod error;
 pub mod h2;
+pub mod h2_to_h1;
 pub mod hyper_upstream;
 pub mod logging;
 pub mod proxy;
@@ -12,6 +13,7 @@ pub mod request_filter;
 pub mod response_filter;
 pub mod route;
 pub mod sticky;
+pub mod trace;
 pub mod upstream;
 
 use causeway_config::alb::{AlbConfig, FileAlb};

@@ -108,6 +108,8 @@ pub struct RequestInfo {
     pub received_bytes: u64,
     pub classification: &'static str,
     pub classification_reason: String,
+    /// The `X-Amzn-Trace-Id` sent to the target (empty: none was sent).
+    pub trace: Vec<u8>,
 }
 
 impl RequestInfo {
@@ -157,6 +159,7 @@ impl RequestInfo {
             } else {
                 format!("{:?}", classification.reason)
             },
+            trace: Vec::new(),
         }
     }
 }
@@ -248,9 +251,18 @@ pub fn access_line(info: &RequestInfo, ended: Ended<'_>, priority: Option<u32>) 
     quote(&mut l, &info.request);
     l.push(' ');
     quote(&mut l, &info.user_agent);
+    let _ = write!(l, " - - {group} ");
+    quote(
+        &mut l,
+        if info.trace.is_empty() {
+            b"-"
+        } else {
+            &info.trace
+        },
+    );
     let _ = write!(
         l,
-        " - - {group} \"-\" \"-\" \"-\" {} {} \"{actions}\" \"-\" \"{error}\" \"{target}\" \"{target_status}\" \"{}\" \"{}\"",
+        " \"-\" \"-\" {} {} \"{actions}\" \"-\" \"{error}\" \"{target}\" \"{target_status}\" \"{}\" \"{}\"",
         priority.map_or("0".into(), |p| p.to_string()),
         iso8601(info.created),
         info.classification,

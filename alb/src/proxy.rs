@@ -260,7 +260,7 @@ async fn serve_request<S: ClientStream>(
         }
     };
     let keep_alive_over = opened.elapsed() >= lb.client_keep_alive;
-    let info = access_log.map(|_| {
+    let mut info = access_log.map(|_| {
         logging::RequestInfo::capture(
             &client.buf,
             &head,
@@ -319,6 +319,11 @@ async fn serve_request<S: ClientStream>(
             Some((group, group_cookie)) => {
                 let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
                 let key = &snap.compiled.sticky_key;
+                let trace = crate::trace::TraceId::now();
+                if let Some(i) = info.as_mut() {
+                    let theirs = head.header(&client.buf, crate::trace::HEADER);
+                    trace.write(theirs, &mut i.trace);
+                }
                 let r = upstream::forward(
                     client,
                     &head,
@@ -329,6 +334,7 @@ async fn serve_request<S: ClientStream>(
                     hash,
                     key,
                     group_cookie.as_deref(),
+                    &trace,
                 )
                 .await;
                 logging::forwarded(

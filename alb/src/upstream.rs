@@ -9,6 +9,7 @@ use crate::error::ProxyError;
 use crate::request_filter::{BodyPace, Prepared, BODY_IDLE};
 use crate::response_filter;
 use crate::sticky::{self, StickyKey};
+use crate::trace::{self, TraceId};
 use crate::Alb;
 use causeway_config::alb::{LoadBalancerAttributes, XffMode};
 use causeway_config::common::Stickiness;
@@ -203,6 +204,7 @@ pub fn build_request_head<S: ClientStream>(
     req: &Prepared,
     client: &Client<S>,
     lb: &LoadBalancerAttributes,
+    trace: &TraceId,
 ) {
     out.clear();
     out.extend_from_slice(head.method(buf));
@@ -221,6 +223,7 @@ pub fn build_request_head<S: ClientStream>(
             || name.eq_ignore_ascii_case(b"x-forwarded-for")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-port")
+            || name.eq_ignore_ascii_case(trace::HEADER.as_bytes())
             || (req.expect_continue && name.eq_ignore_ascii_case(b"expect"))
         {
             continue;
@@ -268,6 +271,8 @@ pub fn build_request_head<S: ClientStream>(
     out.extend_from_slice(client.scheme().as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     out.extend_from_slice(crate::action::itoa(port as u64).as_bytes());
+    out.extend_from_slice(b"\r\nX-Amzn-Trace-Id: ");
+    trace.write(head.header(buf, trace::HEADER), out);
     out.extend_from_slice(b"\r\n");
     if req.framing == Framing::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
@@ -338,7 +343,7 @@ pub enum Up {
 
 impl Up {
     /// An idle pooled connection of the right kind.
-    fn pooled(target: &Target, tls: bool) -> Option<Up> {
+    pub fn pooled(target: &Target, tls: bool) -> Option<Up> {
         if tls {
             target.tls_pool.take().map(|s| Up::Tls(Box::new(s)))
         } else {
@@ -369,7 +374,7 @@ impl Up {
     }
 
     /// Back to the target's pool after a complete exchange.
-    fn give_back(self, target: &Target) {
+    pub fn give_back(self, target: &Target) {
         match self {
             Up::Plain(s) => target.pool.put(s),
             Up::Tls(s) => target.tls_pool.put(*s),
@@ -454,6 +459,7 @@ pub async fn forward<S: ClientStream>(
     hash: u64,
     key: &StickyKey,
     group_cookie: Option<&str>,
+    trace: &TraceId,
 ) -> Result<Outcome, (ProxyError, Option<SocketAddr>)> {
     let (prefix, complete, scanner) =
         buffered_body(&client.buf, head.len, req.framing).map_err(|e| (e, None))?;
@@ -464,7 +470,7 @@ pub async fn forward<S: ClientStream>(
             .map_err(|_| (ProxyError::ClientGone, None))?;
     }
     scratch.ready();
-    build_request_head(&mut scratch.out, &client.buf, head, req, client, lb);
+    build_request_head(&mut scratch.out, &client.buf, head, req, client, lb, trace);
     let head_out_len = scratch.out.len();
     let stickiness = group.cfg.stickiness.as_ref().and_then(StickyMode::of);
     let now_unix = stickiness.map(|_| {

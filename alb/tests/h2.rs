@@ -194,6 +194,9 @@ async fn h2c_prior_knowledge_takes_every_action_and_reaches_http1_targets() {
         Some(format!("a.example.test:{port}").as_str())
     );
     assert_eq!(seen[0].header("x-forwarded-for"), Some("127.0.0.1"));
+    assert!(seen[0]
+        .header("x-amzn-trace-id")
+        .is_some_and(|v| v.starts_with("Root=1-")));
     assert_eq!(seen[0].header("x-forwarded-proto"), Some("http"));
     assert_eq!(
         seen[0].header("x-forwarded-port"),
@@ -650,4 +653,124 @@ async fn a_zero_window_stall_is_closed_after_the_idle_timeout() {
     );
     assert_eq!(web.hits("/big"), 1);
     honest(addr).await;
+}
+
+/// A request body of several frames with no length known in advance.
+struct Pieces(Vec<Bytes>);
+
+impl hyper::body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let next = if self.0.is_empty() {
+            None
+        } else {
+            Some(Ok(hyper::body::Frame::data(self.0.remove(0))))
+        };
+        std::task::Poll::Ready(next)
+    }
+}
+
+/// An HTTP/1.1 origin that answers every request with a chunked body and records the raw
+/// bytes of each request it read.
+async fn chunked_origin() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut tmp).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    // A request ends at its head (GET) or at the chunked body's last chunk.
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(head_end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let chunked = text[..head_end]
+                        .to_ascii_lowercase()
+                        .contains("transfer-encoding: chunked");
+                    if chunked && !text[head_end..].contains("\r\n0\r\n\r\n") {
+                        continue;
+                    }
+                    record.lock().unwrap().push(std::mem::take(&mut buf));
+                    let reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Origin: chunky\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+                    if s.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn h2_streams_relay_chunked_and_large_bodies_to_and_from_http1_targets() {
+    let (chunky, raw) = chunked_origin().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start("HTTP", &format!("{{ address = \"{chunky}\" }}"), &grpc).await;
+    let base = format!("http://a.example.test:{}", addr.port());
+    // A chunked response arrives decoded as h2 data.
+    let mut s = h2c(addr).await;
+    for _ in 0..2 {
+        let a = send(&mut s, "GET", &format!("{base}/c"), &[], b"").await;
+        assert_eq!((a.status, &a.body[..]), (200, &b"hello world"[..]));
+        assert_eq!(a.headers["x-origin"], "chunky");
+        assert!(a.headers.get("transfer-encoding").is_none());
+    }
+    // A body of unknown length goes to the target chunked.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut p, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("{base}/upload"))
+        .body(Pieces(vec![Bytes::from("abc"), Bytes::from("defg")]))
+        .unwrap();
+    let resp = p.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello world");
+    let got = raw.lock().unwrap().last().cloned().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("POST /upload HTTP/1.1\r\n"), "{text}");
+    assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"),
+        "{text}"
+    );
+
+    // A large body streams through whole, and HEAD gets no body.
+    let web = Origin::builder().name("web-1").start().await;
+    web.set_body("/big", vec![b'z'; 3 << 20]);
+    let (_s2, addr2) = start("HTTP", &targets(&[&web]), &grpc).await;
+    let mut s = h2c(addr2).await;
+    let base2 = format!("http://a.example.test:{}", addr2.port());
+    let a = send(&mut s, "GET", &format!("{base2}/big"), &[], b"").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), 3 << 20);
+    assert!(a.body.iter().all(|&b| b == b'z'));
+    let a = send(&mut s, "HEAD", &format!("{base2}/big"), &[], b"").await;
+    assert_eq!(a.status, 200);
+    assert!(a.body.is_empty());
+    // The connection is reused after each complete body.
+    let a = send(&mut s, "GET", &format!("{base2}/after"), &[], b"").await;
+    assert_eq!(a.status, 200);
+    let peers: std::collections::HashSet<_> = web.seen().iter().map(|r| r.peer).collect();
+    assert_eq!(peers.len(), 1, "one pooled target connection for all three");
 }

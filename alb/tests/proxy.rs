@@ -162,6 +162,42 @@ async fn round_robin_keep_alive_and_forwarded_headers() {
         Some(port.to_string().as_str())
     );
     assert!(got.header("connection").is_none() || got.header("connection") == Some("keep-alive"));
+    // A request id, as ALB's X-Amzn-Trace-Id: a new Root per request.
+    let ids: Vec<String> = os
+        .iter()
+        .flat_map(|o| o.seen())
+        .map(|r| r.header("x-amzn-trace-id").unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 6);
+    for id in &ids {
+        let rest = id.strip_prefix("Root=1-").unwrap_or_else(|| panic!("{id}"));
+        let (secs, random) = rest.split_once('-').unwrap();
+        assert_eq!((secs.len(), random.len()), (8, 24), "{id}");
+    }
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 6, "every request has its own id");
+    // A client's Root is kept, with a Self in front.
+    raw::get(
+        alb.addr,
+        "/traced",
+        &[(
+            "X-Amzn-Trace-Id",
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1",
+        )],
+    )
+    .await
+    .unwrap();
+    let got = os
+        .iter()
+        .flat_map(|o| o.seen())
+        .find(|r| r.path == "/traced")
+        .unwrap();
+    let id = got.header("x-amzn-trace-id").unwrap();
+    assert!(
+        id.starts_with("Self=1-")
+            && id.ends_with(";Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"),
+        "{id}"
+    );
 }
 
 #[tokio::test]
@@ -662,6 +698,16 @@ action = { type = "fixed-response", status_code = 404, message_body = "nope" }
         lines[0]
     );
     assert!(lines[0].contains("\"forward\""), "{}", lines[0]);
+    // trace_id: the X-Amzn-Trace-Id the target got.
+    let sent = os[0].seen()[0]
+        .header("x-amzn-trace-id")
+        .unwrap()
+        .to_owned();
+    assert!(
+        lines[0].contains(&format!(" web \"{sent}\" ")),
+        "trace id logged: {}",
+        lines[0]
+    );
     assert!(lines[0].ends_with("\"-\" \"-\""), "compliant: {}", lines[0]);
     assert!(
         lines[1].contains(" 404 - ")
