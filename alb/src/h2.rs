@@ -508,6 +508,7 @@ fn request_info(
         classification: "-",
         classification_reason: "-".into(),
         trace: Vec::new(),
+        tls_names: from.tls_names.unwrap_or(("-", "-")),
     }
 }
 

@@ -81,6 +81,8 @@ pub struct Origin {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub scheme: &'static str,
+    /// The TLS cipher and protocol, for the access log.
+    pub tls_names: Option<(&'static str, &'static str)>,
 }
 
 /// A target's response body on its way to the client: from an h2 target (holding the
@@ -733,6 +735,7 @@ mod tests {
             peer: "192.0.2.7:5000".parse().unwrap(),
             local: format!("127.0.0.1:{port}").parse().unwrap(),
             scheme: "https",
+            tls_names: None,
         }
     }
 

@@ -110,6 +110,8 @@ pub struct RequestInfo {
     pub classification_reason: String,
     /// The `X-Amzn-Trace-Id` sent to the target (empty: none was sent).
     pub trace: Vec<u8>,
+    /// `ssl_cipher` and `ssl_protocol` (`-` over cleartext).
+    pub tls_names: (&'static str, &'static str),
 }
 
 impl RequestInfo {
@@ -160,6 +162,7 @@ impl RequestInfo {
                 format!("{:?}", classification.reason)
             },
             trace: Vec::new(),
+            tls_names: ("-", "-"),
         }
     }
 }
@@ -251,7 +254,7 @@ pub fn access_line(info: &RequestInfo, ended: Ended<'_>, priority: Option<u32>) 
     quote(&mut l, &info.request);
     l.push(' ');
     quote(&mut l, &info.user_agent);
-    let _ = write!(l, " - - {group} ");
+    let _ = write!(l, " {} {} {group} ", info.tls_names.0, info.tls_names.1);
     quote(
         &mut l,
         if info.trace.is_empty() {

@@ -106,16 +106,19 @@ async fn serve_tls(client: Client, acceptor: tokio_rustls::TlsAcceptor, snaps: &
             return;
         }
     };
+    let names = causeway_dataplane::tls::log_names(tls.get_ref().1);
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         let from = crate::hyper_upstream::Origin {
             peer,
             local,
             scheme: "https",
+            tls_names: Some(names),
         };
         crate::h2::serve(tls, from, snaps.clone(), shutdown).await;
         return;
     }
     let mut client = Client::over(tls, peer, local, shutdown, true);
+    client.tls_names = Some(names);
     let opened = Instant::now();
     loop {
         let snap = snaps.load();
@@ -176,6 +179,7 @@ async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>) {
         peer,
         local,
         scheme: "http",
+        tls_names: None,
     };
     crate::h2::serve(io, from, snaps.clone(), shutdown).await;
 }
@@ -271,6 +275,9 @@ async fn serve_request<S: ClientStream>(
             client.tls,
         )
     });
+    if let (Some(i), Some(names)) = (info.as_mut(), client.tls_names) {
+        i.tls_names = names;
+    }
     // route
     let (action, priority) = {
         let buf = &client.buf;

@@ -122,3 +122,61 @@ async fn desync_mitigation_and_policies_hold_over_tls() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(o.hits("/smuggle"), 0);
 }
+
+#[tokio::test]
+async fn the_access_log_names_the_cipher_and_protocol_over_h1_and_h2() {
+    let o = Origin::start().await;
+    let dir = causeway_testkit::lifecycle::TempDir::new("tlslog");
+    let log = dir.path().join("access.log");
+    let extra = format!(
+        "[load_balancer]\naccess_logs.enabled = true\naccess_logs.path = \"{}\"\n",
+        log.display()
+    );
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", &extra).await;
+    let (out, err) = curl(addr, "a.example.test", "/h1", &["--tls-max", "1.2"]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    let (out, err) = causeway_testkit::tls::curl(addr, "a.example.test", "/h2", &["--http2"]).await;
+    assert!(out.starts_with("HTTP/2 200"), "{out}\n{err}");
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let h1: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(h1[0], "https", "{}", lines[0]);
+    assert!(
+        lines[0].contains(" ECDHE-RSA-AES128-GCM-SHA256 TLSv1.2 web ")
+            || lines[0].contains(" ECDHE-ECDSA-AES128-GCM-SHA256 TLSv1.2 web ")
+            || lines[0].contains(" ECDHE-RSA-AES256-GCM-SHA384 TLSv1.2 web ")
+            || lines[0].contains(" ECDHE-ECDSA-AES256-GCM-SHA384 TLSv1.2 web "),
+        "TLS 1.2 cipher and protocol: {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!(
+            "\"GET https://a.example.test:{}/h1 HTTP/1.1\"",
+            addr.port()
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].starts_with("h2 "), "{}", lines[1]);
+    assert!(
+        lines[1].contains(" TLSv1.3 web ") && lines[1].contains(" TLS_AES_"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains(&format!(
+            "\"GET https://a.example.test:{}/h2 HTTP/2.0\"",
+            addr.port()
+        )),
+        "{}",
+        lines[1]
+    );
+}

@@ -74,6 +74,8 @@ pub struct Client<S = TcpStream> {
     pub requests: u64,
     /// Whether the client reached us over TLS.
     pub tls: bool,
+    /// The negotiated cipher and protocol, as access logs name them (`crate::tls::log_names`).
+    pub tls_names: Option<(&'static str, &'static str)>,
 }
 
 impl Client {
@@ -99,6 +101,7 @@ impl<S: ClientStream> Client<S> {
             shutdown,
             requests: 0,
             tls,
+            tls_names: None,
         }
     }
 

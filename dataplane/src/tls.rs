@@ -143,6 +143,30 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// The negotiated cipher suite and protocol as ALB's access log names them (OpenSSL's names:
+/// `ECDHE-RSA-AES128-GCM-SHA256`, `TLS_AES_128_GCM_SHA256`; `TLSv1.2`, `TLSv1.3`).
+pub fn log_names(conn: &rustls::ServerConnection) -> (&'static str, &'static str) {
+    use rustls::CipherSuite as C;
+    let cipher = match conn.negotiated_cipher_suite().map(|s| s.suite()) {
+        Some(C::TLS13_AES_128_GCM_SHA256) => "TLS_AES_128_GCM_SHA256",
+        Some(C::TLS13_AES_256_GCM_SHA384) => "TLS_AES_256_GCM_SHA384",
+        Some(C::TLS13_CHACHA20_POLY1305_SHA256) => "TLS_CHACHA20_POLY1305_SHA256",
+        Some(C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256) => "ECDHE-RSA-AES128-GCM-SHA256",
+        Some(C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384) => "ECDHE-RSA-AES256-GCM-SHA384",
+        Some(C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256) => "ECDHE-RSA-CHACHA20-POLY1305",
+        Some(C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256) => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        Some(C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384) => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        Some(C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256) => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        _ => "-",
+    };
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "-",
+    };
+    (cipher, protocol)
+}
+
 /// Accepts any target certificate, as AWS does towards targets (they commonly use self-signed
 /// ones); handshake signatures are still checked, so the session is encrypted end to end.
 #[derive(Debug)]
