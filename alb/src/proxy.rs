@@ -71,7 +71,7 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Alb>) {
             break;
         };
         // Boxed: a request's state lives on the heap only while the request is served.
-        if !Box::pin(serve_request(&mut client, &snap, router, opened)).await {
+        if !Box::pin(serve_request(&mut client, &snap, router, opened, None)).await {
             break;
         }
     }
@@ -118,14 +118,21 @@ async fn serve_tls(client: Client, acceptor: tokio_rustls::TlsAcceptor, snaps: &
         return;
     }
     let mut client = Client::over(tls, peer, local, shutdown, true);
-    client.tls_names = Some(names);
     let opened = Instant::now();
     loop {
         let snap = snaps.load();
         let Some(router) = snap.compiled.router(client.local) else {
             break;
         };
-        if !Box::pin(serve_request(&mut client, &snap, router, opened)).await {
+        if !Box::pin(serve_request(
+            &mut client,
+            &snap,
+            router,
+            opened,
+            Some(names),
+        ))
+        .await
+        {
             break;
         }
     }
@@ -221,6 +228,7 @@ async fn serve_request<S: ClientStream>(
     snap: &Arc<Snapshot<Alb>>,
     router: &crate::route::Router,
     opened: Instant,
+    tls_names: Option<(&'static str, &'static str)>,
 ) -> bool {
     let lb = &snap.config.load_balancer;
     let mut head = RequestHead::default();
@@ -275,7 +283,7 @@ async fn serve_request<S: ClientStream>(
             client.tls,
         )
     });
-    if let (Some(i), Some(names)) = (info.as_mut(), client.tls_names) {
+    if let (Some(i), Some(names)) = (info.as_mut(), tls_names) {
         i.tls_names = names;
     }
     // route

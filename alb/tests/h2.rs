@@ -88,6 +88,7 @@ health_check.interval_seconds = 300
 protocol_version = "GRPC"
 targets = [{{ address = "{grpc}" }}]
 health_check.interval_seconds = 300
+health_check.matcher = "0"
 "#,
         admin = free_port(),
         grpc = grpc.addr(),

@@ -249,7 +249,17 @@ pub struct StatusMatcher {
 }
 
 impl StatusMatcher {
+    /// HTTP status codes, 100..=599.
     pub fn parse(spec: &str) -> Result<Self, String> {
+        Self::parse_in(spec, 100, 599, "200", "200-399")
+    }
+
+    /// gRPC status codes, 0..=99 (AWS's `GrpcCode`).
+    pub fn parse_grpc(spec: &str) -> Result<Self, String> {
+        Self::parse_in(spec, 0, 99, "12", "0-99")
+    }
+
+    fn parse_in(spec: &str, min: u16, max: u16, one: &str, range: &str) -> Result<Self, String> {
         let mut ranges = Vec::new();
         for part in spec.split(',') {
             let part = part.trim();
@@ -259,9 +269,9 @@ impl StatusMatcher {
             };
             let parse = |s: &str| -> Result<u16, String> {
                 match s.parse::<u16>() {
-                    Ok(c) if (100..=599).contains(&c) => Ok(c),
+                    Ok(c) if (min..=max).contains(&c) => Ok(c),
                     _ => Err(format!(
-                        "must be codes or ranges of 100..=599 such as \"200\" or \"200-399\", got \"{spec}\""
+                        "must be codes or ranges of {min}..={max} such as \"{one}\" or \"{range}\", got \"{spec}\""
                     )),
                 }
             };
@@ -286,6 +296,12 @@ impl StatusMatcher {
 pub enum HealthCheckKind {
     Tcp,
     Http {
+        path: String,
+        matcher: StatusMatcher,
+    },
+    /// A gRPC call over h2 (`protocol_version = "GRPC"` groups): healthy when its
+    /// `grpc-status` matches.
+    Grpc {
         path: String,
         matcher: StatusMatcher,
     },
@@ -477,7 +493,13 @@ pub fn validate_targets(path: &str, raw: Vec<FileTarget>) -> Check<Vec<TargetCon
 }
 
 impl FileHealthCheck {
-    pub fn validate(self, path: &str, plane: Plane, tg_protocol: &str) -> Check<HealthCheckConfig> {
+    pub fn validate(
+        self,
+        path: &str,
+        plane: Plane,
+        tg_protocol: &str,
+        grpc: bool,
+    ) -> Check<HealthCheckConfig> {
         // AWS: an alb group checks with its own protocol by default.
         let default_proto = match (plane, tg_protocol) {
             (Plane::Alb, "HTTPS") => "HTTPS",
@@ -499,17 +521,26 @@ impl FileHealthCheck {
         }
         let tls = proto == "HTTPS";
         let kind = if proto == "HTTP" || tls {
-            let p = self.path.unwrap_or_else(|| "/".to_owned());
+            // AWS: a gRPC group calls /AWS.ALB/healthcheck and wants grpc-status 12 by default
+            // (UNIMPLEMENTED: the server is up and answering gRPC).
+            let default_path = if grpc { "/AWS.ALB/healthcheck" } else { "/" };
+            let p = self.path.unwrap_or_else(|| default_path.to_owned());
             if !p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
                 return Err(Violation::new(
                     format!("{path}.path"),
                     format!("must start with / and hold no spaces or control bytes, got \"{p}\""),
                 ));
             }
-            let m = self.matcher.as_deref().unwrap_or("200");
-            let matcher = StatusMatcher::parse(m)
-                .map_err(|e| Violation::new(format!("{path}.matcher"), e))?;
-            HealthCheckKind::Http { path: p, matcher }
+            let bad = |e| Violation::new(format!("{path}.matcher"), e);
+            if grpc {
+                let m = self.matcher.as_deref().unwrap_or("12");
+                let matcher = StatusMatcher::parse_grpc(m).map_err(bad)?;
+                HealthCheckKind::Grpc { path: p, matcher }
+            } else {
+                let m = self.matcher.as_deref().unwrap_or("200");
+                let matcher = StatusMatcher::parse(m).map_err(bad)?;
+                HealthCheckKind::Http { path: p, matcher }
+            }
         } else {
             if self.path.is_some() {
                 return Err(Violation::new(
@@ -538,7 +569,7 @@ impl FileHealthCheck {
                 ))
             }
         };
-        let default_timeout = if proto == "HTTP" { 5 } else { 10 };
+        let default_timeout = if proto == "TCP" { 10 } else { 5 };
         let interval = secs(
             &format!("{path}.interval_seconds"),
             self.interval_seconds,
@@ -631,9 +662,12 @@ impl FileTargetGroup {
                 "PROXY protocol to targets is an nlb target group attribute",
             ));
         }
-        let mut health_check =
-            self.health_check
-                .validate(&format!("{path}.health_check"), plane, &protocol)?;
+        let mut health_check = self.health_check.validate(
+            &format!("{path}.health_check"),
+            plane,
+            &protocol,
+            protocol_version == ProtocolVersion::Grpc,
+        )?;
         health_check.proxy_protocol_v2 = proxy_protocol_v2;
         let dd_term = self.deregistration_delay.connection_termination.enabled;
         let uh = self.target_health_state.unhealthy;

@@ -471,6 +471,19 @@ fn target_group_protocol_version_and_https() {
         g.health_check.tls,
         "an HTTPS group checks over HTTPS by default"
     );
+    assert!(
+        matches!(&g.health_check.kind, HealthCheckKind::Grpc { path, matcher }
+            if path == "/" && matcher.matches(12) && !matcher.matches(0)),
+        "a gRPC group checks with gRPC, AWS's default code 12: {:?}",
+        g.health_check.kind
+    );
+    let bad_code = text.replace("path = \"/\"", "matcher = \"200\"");
+    let err = parse::<FileAlb>("alb.toml", &bad_code, &cx()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("health_check.matcher: must be codes or ranges of 0..=99"),
+        "{err}"
+    );
     let plain = parse::<FileAlb>("alb.toml", &ok, &cx()).unwrap();
     let g = &plain.target_groups["wordpress"];
     assert_eq!(g.protocol_version, Default::default());

@@ -52,8 +52,19 @@ async fn probe_once(addr: SocketAddr, hc: &HealthCheckConfig) -> Outcome {
     {
         return Outcome::Failed;
     }
-    let HealthCheckKind::Http { path, matcher } = &hc.kind else {
-        return Outcome::Success;
+    let (path, matcher) = match &hc.kind {
+        HealthCheckKind::Tcp => return Outcome::Success,
+        HealthCheckKind::Grpc { path, matcher } => {
+            return if hc.tls {
+                match crate::tls::connect_target(s, true).await {
+                    Ok(tls) => grpc_probe(tls, addr, path, matcher).await,
+                    Err(_) => Outcome::Failed,
+                }
+            } else {
+                grpc_probe(s, addr, path, matcher).await
+            };
+        }
+        HealthCheckKind::Http { path, matcher } => (path, matcher),
     };
     if hc.tls {
         return match crate::tls::connect_target(s, false).await {
@@ -62,6 +73,63 @@ async fn probe_once(addr: SocketAddr, hc: &HealthCheckConfig) -> Outcome {
         };
     }
     http_probe(s, addr, path, matcher).await
+}
+
+/// A gRPC call over h2 on a connected stream: an empty message to `path`; the `grpc-status`
+/// (in the head of a trailers-only answer, or in the trailers) decides.
+async fn grpc_probe<S>(
+    s: S,
+    addr: SocketAddr,
+    path: &str,
+    matcher: &causeway_config::common::StatusMatcher,
+) -> Outcome
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let io = hyper_util::rt::TokioIo::new(s);
+    let Ok((mut send, conn)) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Full<bytes::Bytes>>(io)
+            .await
+    else {
+        return Outcome::Failed;
+    };
+    let task = tokio::spawn(conn);
+    let outcome = async {
+        let req = hyper::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("user-agent", "Causeway-HealthChecker/1.0")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"\0\0\0\0\0",
+            )))
+            .ok()?;
+        let resp = send.send_request(req).await.ok()?;
+        if resp.status() != hyper::StatusCode::OK {
+            return Some(Outcome::BadStatus(resp.status().as_u16()));
+        }
+        let code = |h: &hyper::HeaderMap| {
+            h.get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u16>().ok())
+        };
+        let status = match code(resp.headers()) {
+            Some(c) => c,
+            None => {
+                let body = resp.into_body().collect().await.ok()?;
+                code(body.trailers()?)?
+            }
+        };
+        Some(if matcher.matches(status) {
+            Outcome::Success
+        } else {
+            Outcome::BadStatus(status)
+        })
+    }
+    .await;
+    task.abort();
+    outcome.unwrap_or(Outcome::Failed)
 }
 
 /// An HTTP GET on a connected stream: the status line decides.
@@ -457,5 +525,30 @@ mod tests {
         let secure = causeway_testkit::Origin::builder().tls().start().await;
         assert_eq!(NetProber.probe(secure.addr(), &hc).await, Outcome::Success);
         assert_eq!(secure.health_check_hits("/tls"), 1);
+        // gRPC over h2 (the testkit origin answers grpc-status 0 in trailers), cleartext and
+        // TLS; AWS's default matcher (12) calls that unhealthy.
+        hc.tls = false;
+        hc.kind = HealthCheckKind::Grpc {
+            path: "/AWS.ALB/healthcheck".into(),
+            matcher: StatusMatcher::parse_grpc("0").unwrap(),
+        };
+        assert_eq!(NetProber.probe(origin.addr(), &hc).await, Outcome::Success);
+        assert_eq!(origin.health_check_hits("/AWS.ALB/healthcheck"), 1);
+        hc.tls = true;
+        assert_eq!(NetProber.probe(secure.addr(), &hc).await, Outcome::Success);
+        hc.kind = HealthCheckKind::Grpc {
+            path: "/AWS.ALB/healthcheck".into(),
+            matcher: StatusMatcher::parse_grpc("12").unwrap(),
+        };
+        assert_eq!(
+            NetProber.probe(secure.addr(), &hc).await,
+            Outcome::BadStatus(0)
+        );
+        hc.tls = false;
+        assert_eq!(
+            NetProber.probe(closed, &hc).await,
+            Outcome::Failed,
+            "nothing listening"
+        );
     }
 }

@@ -74,8 +74,6 @@ pub struct Client<S = TcpStream> {
     pub requests: u64,
     /// Whether the client reached us over TLS.
     pub tls: bool,
-    /// The negotiated cipher and protocol, as access logs name them (`crate::tls::log_names`).
-    pub tls_names: Option<(&'static str, &'static str)>,
 }
 
 impl Client {
@@ -101,7 +99,6 @@ impl<S: ClientStream> Client<S> {
             shutdown,
             requests: 0,
             tls,
-            tls_names: None,
         }
     }
 
