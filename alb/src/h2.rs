@@ -313,7 +313,7 @@ async fn serve_stream(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {
         .compiled
         .access_log
         .as_ref()
-        .map(|_| request_info(&parts, &body, &ctx.from, received));
+        .map(|_| std::sync::Mutex::new(request_info(&parts, &body, &ctx.from, received)));
     // Boxed: hyper spawns a task per stream, and a small task moves cheaply.
     let (response, ended_status) =
         Box::pin(phases(parts, body, ctx, &snap, received, info.as_ref())).await;
@@ -330,11 +330,12 @@ async fn phases(
     ctx: &Ctx,
     snap: &Arc<Snapshot<Alb>>,
     received: Instant,
-    info: Option<&logging::RequestInfo>,
+    info: Option<&std::sync::Mutex<logging::RequestInfo>>,
 ) -> (Response<Body>, Option<u16>) {
     let log = |ended: logging::Ended<'_>, priority: Option<u32>| {
         if let (Some(log), Some(info)) = (snap.compiled.access_log.as_ref(), info) {
-            log.log(logging::access_line(info, ended, priority));
+            let info = info.lock().unwrap_or_else(|e| e.into_inner());
+            log.log(logging::access_line(&info, ended, priority));
         }
     };
     let refused = |e: ProxyError| {
@@ -425,6 +426,16 @@ async fn phases(
                 &ctx.from.peer.port().to_le_bytes(),
             );
             let trace = crate::trace::TraceId::now();
+            if let Some(i) = info {
+                let theirs = parts
+                    .headers
+                    .get(crate::trace::HEADER)
+                    .map(|v| v.as_bytes());
+                trace.write(
+                    theirs,
+                    &mut i.lock().unwrap_or_else(|e| e.into_inner()).trace,
+                );
+            }
             let r = hyper_upstream::forward(
                 parts,
                 body,

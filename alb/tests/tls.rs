@@ -167,6 +167,11 @@ async fn the_access_log_names_the_cipher_and_protocol_over_h1_and_h2() {
     );
     assert!(lines[1].starts_with("h2 "), "{}", lines[1]);
     assert!(
+        lines[1].contains(" web \"Root=1-"),
+        "trace id logged over h2: {}",
+        lines[1]
+    );
+    assert!(
         lines[1].contains(" TLSv1.3 web ") && lines[1].contains(" TLS_AES_"),
         "{}",
         lines[1]
