@@ -565,14 +565,7 @@ async fn forward_h1(
         *response.status_mut() = hyper::StatusCode::from_u16(status)
             .map_err(|_| (ProxyError::BadResponse, Some(addr)))?;
         *response.headers_mut() = fields;
-        let outcome = upstream::Outcome {
-            status,
-            target: addr,
-            close: false,
-            target_time,
-            attempts: attempt,
-            sent_bytes,
-        };
+        let outcome = upstream::Outcome::answered(status, addr, target_time, attempt, sent_bytes);
         return Ok((response, outcome));
     }
     Err((last, tried.last().copied()))
@@ -649,14 +642,8 @@ async fn forward_h2(
                     inner: rbody,
                     _in_flight: in_flight,
                 };
-                let outcome = upstream::Outcome {
-                    status,
-                    target: addr,
-                    close: false,
-                    target_time,
-                    attempts: attempt,
-                    sent_bytes,
-                };
+                let outcome =
+                    upstream::Outcome::answered(status, addr, target_time, attempt, sent_bytes);
                 return Ok((Response::from_parts(rparts, body), outcome));
             }
             Err(SendFailed { error, unsent }) => {

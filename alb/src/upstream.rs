@@ -78,6 +78,26 @@ pub struct Outcome {
     pub sent_bytes: u64,
 }
 
+impl Outcome {
+    /// A target's answer relayed on a connection that stays open.
+    pub fn answered(
+        status: u16,
+        target: SocketAddr,
+        target_time: Duration,
+        attempts: usize,
+        sent_bytes: u64,
+    ) -> Outcome {
+        Outcome {
+            status,
+            target,
+            close: false,
+            target_time,
+            attempts,
+            sent_bytes,
+        }
+    }
+}
+
 /// Picks a target group among weighted ones. With target group stickiness, a valid
 /// `AWSALBTG` cookie keeps the client on the group it names while that group is in the action
 /// with a weight above 0; the second value is then the cookie line naming the group chosen.
