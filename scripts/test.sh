@@ -71,6 +71,13 @@ python3 benches/reliability/reload_under_load.py --bin-dir target/debug --second
 step "slow clients: slowloris, slow POST, slow read (slowhttptest) against the alb"
 python3 benches/reliability/slow_clients.py --bin-dir target/debug
 
+step "UDP flood with spoofed sources in a network namespace (caps hold, nothing amplified)"
+if [ "$(id -u)" = 0 ]; then
+  python3 benches/reliability/udp_flood.py --bin-dir target/debug
+else
+  echo "not root: no network namespace, UDP flood skipped"
+fi
+
 step "fuzz every parser target for 60 s (cargo-fuzz, libFuzzer)"
 bash scripts/fuzz.sh 60
 
