@@ -11,113 +11,21 @@ use crate::{logging, sticky, upstream, Alb};
 use bytes::Bytes;
 use causeway_config::alb::Action;
 use causeway_dataplane::select::maglev::hash64;
-use causeway_dataplane::{Snapshot, Snapshots};
+use causeway_dataplane::{h2conn, Snapshot, Snapshots};
 use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-/// The connection preface a prior-knowledge h2 client sends first (RFC 9113 §3.4).
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// ALB's limits: 64 KiB of request headers, 128 concurrent streams per connection; and
-/// hyper's rapid-reset and error-reset caps.
+/// ALB's limits: 64 KiB of request headers, 128 concurrent streams per connection.
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 const MAX_STREAMS: u32 = 128;
 
 /// What a client gets as a response body: ours, or a target's.
 pub type Body = Either<Full<Bytes>, Relayed>;
-
-/// When a connection last moved a byte either way, for the idle timeout.
-#[derive(Debug)]
-struct Activity {
-    opened: Instant,
-    /// Milliseconds after `opened` of the last read or write.
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// When the connection idles out if nothing moves before.
-    fn idle_deadline(&self, idle: std::time::Duration) -> Instant {
-        self.opened + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle
-    }
-}
-
-/// The client's stream, noting every read and write that moves bytes (as ALB's idle timeout:
-/// no data either way for `idle_timeout`, whatever streams are open).
-struct Watched<IO> {
-    io: IO,
-    activity: Arc<Activity>,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// How long streams may take to finish after an idle connection's GOAWAY before it is closed
-/// (a stalled stream, e.g. a client that never opens its flow-control window, cannot hold it).
-const IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One client connection's facts every stream needs.
 struct Ctx {
@@ -125,147 +33,32 @@ struct Ctx {
     snaps: Snapshots<Alb>,
 }
 
-/// A stream that first replays bytes already read from it (the sniffed preface).
-#[derive(Debug)]
-pub struct Rewind<S> {
-    pre: Vec<u8>,
-    pos: usize,
-    inner: S,
-}
-
-impl<S> Rewind<S> {
-    pub fn new(pre: Vec<u8>, inner: S) -> Rewind<S> {
-        Rewind { pre, pos: 0, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.pos < self.pre.len() {
-            let n = (self.pre.len() - self.pos).min(buf.remaining());
-            let start = self.pos;
-            buf.put_slice(&self.pre[start..start + n]);
-            self.pos += n;
-            if self.pos == self.pre.len() {
-                self.pre = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Serves one h2 connection until it ends: after `idle_timeout` with no byte moved either way
-/// it sends GOAWAY and, `IDLE_GRACE` later, closes with whatever is still open; after the client
-/// keep-alive duration, and on drain, it sends GOAWAY and lets open streams finish.
+/// Serves one h2 connection until it ends, with ALB's limits and idle timeout (no byte moved
+/// either way) and the client keep-alive duration; `h2conn::serve` has the details.
 pub async fn serve<IO>(
     io: IO,
     from: Origin,
     snaps: Snapshots<Alb>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (idle, keep_alive) = {
+    let limits = {
         let lb = &snaps.load().config.load_balancer;
-        (lb.idle_timeout, lb.client_keep_alive)
-    };
-    let activity = Arc::new(Activity {
-        opened: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    });
-    let ctx = Arc::new(Ctx { from, snaps });
-    let svc_ctx = ctx.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let ctx = svc_ctx.clone();
-        async move { Ok::<_, Infallible>(serve_stream(req, &ctx).await) }
-    });
-    let io = Watched {
-        io,
-        activity: activity.clone(),
-    };
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_header_list_size(MAX_HEADER_LIST)
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_pending_accept_reset_streams(Some(50))
-        .max_local_error_reset_streams(Some(256))
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let closes_at = activity.opened + keep_alive;
-    let mut graceful = false;
-    // Set once the connection idled out: past it, open streams are cut.
-    let mut hard: Option<Instant> = None;
-    let result = loop {
-        let wake = match hard {
-            Some(h) => h,
-            None if graceful => activity.idle_deadline(idle),
-            None => activity.idle_deadline(idle).min(closes_at),
-        };
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            changed = shutdown.changed(), if !graceful => {
-                if changed.is_err() || *shutdown.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                    graceful = true;
-                }
-            }
-            _ = tokio::time::sleep_until(wake) => {
-                let now = Instant::now();
-                if hard.is_some_and(|h| now >= h) {
-                    tracing::debug!(peer = %ctx.from.peer, "idle h2 connection closed with streams open");
-                    break Ok(());
-                }
-                let idle_out = now >= activity.idle_deadline(idle);
-                if idle_out || (!graceful && now >= closes_at) {
-                    if !graceful {
-                        conn.as_mut().graceful_shutdown();
-                        graceful = true;
-                    }
-                    if idle_out {
-                        hard = Some(now + IDLE_GRACE);
-                    }
-                }
-            }
+        h2conn::Limits {
+            max_header_list: MAX_HEADER_LIST,
+            max_streams: MAX_STREAMS,
+            idle: lb.idle_timeout,
+            keep_alive: lb.client_keep_alive,
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(peer = %ctx.from.peer, error = %e, "h2 connection ended with an error");
-    }
+    let peer = from.peer;
+    let ctx = Arc::new(Ctx { from, snaps });
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(serve_stream(req, &ctx).await) }
+    });
+    h2conn::serve(io, svc, limits, peer, shutdown).await;
 }
 
 /// The request's authority, checked: `:authority` and Host agree, one Host at most, a valid
@@ -573,19 +366,5 @@ mod tests {
         assert_eq!(e("/x", None, "GET"), Some(400));
         assert_eq!(e("https://a.com/", None, "CONNECT"), Some(405));
         assert_eq!(e("/x", Some("bad host"), "GET"), Some(400));
-    }
-
-    #[tokio::test]
-    async fn rewind_replays_the_sniffed_bytes_first() {
-        use tokio::io::AsyncReadExt;
-        let (mut a, b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut a, b"rest")
-            .await
-            .unwrap();
-        drop(a);
-        let mut r = Rewind::new(b"PRI ".to_vec(), b);
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, b"PRI rest");
     }
 }

@@ -15,7 +15,7 @@ use causeway_config::alb::Action;
 use causeway_dataplane::http1::{Framing, RequestHead};
 use causeway_dataplane::limits::{Limiter, Slot};
 use causeway_dataplane::select::maglev::hash64;
-use causeway_dataplane::{Conn, Snapshot, Snapshots};
+use causeway_dataplane::{h2conn, Conn, Snapshot, Snapshots};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -159,11 +159,11 @@ async fn sniff_preface(client: &mut Client, snaps: &Snapshots<Alb>) -> Sniffed {
             // Cut short or slow inside a would-be preface: read_head answers it as HTTP/1.1.
             _ => return Sniffed::Http1,
         }
-        let have = client.buf.len().min(crate::h2::PREFACE.len());
-        if client.buf[..have] != crate::h2::PREFACE[..have] {
+        let have = client.buf.len().min(h2conn::PREFACE.len());
+        if client.buf[..have] != h2conn::PREFACE[..have] {
             return Sniffed::Http1;
         }
-        if have == crate::h2::PREFACE.len() {
+        if have == h2conn::PREFACE.len() {
             return Sniffed::H2;
         }
     }
@@ -181,7 +181,7 @@ async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>) {
         ..
     } = client;
     let pre = std::mem::take(&mut buf.0);
-    let io = crate::h2::Rewind::new(pre, stream);
+    let io = h2conn::Rewind::new(pre, stream);
     let from = crate::hyper_upstream::Origin {
         peer,
         local,

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod desync;
 pub mod drain;
+pub mod h2conn;
 pub mod health;
 pub mod http1;
 pub mod limits;

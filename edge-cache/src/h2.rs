@@ -7,23 +7,20 @@ use crate::message::{valid_authority, Fields, Request};
 use crate::respond::{Head, Reply, ReplyBody};
 use crate::{proxy, Edge};
 use bytes::Bytes;
-use causeway_dataplane::Snapshots;
+use causeway_dataplane::{h2conn, Snapshots};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
-/// The connection preface a prior-knowledge h2 client sends first (RFC 9113 §3.4).
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Limits: CloudFront's 20 KiB of request headers, 100 concurrent streams, and hyper's
-/// rapid-reset and error-reset caps.
+/// Limits: CloudFront's 20 KiB of request headers, 100 concurrent streams.
 const MAX_HEADER_LIST: u32 = 20_480;
 const MAX_STREAMS: u32 = 100;
+/// How long one viewer connection may live before a GOAWAY asks it to reconnect.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A streamed response body fed by a channel.
 #[derive(Debug)]
@@ -43,15 +40,16 @@ impl hyper::body::Body for ChannelBody {
 
 type Body = Either<Full<Bytes>, ChannelBody>;
 
-/// Serves one h2 connection until it ends; when the process drains, it sends GOAWAY and open
-/// streams finish.
+/// Serves one h2 connection until it ends, with the viewer idle timeout (no byte moved either
+/// way) and an hour's keep-alive; `h2conn::serve` has the details (GOAWAY on drain, the
+/// control-frame budget, the grace after an idle GOAWAY).
 pub async fn serve<IO>(
     io: IO,
     scheme: &'static str,
     alt_svc: Option<std::sync::Arc<str>>,
     peer: SocketAddr,
     snaps: Snapshots<Edge>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -60,27 +58,13 @@ pub async fn serve<IO>(
         let alt_svc = alt_svc.clone();
         async move { Ok::<_, Infallible>(handle(req, scheme, alt_svc.as_deref(), peer, snaps).await) }
     });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_header_list_size(MAX_HEADER_LIST)
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_pending_accept_reset_streams(Some(50))
-        .max_local_error_reset_streams(Some(256))
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                    break conn.as_mut().await;
-                }
-            }
-        }
+    let limits = h2conn::Limits {
+        max_header_list: MAX_HEADER_LIST,
+        max_streams: MAX_STREAMS,
+        idle: proxy::VIEWER_IDLE,
+        keep_alive: KEEP_ALIVE,
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
+    h2conn::serve(io, svc, limits, peer, shutdown).await;
 }
 
 async fn handle(

@@ -91,7 +91,7 @@ async fn serve_tls(conn: Conn, acceptor: tokio_rustls::TlsAcceptor, snaps: Snaps
 /// Whether the connection opens with the HTTP/2 preface (prior knowledge). Looks without
 /// consuming, so an HTTP/1.1 connection reads its first request as usual.
 async fn starts_with_h2_preface(s: &tokio::net::TcpStream) -> bool {
-    let preface = crate::h2::PREFACE;
+    let preface = causeway_dataplane::h2conn::PREFACE;
     let mut buf = [0u8; 24];
     for _ in 0..20 {
         if tokio::time::timeout(VIEWER_IDLE, s.readable())

@@ -1,5 +1,6 @@
 //! HTTP/2 abuse against the edge with the `h2` crate as a client: a rapid-reset flood ends with
-//! a GOAWAY and a closed connection, while an honest client on another connection is served.
+//! a GOAWAY and a closed connection, and so does a PING flood past the control-frame budget,
+//! while an honest client on another connection is served.
 
 use causeway_config::edge::FileEdge;
 use causeway_config::{parse, Context};
@@ -110,4 +111,42 @@ async fn rapid_reset_gets_a_goaway_and_honest_clients_are_served() {
         "the resets did not all reach the origin: {}",
         o.hits("/slow")
     );
+}
+
+#[tokio::test]
+async fn a_ping_flood_past_the_budget_gets_a_goaway_and_a_close() {
+    use causeway_dataplane::h2conn::FREE_CONTROL_FRAMES;
+    use causeway_testkit::h2raw::*;
+    use tokio::io::AsyncWriteExt;
+    let o = Origin::start().await;
+    let (_s, addr) = edge(o.addr()).await;
+    let mut c = connect(addr, &settings(&[])).await;
+    // 10,000 PINGs, written without reading the answers.
+    let burst: Vec<u8> = (0..10_000u64)
+        .flat_map(|i| frame(PING, 0, 0, &i.to_be_bytes()))
+        .collect();
+    let _ = c.write_all(&burst).await;
+    let (frames, closed) =
+        read_frames(&mut c, Duration::from_secs(5), Duration::from_secs(10)).await;
+    let pongs = frames
+        .iter()
+        .filter(|f| f.kind == PING && f.flags & ACK != 0)
+        .count();
+    // The first SETTINGS and 999 PINGs are within the budget; the PING past it is never read.
+    assert_eq!(
+        pongs as u64,
+        FREE_CONTROL_FRAMES - 1,
+        "{pongs} PINGs answered"
+    );
+    assert!(frames.iter().any(|f| f.kind == GOAWAY), "a GOAWAY");
+    assert!(closed, "and a close");
+    // Another connection is served.
+    let mut honest = h2_client(addr).await;
+    honest = honest.ready().await.unwrap();
+    let (resp, _) = honest.send_request(get(addr, "/ok"), true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
