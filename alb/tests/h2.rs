@@ -621,6 +621,57 @@ async fn a_control_frame_flood_breaks_the_budget_gets_a_goaway_and_a_close() {
 }
 
 #[tokio::test]
+async fn a_rapid_reset_flood_is_closed_after_a_hundred_streams() {
+    use causeway_testkit::h2raw::*;
+    let web = Origin::builder().name("web-1").start().await;
+    let grpc = Origin::builder().name("grpc-1").start().await;
+    let (_s, addr) = start("HTTP", &targets(&[&web]), &grpc).await;
+    let mut c = connect(addr, &settings(&[])).await;
+    // 500 streams, each opened and cancelled at once (CVE-2023-44487), in bursts of 50 that
+    // the alb accepts before their resets arrive (the h2 crate's own cap counts only resets of
+    // streams not yet accepted); then a request that is answered if the flood is still read.
+    let block = get_block("a.example.test", "/reset");
+    for b in 0..10u32 {
+        let mut burst = Vec::new();
+        for s in 0..50u32 {
+            let id = 2 * (50 * b + s) + 1;
+            burst.extend_from_slice(&frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+            burst.extend_from_slice(&frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        }
+        if c.write_all(&burst).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = get_block("a.example.test", "/after");
+    let _ = c
+        .write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1001, &after))
+        .await;
+    let (frames, closed) = read_frames(
+        &mut c,
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        frames.iter().any(|f| f.kind == GOAWAY),
+        "the flood gets a GOAWAY"
+    );
+    assert!(closed, "then a close");
+    assert!(
+        !frames.iter().any(|f| f.kind == HEADERS && f.stream == 1001),
+        "nothing after the 100th reset is read"
+    );
+    assert_eq!(web.hits("/after"), 0);
+    assert!(
+        web.hits("/reset") <= 100,
+        "{} reached the target",
+        web.hits("/reset")
+    );
+    honest(addr).await;
+}
+
+#[tokio::test]
 async fn a_zero_window_stall_is_closed_after_the_idle_timeout() {
     use causeway_testkit::h2raw::*;
     let web = Origin::builder().name("web-1").start().await;

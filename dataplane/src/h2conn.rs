@@ -48,9 +48,14 @@ pub const CONTROL_PER_USEFUL_FRAME: u64 = 2;
 /// WINDOW_UPDATEs in proportion to what it receives: a 16 KiB DATA frame earns four).
 pub const BYTES_PER_CONTROL_FRAME: u64 = 4096;
 
+/// Envoy's premature-reset rule: once a client has opened this many streams, resetting half
+/// of them or more is a rapid-reset attack (CVE-2023-44487), whatever the other budgets say.
+pub const RESET_CHECK_STREAMS: u64 = 100;
+
 /// The frame types this budget tells apart (RFC 9113 §6).
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 
@@ -117,13 +122,18 @@ impl Frames {
 /// types, empty DATA without END_STREAM). More of the latter than the budget allows is a
 /// flood, as Envoy's and NGINX's flood checks and HAProxy's glitch counter treat it. The
 /// budget grows with request frames and with the DATA the client is sent (whose WINDOW_UPDATEs
-/// it earns), not with our answers to its control frames. Pure: it sees bytes, not sockets.
+/// it earns), not with our answers to its control frames. Separately, a client that resets
+/// half the streams it opened, past the first `RESET_CHECK_STREAMS`, is flooding. Pure: it
+/// sees bytes, not sockets.
 #[derive(Debug, Clone)]
 pub struct FrameBudget {
     inbound: Frames,
     outbound: Frames,
     control: u64,
     useful: u64,
+    /// HEADERS frames (streams opened, and trailers) and RST_STREAM frames from the client.
+    headers: u64,
+    resets: u64,
     data_frames_sent: u64,
     data_sent: u64,
 }
@@ -142,6 +152,8 @@ impl FrameBudget {
             outbound: Frames::new(false),
             control: 0,
             useful: 0,
+            headers: 0,
+            resets: 0,
             data_frames_sent: 0,
             data_sent: 0,
         }
@@ -176,12 +188,23 @@ impl FrameBudget {
         while let Some((start, kind, flags, len)) = self.inbound.next(bytes, &mut i) {
             match (kind, len) {
                 (DATA, 0) if flags & END_STREAM == 0 => self.control += 1,
-                (DATA | HEADERS, _) => self.useful += 1,
+                (HEADERS, _) => {
+                    self.useful += 1;
+                    self.headers += 1;
+                }
+                (DATA, _) => self.useful += 1,
                 // The h2 crate bounds CONTINUATION floods itself.
                 (CONTINUATION, _) => {}
+                (RST_STREAM, _) => {
+                    self.control += 1;
+                    self.resets += 1;
+                }
                 _ => self.control += 1,
             }
-            if self.control > self.allowed() {
+            let rapid_reset = kind == RST_STREAM
+                && self.headers >= RESET_CHECK_STREAMS
+                && self.resets * 2 >= self.headers;
+            if self.control > self.allowed() || rapid_reset {
                 return Some(start);
             }
         }
@@ -564,6 +587,34 @@ mod tests {
         assert_eq!(b.feed(&frame(0xfa, 0, 0, &pings(963))), None);
         assert_eq!(b.control_frames(), FREE_CONTROL_FRAMES);
         assert_eq!(b.feed(&pings(1)), Some(0));
+    }
+
+    #[test]
+    fn resetting_half_the_streams_past_the_first_hundred_is_a_rapid_reset() {
+        let pair = |s: u32| {
+            let mut f = frame(HEADERS, 0x5, s, &[0x82; 20]);
+            f.extend(frame(RST_STREAM, 0, s, &8u32.to_be_bytes()));
+            f
+        };
+        let mut b = FrameBudget::new();
+        b.feed(PREFACE);
+        for s in 0..99 {
+            assert_eq!(b.feed(&pair(2 * s + 1)), None);
+        }
+        // The 100th stream opened and reset: the RST_STREAM is where it breaks.
+        assert_eq!(b.feed(&pair(199)), Some(29));
+
+        // A client that cancels a third of its requests goes on.
+        let mut c = FrameBudget::new();
+        c.feed(PREFACE);
+        for s in 0..3000u32 {
+            let f = if s % 3 == 0 {
+                pair(2 * s + 1)
+            } else {
+                frame(HEADERS, 0x5, 2 * s + 1, &[0x82; 20])
+            };
+            assert_eq!(c.feed(&f), None, "stream {s}");
+        }
     }
 
     #[tokio::test]
