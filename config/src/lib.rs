@@ -63,12 +63,35 @@ pub trait ConfigFile: DeserializeOwned {
     fn validate(self, cx: &Context) -> Result<Self::Valid, Invalid>;
 }
 
-/// Reads, parses and validates the file at `path`.
-pub fn load<F: ConfigFile>(path: &Path) -> Result<F::Valid, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+/// The largest config or targets file read: a path such as `/dev/zero` or a runaway generator
+/// gets an error, not all of memory.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads a config or targets file as UTF-8 text, at most `MAX_FILE_BYTES`.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let io = |source| ConfigError::Io {
         file: path.display().to_string(),
         source,
-    })?;
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
+        )));
+    }
+    Ok(text)
+}
+
+/// Reads, parses and validates the file at `path`.
+pub fn load<F: ConfigFile>(path: &Path) -> Result<F::Valid, ConfigError> {
+    let text = read_text(path)?;
     let dir = path
         .parent()
         .map(Path::to_owned)

@@ -28,10 +28,7 @@ pub fn merge_targets_file(
     groups: &mut BTreeMap<String, TargetGroupConfig>,
 ) -> Result<(), ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        file: file.clone(),
-        source,
-    })?;
+    let text = crate::read_text(path)?;
     let raw: FileTargets = crate::deserialize(&file, &text)?;
     merge(raw, groups).map_err(|v| place_violation(&file, &text, v))
 }

@@ -500,3 +500,22 @@ fn target_group_protocol_version_and_https() {
         "{err}"
     );
 }
+
+#[test]
+fn an_endless_or_binary_file_is_refused_by_name_without_reading_it_all() {
+    // /dev/zero never ends: the read stops past the limit.
+    let e = causeway_config::load::<FileAlb>(Path::new("/dev/zero")).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.starts_with("/dev/zero: cannot read:"), "{msg}");
+    assert!(msg.contains("larger than 16 MiB"), "{msg}");
+    // Not UTF-8: refused by name too.
+    let dir = std::env::temp_dir().join(format!("causeway-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("alb.toml");
+    std::fs::write(&bin, [0xff, 0xfe, 0x00, 0x41]).unwrap();
+    let e = causeway_config::load::<FileAlb>(&bin)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("alb.toml: cannot read:"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -74,11 +74,7 @@ struct FileInstance {
 /// and optional `zone` and `lifecycle_state` (default `InService`).
 pub fn read_static(path: &Path) -> Result<Vec<Instance>, causeway_config::ConfigError> {
     let file = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|source| causeway_config::ConfigError::Io {
-            file: file.clone(),
-            source,
-        })?;
+    let text = causeway_config::read_text(path)?;
     let raw: FileStatic = causeway_config::deserialize(&file, &text)?;
     let mut out = Vec::new();
     for (i, r) in raw.instances.into_iter().enumerate() {
