@@ -50,6 +50,7 @@ pub async fn serve<IO>(
             max_streams: MAX_STREAMS,
             idle: lb.idle_timeout,
             keep_alive: lb.client_keep_alive,
+            extended_connect: true,
         }
     };
     let peer = from.peer;
@@ -62,7 +63,7 @@ pub async fn serve<IO>(
 }
 
 /// The request's authority, checked: `:authority` and Host agree, one Host at most, a valid
-/// name; an origin-form path; no CONNECT.
+/// name; an origin-form path; no CONNECT but a WebSocket's (RFC 8441).
 pub fn check(parts: &hyper::http::request::Parts) -> Result<String, ProxyError> {
     let hosts = parts.headers.get_all(hyper::header::HOST);
     if hosts.iter().count() > 1 {
@@ -80,7 +81,7 @@ pub fn check(parts: &hyper::http::request::Parts) -> Result<String, ProxyError> 
     if !action::valid_host(host_without_port(authority)) {
         return Err(ProxyError::Client(400, "invalid authority"));
     }
-    if parts.method == hyper::Method::CONNECT {
+    if parts.method == hyper::Method::CONNECT && !crate::ws_h2::is_websocket(parts) {
         return Err(ProxyError::Client(405, "CONNECT is not supported"));
     }
     let path = parts.uri.path();
@@ -150,7 +151,7 @@ async fn phases(
             parts.headers.get_all(name).iter().any(|v| f(v.as_bytes()))
         };
         let view = RequestView {
-            method: parts.method.as_str().as_bytes(),
+            method: crate::ws_h2::routed_method(&parts).as_bytes(),
             path: parts.uri.path().as_bytes(),
             query: parts.uri.query().unwrap_or("").as_bytes(),
             host: Some(host_without_port(authority.as_bytes())),

@@ -126,13 +126,15 @@ pub async fn send_body(
     up.flush().await.map_err(|_| ProxyError::UpstreamFailed)
 }
 
-/// Reads the response head into `ubuf`/`resp`, skipping interim 1xx answers. `Err` with
-/// `UpstreamFailed` means nothing came back (a retry may be safe).
+/// Reads the response head into `ubuf`/`resp`, skipping interim 1xx answers; a 101 is an answer
+/// only to an `upgrade` request. `Err` with `UpstreamFailed` means nothing came back (a retry
+/// may be safe).
 pub async fn read_head(
     up: &mut Up,
     ubuf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     idle: Duration,
+    upgrade: bool,
 ) -> Result<(), ProxyError> {
     ubuf.clear();
     if ubuf.capacity() == 0 {
@@ -145,7 +147,11 @@ pub async fn read_head(
         {
             if (100..200).contains(&resp.status) {
                 if resp.status == 101 {
-                    return Err(ProxyError::BadResponse);
+                    return if upgrade {
+                        Ok(())
+                    } else {
+                        Err(ProxyError::BadResponse)
+                    };
                 }
                 ubuf.drain(..resp.len);
                 continue;

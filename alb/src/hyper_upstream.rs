@@ -453,6 +453,12 @@ pub async fn forward(
     };
     let (headers, host) = target_headers(&parts.headers, authority, from, lb, h2, trace);
     group.retry_budget.deposit();
+    if h2 && crate::ws_h2::is_websocket(&parts) {
+        return Err((
+            ProxyError::Client(501, "WebSockets need an HTTP/1.1 target group"),
+            None,
+        ));
+    }
     if h2 {
         forward_h2(&plan, parts, body, headers, &host, pools).await
     } else {
@@ -463,16 +469,28 @@ pub async fn forward(
 /// HTTP/1.1 to the target, over its pooled connections.
 async fn forward_h1(
     plan: &Plan<'_>,
-    parts: hyper::http::request::Parts,
+    mut parts: hyper::http::request::Parts,
     body: Incoming,
     headers: HeaderMap,
 ) -> Result<Forwarded, (ProxyError, Option<SocketAddr>)> {
     use crate::h2_to_h1::{self as h1, ReqFraming};
-    let framing = ReqFraming::of(&parts.method, &body);
-    let mut body = (!body.is_end_stream()).then_some(body);
+    // A WebSocket (RFC 8441) goes as a GET upgrade on a connection of its own.
+    let mut upgrade = crate::ws_h2::is_websocket(&parts)
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    let framing = match upgrade {
+        Some(_) => ReqFraming::None,
+        None => ReqFraming::of(&parts.method, &body),
+    };
+    let mut body = (upgrade.is_none() && !body.is_end_stream()).then_some(body);
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = Vec::with_capacity(512);
-    h1::request_head(&mut head, &parts.method, pq, &headers, framing);
+    if upgrade.is_some() {
+        h1::request_head(&mut head, &Method::GET, pq, &headers, framing);
+        crate::ws_h2::upgrade_head(&mut head, &headers, &crate::ws_h2::new_key());
+    } else {
+        h1::request_head(&mut head, &parts.method, pq, &headers, framing);
+    }
     let is_head = parts.method == Method::HEAD;
     let idle = plan.lb.idle_timeout;
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
@@ -485,7 +503,10 @@ async fn forward_h1(
         };
         let addr = target.cfg.address;
         let in_flight = target.begin();
-        let pooled = Up::pooled(&target, plan.tls);
+        let pooled = match upgrade {
+            Some(_) => None,
+            None => Up::pooled(&target, plan.tls),
+        };
         let reused = pooled.is_some();
         let mut up = match pooled {
             Some(u) => u,
@@ -512,7 +533,7 @@ async fn forward_h1(
                 }
                 None => up.flush().await.map_err(|_| ProxyError::UpstreamFailed)?,
             }
-            h1::read_head(&mut up, &mut ubuf, &mut resp, idle).await
+            h1::read_head(&mut up, &mut ubuf, &mut resp, idle, upgrade.is_some()).await
         }
         .await;
         if let Err(e) = exchanged {
@@ -536,13 +557,22 @@ async fn forward_h1(
         target.observe_latency(target_time);
         let status = resp.status;
         plan.group.record_outcome(&target, status >= 500);
-        let rframing = resp
-            .framing(&ubuf, is_head)
-            .map_err(|_| (ProxyError::BadResponse, Some(addr)))?;
-        let reusable = resp.minor_version == 1 && !resp.lists_token(&ubuf, "connection", "close");
         let head_bytes = Bytes::copy_from_slice(&ubuf[..resp.len]);
         let mut fields = h1::response_fields(&head_bytes, &resp).map_err(|e| (e, Some(addr)))?;
         plan.cookies(&mut fields, addr);
+        // A WebSocket's refusal (3xx to 5xx) is relayed like any answer; its connection is
+        // not reused.
+        if let Some(on) = upgrade.take_if(|_| status < 300) {
+            let answer = websocket_answer(status, on, up, &ubuf[resp.len..], fields, in_flight);
+            let outcome = upstream::Outcome::answered(status, addr, target_time, attempt, 0);
+            return answer.map(|r| (r, outcome)).map_err(|e| (e, Some(addr)));
+        }
+        let rframing = resp
+            .framing(&ubuf, is_head)
+            .map_err(|_| (ProxyError::BadResponse, Some(addr)))?;
+        let reusable = upgrade.is_none()
+            && resp.minor_version == 1
+            && !resp.lists_token(&ubuf, "connection", "close");
         let mut b = h1::H1Body::new(
             up,
             std::mem::take(&mut ubuf),
@@ -569,6 +599,29 @@ async fn forward_h1(
         return Ok((response, outcome));
     }
     Err((last, tried.last().copied()))
+}
+
+/// The h2 client's answer to its WebSocket: after the target's 101, a 200 and the tunnel (run
+/// on a task of its own once hyper has upgraded the stream). A 2xx from the target is refused
+/// as a 502: there is no tunnel, and a 2xx would tell the client there was one.
+fn websocket_answer(
+    status: u16,
+    on: hyper::upgrade::OnUpgrade,
+    up: Up,
+    early: &[u8],
+    mut fields: HeaderMap,
+    in_flight: InFlight,
+) -> Result<Response<Relayed>, ProxyError> {
+    if status != 101 {
+        tracing::debug!(status, "target refused a WebSocket upgrade");
+        return Err(ProxyError::BadResponse);
+    }
+    crate::ws_h2::answer_fields(&mut fields);
+    let early = Bytes::copy_from_slice(early);
+    tokio::spawn(crate::ws_h2::tunnel(on, up, early, in_flight));
+    let mut response = Response::new(Relayed::Whole(None));
+    *response.headers_mut() = fields;
+    Ok(response)
 }
 
 /// h2 to the target, through hyper's client over one shared connection per target.

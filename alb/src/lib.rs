@@ -15,6 +15,7 @@ pub mod route;
 pub mod sticky;
 pub mod trace;
 pub mod upstream;
+pub mod ws_h2;
 
 use causeway_config::alb::{AlbConfig, FileAlb};
 use causeway_config::common::{ServerConfig, TargetGroupConfig};

@@ -36,6 +36,8 @@ pub struct Limits {
     pub idle: Duration,
     /// The connection's whole life: then GOAWAY, and open streams finish.
     pub keep_alive: Duration,
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL: extended CONNECT, for WebSockets (RFC 8441).
+    pub extended_connect: bool,
 }
 
 /// Control frames a connection may send before it has earned more (browsers open with a few
@@ -422,12 +424,16 @@ pub async fn serve<IO, S, B>(
         activity: activity.clone(),
         budget: FrameBudget::new(),
     };
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
         .max_header_list_size(limits.max_header_list)
         .max_concurrent_streams(limits.max_streams)
         .max_pending_accept_reset_streams(Some(50))
-        .max_local_error_reset_streams(Some(256))
-        .serve_connection(TokioIo::new(io), svc);
+        .max_local_error_reset_streams(Some(256));
+    if limits.extended_connect {
+        builder.enable_connect_protocol();
+    }
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let closes_at = activity.opened + limits.keep_alive;
     let mut graceful = false;

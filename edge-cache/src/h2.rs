@@ -63,6 +63,7 @@ pub async fn serve<IO>(
         max_streams: MAX_STREAMS,
         idle: proxy::VIEWER_IDLE,
         keep_alive: KEEP_ALIVE,
+        extended_connect: false,
     };
     h2conn::serve(io, svc, limits, peer, shutdown).await;
 }

@@ -1,0 +1,300 @@
+//! WebSockets through the alb with real clients (tokio-tungstenite) to a tokio-tungstenite
+//! target: over HTTP/1.1, where the tunnel opens after the target's 101; and over HTTP/2 (RFC
+//! 8441 extended CONNECT from hyper's client) to the same HTTP/1.1 target. A target's refusal
+//! is relayed; a 2xx without a 101 is a 502; an h2 target group refuses with 501.
+
+use bytes::Bytes;
+use causeway_alb::Alb;
+use causeway_config::alb::FileAlb;
+use causeway_config::{parse, Context};
+use causeway_dataplane::check::NetProber;
+use causeway_dataplane::Server;
+use causeway_testkit::{free_port, Origin};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// What the WebSocket target saw of each handshake: method, path, and the headers.
+type Seen = Arc<Mutex<Vec<(String, String, Vec<(String, String)>)>>>;
+
+/// A tokio-tungstenite server: accepts the `chat` subprotocol when offered, then answers each
+/// text message upper-cased and each binary message reversed, until the client closes.
+async fn ws_target() -> (SocketAddr, Seen) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                // The callback's shape is tungstenite's, its large error type included.
+                #[allow(clippy::result_large_err)]
+                let cb = |req: &Request, mut resp: Response| {
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect();
+                    log.lock().unwrap().push((
+                        req.method().to_string(),
+                        req.uri().to_string(),
+                        headers,
+                    ));
+                    if req
+                        .headers()
+                        .get("sec-websocket-protocol")
+                        .is_some_and(|v| v.to_str().unwrap_or("").contains("chat"))
+                    {
+                        resp.headers_mut()
+                            .insert("sec-websocket-protocol", "chat".parse().unwrap());
+                    }
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    let answer = match m {
+                        Message::Text(t) => Message::text(t.to_uppercase()),
+                        Message::Binary(b) => {
+                            Message::binary(b.iter().rev().copied().collect::<Vec<u8>>())
+                        }
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if ws.send(answer).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A target that answers every request with `answer` and closes.
+async fn raw_target(answer: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An alb forwarding `/ws*` to `ws`, `/h2*` to an h2 group, everything else to `other`.
+async fn alb(ws: SocketAddr, other: SocketAddr) -> (Arc<Server<Alb>>, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        r#"
+[admin]
+address = "127.0.0.1:{admin}"
+[[listeners]]
+address = "{addr}"
+default_action = {{ type = "forward", target_group = "other" }}
+[[listeners.rules]]
+priority = 1
+conditions = [{{ field = "path-pattern", values = ["/ws*"] }}, {{ field = "http-request-method", values = ["GET"] }}]
+action = {{ type = "forward", target_group = "ws" }}
+[[listeners.rules]]
+priority = 2
+conditions = [{{ field = "path-pattern", values = ["/h2*"] }}]
+action = {{ type = "forward", target_group = "h2" }}
+[target_groups.ws]
+targets = [{{ address = "{ws}" }}]
+health_check.interval_seconds = 300
+[target_groups.other]
+targets = [{{ address = "{other}" }}]
+health_check.interval_seconds = 300
+[target_groups.h2]
+protocol_version = "HTTP2"
+targets = [{{ address = "{other}" }}]
+health_check.interval_seconds = 300
+"#,
+        admin = free_port(),
+    );
+    let cfg = parse::<FileAlb>("alb.toml", &text, &Context { dir: ".".into() })
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    (server, addr)
+}
+
+/// Text, binary, a ping and the close handshake over `ws`.
+async fn converse<S>(ws: &mut WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text("hello over the alb")).await.unwrap();
+    let m = ws.next().await.unwrap().unwrap();
+    assert_eq!(m, Message::text("HELLO OVER THE ALB"));
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let m = ws.next().await.unwrap().unwrap();
+    let back: Vec<u8> = big.iter().rev().copied().collect();
+    assert_eq!(m, Message::binary(back), "200 KB binary message reversed");
+    ws.send(Message::Ping(Bytes::from_static(b"p")))
+        .await
+        .unwrap();
+    let m = ws.next().await.unwrap().unwrap();
+    assert_eq!(m, Message::Pong(Bytes::from_static(b"p")));
+    ws.close(None).await.unwrap();
+    while let Some(Ok(m)) = ws.next().await {
+        assert!(m.is_close(), "only the close answer is left: {m:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_over_http1_reaches_the_target_and_echoes() {
+    let (ws, seen) = ws_target().await;
+    let other = Origin::start().await;
+    let (_s, addr) = alb(ws, other.addr()).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://a.example.test:{}/ws/chat", addr.port());
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "chat".parse().unwrap());
+    let (mut client, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    converse(&mut client).await;
+    let seen = seen.lock().unwrap();
+    let (method, path, headers) = &seen[0];
+    assert_eq!((method.as_str(), path.as_str()), ("GET", "/ws/chat"));
+    let h = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(h("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(h("x-forwarded-proto"), Some("http"));
+}
+
+/// An h2c connection whose SETTINGS from the alb have arrived (a first GET answered, by
+/// whichever target).
+async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut s, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let warm = hyper::Request::get(format!("http://a.example.test:{}/warm", addr.port()))
+        .body(Empty::new())
+        .unwrap();
+    s.send_request(warm).await.unwrap();
+    s
+}
+
+fn connect(addr: SocketAddr, path: &str) -> hyper::Request<Empty<Bytes>> {
+    hyper::Request::builder()
+        .method("CONNECT")
+        .uri(format!("http://a.example.test:{}{path}", addr.port()))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_websocket_over_h2_reaches_an_http1_target_as_a_get_upgrade() {
+    let (ws, seen) = ws_target().await;
+    let other = Origin::start().await;
+    let (_s, addr) = alb(ws, other.addr()).await;
+    let mut s = h2c(addr).await;
+    let resp = s
+        .send_request(connect(addr, "/ws/h2?room=1"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "RFC 8441: a 2xx opens the tunnel");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let mut client =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    converse(&mut client).await;
+    // The same h2 connection still serves requests.
+    let again = hyper::Request::get(format!("http://a.example.test:{}/after", addr.port()))
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(s.send_request(again).await.unwrap().status(), 200);
+    let seen = seen.lock().unwrap();
+    let (method, path, headers) = &seen[0];
+    // Routed and forwarded as the GET it stands for (the rule matches GET only).
+    assert_eq!((method.as_str(), path.as_str()), ("GET", "/ws/h2?room=1"));
+    let h = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(h("upgrade"), Some("websocket"));
+    assert_eq!(h("sec-websocket-version"), Some("13"));
+    assert_eq!(h("sec-websocket-key").map(str::len), Some(24));
+    assert_eq!(
+        h("host"),
+        Some(format!("a.example.test:{}", addr.port()).as_str())
+    );
+    assert_eq!(h("x-forwarded-for"), Some("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn h2_websocket_refusals_are_relayed_and_a_2xx_without_101_is_a_502() {
+    let (ws, _) = ws_target().await;
+    let forbidden = raw_target(
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\nConnection: close\r\n\r\nnope\n",
+    )
+    .await;
+    let (_s, addr) = alb(ws, forbidden).await;
+    let mut s = h2c(addr).await;
+    // The default group's target refuses the upgrade: its 403 and body reach the client.
+    let resp = s.send_request(connect(addr, "/refused")).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"nope\n");
+
+    // A target that answers 200 to the upgrade: no tunnel, so no 2xx to the client.
+    let plain = Origin::start().await;
+    let (_s2, addr2) = alb(ws, plain.addr()).await;
+    let mut s2 = h2c(addr2).await;
+    let resp = s2.send_request(connect(addr2, "/plain")).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        plain.hits("/plain"),
+        1,
+        "the upgrade reached the target once"
+    );
+    // An h2 target group cannot carry it.
+    let resp = s2.send_request(connect(addr2, "/h2/x")).await.unwrap();
+    assert_eq!(resp.status(), 501);
+    // A CONNECT that is not a WebSocket is still refused.
+    let plain_connect = hyper::Request::builder()
+        .method("CONNECT")
+        .uri(format!("a.example.test:{}", addr2.port()))
+        .body(Empty::new())
+        .unwrap();
+    let resp = s2.send_request(plain_connect).await.unwrap();
+    assert_eq!(resp.status(), 405);
+}
