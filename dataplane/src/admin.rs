@@ -166,6 +166,7 @@ pub fn status<P: Plane>(server: &Server<P>) -> serde_json::Value {
     json!({
         "name": P::NAME,
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
         "config_file": server.config_path().display().to_string(),
         "generation": snap.generation,
         "loaded_at_unix": loaded,

@@ -8,7 +8,8 @@
 //! | SIGINT  | exit at once (status 130) |
 //!
 //! `--upgrade` starts a new binary on the running one's listening sockets
-//! (`server.upgrade_socket`, see `upgrade.rs`); the old one then drains and exits 0.
+//! (`server.upgrade_socket`, see `upgrade.rs`); the old one then drains and exits 0. `--master`
+//! runs a master that keeps one PID across such upgrades (`master.rs`).
 
 use crate::check::NetProber;
 use crate::server::{Plane, Server};
@@ -31,6 +32,10 @@ struct Args {
     /// let it drain and exit: a binary upgrade without a refused connection.
     #[arg(long, requires = "config")]
     upgrade: bool,
+    /// Run as a master that keeps its PID (for systemd) while a worker child serves: SIGHUP
+    /// reloads the worker, SIGUSR2 upgrades it to the binary now on disk, SIGTERM drains it.
+    #[arg(long, requires = "config", conflicts_with = "upgrade")]
+    master: bool,
 }
 
 /// The whole `main` of a data-plane binary.
@@ -63,6 +68,9 @@ pub fn main<P: Plane>() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.master {
+        return master(&path, P::server(&config).upgrade_socket.is_some());
+    }
     let workers = P::server(&config).workers;
     // One worker runs on a current-thread runtime: no work-stealing bookkeeping.
     let mut rt = if workers == 1 {
@@ -83,9 +91,62 @@ pub fn main<P: Plane>() -> ExitCode {
     rt.block_on(run::<P>(path, config, args.upgrade))
 }
 
+/// `--master`: the master's own small runtime, and this binary's path for its workers.
+fn master(path: &std::path::Path, has_upgrade_socket: bool) -> ExitCode {
+    if !has_upgrade_socket {
+        eprintln!(
+            "--master needs server.upgrade_socket in the config file (workers hand over by it)"
+        );
+        return ExitCode::FAILURE;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("--master: cannot find this binary's path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(crate::master::run(exe, path.to_owned())),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The signals a data plane handles, installed first thing: one that arrives while the config
+/// loads and the sockets bind waits for the loop instead of killing the process (SIGHUP's
+/// default), as it can from a master passing a reload on to a worker still starting.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Runs until SIGTERM or SIGINT, or until a newer binary has taken the sockets over.
 pub async fn run<P: Plane>(path: PathBuf, config: P::Config, upgrade: bool) -> ExitCode {
     use std::os::fd::AsFd;
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     crate::telemetry::metrics();
     let upgrade_socket = P::server(&config).upgrade_socket.clone();
     let mut inherited = None;
@@ -178,7 +239,7 @@ pub async fn run<P: Plane>(path: PathBuf, config: P::Config, upgrade: bool) -> E
             Err(e) => tracing::warn!(error = %e, "upgrade: telling the old process failed"),
         }
     }
-    let code = wait_for_signals(&server, upgraded, &stop_admin).await;
+    let code = wait_for_signals(&server, signals, upgraded, &stop_admin).await;
     // send fails only if the admin server already ended
     if stop_admin.send(true).is_err() {
         tracing::debug!("admin server already stopped");
@@ -186,19 +247,35 @@ pub async fn run<P: Plane>(path: PathBuf, config: P::Config, upgrade: bool) -> E
     code
 }
 
+/// Resolves when this process is a master's worker (`CAUSEWAY_MASTER_PID`) and that master is
+/// no longer its parent: a worker does not outlive its master (checked every second).
+async fn orphaned() {
+    let master = std::env::var(crate::master::MASTER_PID_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok());
+    let Some(master) = master else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if std::os::unix::process::parent_id() != master {
+            return;
+        }
+    }
+}
+
 async fn wait_for_signals<P: Plane>(
     server: &Arc<Server<P>>,
+    signals: Signals,
     mut upgraded: tokio::sync::oneshot::Receiver<()>,
     stop_admin: &tokio::sync::watch::Sender<bool>,
 ) -> ExitCode {
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("cannot install signal handlers");
-        return ExitCode::FAILURE;
-    };
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -206,6 +283,12 @@ async fn wait_for_signals<P: Plane>(
                 if server.reload().await.is_err() {
                     tracing::debug!("SIGHUP reload refused");
                 }
+            }
+            () = orphaned() => {
+                tracing::warn!("the master is gone: draining");
+                server.shutdown().await;
+                tracing::info!("drained, exiting");
+                return ExitCode::SUCCESS;
             }
             _ = term.recv() => {
                 tracing::info!("SIGTERM: draining");

@@ -19,6 +19,7 @@ pub mod health;
 pub mod http1;
 pub mod limits;
 pub mod listener;
+pub mod master;
 pub mod outlier;
 pub mod pool;
 pub mod proxy_protocol;

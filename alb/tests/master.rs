@@ -1,0 +1,229 @@
+//! Master mode: `causeway-alb --master` keeps its PID while its worker is upgraded three times
+//! by SIGUSR2 under load (no request fails, each old worker exits), passes SIGHUP on as a
+//! reload, survives a failed upgrade with the old worker serving, and stops its worker on
+//! SIGTERM. A worker whose master is killed drains and exits.
+
+use causeway_testkit::process::{http_get, wait_for_port, Proc};
+use causeway_testkit::{free_port, raw, Origin};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_causeway-alb");
+
+fn config(
+    dir: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    origin: SocketAddr,
+    body: &str,
+) -> String {
+    format!(
+        r#"[server]
+grace_period_seconds = 5
+upgrade_socket = "{}"
+[admin]
+address = "{admin}"
+[[listeners]]
+address = "{listen}"
+default_action = {{ type = "forward", target_group = "web" }}
+[[listeners.rules]]
+priority = 1
+conditions = [{{ field = "path-pattern", values = ["/version"] }}]
+action = {{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "{body}" }}
+[target_groups.web]
+targets = [{{ address = "{origin}" }}]
+health_check = {{ path = "/", interval_seconds = 30 }}
+"#,
+        dir.join("up.sock").display()
+    )
+}
+
+/// The PID of the process answering on the admin port.
+fn serving_pid(admin: SocketAddr) -> u32 {
+    let (status, body) = http_get(admin, "/status").unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["pid"].as_u64().unwrap() as u32
+}
+
+/// Whether `pid` is still a process (not yet reaped).
+fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Polls `f` every 20 ms until it holds, or fails after `wait` with `what`.
+async fn until(wait: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < wait, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_keeps_its_pid_across_upgrades_and_passes_signals_on() {
+    let origin = Origin::builder().name("o1").start().await;
+    let dir = std::env::temp_dir().join(format!("causeway-master-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.join("alb.toml");
+    std::fs::write(&cfg, config(&dir, listen, admin, origin.addr(), "one")).unwrap();
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+    let mut master = Proc::spawn(Path::new(BIN), &["--master", "--config", &cfg_s]);
+    wait_for_port(listen, Duration::from_secs(20));
+    wait_for_port(admin, Duration::from_secs(20));
+    let mut worker = serving_pid(admin);
+    assert_ne!(
+        worker,
+        master.pid(),
+        "a worker child serves, not the master"
+    );
+
+    // Two clients, a new connection per request, until told to stop (at most 120 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match raw::get(listen, "/", &[]).await {
+                    Ok(r) if r.status == 200 && r.header("x-origin") == Some("o1") => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("status {}", r.status));
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            errors
+        }));
+    }
+
+    for i in 0..3 {
+        let before = ok.load(Ordering::Relaxed);
+        master.signal("USR2");
+        until(
+            Duration::from_secs(20),
+            &format!("upgrade {i}: a new worker answers"),
+            || serving_pid(admin) != worker,
+        )
+        .await;
+        let old = worker;
+        worker = serving_pid(admin);
+        until(
+            Duration::from_secs(20),
+            &format!("upgrade {i}: the old worker exits"),
+            || !exists(old),
+        )
+        .await;
+        assert!(master.is_running(), "upgrade {i}: the master stays");
+        until(
+            Duration::from_secs(10),
+            &format!("upgrade {i}: traffic"),
+            || ok.load(Ordering::Relaxed) >= before + 20,
+        )
+        .await;
+    }
+
+    // SIGHUP to the master reloads the worker.
+    std::fs::write(&cfg, config(&dir, listen, admin, origin.addr(), "two")).unwrap();
+    master.signal("HUP");
+    until(
+        Duration::from_secs(10),
+        "the reload reached the worker",
+        || http_get(listen, "/version").is_ok_and(|(_, b)| b.contains("two")),
+    )
+    .await;
+    assert_eq!(serving_pid(admin), worker, "a reload keeps the worker");
+
+    // A failed upgrade (the new worker cannot load the config) leaves the old one serving.
+    std::fs::write(&cfg, "[[listeners]]\naddress = 7\n").unwrap();
+    master.signal("USR2");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        master.is_running(),
+        "a failed upgrade does not stop the master"
+    );
+    assert_eq!(serving_pid(admin), worker, "the old worker goes on");
+    std::fs::write(&cfg, config(&dir, listen, admin, origin.addr(), "two")).unwrap();
+
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for c in clients {
+        errors.extend(c.await.unwrap());
+    }
+    let served = ok.load(Ordering::Relaxed);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{served} served; failures: {errors:?}"
+    );
+    master.signal("TERM");
+    let exit = master.wait_exit(Duration::from_secs(15));
+    assert!(exit.is_some_and(|s| s.success()), "master exit: {exit:?}");
+    assert!(!exists(worker), "the worker stopped with the master");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_worker_drains_and_exits_when_its_master_is_killed() {
+    let origin = Origin::builder().name("o1").start().await;
+    let dir = std::env::temp_dir().join(format!("causeway-master-kill-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.join("alb.toml");
+    std::fs::write(&cfg, config(&dir, listen, admin, origin.addr(), "one")).unwrap();
+    let mut master = Proc::spawn(
+        Path::new(BIN),
+        &["--master", "--config", cfg.to_str().unwrap()],
+    );
+    wait_for_port(admin, Duration::from_secs(20));
+    let worker = serving_pid(admin);
+    master.signal("KILL");
+    master.wait_exit(Duration::from_secs(5)).unwrap();
+    until(Duration::from_secs(15), "the orphaned worker exits", || {
+        !exists(worker)
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn master_mode_needs_an_upgrade_socket() {
+    let dir = std::env::temp_dir().join(format!("causeway-master-none-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("alb.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\naddress = \"127.0.0.1:{}\"\n[[listeners]]\naddress = \"127.0.0.1:{}\"\ndefault_action = {{ type = \"fixed-response\", status_code = 200 }}\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--master", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--master needs server.upgrade_socket"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
