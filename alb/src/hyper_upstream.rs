@@ -460,7 +460,9 @@ pub async fn forward(
         ));
     }
     if h2 {
-        forward_h2(&plan, parts, body, headers, &host, pools).await
+        // Boxed: its state (hyper's h2 client handshake among it) is several KB, and every
+        // stream's future would otherwise be that large, and copied whole when boxed.
+        Box::pin(forward_h2(&plan, parts, body, headers, &host, pools)).await
     } else {
         forward_h1(&plan, parts, body, headers).await
     }

@@ -378,9 +378,10 @@ impl Up {
         if !tls {
             return Ok(Up::Plain(tcp));
         }
+        // Boxed: a TLS handshake's state would make every request's future larger.
         match timeout(
             CONNECT_TIMEOUT,
-            causeway_dataplane::tls::connect_target(tcp, false),
+            Box::pin(causeway_dataplane::tls::connect_target(tcp, false)),
         )
         .await
         {
