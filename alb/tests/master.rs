@@ -3,12 +3,11 @@
 //! reload, survives a failed upgrade with the old worker serving, and stops its worker on
 //! SIGTERM. A worker whose master is killed drains and exits.
 
+use causeway_testkit::load::Clients;
 use causeway_testkit::process::{http_get, wait_for_port, Proc};
-use causeway_testkit::{free_port, raw, Origin};
+use causeway_testkit::{free_port, Origin};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_causeway-alb");
@@ -83,36 +82,13 @@ async fn a_master_keeps_its_pid_across_upgrades_and_passes_signals_on() {
         "a worker child serves, not the master"
     );
 
-    // Two clients, a new connection per request, until told to stop (at most 120 s).
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut clients = Vec::new();
-    for _ in 0..2 {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        clients.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match raw::get(listen, "/", &[]).await {
-                    Ok(r) if r.status == 200 && r.header("x-origin") == Some("o1") => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.push(format!("status {}", r.status));
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.push(e.to_string());
-                    }
-                }
-            }
-            errors
-        }));
-    }
+    // 2 clients, a new connection per request, until told to stop (at most 120 s).
+    let clients = Clients::start(2, listen, "/", Duration::from_secs(120), |r| {
+        r.status == 200 && r.header("x-origin") == Some("o1")
+    });
 
     for i in 0..3 {
-        let before = ok.load(Ordering::Relaxed);
+        let before = clients.served();
         master.signal("USR2");
         until(
             Duration::from_secs(20),
@@ -129,12 +105,9 @@ async fn a_master_keeps_its_pid_across_upgrades_and_passes_signals_on() {
         )
         .await;
         assert!(master.is_running(), "upgrade {i}: the master stays");
-        until(
-            Duration::from_secs(10),
-            &format!("upgrade {i}: traffic"),
-            || ok.load(Ordering::Relaxed) >= before + 20,
-        )
-        .await;
+        clients
+            .wait_for(before, 20, Duration::from_secs(10), &format!("upgrade {i}"))
+            .await;
     }
 
     // SIGHUP to the master reloads the worker.
@@ -159,17 +132,8 @@ async fn a_master_keeps_its_pid_across_upgrades_and_passes_signals_on() {
     assert_eq!(serving_pid(admin), worker, "the old worker goes on");
     std::fs::write(&cfg, config(&dir, listen, admin, origin.addr(), "two")).unwrap();
 
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for c in clients {
-        errors.extend(c.await.unwrap());
-    }
-    let served = ok.load(Ordering::Relaxed);
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "{served} served; failures: {errors:?}"
-    );
+    let (served, failed, errors) = clients.finish().await;
+    assert_eq!(failed, 0, "{served} served; failures: {errors:?}");
     master.signal("TERM");
     let exit = master.wait_exit(Duration::from_secs(15));
     assert!(exit.is_some_and(|s| s.success()), "master exit: {exit:?}");

@@ -4,13 +4,12 @@
 //! is refused, every request is answered 200 by the origin, and each old process drains and
 //! exits 0.
 
+use causeway_testkit::load::Clients;
 use causeway_testkit::process::{http_get, wait_for_port, Proc};
-use causeway_testkit::{free_port, raw, Origin};
+use causeway_testkit::{free_port, Origin};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_causeway-alb");
 
@@ -46,36 +45,13 @@ health_check = {{ path = "/", interval_seconds = 30 }}
     let mut current = Proc::spawn(Path::new(BIN), &["--config", &cfg]);
     wait_for_port(listen, Duration::from_secs(20));
 
-    // Four clients, a new connection per request, until told to stop (at most 120 s).
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        clients.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match raw::get(listen, "/", &[]).await {
-                    Ok(r) if r.status == 200 && r.header("x-origin") == Some("o1") => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.push(format!("status {}", r.status));
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.push(e.to_string());
-                    }
-                }
-            }
-            errors
-        }));
-    }
+    // 4 clients, a new connection per request, until told to stop (at most 120 s).
+    let clients = Clients::start(4, listen, "/", Duration::from_secs(120), |r| {
+        r.status == 200 && r.header("x-origin") == Some("o1")
+    });
 
     for i in 0..20 {
-        let before = ok.load(Ordering::Relaxed);
+        let before = clients.served();
         let next = Proc::spawn(Path::new(BIN), &["--config", &cfg, "--upgrade"]);
         let exit = current.wait_exit(Duration::from_secs(20));
         assert!(
@@ -85,14 +61,9 @@ health_check = {{ path = "/", interval_seconds = 30 }}
         current = next;
         assert!(current.is_running(), "upgrade {i}: the new process serves");
         // Traffic flows through the new process before the next round.
-        let t = Instant::now();
-        while ok.load(Ordering::Relaxed) < before + 20 {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "upgrade {i}: no traffic"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        clients
+            .wait_for(before, 20, Duration::from_secs(10), &format!("upgrade {i}"))
+            .await;
     }
     // The admin socket moved along: the newest process answers on it.
     let (status, body) = http_get(admin, "/status").unwrap();
@@ -101,18 +72,9 @@ health_check = {{ path = "/", interval_seconds = 30 }}
         body.contains(&format!("\"listeners\":[\"{listen}\"]")),
         "{body}"
     );
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for c in clients {
-        errors.extend(c.await.unwrap());
-    }
-    let served = ok.load(Ordering::Relaxed);
+    let (served, failed, errors) = clients.finish().await;
     assert!(served >= 400, "{served} requests");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "{served} served; failures: {errors:?}"
-    );
+    assert_eq!(failed, 0, "{served} served; failures: {errors:?}");
     current.signal("TERM");
     assert!(current
         .wait_exit(Duration::from_secs(15))

@@ -35,6 +35,18 @@ async fn h2_client(addr: SocketAddr) -> h2_crate::client::SendRequest<bytes::Byt
     send
 }
 
+/// A new connection's GET /ok is answered 200 within 5 s.
+async fn honest(addr: SocketAddr) {
+    let mut c = h2_client(addr).await;
+    c = c.ready().await.unwrap();
+    let (resp, _) = c.send_request(get(addr, "/ok"), true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 fn get(addr: SocketAddr, path: &str) -> http::Request<()> {
     http::Request::get(format!("http://{addr}{path}"))
         .body(())
@@ -98,14 +110,7 @@ async fn rapid_reset_gets_a_goaway_and_honest_clients_are_served() {
         );
     }
     // Meanwhile an honest client is served.
-    let mut honest = h2_client(addr).await;
-    honest = honest.ready().await.unwrap();
-    let (resp, _) = honest.send_request(get(addr, "/ok"), true).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    honest(addr).await;
     assert!(
         o.hits("/slow") < 2000,
         "the resets did not all reach the origin: {}",
@@ -141,12 +146,5 @@ async fn a_ping_flood_past_the_budget_gets_a_goaway_and_a_close() {
     assert!(frames.iter().any(|f| f.kind == GOAWAY), "a GOAWAY");
     assert!(closed, "and a close");
     // Another connection is served.
-    let mut honest = h2_client(addr).await;
-    honest = honest.ready().await.unwrap();
-    let (resp, _) = honest.send_request(get(addr, "/ok"), true).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    honest(addr).await;
 }
