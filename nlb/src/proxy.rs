@@ -33,164 +33,178 @@ impl ClientIo {
 }
 
 /// Serves one client connection.
-pub async fn handle(conn: Conn, snap: Arc<Snapshot<Nlb>>) {
-    let listener = snap
-        .config
-        .listeners
-        .iter()
-        .find(|l| l.address == conn.local)
-        .or_else(|| snap.config.listeners.first());
-    let Some(group) = listener.and_then(|l| snap.group(&l.target_group)) else {
-        tracing::warn!(local = %conn.local, "no target group for listener");
-        return;
-    };
-    let labels = [("target_group", group.cfg.name.clone())];
-    // listener: connection limits, counted for the process across reloads.
-    let _slot = match listener {
-        Some(l) if l.max_connections > 0 || l.max_connections_per_source > 0 => {
-            match Limiter::for_listener(l.address).acquire(
-                conn.peer.ip(),
-                l.max_connections,
-                l.max_connections_per_source,
-            ) {
-                Ok(slot) => Some(slot),
-                Err(why) => {
-                    metrics::counter!("causeway_nlb_rejected_connection_count",
-                        "reason" => if why == Refused::Total { "total" } else { "per_source" })
-                    .increment(1);
-                    if let Err(e) = conn.stream.set_zero_linger() {
-                        tracing::debug!(error = %e, "SO_LINGER");
+// The async block is on purpose: see the first comment of the body.
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
+    mut conn: Conn,
+    snap: Arc<Snapshot<Nlb>>,
+) -> impl std::future::Future<Output = ()> + Send {
+    // Not an async fn: one keeps each argument twice in its state (as passed, and moved into
+    // the body), and every live flow's task would carry the Conn's 112 bytes more than once.
+    async move {
+        let listener = snap
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.address == conn.local)
+            .or_else(|| snap.config.listeners.first());
+        let Some(group) = listener.and_then(|l| snap.group(&l.target_group)) else {
+            tracing::warn!(local = %conn.local, "no target group for listener");
+            return;
+        };
+        let labels = [("target_group", group.cfg.name.clone())];
+        // listener: connection limits, counted for the process across reloads.
+        let _slot = match listener {
+            Some(l) if l.max_connections > 0 || l.max_connections_per_source > 0 => {
+                match Limiter::for_listener(l.address).acquire(
+                    conn.peer.ip(),
+                    l.max_connections,
+                    l.max_connections_per_source,
+                ) {
+                    Ok(slot) => Some(slot),
+                    Err(why) => {
+                        metrics::counter!("causeway_nlb_rejected_connection_count",
+                            "reason" => if why == Refused::Total { "total" } else { "per_source" })
+                        .increment(1);
+                        if let Err(e) = conn.stream.set_zero_linger() {
+                            tracing::debug!(error = %e, "SO_LINGER");
+                        }
+                        return;
                     }
-                    return;
                 }
             }
-        }
-        _ => None,
-    };
-    let mut conn = conn;
-    // listener: a PROXY header first, when the listener requires one.
-    let accepted = match listener.and_then(|l| l.proxy_protocol.as_ref()) {
-        None => Accepted {
-            client: conn.peer,
-            dest: conn.local,
-            tlvs: Vec::new(),
-            early: Vec::new(),
-        },
-        Some(pp) => match accept_proxy::read(&mut conn.stream, conn.peer, conn.local, pp).await {
-            Ok(a) => a,
+            _ => None,
+        };
+        // listener: a PROXY header first, when the listener requires one.
+        let accepted = match listener.and_then(|l| l.proxy_protocol.as_ref()) {
+            None => Accepted {
+                client: conn.peer,
+                dest: conn.local,
+                tlvs: Vec::new(),
+                early: Vec::new(),
+            },
+            Some(pp) => match accept_proxy::read(&mut conn.stream, conn.peer, conn.local, pp).await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    metrics::counter!("causeway_nlb_proxy_protocol_refused_count",
+                        "reason" => e.kind())
+                    .increment(1);
+                    tracing::debug!(peer = %conn.peer, error = %e, "PROXY header refused");
+                    return;
+                }
+            },
+        };
+        // listener: the TLS handshake on TLS listeners (before any target is chosen).
+        let peer = conn.peer;
+        let mut client = match snap.compiled.tls(conn.local) {
+            None => ClientIo::Plain(conn.stream),
+            Some(acceptor) => {
+                // Boxed: the handshake state stays out of every plain flow's future.
+                let accept = Box::pin(acceptor.accept(conn.stream));
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                    Ok(Ok(s)) => ClientIo::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        metrics::counter!("causeway_nlb_client_tls_negotiation_error_count")
+                            .increment(1);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::counter!("causeway_nlb_client_tls_negotiation_error_count")
+                            .increment(1);
+                        return;
+                    }
+                }
+            }
+        };
+        metrics::counter!("causeway_nlb_new_flow_count", &labels).increment(1);
+        let hash = match group.cfg.stickiness {
+            Some(Stickiness::SourceIp) => flow::hash_source(Proto::Tcp, accepted.client.ip()),
+            _ => flow::hash(Proto::Tcp, accepted.client, accepted.dest),
+        };
+        let (mut upstream, in_flight) = match connect::connect(group, hash).await {
+            Ok(x) => x,
             Err(e) => {
-                metrics::counter!("causeway_nlb_proxy_protocol_refused_count",
-                    "reason" => e.kind())
-                .increment(1);
-                tracing::debug!(peer = %conn.peer, error = %e, "PROXY header refused");
+                metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(1);
+                tracing::warn!(peer = %conn.peer, target_group = %group.cfg.name, "{e}");
                 return;
             }
-        },
-    };
-    // listener: the TLS handshake on TLS listeners (before any target is chosen).
-    let peer = conn.peer;
-    let mut client = match snap.compiled.tls(conn.local) {
-        None => ClientIo::Plain(conn.stream),
-        Some(acceptor) => {
-            // Boxed: the handshake state stays out of every plain flow's future.
-            let accept = Box::pin(acceptor.accept(conn.stream));
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-                Ok(Ok(s)) => ClientIo::Tls(Box::new(s)),
-                Ok(Err(e)) => {
-                    metrics::counter!("causeway_nlb_client_tls_negotiation_error_count")
-                        .increment(1);
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics::counter!("causeway_nlb_client_tls_negotiation_error_count")
-                        .increment(1);
-                    return;
-                }
+        };
+        if group.cfg.proxy_protocol_v2 {
+            let tlvs: Vec<(u8, &[u8])> = accepted
+                .tlvs
+                .iter()
+                .map(|(t, v)| (*t, v.as_slice()))
+                .collect();
+            let header = causeway_dataplane::proxy_protocol::encode_v2(
+                accepted.client,
+                accepted.dest,
+                &tlvs,
+            );
+            if let Err(e) = upstream.write_all(&header).await {
+                tracing::debug!(peer = %conn.peer, error = %e, "writing the PROXY header failed");
+                return;
             }
         }
-    };
-    metrics::counter!("causeway_nlb_new_flow_count", &labels).increment(1);
-    let hash = match group.cfg.stickiness {
-        Some(Stickiness::SourceIp) => flow::hash_source(Proto::Tcp, accepted.client.ip()),
-        _ => flow::hash(Proto::Tcp, accepted.client, accepted.dest),
-    };
-    let (mut upstream, in_flight) = match connect::connect(group, hash).await {
-        Ok(x) => x,
-        Err(e) => {
-            metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(1);
-            tracing::warn!(peer = %conn.peer, target_group = %group.cfg.name, "{e}");
-            return;
+        if !accepted.early.is_empty() {
+            // Client bytes that arrived with its PROXY header.
+            if let Err(e) = upstream.write_all(&accepted.early).await {
+                tracing::debug!(peer = %conn.peer, error = %e, "forwarding early bytes failed");
+                return;
+            }
         }
-    };
-    if group.cfg.proxy_protocol_v2 {
-        let tlvs: Vec<(u8, &[u8])> = accepted
-            .tlvs
-            .iter()
-            .map(|(t, v)| (*t, v.as_slice()))
-            .collect();
-        let header =
-            causeway_dataplane::proxy_protocol::encode_v2(accepted.client, accepted.dest, &tlvs);
-        if let Err(e) = upstream.write_all(&header).await {
-            tracing::debug!(peer = %conn.peer, error = %e, "writing the PROXY header failed");
-            return;
-        }
-    }
-    if !accepted.early.is_empty() {
-        // Client bytes that arrived with its PROXY header.
-        if let Err(e) = upstream.write_all(&accepted.early).await {
-            tracing::debug!(peer = %conn.peer, error = %e, "forwarding early bytes failed");
-            return;
-        }
-    }
-    let active = metrics::gauge!("causeway_nlb_active_flow_count", &labels);
-    active.increment(1.0);
-    let idle = listener.map_or(DEFAULT_IDLE, |l| l.idle_timeout);
+        let active = metrics::gauge!("causeway_nlb_active_flow_count", &labels);
+        active.increment(1.0);
+        let idle = listener.map_or(DEFAULT_IDLE, |l| l.idle_timeout);
 
-    let mut cut = in_flight.target().termination_signal();
-    let stop = async move {
-        if cut.wait_for(|c| *c).await.is_err() {
-            // The target is gone without a cut: nothing will ever stop this flow but itself.
-            std::future::pending::<()>().await;
-        }
-    };
-    let splice = listener.is_some_and(|l| l.relay == RelayMode::Splice);
-    let (n, result) = match &mut client {
-        ClientIo::Plain(s) if splice => {
-            tcp_relay::relay::<crate::splice::Pipe>(s, &upstream, idle, stop).await
-        }
-        ClientIo::Plain(s) => tcp_relay::relay::<tcp_relay::Buffer>(s, &upstream, idle, stop).await,
-        ClientIo::Tls(s) => {
-            let (cr, cw) = tokio::io::split(&mut **s);
-            let (tr, tw) = upstream.split();
-            relay::relay(cr, cw, tr, tw, idle, stop).await
-        }
-    };
-    metrics::counter!("causeway_nlb_processed_bytes", &labels)
-        .increment(n.client_to_target + n.target_to_client);
-    match result {
-        Ok(()) => {}
-        Err(relay::RelayError::Idle(_)) => {
-            metrics::counter!("causeway_nlb_idle_timeout_count", &labels).increment(1);
-        }
-        Err(relay::RelayError::Terminated) => {
-            // Reset both sides, as NLB does when it terminates a flow.
-            metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(2);
-            for s in [client.tcp(), &upstream] {
-                if let Err(e) = s.set_zero_linger() {
-                    tracing::debug!(error = %e, "SO_LINGER");
+        let mut cut = in_flight.target().termination_signal();
+        let stop = async move {
+            if cut.wait_for(|c| *c).await.is_err() {
+                // The target is gone without a cut: nothing will ever stop this flow but itself.
+                std::future::pending::<()>().await;
+            }
+        };
+        let splice = listener.is_some_and(|l| l.relay == RelayMode::Splice);
+        let (n, result) = match &mut client {
+            ClientIo::Plain(s) if splice => {
+                tcp_relay::relay::<crate::splice::Pipe>(s, &upstream, idle, stop).await
+            }
+            ClientIo::Plain(s) => {
+                tcp_relay::relay::<tcp_relay::Buffer>(s, &upstream, idle, stop).await
+            }
+            ClientIo::Tls(s) => {
+                let (cr, cw) = tokio::io::split(&mut **s);
+                let (tr, tw) = upstream.split();
+                relay::relay(cr, cw, tr, tw, idle, stop).await
+            }
+        };
+        metrics::counter!("causeway_nlb_processed_bytes", &labels)
+            .increment(n.client_to_target + n.target_to_client);
+        match result {
+            Ok(()) => {}
+            Err(relay::RelayError::Idle(_)) => {
+                metrics::counter!("causeway_nlb_idle_timeout_count", &labels).increment(1);
+            }
+            Err(relay::RelayError::Terminated) => {
+                // Reset both sides, as NLB does when it terminates a flow.
+                metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(2);
+                for s in [client.tcp(), &upstream] {
+                    if let Err(e) = s.set_zero_linger() {
+                        tracing::debug!(error = %e, "SO_LINGER");
+                    }
                 }
             }
+            Err(relay::RelayError::Client(e)) => {
+                metrics::counter!("causeway_nlb_tcp_client_reset_count", &labels).increment(1);
+                tracing::debug!(peer = %conn.peer, error = %e, "client side ended with an error");
+            }
+            Err(relay::RelayError::Target(e)) => {
+                metrics::counter!("causeway_nlb_tcp_target_reset_count", &labels).increment(1);
+                tracing::debug!(target = %in_flight.target().cfg.address, error = %e,
+                    "target side ended with an error");
+            }
         }
-        Err(relay::RelayError::Client(e)) => {
-            metrics::counter!("causeway_nlb_tcp_client_reset_count", &labels).increment(1);
-            tracing::debug!(peer = %conn.peer, error = %e, "client side ended with an error");
-        }
-        Err(relay::RelayError::Target(e)) => {
-            metrics::counter!("causeway_nlb_tcp_target_reset_count", &labels).increment(1);
-            tracing::debug!(target = %in_flight.target().cfg.address, error = %e,
-                "target side ended with an error");
-        }
+        active.decrement(1.0);
     }
-    active.decrement(1.0);
 }

@@ -6,7 +6,9 @@
 
 use crate::relay::{RelayError, Relayed};
 use std::cell::RefCell;
+use std::future::Future;
 use std::io::{self, Read};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -193,6 +195,27 @@ impl<C: Carrier> Way<C> {
     }
 }
 
+/// Which sides of a relay are ready, with their readiness results.
+struct Ready {
+    up_read: Option<io::Result<()>>,
+    up_write: Option<io::Result<()>>,
+    down_read: Option<io::Result<()>>,
+    down_write: Option<io::Result<()>>,
+    idle: bool,
+    stop: bool,
+}
+
+impl Ready {
+    fn any(&self) -> bool {
+        self.up_read.is_some()
+            || self.up_write.is_some()
+            || self.down_read.is_some()
+            || self.down_write.is_some()
+            || self.idle
+            || self.stop
+    }
+}
+
 /// Relays between two TCP streams until both directions have ended, until no byte moved for
 /// `idle`, or until `stop` resolves. Returns the counts either way.
 pub async fn relay<C: Carrier>(
@@ -228,35 +251,71 @@ pub async fn relay<C: Carrier>(
     tokio::pin!(timer);
     tokio::pin!(stop);
     while up.live() || down.live() {
-        tokio::select! {
-            r = client.readable(), if up.can_fill() => {
-                let r = r.map_err(|e| (true, e)).and_then(|()| up.pump(client, target));
-                match r {
-                    Ok(true) => timer.as_mut().reset(tokio::time::Instant::now() + idle),
-                    Ok(false) => {}
-                    Err(e) => return (counts(&up, &down), Err(up_err(e))),
-                }
+        // Every side that is ready, found by polling readiness in place: no future per branch
+        // (tokio::select! built six each round, 624 bytes of every flow's task), and no side
+        // starves another, since all ready ones are served in turn.
+        let wants = (
+            up.can_fill(),
+            up.c.pending() > 0,
+            down.can_fill(),
+            down.c.pending() > 0,
+        );
+        let ready = std::future::poll_fn(|cx| {
+            let poll = |p: Poll<io::Result<()>>| match p {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            };
+            let r = Ready {
+                up_read: wants.0.then(|| poll(client.poll_read_ready(cx))).flatten(),
+                up_write: wants.1.then(|| poll(target.poll_write_ready(cx))).flatten(),
+                down_read: wants.2.then(|| poll(target.poll_read_ready(cx))).flatten(),
+                down_write: wants.3.then(|| poll(client.poll_write_ready(cx))).flatten(),
+                idle: timer.as_mut().poll(cx).is_ready(),
+                stop: stop.as_mut().poll(cx).is_ready(),
+            };
+            if r.any() {
+                Poll::Ready(r)
+            } else {
+                Poll::Pending
             }
-            r = target.writable(), if up.c.pending() > 0 => {
-                if let Err(e) = r.and_then(|()| up.deliver(target)) {
-                    return (counts(&up, &down), Err(RelayError::Target(e)));
-                }
+        })
+        .await;
+        if ready.stop {
+            return (counts(&up, &down), Err(RelayError::Terminated));
+        }
+        if let Some(r) = ready.up_read {
+            let r = r
+                .map_err(|e| (true, e))
+                .and_then(|()| up.pump(client, target));
+            match r {
+                Ok(true) => timer.as_mut().reset(tokio::time::Instant::now() + idle),
+                Ok(false) => {}
+                Err(e) => return (counts(&up, &down), Err(up_err(e))),
             }
-            r = target.readable(), if down.can_fill() => {
-                let r = r.map_err(|e| (true, e)).and_then(|()| down.pump(target, client));
-                match r {
-                    Ok(true) => timer.as_mut().reset(tokio::time::Instant::now() + idle),
-                    Ok(false) => {}
-                    Err(e) => return (counts(&up, &down), Err(down_err(e))),
-                }
+        }
+        if let Some(r) = ready.up_write {
+            if let Err(e) = r.and_then(|()| up.deliver(target)) {
+                return (counts(&up, &down), Err(RelayError::Target(e)));
             }
-            r = client.writable(), if down.c.pending() > 0 => {
-                if let Err(e) = r.and_then(|()| down.deliver(client)) {
-                    return (counts(&up, &down), Err(RelayError::Client(e)));
-                }
+        }
+        if let Some(r) = ready.down_read {
+            let r = r
+                .map_err(|e| (true, e))
+                .and_then(|()| down.pump(target, client));
+            match r {
+                Ok(true) => timer.as_mut().reset(tokio::time::Instant::now() + idle),
+                Ok(false) => {}
+                Err(e) => return (counts(&up, &down), Err(down_err(e))),
             }
-            _ = &mut timer => return (counts(&up, &down), Err(RelayError::Idle(idle))),
-            () = &mut stop => return (counts(&up, &down), Err(RelayError::Terminated)),
+        }
+        if let Some(r) = ready.down_write {
+            if let Err(e) = r.and_then(|()| down.deliver(client)) {
+                return (counts(&up, &down), Err(RelayError::Client(e)));
+            }
+        }
+        // Idle only if nothing moved in this round (a pump above resets the timer).
+        if ready.idle && timer.is_elapsed() {
+            return (counts(&up, &down), Err(RelayError::Idle(idle)));
         }
     }
     (counts(&up, &down), Ok(()))
