@@ -162,6 +162,15 @@ async fn phases(
     };
     // action
     match action {
+        Action::FixedResponse { status, .. }
+            if *status < 300 && crate::ws_h2::is_websocket(&parts) =>
+        {
+            // A 2xx to an extended CONNECT opens a tunnel: there is nothing behind this one.
+            refused(ProxyError::Client(
+                501,
+                "a WebSocket routed to a fixed response",
+            ))
+        }
         Action::FixedResponse {
             status,
             content_type,

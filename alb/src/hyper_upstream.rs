@@ -488,6 +488,9 @@ async fn forward_h1(
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = Vec::with_capacity(512);
     if upgrade.is_some() {
+        // Our key goes to the target, never one the h2 client sent (RFC 8441 has none).
+        let mut headers = headers.clone();
+        headers.remove("sec-websocket-key");
         h1::request_head(&mut head, &Method::GET, pq, &headers, framing);
         crate::ws_h2::upgrade_head(&mut head, &headers, &crate::ws_h2::new_key());
     } else {

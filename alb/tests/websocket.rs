@@ -1,7 +1,8 @@
 //! WebSockets through the alb with real clients (tokio-tungstenite) to a tokio-tungstenite
 //! target: over HTTP/1.1, where the tunnel opens after the target's 101; and over HTTP/2 (RFC
 //! 8441 extended CONNECT from hyper's client) to the same HTTP/1.1 target. A target's refusal
-//! is relayed; a 2xx without a 101 is a 502; an h2 target group refuses with 501.
+//! is relayed; a 2xx without a 101 is a 502; an h2 target group and a fixed response refuse
+//! with 501.
 
 use bytes::Bytes;
 use causeway_alb::Alb;
@@ -116,6 +117,10 @@ action = {{ type = "forward", target_group = "ws" }}
 priority = 2
 conditions = [{{ field = "path-pattern", values = ["/h2*"] }}]
 action = {{ type = "forward", target_group = "h2" }}
+[[listeners.rules]]
+priority = 3
+conditions = [{{ field = "path-pattern", values = ["/fixed"] }}]
+action = {{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "not a socket" }}
 [target_groups.ws]
 targets = [{{ address = "{ws}" }}]
 health_check.interval_seconds = 300
@@ -213,6 +218,8 @@ fn connect(addr: SocketAddr, path: &str) -> hyper::Request<Empty<Bytes>> {
         .uri(format!("http://a.example.test:{}{path}", addr.port()))
         .header("sec-websocket-version", "13")
         .header("sec-websocket-protocol", "chat")
+        // Not part of RFC 8441: the alb sends the target its own key instead.
+        .header("sec-websocket-key", "Y2xpZW50J3Mgb3duIGtleQ==")
         .extension(hyper::ext::Protocol::from_static("websocket"))
         .body(Empty::new())
         .unwrap()
@@ -252,7 +259,17 @@ async fn a_websocket_over_h2_reaches_an_http1_target_as_a_get_upgrade() {
     };
     assert_eq!(h("upgrade"), Some("websocket"));
     assert_eq!(h("sec-websocket-version"), Some("13"));
-    assert_eq!(h("sec-websocket-key").map(str::len), Some(24));
+    let keys: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k == "sec-websocket-key")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(keys.len(), 1, "one key: {keys:?}");
+    assert_eq!(keys[0].len(), 24);
+    assert_ne!(
+        keys[0], "Y2xpZW50J3Mgb3duIGtleQ==",
+        "the alb's key, not the client's"
+    );
     assert_eq!(
         h("host"),
         Some(format!("a.example.test:{}", addr.port()).as_str())
@@ -288,6 +305,9 @@ async fn h2_websocket_refusals_are_relayed_and_a_2xx_without_101_is_a_502() {
     );
     // An h2 target group cannot carry it.
     let resp = s2.send_request(connect(addr2, "/h2/x")).await.unwrap();
+    assert_eq!(resp.status(), 501);
+    // A fixed response cannot be a WebSocket's other end.
+    let resp = s2.send_request(connect(addr2, "/fixed")).await.unwrap();
     assert_eq!(resp.status(), 501);
     // A CONNECT that is not a WebSocket is still refused.
     let plain_connect = hyper::Request::builder()

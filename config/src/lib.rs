@@ -74,19 +74,24 @@ pub fn read_text(path: &Path) -> Result<String, ConfigError> {
         file: path.display().to_string(),
         source,
     };
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(path)
         .map_err(io)?
         .take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(io)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
+    if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
         )));
     }
-    Ok(text)
+    String::from_utf8(bytes).map_err(|e| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8: {e}"),
+        ))
+    })
 }
 
 /// Reads, parses and validates the file at `path`.

@@ -60,6 +60,7 @@ pub fn main<P: Plane>() -> ExitCode {
     let Some(path) = args.config else {
         return ExitCode::FAILURE;
     };
+    catch_hangup_from_the_start();
     crate::telemetry::init_logging();
     let config = match causeway_config::load::<P::File>(&path) {
         Ok(c) => c,
@@ -91,6 +92,31 @@ pub fn main<P: Plane>() -> ExitCode {
     rt.block_on(run::<P>(path, config, args.upgrade))
 }
 
+/// Catches SIGHUP before the config loads: its default action ends the process, and a reload
+/// can come that early (a master passing one on to a worker still starting, or systemd's
+/// `reload` just after `start`). One that early is dropped, not acted on: the config is being
+/// read fresh anyway. tokio keeps a handler it installed for the life of the process, so a
+/// throwaway runtime installs it; `run` and the master then listen with their own streams.
+fn catch_hangup_from_the_start() {
+    let installed = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map(|rt| rt.block_on(async { signal(SignalKind::hangup()).map(drop) }));
+    if !matches!(installed, Ok(Ok(()))) {
+        eprintln!("cannot catch SIGHUP: a reload sent while starting would end the process");
+    }
+}
+
+/// The path this binary was started by, symlinks kept (a deploy that switches a symlink to a
+/// new release upgrades to it); as an absolute path when it names a file, else the resolved
+/// executable.
+fn own_path() -> std::io::Result<PathBuf> {
+    match std::env::args_os().next().map(PathBuf::from) {
+        Some(p) if p.components().count() > 1 => Ok(std::env::current_dir()?.join(p)),
+        _ => std::env::current_exe(),
+    }
+}
+
 /// `--master`: the master's own small runtime, and this binary's path for its workers.
 fn master(path: &std::path::Path, has_upgrade_socket: bool) -> ExitCode {
     if !has_upgrade_socket {
@@ -99,7 +125,7 @@ fn master(path: &std::path::Path, has_upgrade_socket: bool) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let exe = match std::env::current_exe() {
+    let exe = match own_path() {
         Ok(e) => e,
         Err(e) => {
             eprintln!("--master: cannot find this binary's path: {e}");
@@ -118,9 +144,8 @@ fn master(path: &std::path::Path, has_upgrade_socket: bool) -> ExitCode {
     }
 }
 
-/// The signals a data plane handles, installed first thing: one that arrives while the config
-/// loads and the sockets bind waits for the loop instead of killing the process (SIGHUP's
-/// default), as it can from a master passing a reload on to a worker still starting.
+/// The signals a data plane handles, installed as `run` starts: one that arrives while the
+/// sockets bind waits for the loop.
 struct Signals {
     hup: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,

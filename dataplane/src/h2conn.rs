@@ -50,14 +50,34 @@ pub const CONTROL_PER_USEFUL_FRAME: u64 = 2;
 /// WINDOW_UPDATEs in proportion to what it receives: a 16 KiB DATA frame earns four).
 pub const BYTES_PER_CONTROL_FRAME: u64 = 4096;
 
-/// Envoy's premature-reset rule: once a client has opened this many streams, resetting half
-/// of them or more is a rapid-reset attack (CVE-2023-44487), whatever the other budgets say.
-pub const RESET_CHECK_STREAMS: u64 = 100;
+/// Envoy's premature-reset rule (CVE-2023-44487, rapid reset): a reset is premature when the
+/// client cancels a stream we have not finished answering within a second of opening it. Past
+/// 500 streams, more than half of them reset prematurely closes the connection; before, 250
+/// premature resets do.
+pub const RESET_CHECK_STREAMS: u64 = 500;
+/// How young a stream's reset must be to count as premature.
+pub const PREMATURE_RESET: Duration = Duration::from_secs(1);
+/// Control frames the connection's age earns per second (keep-alive PINGs at any sane rate).
+pub const CONTROL_PER_SECOND: u64 = 2;
+/// Streams remembered for the premature-reset rule (older ones are past a second anyway, at
+/// any rate a server with 128 concurrent streams answers).
+const OPEN_STREAMS: usize = 256;
 
 /// The frame types this budget tells apart (RFC 9113 §6).
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
+
+/// A frame header: where it started in the piece (0 if in an earlier one), type, flags,
+/// payload length, stream.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    start: usize,
+    kind: u8,
+    flags: u8,
+    len: u32,
+    stream: u32,
+}
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 
@@ -83,9 +103,8 @@ impl Frames {
         }
     }
 
-    /// The next frame header completed in `bytes[*i..]`: where it started in `bytes` (0 if in
-    /// an earlier piece), its type, flags and length. Advances `*i` past what it consumed.
-    fn next(&mut self, bytes: &[u8], i: &mut usize) -> Option<(usize, u8, u8, u32)> {
+    /// The next frame header completed in `bytes[*i..]`. Advances `*i` past what it consumed.
+    fn next(&mut self, bytes: &[u8], i: &mut usize) -> Option<Head> {
         while *i < bytes.len() {
             let left = bytes.len() - *i;
             if self.preface_left > 0 {
@@ -113,7 +132,14 @@ impl Frames {
             let h = self.head;
             let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
             self.payload_left = len;
-            return Some((start, h[3], h[4], len));
+            let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            return Some(Head {
+                start,
+                kind: h[3],
+                flags: h[4],
+                len,
+                stream,
+            });
         }
         None
     }
@@ -123,21 +149,24 @@ impl Frames {
 /// that only cost work (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, GOAWAY, unknown
 /// types, empty DATA without END_STREAM). More of the latter than the budget allows is a
 /// flood, as Envoy's and NGINX's flood checks and HAProxy's glitch counter treat it. The
-/// budget grows with request frames and with the DATA the client is sent (whose WINDOW_UPDATEs
-/// it earns), not with our answers to its control frames. Separately, a client that resets
-/// half the streams it opened, past the first `RESET_CHECK_STREAMS`, is flooding. Pure: it
-/// sees bytes, not sockets.
+/// budget grows with request frames, with the DATA the client is sent (whose WINDOW_UPDATEs
+/// it earns) and with the connection's age, not with our answers to its control frames.
+/// Separately it keeps Envoy's premature-reset rule. Pure: it sees bytes and the connection's
+/// age, not sockets or clocks.
 #[derive(Debug, Clone)]
 pub struct FrameBudget {
     inbound: Frames,
     outbound: Frames,
     control: u64,
     useful: u64,
-    /// HEADERS frames (streams opened, and trailers) and RST_STREAM frames from the client.
-    headers: u64,
-    resets: u64,
     data_frames_sent: u64,
     data_sent: u64,
+    /// Streams the client opened, the highest id, and those still unanswered with their age
+    /// at opening (oldest first).
+    streams: u64,
+    last_stream: u32,
+    open: std::collections::VecDeque<(u32, Duration)>,
+    premature: u64,
 }
 
 impl Default for FrameBudget {
@@ -154,20 +183,27 @@ impl FrameBudget {
             outbound: Frames::new(false),
             control: 0,
             useful: 0,
-            headers: 0,
-            resets: 0,
             data_frames_sent: 0,
             data_sent: 0,
+            streams: 0,
+            last_stream: 0,
+            open: std::collections::VecDeque::new(),
+            premature: 0,
         }
     }
 
-    /// Notes bytes written to the client; DATA payloads earn control frames.
+    /// Notes bytes written to the client: DATA payloads earn control frames, and a stream
+    /// whose answer ended (END_STREAM, or our RST_STREAM) can no longer be reset prematurely.
     pub fn sent(&mut self, bytes: &[u8]) {
         let mut i = 0;
-        while let Some((_, kind, _, len)) = self.outbound.next(bytes, &mut i) {
-            if kind == DATA {
+        while let Some(h) = self.outbound.next(bytes, &mut i) {
+            if h.kind == DATA {
                 self.data_frames_sent += 1;
-                self.data_sent += u64::from(len);
+                self.data_sent += u64::from(h.len);
+            }
+            let ended = matches!(h.kind, DATA | HEADERS) && h.flags & END_STREAM != 0;
+            if ended || h.kind == RST_STREAM {
+                self.forget(h.stream);
             }
         }
     }
@@ -177,37 +213,61 @@ impl FrameBudget {
         self.control
     }
 
-    fn allowed(&self) -> u64 {
+    /// Premature resets counted so far.
+    pub fn premature_resets(&self) -> u64 {
+        self.premature
+    }
+
+    fn forget(&mut self, stream: u32) -> Option<Duration> {
+        let at = self.open.binary_search_by_key(&stream, |(s, _)| *s).ok()?;
+        self.open.remove(at).map(|(_, opened)| opened)
+    }
+
+    fn allowed(&self, age: Duration) -> u64 {
         FREE_CONTROL_FRAMES
             + (self.useful + self.data_frames_sent) * CONTROL_PER_USEFUL_FRAME
             + self.data_sent / BYTES_PER_CONTROL_FRAME
+            + age.as_secs() * CONTROL_PER_SECOND
     }
 
-    /// Feeds bytes read from the client. Returns the offset in `bytes` where the frame that
-    /// broke the budget starts (0 if it started in an earlier piece), or `None` while it holds.
-    pub fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+    /// Feeds bytes read from the client when the connection is `age` old. Returns the offset in
+    /// `bytes` where the frame that broke the budget starts (0 if it started in an earlier
+    /// piece), or `None` while it holds.
+    pub fn feed(&mut self, bytes: &[u8], age: Duration) -> Option<usize> {
         let mut i = 0;
-        while let Some((start, kind, flags, len)) = self.inbound.next(bytes, &mut i) {
-            match (kind, len) {
-                (DATA, 0) if flags & END_STREAM == 0 => self.control += 1,
+        while let Some(h) = self.inbound.next(bytes, &mut i) {
+            let mut rapid_reset = false;
+            match (h.kind, h.len) {
+                (DATA, 0) if h.flags & END_STREAM == 0 => self.control += 1,
                 (HEADERS, _) => {
                     self.useful += 1;
-                    self.headers += 1;
+                    // Client streams are odd and rise: a lower or equal id is trailers.
+                    if h.stream > self.last_stream {
+                        self.last_stream = h.stream;
+                        self.streams += 1;
+                        if self.open.len() == OPEN_STREAMS {
+                            self.open.pop_front();
+                        }
+                        self.open.push_back((h.stream, age));
+                    }
                 }
                 (DATA, _) => self.useful += 1,
                 // The h2 crate bounds CONTINUATION floods itself.
                 (CONTINUATION, _) => {}
                 (RST_STREAM, _) => {
                     self.control += 1;
-                    self.resets += 1;
+                    if let Some(opened) = self.forget(h.stream) {
+                        if age.saturating_sub(opened) < PREMATURE_RESET {
+                            self.premature += 1;
+                            rapid_reset =
+                                self.premature * 2 >= RESET_CHECK_STREAMS.max(self.streams + 1);
+                        }
+                    }
                 }
                 _ => self.control += 1,
             }
-            let rapid_reset = kind == RST_STREAM
-                && self.headers >= RESET_CHECK_STREAMS
-                && self.resets * 2 >= self.headers;
-            if self.control > self.allowed() || rapid_reset {
-                return Some(start);
+            if rapid_reset || self.control > self.allowed(age) {
+                return Some(h.start);
             }
         }
         None
@@ -225,9 +285,12 @@ struct Activity {
 }
 
 impl Activity {
-    fn touch(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+    /// Notes a read or write now; returns the connection's age.
+    fn touch(&self) -> Duration {
+        let age = self.opened.elapsed();
+        self.last_ms
+            .store(age.as_millis() as u64, Ordering::Relaxed);
+        age
     }
 
     /// When the connection idles out if nothing moves before.
@@ -259,9 +322,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         let after = buf.filled().len();
         if after > before {
-            self.activity.touch();
+            let age = self.activity.touch();
             let this = &mut *self;
-            if let Some(at) = this.budget.feed(&buf.filled()[before..after]) {
+            if let Some(at) = this.budget.feed(&buf.filled()[before..after], age) {
                 this.activity.flooded.store(true, Ordering::Relaxed);
                 this.activity.flood.notify_one();
                 buf.set_filled(before + at);
@@ -281,7 +344,7 @@ impl<IO> Watched<IO> {
         if n == 0 {
             return;
         }
-        self.activity.touch();
+        let _ = self.activity.touch();
         for b in bufs {
             let take = n.min(b.len());
             self.budget.sent(&b[..take]);
@@ -491,6 +554,8 @@ pub async fn serve<IO, S, B>(
 mod tests {
     use super::*;
 
+    const Z: Duration = Duration::ZERO;
+
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
         f.push(kind);
@@ -513,7 +578,7 @@ mod tests {
         bytes.extend(frame(0x4, 0, 0, &[]));
         let first = bytes.len();
         bytes.extend(pings(2000));
-        let at = b.feed(&bytes).expect("a flood");
+        let at = b.feed(&bytes, Z).expect("a flood");
         // SETTINGS plus 1000 PINGs are allowed; the PING after them is where it breaks.
         assert_eq!(at, first + (FREE_CONTROL_FRAMES as usize - 1) * 17);
         assert_eq!(b.control_frames(), FREE_CONTROL_FRAMES + 1);
@@ -523,11 +588,11 @@ mod tests {
     fn byte_at_a_time_finds_the_same_place() {
         let mut bytes = PREFACE.to_vec();
         bytes.extend(pings(1500));
-        let whole = FrameBudget::new().feed(&bytes);
+        let whole = FrameBudget::new().feed(&bytes, Z);
         let mut b = FrameBudget::new();
         let mut found = None;
         for (i, byte) in bytes.iter().enumerate() {
-            if let Some(at) = b.feed(std::slice::from_ref(byte)) {
+            if let Some(at) = b.feed(std::slice::from_ref(byte), Z) {
                 // The breaking frame began in an earlier read: the offset saturates to 0.
                 assert_eq!(at, 0);
                 found = Some(i + 1 - 9);
@@ -547,12 +612,12 @@ mod tests {
         }
         // 1000 free + 1200 useful frames × 2 = 3400.
         bytes.extend(pings(3400));
-        assert_eq!(b.feed(&bytes), None);
-        assert!(b.feed(&pings(1)).is_some());
+        assert_eq!(b.feed(&bytes, Z), None);
+        assert!(b.feed(&pings(1), Z).is_some());
 
         // A client downloading 64 MiB sends a WINDOW_UPDATE per 16 KiB: 4096 of them.
         let mut d = FrameBudget::new();
-        d.feed(PREFACE);
+        d.feed(PREFACE, Z);
         let data = frame(DATA, 0, 1, &[0; 16384]);
         for _ in 0..4096 {
             d.sent(&data[..100]);
@@ -563,64 +628,108 @@ mod tests {
         let updates: Vec<u8> = (0..4096)
             .flat_map(|_| frame(0x8, 0, 1, &16384u32.to_be_bytes()))
             .collect();
-        assert_eq!(d.feed(&updates), None);
+        assert_eq!(d.feed(&updates, Z), None);
 
         // A stream of small DATA frames earns two control frames each.
         let mut g = FrameBudget::new();
-        g.feed(PREFACE);
+        g.feed(PREFACE, Z);
         for _ in 0..5000 {
             g.sent(&frame(DATA, 0, 1, &[0; 100]));
         }
-        assert_eq!(g.feed(&pings(11_000)), None);
+        assert_eq!(g.feed(&pings(11_000), Z), None);
 
         // Answers to its own PINGs earn a client nothing.
         let mut p = FrameBudget::new();
         p.sent(&pings(10_000));
         let mut bytes = PREFACE.to_vec();
         bytes.extend(pings(FREE_CONTROL_FRAMES as usize + 1));
-        assert!(p.feed(&bytes).is_some());
+        assert!(p.feed(&bytes, Z).is_some());
     }
 
     #[test]
     fn empty_data_frames_and_unknown_types_count_large_payloads_are_skipped() {
         let mut b = FrameBudget::new();
-        b.feed(PREFACE);
+        b.feed(PREFACE, Z);
         let empty: Vec<u8> = (0..FREE_CONTROL_FRAMES - 1)
             .flat_map(|_| frame(DATA, 0, 1, &[]))
             .collect();
-        assert_eq!(b.feed(&empty), None);
+        assert_eq!(b.feed(&empty, Z), None);
         // A 16 KiB unknown frame whose payload looks like PINGs counts once.
-        assert_eq!(b.feed(&frame(0xfa, 0, 0, &pings(963))), None);
+        assert_eq!(b.feed(&frame(0xfa, 0, 0, &pings(963)), Z), None);
         assert_eq!(b.control_frames(), FREE_CONTROL_FRAMES);
-        assert_eq!(b.feed(&pings(1)), Some(0));
+        assert_eq!(b.feed(&pings(1), Z), Some(0));
+    }
+
+    fn open_and_reset(s: u32) -> Vec<u8> {
+        let mut f = frame(HEADERS, 0x5, s, &[0x82; 20]);
+        f.extend(frame(RST_STREAM, 0, s, &8u32.to_be_bytes()));
+        f
     }
 
     #[test]
-    fn resetting_half_the_streams_past_the_first_hundred_is_a_rapid_reset() {
-        let pair = |s: u32| {
-            let mut f = frame(HEADERS, 0x5, s, &[0x82; 20]);
-            f.extend(frame(RST_STREAM, 0, s, &8u32.to_be_bytes()));
-            f
-        };
+    fn premature_resets_follow_envoys_rule() {
+        // 250 streams opened and reset at once: the 250th reset breaks it (before 500 streams,
+        // half of 500 premature resets is enough).
         let mut b = FrameBudget::new();
-        b.feed(PREFACE);
-        for s in 0..99 {
-            assert_eq!(b.feed(&pair(2 * s + 1)), None);
+        b.feed(PREFACE, Z);
+        for s in 0..249 {
+            assert_eq!(b.feed(&open_and_reset(2 * s + 1), Z), None);
         }
-        // The 100th stream opened and reset: the RST_STREAM is where it breaks.
-        assert_eq!(b.feed(&pair(199)), Some(29));
+        assert_eq!(b.feed(&open_and_reset(499), Z), Some(29));
+        assert_eq!(b.premature_resets(), 250);
 
-        // A client that cancels a third of its requests goes on.
+        // A client that cancels a third of its requests at once goes on.
         let mut c = FrameBudget::new();
-        c.feed(PREFACE);
+        c.feed(PREFACE, Z);
         for s in 0..3000u32 {
             let f = if s % 3 == 0 {
-                pair(2 * s + 1)
+                open_and_reset(2 * s + 1)
             } else {
                 frame(HEADERS, 0x5, 2 * s + 1, &[0x82; 20])
             };
-            assert_eq!(c.feed(&f), None, "stream {s}");
+            assert_eq!(c.feed(&f, Z), None, "stream {s}");
         }
+
+        // Resets a second or more after opening, or after the answer ended, are not premature.
+        let mut late = FrameBudget::new();
+        late.feed(PREFACE, Z);
+        for s in 0..600u32 {
+            late.feed(&frame(HEADERS, 0x5, 2 * s + 1, &[0x82; 20]), Z);
+        }
+        let secs = Duration::from_secs(1);
+        for s in 0..300u32 {
+            let rst = frame(RST_STREAM, 0, 2 * s + 1, &8u32.to_be_bytes());
+            assert_eq!(late.feed(&rst, secs), None);
+        }
+        for s in 300..600u32 {
+            late.sent(&frame(HEADERS, 0x5, 2 * s + 1, &[0x88]));
+            let rst = frame(RST_STREAM, 0, 2 * s + 1, &8u32.to_be_bytes());
+            assert_eq!(late.feed(&rst, secs / 2), None);
+        }
+        assert_eq!(late.premature_resets(), 0);
+
+        // Trailers (a second HEADERS on a stream) open nothing.
+        let mut t = FrameBudget::new();
+        t.feed(PREFACE, Z);
+        for _ in 0..10 {
+            t.feed(&frame(HEADERS, 0x5, 1, &[0x82; 20]), Z);
+        }
+        assert_eq!(t.streams, 1);
+    }
+
+    #[test]
+    fn the_connections_age_earns_keep_alive_pings() {
+        // A PING every second for two hours: 7200 PINGs, never a flood.
+        let mut b = FrameBudget::new();
+        b.feed(PREFACE, Z);
+        for s in 0..7200u64 {
+            let ping = frame(0x6, 0, 0, &s.to_be_bytes());
+            assert_eq!(b.feed(&ping, Duration::from_secs(s)), None, "ping {s}");
+        }
+        // The same PINGs at once are one.
+        let mut f = FrameBudget::new();
+        f.feed(PREFACE, Z);
+        assert!(f.feed(&pings(7200), Duration::from_secs(1)).is_some());
     }
 
     #[tokio::test]

@@ -348,8 +348,11 @@ impl<P: Plane> Server<P> {
                 local,
                 shutdown: server.shutdown.subscribe(),
             };
+            // The plane's future is made here, not inside the task's block: a block that moved
+            // `conn` into it would keep `conn`'s storage beside it for the connection's life.
+            let serve = P::serve(conn, snaps);
             tokio::spawn(async move {
-                P::serve(conn, snaps).await;
+                serve.await;
                 drop(guard);
             });
         }));

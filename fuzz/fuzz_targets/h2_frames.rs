@@ -11,7 +11,7 @@ fn breaks_at(bytes: &[u8], cuts: &[usize]) -> Option<usize> {
     let mut b = FrameBudget::new();
     let mut from = 0;
     for &to in cuts.iter().chain(std::iter::once(&bytes.len())) {
-        if let Some(at) = b.feed(&bytes[from..to]) {
+        if let Some(at) = b.feed(&bytes[from..to], std::time::Duration::ZERO) {
             return Some(from + at);
         }
         from = to;
