@@ -50,9 +50,11 @@ pub async fn accept_loop(
 ) {
     let local = listener.local_addr().ok();
     loop {
+        // Stop first: once told, accept nothing more (the queue stays for whoever listens on).
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            biased;
             _ = stop.changed() => break,
+            r = listener.accept() => r,
         };
         match accepted {
             Ok((stream, peer)) => {

@@ -187,6 +187,9 @@ struct ListenerHandle {
     stop: watch::Sender<bool>,
     /// The listening socket, for a binary upgrade to hand over.
     socket: Option<std::os::fd::OwnedFd>,
+    /// The accept loop: a drain waits for it to end before it counts live connections, or a
+    /// connection accepted in between would be cut when the process exits.
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// A running data plane.
@@ -338,7 +341,7 @@ impl<P: Plane> Server<P> {
         let (stop, stop_rx) = watch::channel(false);
         let weak = Arc::downgrade(self);
         let local = l.local_addr().unwrap_or(addr);
-        tokio::spawn(accept_loop(l, stop_rx, move |stream, peer| {
+        let task = tokio::spawn(accept_loop(l, stop_rx, move |stream, peer| {
             let Some(server) = weak.upgrade() else { return };
             let snaps = server.current.clone();
             let guard = server.conns.enter();
@@ -356,7 +359,7 @@ impl<P: Plane> Server<P> {
                 drop(guard);
             });
         }));
-        lock(&self.listeners).insert(addr, ListenerHandle { stop, socket });
+        lock(&self.listeners).insert(addr, ListenerHandle { stop, socket, task });
     }
 
     fn start_checkers(&self) {
@@ -505,9 +508,16 @@ impl<P: Plane> Server<P> {
     pub async fn shutdown(&self) -> bool {
         let grace = P::server(&self.snapshot().config).grace_period;
         self.shutdown.send_replace(true);
-        for (addr, h) in std::mem::take(&mut *lock(&self.listeners)) {
+        let listeners = std::mem::take(&mut *lock(&self.listeners));
+        for (addr, h) in &listeners {
             if h.stop.send(true).is_err() {
                 tracing::debug!(%addr, "listener already stopped");
+            }
+        }
+        // No accept after this: a connection accepted while the drain counted would be cut.
+        for (addr, h) in listeners {
+            if let Err(e) = h.task.await {
+                tracing::warn!(%addr, error = %e, "accept loop ended badly");
             }
         }
         tracing::info!(live = self.conns.live(), ?grace, "draining connections");
