@@ -351,11 +351,10 @@ impl<P: Plane> Server<P> {
                 local,
                 shutdown: server.shutdown.subscribe(),
             };
-            // The plane's future is made here, not inside the task's block: a block that moved
-            // `conn` into it would keep `conn`'s storage beside it for the connection's life.
-            let serve = P::serve(conn, snaps);
+            // The plane's future is made inside the block: made outside, it would be stored
+            // twice in the task (as the block's capture, and again where it is awaited).
             tokio::spawn(async move {
-                serve.await;
+                P::serve(conn, snaps).await;
                 drop(guard);
             });
         }));
