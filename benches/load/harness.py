@@ -165,7 +165,11 @@ def measure(proxy, seconds, conns, client="wrk"):
     run(url, 2, conns)  # warm-up: pools, caches
     before = cpu_seconds(proxy["pid"])
     r = run(url, seconds, conns) if client != "wrk" else wrk(url, seconds, conns, proxy.get("wrk_extra", ()))
-    r["cpu_per_100k"] = (cpu_seconds(proxy["pid"]) - before) / r["requests"] * 100_000
+    # A proxy that served nothing (a client it cannot speak to) is reported, not divided by.
+    cpu = cpu_seconds(proxy["pid"]) - before
+    r["cpu_per_100k"] = cpu / r["requests"] * 100_000 if r["requests"] else float("nan")
+    if not r["requests"]:
+        r["errors"] = max(r.get("errors", 0), 1)
     return r
 
 
