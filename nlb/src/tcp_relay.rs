@@ -193,6 +193,27 @@ impl<C: Carrier> Way<C> {
         self.deliver(dst).map_err(|e| (false, e))?;
         Ok(moved)
     }
+
+    /// Serves the sides of this direction that were ready: its source readable (read, then
+    /// deliver), its destination writable (deliver). `Ok(true)`: bytes were read. The error
+    /// says whether the source (`true`) or the destination failed.
+    fn serve(
+        &mut self,
+        src: &TcpStream,
+        dst: &TcpStream,
+        read: Option<io::Result<()>>,
+        write: Option<io::Result<()>>,
+    ) -> Result<bool, (bool, io::Error)> {
+        let mut moved = false;
+        if let Some(r) = read {
+            r.map_err(|e| (true, e))?;
+            moved = self.pump(src, dst)?;
+        }
+        if let Some(r) = write {
+            r.and_then(|()| self.deliver(dst)).map_err(|e| (false, e))?;
+        }
+        Ok(moved)
+    }
 }
 
 /// Which sides of a relay are ready, with their readiness results.
@@ -232,19 +253,13 @@ pub async fn relay<C: Carrier>(
         (Ok(u), Ok(d)) => (u, d),
         (Err(e), _) | (_, Err(e)) => return (Relayed::default(), Err(RelayError::Client(e))),
     };
-    // (source side failed?, error) → the error on the right side.
-    let up_err = |(source, e): (bool, io::Error)| {
-        if source {
+    // A failure on the client's socket or the target's: the client is the source going up
+    // and the destination coming down.
+    let blame = |client: bool, e: io::Error| {
+        if client {
             RelayError::Client(e)
         } else {
             RelayError::Target(e)
-        }
-    };
-    let down_err = |(source, e): (bool, io::Error)| {
-        if source {
-            RelayError::Target(e)
-        } else {
-            RelayError::Client(e)
         }
     };
     let timer = tokio::time::sleep(idle);
@@ -283,35 +298,16 @@ pub async fn relay<C: Carrier>(
         if ready.stop {
             return (counts(&up, &down), Err(RelayError::Terminated));
         }
-        if let Some(r) = ready.up_read {
-            let r = r
-                .map_err(|e| (true, e))
-                .and_then(|()| up.pump(client, target));
-            match r {
-                Ok(true) => timer.as_mut().reset(tokio::time::Instant::now() + idle),
-                Ok(false) => {}
-                Err(e) => return (counts(&up, &down), Err(up_err(e))),
-            }
-        }
-        if let Some(r) = ready.up_write {
-            if let Err(e) = r.and_then(|()| up.deliver(target)) {
-                return (counts(&up, &down), Err(RelayError::Target(e)));
-            }
-        }
-        if let Some(r) = ready.down_read {
-            let r = r
-                .map_err(|e| (true, e))
-                .and_then(|()| down.pump(target, client));
-            match r {
-                Ok(true) => timer.as_mut().reset(tokio::time::Instant::now() + idle),
-                Ok(false) => {}
-                Err(e) => return (counts(&up, &down), Err(down_err(e))),
-            }
-        }
-        if let Some(r) = ready.down_write {
-            if let Err(e) = r.and_then(|()| down.deliver(client)) {
-                return (counts(&up, &down), Err(RelayError::Client(e)));
-            }
+        let moved = match up.serve(client, target, ready.up_read, ready.up_write) {
+            Ok(m) => m,
+            Err((source, e)) => return (counts(&up, &down), Err(blame(source, e))),
+        };
+        let moved = match down.serve(target, client, ready.down_read, ready.down_write) {
+            Ok(m) => moved | m,
+            Err((source, e)) => return (counts(&up, &down), Err(blame(!source, e))),
+        };
+        if moved {
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
         }
         // Idle only if nothing moved in this round (a pump above resets the timer).
         if ready.idle && timer.is_elapsed() {
