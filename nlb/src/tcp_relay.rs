@@ -309,7 +309,7 @@ pub async fn relay<C: Carrier>(
         if moved {
             timer.as_mut().reset(tokio::time::Instant::now() + idle);
         }
-        // Idle only if nothing moved in this round (a pump above resets the timer).
+        // Idle only if nothing moved in this round (the reset above restarts the timer).
         if ready.idle && timer.is_elapsed() {
             return (counts(&up, &down), Err(RelayError::Idle(idle)));
         }
