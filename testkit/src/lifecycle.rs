@@ -4,7 +4,7 @@
 //! old closed); `POST /reload` reports failures; SIGTERM drains and exits 0.
 
 use crate::metric;
-use crate::process::{http, http_get, wait_for_port, Proc};
+use crate::process::{http, http_get, listens, wait_for_port, Proc};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -122,11 +122,7 @@ pub fn check_lifecycle(bin: &Path, config: impl Fn(SocketAddr, SocketAddr) -> St
     wait_metric(admin, "causeway_config_reloads_total", 1.0);
     assert_eq!(generation(admin), 2);
     wait_for_port(listen2, Duration::from_secs(5));
-    let closed = eventually(Duration::from_secs(5), || {
-        std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200))
-            .is_err()
-            .then_some(())
-    });
+    let closed = eventually(Duration::from_secs(5), || (!listens(listen)).then_some(()));
     assert!(closed.is_some(), "old listener {listen} still accepts");
 
     // POST /reload with a good file.

@@ -76,12 +76,26 @@ impl Proc {
 pub fn wait_for_port(addr: SocketAddr, wait: Duration) {
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if listens(addr) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("nothing listens on {addr} after {wait:?}");
+}
+
+/// Whether a listener accepts on `addr`. Test ports come from the ephemeral range, so a connect
+/// to a port nobody has bound yet can pick that same port as its source and connect to itself
+/// (TCP simultaneous open); such a self-connection is not a listener.
+pub fn listens(addr: SocketAddr) -> bool {
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        Ok(s) => !self_connected(&s),
+        Err(_) => false,
+    }
+}
+
+fn self_connected(s: &std::net::TcpStream) -> bool {
+    matches!((s.local_addr(), s.peer_addr()), (Ok(l), Ok(p)) if l == p)
 }
 
 /// A plain blocking HTTP/1.1 GET, for tests that do not run a tokio runtime.
@@ -105,4 +119,26 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16,
         std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response")
     })?;
     Ok((r.status, r.text()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket bound to a port and connected to that same port, with nothing listening, is
+    /// connected to itself: the case `listens` must not take for a listener.
+    #[tokio::test]
+    async fn a_self_connection_is_not_a_listener() {
+        let addr = crate::closed_port().await;
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(addr).unwrap();
+        let s = sock.connect(addr).await.unwrap().into_std().unwrap();
+        assert!(self_connected(&s));
+        drop(s);
+
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert!(!self_connected(&s));
+        assert!(listens(l.local_addr().unwrap()));
+    }
 }
