@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
-step() { printf '\n== %s ==\n' "$*"; }
+step() { printf '\n== %s == (at %ds)\n' "$*" "$SECONDS"; }
 
 step "python venv with moto (AWS tests run against moto's server)"
 if [ ! -x .venv/bin/moto_server ]; then
