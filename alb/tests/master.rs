@@ -90,14 +90,20 @@ async fn a_master_keeps_its_pid_across_upgrades_and_passes_signals_on() {
     for i in 0..3 {
         let before = clients.served();
         master.signal("USR2");
+        // Until the old worker has stopped accepting, either may answer on the shared admin
+        // socket: the new worker is the one that answered with a new PID.
+        let mut answered = worker;
         until(
             Duration::from_secs(20),
             &format!("upgrade {i}: a new worker answers"),
-            || serving_pid(admin) != worker,
+            || {
+                answered = serving_pid(admin);
+                answered != worker
+            },
         )
         .await;
         let old = worker;
-        worker = serving_pid(admin);
+        worker = answered;
         until(
             Duration::from_secs(20),
             &format!("upgrade {i}: the old worker exits"),
