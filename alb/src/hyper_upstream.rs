@@ -568,7 +568,8 @@ async fn forward_h1(
         // A WebSocket's refusal (3xx to 5xx) is relayed like any answer; its connection is
         // not reused.
         if let Some(on) = upgrade.take_if(|_| status < 300) {
-            let answer = websocket_answer(status, on, up, &ubuf[resp.len..], fields, in_flight);
+            let answer =
+                websocket_answer(status, on, up, &ubuf[resp.len..], fields, in_flight, idle);
             let outcome = upstream::Outcome::answered(status, addr, target_time, attempt, 0);
             return answer.map(|r| (r, outcome)).map_err(|e| (e, Some(addr)));
         }
@@ -616,6 +617,7 @@ fn websocket_answer(
     early: &[u8],
     mut fields: HeaderMap,
     in_flight: InFlight,
+    idle: Duration,
 ) -> Result<Response<Relayed>, ProxyError> {
     if status != 101 {
         tracing::debug!(status, "target refused a WebSocket upgrade");
@@ -623,7 +625,7 @@ fn websocket_answer(
     }
     crate::ws_h2::answer_fields(&mut fields);
     let early = Bytes::copy_from_slice(early);
-    tokio::spawn(crate::ws_h2::tunnel(on, up, early, in_flight));
+    tokio::spawn(crate::ws_h2::tunnel(on, up, early, in_flight, idle));
     let mut response = Response::new(Relayed::Whole(None));
     *response.headers_mut() = fields;
     Ok(response)

@@ -701,7 +701,7 @@ async fn exchange<S: ClientStream>(
         if !req.websocket {
             return Err(ProxyError::BadResponse);
         }
-        return tunnel(client, &mut up, ubuf, target, target_time)
+        return tunnel(client, &mut up, ubuf, target, target_time, idle)
             .await
             .map(|o| (o, None));
     }
@@ -884,13 +884,15 @@ async fn stream_request_body<S: ClientStream>(
     }
 }
 
-/// After a 101: relay the response head and everything after, both ways, until both close.
+/// After a 101: relay the response head and everything after, both ways, until both close or
+/// no byte has passed either way for `idle`.
 async fn tunnel<S: ClientStream>(
     client: &mut Client<S>,
     up: &mut Up,
     ubuf: &mut [u8],
     target: &Target,
     target_time: Duration,
+    idle: Duration,
 ) -> Result<Outcome, ProxyError> {
     client
         .write_all(ubuf)
@@ -903,7 +905,7 @@ async fn tunnel<S: ClientStream>(
         up.flush().await.map_err(|_| ProxyError::ResponseCut)?;
         client.consume(client.buf.len());
     }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client.stream, up).await {
+    if let Err(e) = causeway_dataplane::tunnel::relay(&mut client.stream, up, idle).await {
         tracing::debug!(error = %e, "websocket tunnel ended");
     }
     Ok(Outcome {

@@ -7,6 +7,7 @@ use causeway_dataplane::target::InFlight;
 use hyper::header::HeaderMap;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// Whether the request is RFC 8441's extended CONNECT for a WebSocket.
@@ -73,8 +74,9 @@ pub fn answer_fields(fields: &mut HeaderMap) {
 }
 
 /// Once the client's stream is upgraded: the target's bytes already read, then both ways until
-/// either side ends. Holds the target's in-flight count meanwhile (draining waits for it).
-pub async fn tunnel<T>(on: OnUpgrade, mut up: T, early: Bytes, _in_flight: InFlight)
+/// either side ends or the tunnel idles for `idle`. Holds the target's in-flight count meanwhile
+/// (draining waits for it).
+pub async fn tunnel<T>(on: OnUpgrade, mut up: T, early: Bytes, _in_flight: InFlight, idle: Duration)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -88,7 +90,7 @@ where
     if !early.is_empty() && client.write_all(&early).await.is_err() {
         return;
     }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut up).await {
+    if let Err(e) = causeway_dataplane::tunnel::relay(&mut client, &mut up, idle).await {
         tracing::debug!(error = %e, "h2 websocket tunnel ended");
     }
 }

@@ -2,7 +2,7 @@
 //! target: over HTTP/1.1, where the tunnel opens after the target's 101; and over HTTP/2 (RFC
 //! 8441 extended CONNECT from hyper's client) to the same HTTP/1.1 target. A target's refusal
 //! is relayed; a 2xx without a 101 is a 502; an h2 target group and a fixed response refuse
-//! with 501.
+//! with 501. A tunnel with no byte either way for the idle timeout is closed, as ALB does.
 
 use bytes::Bytes;
 use causeway_alb::Alb;
@@ -101,9 +101,16 @@ async fn raw_target(answer: &'static [u8]) -> SocketAddr {
 
 /// An alb forwarding `/ws*` to `ws`, `/h2*` to an h2 group, everything else to `other`.
 async fn alb(ws: SocketAddr, other: SocketAddr) -> (Arc<Server<Alb>>, SocketAddr) {
+    alb_with(ws, other, "").await
+}
+
+/// `alb`, with `lb` as its `[load_balancer]` attributes.
+async fn alb_with(ws: SocketAddr, other: SocketAddr, lb: &str) -> (Arc<Server<Alb>>, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = format!(
         r#"
+[load_balancer]
+{lb}
 [admin]
 address = "127.0.0.1:{admin}"
 [[listeners]]
@@ -317,4 +324,66 @@ async fn h2_websocket_refusals_are_relayed_and_a_2xx_without_101_is_a_502() {
         .unwrap();
     let resp = s2.send_request(plain_connect).await.unwrap();
     assert_eq!(resp.status(), 405);
+}
+
+/// Waits (at most 10 s) for `ws` to end, by a close, a reset or an error; returns how long that
+/// took.
+async fn ended<S>(ws: &mut WebSocketStream<S>) -> std::time::Duration
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let from = std::time::Instant::now();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(m)) => assert!(m.is_close(), "nothing but a close: {m:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the idle tunnel is still open after 10 s");
+    from.elapsed()
+}
+
+#[tokio::test]
+async fn an_idle_websocket_is_closed_after_the_idle_timeout_over_http1_and_h2() {
+    let (ws, _) = ws_target().await;
+    let other = Origin::start().await;
+    let (_s, addr) = alb_with(ws, other.addr(), "idle_timeout.timeout_seconds = 1").await;
+    let second = std::time::Duration::from_secs(1);
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://a.example.test:{}/ws/idle", addr.port());
+    let (mut client, resp) = tokio_tungstenite::client_async(url.as_str(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    client.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::text("STILL HERE")
+    );
+    let took = ended(&mut client).await;
+    assert!(took >= second * 9 / 10, "closed early, after {took:?}");
+
+    let mut s = h2c(addr).await;
+    let resp = s.send_request(connect(addr, "/ws/idle-h2")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let mut client =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    client.send(Message::text("h2 too")).await.unwrap();
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::text("H2 TOO")
+    );
+    let took = ended(&mut client).await;
+    assert!(took >= second * 9 / 10, "h2: closed early, after {took:?}");
+    // The h2 connection idles out at the same moment, but it cuts open streams only
+    // `IDLE_GRACE` (5 s) after its GOAWAY: an end this soon is the tunnel's own timeout.
+    assert!(
+        took < second * 4,
+        "h2: the tunnel ended with the connection, not by its own timeout: {took:?}"
+    );
 }

@@ -30,6 +30,7 @@ pub mod server;
 pub mod target;
 pub mod telemetry;
 pub mod tls;
+pub mod tunnel;
 pub mod upgrade;
 
 pub use server::{Conn, Plane, Server, Snapshot, Snapshots};
