@@ -31,6 +31,7 @@ pub type Body = Either<Full<Bytes>, Relayed>;
 struct Ctx {
     from: Origin,
     snaps: Snapshots<Alb>,
+    passes: Arc<h2conn::ReadPasses>,
 }
 
 /// Serves one h2 connection until it ends, with ALB's limits and idle timeout (no byte moved
@@ -54,12 +55,17 @@ pub async fn serve<IO>(
         }
     };
     let peer = from.peer;
-    let ctx = Arc::new(Ctx { from, snaps });
+    let passes = Arc::new(h2conn::ReadPasses::default());
+    let ctx = Arc::new(Ctx {
+        from,
+        snaps,
+        passes: passes.clone(),
+    });
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(serve_stream(req, &ctx).await) }
     });
-    h2conn::serve(io, svc, limits, peer, shutdown).await;
+    h2conn::serve(io, svc, limits, peer, shutdown, passes).await;
 }
 
 /// The request's authority, checked: `:authority` and Host agree, one Host at most, a valid
@@ -101,8 +107,10 @@ pub fn check(parts: &hyper::http::request::Parts) -> Result<String, ProxyError> 
 /// Serves one stream: the phases in order.
 async fn serve_stream(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {
     let received = Instant::now();
-    let snap = ctx.snaps.load();
+    // Rapid reset: a stream reset right behind its HEADERS ends here, not at a target.
+    ctx.passes.let_resets_land().await;
     let (parts, body) = req.into_parts();
+    let snap = ctx.snaps.load();
     let info = snap
         .compiled
         .access_log

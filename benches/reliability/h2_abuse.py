@@ -8,16 +8,28 @@ the whole measurement:
 - HPACK bomb: one 4 KB dynamic-table entry referenced 4000 times per request;
 - control-frame flood: PING and SETTINGS frames, answers never read;
 - zero-window stall: 50 connections with a window of 0, each asking for the origin's page.
-Reports the honest client's req/s, p99 and errors per attack, the alb's CPU-seconds during it
-and its resident memory after; passes when the honest client saw no error.
+Reports the honest client's req/s, p99 and errors per attack, the attackers' send rate, the
+alb's CPU-seconds during it, the target connections closed meanwhile, and the alb's resident
+memory after; passes when the honest client saw no
+error.
 
-Usage: python3 benches/reliability/h2_abuse.py [--bin-dir target/release] [--seconds 6]
+The alb has CPU 1 to itself. wrk, the origins and the attackers share CPU 0, the attackers in a
+process of their own at nice 19: an attacker's CPU is not the honest client's, so they get what
+wrk and the origins leave, and the table says how many MB/s that came to. A control runs the
+rapid-reset attackers against a sink instead of the alb (the sink closes connections as often
+as the alb does): what the honest client loses there is CPU 0's contention, not the alb's doing.
+
+Usage: python3 benches/reliability/h2_abuse.py [--bin-dir target/release] [--seconds 6] [--repeat N]
+       [--only 'rapid reset']
 Only 127.0.0.1 is used; every attack stops when its measurement ends.
 """
 import argparse
+import multiprocessing
 import os
+import selectors
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -75,13 +87,27 @@ def drain(s):
         pass
 
 
-def attacker(port, stop, attack):
+class Counted:
+    """A socket that counts the bytes sent through it into `box[0]`."""
+
+    def __init__(self, s, box):
+        self.s, self.box = s, box
+
+    def sendall(self, data):
+        self.s.sendall(data)
+        self.box[0] += len(data)
+
+    def __getattr__(self, name):
+        return getattr(self.s, name)
+
+
+def attacker(port, stop, attack, box):
     """Runs `attack(socket)` on fresh connections until `stop`; a closed connection is
     reopened (the alb closing it is the expected defence)."""
     while not stop.is_set():
         try:
             s = connect(port)
-            attack(s, stop)
+            attack(Counted(s, box), stop)
         except OSError:
             time.sleep(0.01)
         finally:
@@ -131,11 +157,11 @@ def control_flood(s, stop):
         s.sendall(burst)
 
 
-def zero_window(port, stop):
+def zero_window(port, stop, box):
     conns = []
     for _ in range(50):
         try:
-            s = connect(port, [(0x4, 0)])
+            s = Counted(connect(port, [(0x4, 0)]), box)
             s.sendall(frame(HEADERS, END_HEADERS | END_STREAM, 1, get_block()))
             conns.append(s)
         except OSError:
@@ -143,6 +169,67 @@ def zero_window(port, stop):
     stop.wait()
     for s in conns:
         s.close()
+
+
+# The bytes of one stream opened and reset, and how many of them the alb takes on one connection
+# before its premature-reset rule closes it.
+RESET_PAIR = len(frame(HEADERS, END_HEADERS | END_STREAM, 1, get_block())) + len(
+    frame(RST_STREAM, 0, 1, struct.pack("!I", 8)))
+RESETS_PER_CONNECTION = 250
+
+
+def sink(listener):
+    """The control's target, in a process of its own on CPU 1 at nice 19: it reads and drops
+    what each connection sends, and closes it after 250 reset streams' worth, as the alb's
+    premature-reset rule does, so the attackers reconnect as often as against the alb."""
+    os.sched_setaffinity(0, {1})
+    os.nice(19)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    got = {}
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is listener:
+                c, _ = listener.accept()
+                c.setblocking(False)
+                sel.register(c, selectors.EVENT_READ)
+                got[c] = 0
+                continue
+            c = key.fileobj
+            try:
+                n = len(c.recv(65536))
+            except OSError:
+                n = 0
+            got[c] += n
+            if n == 0 or got[c] >= RESET_PAIR * RESETS_PER_CONNECTION:
+                sel.unregister(c)
+                del got[c]
+                c.close()
+
+
+def attackers(port, attack, stop, sent):
+    """The attack process: at nice 19, two attacker threads (or the stall) until `stop`; then
+    the bytes they sent go into `sent`."""
+    os.nice(19)
+    boxes = [[0], [0]]
+    if attack == "stall":
+        threads = [threading.Thread(target=zero_window, args=(port, stop, boxes[0]))]
+    else:
+        threads = [threading.Thread(target=attacker, args=(port, stop, attack, b)) for b in boxes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sent.value = sum(b[0] for b in boxes)
+
+
+def origin_time_waits():
+    """TCP connections to the origins closed in the last minute (each leaves one TIME-WAIT, on
+    whichever side closed first): a rise during an attack is target connections it cost."""
+    out = subprocess.run(["ss", "-tanH", "state", "time-wait"], capture_output=True, text=True).stdout
+    ports = {str(p) for p in harness.ORIGIN_PORTS}
+    return sum(1 for line in out.splitlines()
+               if {a.rsplit(":", 1)[-1] for a in line.split()[-2:]} & ports)
 
 
 def rss_kb(pid):
@@ -156,9 +243,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--repeat", type=int, default=1,
                     help="run every attack this many times (memory that keeps growing is a leak)")
+    ap.add_argument("--only", default="",
+                    help="run only the attacks whose name contains this (the baseline always runs)")
     args = ap.parse_args()
-    # The attackers (this process's threads) share CPU 0 with wrk and the origins, so the alb
-    # has CPU 1 to itself and its CPU-seconds are what the attack costs it.
+    # wrk, the origins and the attack process share CPU 0, so the alb has CPU 1 to itself and
+    # its CPU-seconds are what the attack costs it.
     os.sched_setaffinity(0, {0})
     harness.start(["nginx", "-c", harness.origin_config()], 0, "nginx-origin")
     for p in harness.ORIGIN_PORTS:
@@ -167,37 +256,48 @@ def main():
     if not alb:
         raise SystemExit(note)
     port = int(alb["url"].rsplit(":", 1)[1].split("/")[0])
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    sink_port = listener.getsockname()[1]
+    fork = multiprocessing.get_context("fork")
+    fork.Process(target=sink, args=(listener,), daemon=True).start()
     cases = [
         ("none (baseline)", None),
         ("rapid reset", rapid_reset),
+        ("control: rapid reset at a sink, not the alb", "sink"),
         ("CONTINUATION flood", continuation_flood),
         ("HPACK bomb", hpack_bomb),
         ("control-frame flood", control_flood),
         ("zero-window stall (50 connections)", "stall"),
     ]
-    cases = cases[:1] + [c for c in cases[1:] for _ in range(args.repeat)]
-    print("| attack | honest req/s | honest p99 ms | honest errors | alb CPU-s | alb RSS after (KB) |")
-    print("|---|---|---|---|---|---|")
+    cases = cases[:1] + [c for c in cases[1:] if args.only in c[0] for _ in range(args.repeat)]
+    print("| attack | honest req/s | honest p99 ms | honest errors | attack MB/s sent | alb CPU-s "
+          "| target connections closed | alb RSS after (KB) |")
+    print("|---|---|---|---|---|---|---|---|")
     ok = True
     for name, attack in cases:
-        stop = threading.Event()
-        threads = []
-        if attack == "stall":
-            threads.append(threading.Thread(target=zero_window, args=(port, stop)))
-        elif attack:
-            threads += [threading.Thread(target=attacker, args=(port, stop, attack)) for _ in range(2)]
-        for t in threads:
-            t.start()
+        stop, sent = fork.Event(), fork.Value("q", 0)
+        proc, began = None, time.monotonic()
+        if attack == "sink":
+            args_ = (sink_port, rapid_reset, stop, sent)
+        else:
+            args_ = (port, attack, stop, sent)
+        if attack:
+            proc = fork.Process(target=attackers, args=args_, daemon=True)
+            proc.start()
         time.sleep(0.3)
+        waits = origin_time_waits()
         before = harness.cpu_seconds(alb["pid"])
         r = harness.wrk(alb["url"], args.seconds, 16)
         cpu = harness.cpu_seconds(alb["pid"]) - before
+        closed = origin_time_waits() - waits
         stop.set()
-        for t in threads:
-            t.join(timeout=10)
+        attacked = time.monotonic() - began
+        if proc:
+            proc.join(timeout=10)
+        rate = sent.value / attacked / 1e6
         ok = ok and r["errors"] == 0
-        print(f"| {name} | {r['rps']:.0f} | {r['p99_ms']:.2f} | {r['errors']} | {cpu:.2f} | "
-              f"{rss_kb(alb['pid'])} |")
+        print(f"| {name} | {r['rps']:.0f} | {r['p99_ms']:.2f} | {r['errors']} | {rate:.1f} | "
+              f"{cpu:.2f} | {closed} | {rss_kb(alb['pid'])} |")
     return 0 if ok else 1
 
 

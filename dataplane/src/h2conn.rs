@@ -274,6 +274,33 @@ impl FrameBudget {
     }
 }
 
+/// How many times the connection has read the client's socket dry. Shared with the streams'
+/// service: when a count has passed, every frame the client had sent before it is processed.
+#[derive(Debug, Default)]
+pub struct ReadPasses(AtomicU64);
+
+impl ReadPasses {
+    /// Lets a stream that was reset right behind its HEADERS end before its service acts.
+    ///
+    /// Rapid reset (CVE-2023-44487) sends HEADERS and RST_STREAM back to back. hyper polls the
+    /// service first and looks for a reset only when the service is pending, so a stream whose
+    /// reset sits in the connection's next read would be forwarded anyway, costing the target a
+    /// request and, when the reset drops it mid-exchange, a connection: thousands a second
+    /// under the flood. So the service yields until the connection has read the client's socket
+    /// dry (a few yields at most), then once more: hyper then finds the reset and drops the
+    /// stream there. A reset sent later is the premature-reset rule's business.
+    pub async fn let_resets_land(&self) {
+        let seen = self.0.load(Ordering::Relaxed);
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+            if self.0.load(Ordering::Relaxed) != seen {
+                tokio::task::yield_now().await;
+                return;
+            }
+        }
+    }
+}
+
 /// What the serving loop and the watched stream share.
 #[derive(Debug)]
 struct Activity {
@@ -306,6 +333,7 @@ struct Watched<IO> {
     io: IO,
     activity: Arc<Activity>,
     budget: FrameBudget,
+    passes: Arc<ReadPasses>,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
@@ -320,6 +348,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if r.is_pending() {
+            self.passes.0.fetch_add(1, Ordering::Relaxed);
+        }
         let after = buf.filled().len();
         if after > before {
             let age = self.activity.touch();
@@ -468,6 +499,7 @@ pub async fn serve<IO, S, B>(
     limits: Limits,
     peer: SocketAddr,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    passes: Arc<ReadPasses>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = B>,
@@ -486,6 +518,7 @@ pub async fn serve<IO, S, B>(
         io,
         activity: activity.clone(),
         budget: FrameBudget::new(),
+        passes,
     };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -569,6 +602,81 @@ mod tests {
         (0..n)
             .flat_map(|i| frame(0x6, 0, 0, &(i as u64).to_be_bytes()))
             .collect()
+    }
+
+    /// GET / for `localhost` (HPACK: three static entries and a literal `:authority`).
+    fn get_block() -> Vec<u8> {
+        let mut b = vec![0x82, 0x86, 0x84, 0x41, 9];
+        b.extend_from_slice(b"localhost");
+        b
+    }
+
+    /// A stream whose reset the connection has not read yet when its service runs ends at
+    /// `let_resets_land`, through hyper and h2 as they serve (without it the service would go
+    /// on to forward); a stream nobody resets goes on.
+    #[tokio::test]
+    async fn a_reset_right_behind_the_headers_ends_the_stream_before_it_is_forwarded() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let passes = Arc::new(ReadPasses::default());
+        // Per stream: a gate the test opens, and where the service says it went on.
+        type Stream = (Arc<Notify>, tokio::sync::oneshot::Receiver<()>);
+        let (streams_tx, mut streams) = tokio::sync::mpsc::unbounded_channel::<Stream>();
+        let p = passes.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let p = p.clone();
+            let gate = Arc::new(Notify::new());
+            let (went_on, went_on_rx) = tokio::sync::oneshot::channel();
+            streams_tx.send((gate.clone(), went_on_rx)).unwrap();
+            async move {
+                drop(req);
+                gate.notified().await;
+                p.let_resets_land().await;
+                let _ = went_on.send(());
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<
+                    bytes::Bytes,
+                >::new()))
+            }
+        });
+        let limits = Limits {
+            max_header_list: 16 << 10,
+            max_streams: 100,
+            idle: Duration::from_secs(60),
+            keep_alive: Duration::from_secs(3600),
+            extended_connect: false,
+        };
+        let (_keep, shutdown) = tokio::sync::watch::channel(false);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        tokio::spawn(serve(server, svc, limits, peer, shutdown, passes));
+        let wait = Duration::from_secs(5);
+
+        use tokio::io::AsyncWriteExt;
+        let mut hello = PREFACE.to_vec();
+        hello.extend(frame(0x4, 0, 0, &[]));
+        hello.extend(frame(HEADERS, 0x5, 1, &get_block()));
+        client.write_all(&hello).await.unwrap();
+        let (gate, went_on) = streams.recv().await.unwrap();
+        // The service is let go on, then the reset is written: the service runs before the
+        // connection reads the reset (one thread, tasks in the order woken), as when a reset
+        // sits unread behind its HEADERS.
+        gate.notify_one();
+        client
+            .write_all(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(wait, went_on).await.unwrap();
+        assert!(
+            r.is_err(),
+            "the reset stream ended before its service went on"
+        );
+
+        client
+            .write_all(&frame(HEADERS, 0x5, 3, &get_block()))
+            .await
+            .unwrap();
+        let (gate, went_on) = streams.recv().await.unwrap();
+        gate.notify_one();
+        let r = tokio::time::timeout(wait, went_on).await.unwrap();
+        assert!(r.is_ok(), "a live stream goes on");
     }
 
     #[test]

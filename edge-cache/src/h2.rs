@@ -53,10 +53,18 @@ pub async fn serve<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let passes = std::sync::Arc::new(h2conn::ReadPasses::default());
+    let p = passes.clone();
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let snaps = snaps.clone();
         let alt_svc = alt_svc.clone();
-        async move { Ok::<_, Infallible>(handle(req, scheme, alt_svc.as_deref(), peer, snaps).await) }
+        let p = p.clone();
+        async move {
+            // Rapid reset: a stream reset right behind its HEADERS ends here, before a lookup
+            // or an origin fetch.
+            p.let_resets_land().await;
+            Ok::<_, Infallible>(handle(req, scheme, alt_svc.as_deref(), peer, snaps).await)
+        }
     });
     let limits = h2conn::Limits {
         max_header_list: MAX_HEADER_LIST,
@@ -65,7 +73,7 @@ pub async fn serve<IO>(
         keep_alive: KEEP_ALIVE,
         extended_connect: false,
     };
-    h2conn::serve(io, svc, limits, peer, shutdown).await;
+    h2conn::serve(io, svc, limits, peer, shutdown, passes).await;
 }
 
 async fn handle(
