@@ -326,12 +326,15 @@ async fn h2_websocket_refusals_are_relayed_and_a_2xx_without_101_is_a_502() {
     assert_eq!(resp.status(), 405);
 }
 
-/// Waits (at most 10 s) for `ws` to end, by a close, a reset or an error; returns how long that
-/// took.
-async fn ended<S>(ws: &mut WebSocketStream<S>) -> std::time::Duration
+/// Sends `text`, checks its echo, then waits (at most 10 s) for `ws` to end, by a close, a reset
+/// or an error; returns how long the wait took.
+async fn echo_then_wait<S>(ws: &mut WebSocketStream<S>, text: &str) -> std::time::Duration
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    ws.send(Message::text(text)).await.unwrap();
+    let echo = ws.next().await.unwrap().unwrap();
+    assert_eq!(echo, Message::text(text.to_uppercase()));
     let from = std::time::Instant::now();
     let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
@@ -359,12 +362,7 @@ async fn an_idle_websocket_is_closed_after_the_idle_timeout_over_http1_and_h2() 
         .await
         .unwrap();
     assert_eq!(resp.status(), 101);
-    client.send(Message::text("still here")).await.unwrap();
-    assert_eq!(
-        client.next().await.unwrap().unwrap(),
-        Message::text("STILL HERE")
-    );
-    let took = ended(&mut client).await;
+    let took = echo_then_wait(&mut client, "still here").await;
     assert!(took >= second * 9 / 10, "closed early, after {took:?}");
 
     let mut s = h2c(addr).await;
@@ -373,12 +371,7 @@ async fn an_idle_websocket_is_closed_after_the_idle_timeout_over_http1_and_h2() 
     let upgraded = hyper::upgrade::on(resp).await.unwrap();
     let mut client =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
-    client.send(Message::text("h2 too")).await.unwrap();
-    assert_eq!(
-        client.next().await.unwrap().unwrap(),
-        Message::text("H2 TOO")
-    );
-    let took = ended(&mut client).await;
+    let took = echo_then_wait(&mut client, "h2 too").await;
     assert!(took >= second * 9 / 10, "h2: closed early, after {took:?}");
     // The h2 connection idles out at the same moment, but it cuts open streams only
     // `IDLE_GRACE` (5 s) after its GOAWAY: an end this soon is the tunnel's own timeout.
