@@ -905,7 +905,9 @@ async fn tunnel<S: ClientStream>(
         up.flush().await.map_err(|_| ProxyError::ResponseCut)?;
         client.consume(client.buf.len());
     }
-    if let Err(e) = causeway_dataplane::tunnel::relay(&mut client.stream, up, idle).await {
+    let never = std::future::pending();
+    let (_, ended) = causeway_dataplane::relay::relay(&mut client.stream, up, idle, never).await;
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "websocket tunnel ended");
     }
     Ok(Outcome {

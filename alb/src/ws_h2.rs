@@ -90,7 +90,9 @@ where
     if !early.is_empty() && client.write_all(&early).await.is_err() {
         return;
     }
-    if let Err(e) = causeway_dataplane::tunnel::relay(&mut client, &mut up, idle).await {
+    let never = std::future::pending();
+    let (_, ended) = causeway_dataplane::relay::relay(&mut client, &mut up, idle, never).await;
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "h2 websocket tunnel ended");
     }
 }

@@ -23,6 +23,7 @@ pub mod master;
 pub mod outlier;
 pub mod pool;
 pub mod proxy_protocol;
+pub mod relay;
 pub mod reply;
 pub mod retry;
 pub mod select;
@@ -30,7 +31,6 @@ pub mod server;
 pub mod target;
 pub mod telemetry;
 pub mod tls;
-pub mod tunnel;
 pub mod upgrade;
 
 pub use server::{Conn, Plane, Server, Snapshot, Snapshots};

@@ -6,7 +6,6 @@ pub mod connect;
 pub mod flow;
 pub mod flow_table;
 pub mod proxy;
-pub mod relay;
 pub mod splice;
 pub mod tcp_relay;
 pub mod udp;

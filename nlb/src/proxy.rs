@@ -4,10 +4,11 @@
 
 use crate::accept_proxy::{self, Accepted};
 use crate::flow::{self, Proto};
-use crate::{connect, relay, tcp_relay, Nlb};
+use crate::{connect, tcp_relay, Nlb};
 use causeway_config::common::Stickiness;
 use causeway_config::nlb::RelayMode;
 use causeway_dataplane::limits::{Limiter, Refused};
+use causeway_dataplane::relay;
 use causeway_dataplane::{Conn, Snapshot};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -173,11 +174,7 @@ pub fn handle(
             ClientIo::Plain(s) => {
                 tcp_relay::relay::<tcp_relay::Buffer>(s, &upstream, idle, stop).await
             }
-            ClientIo::Tls(s) => {
-                let (cr, cw) = tokio::io::split(&mut **s);
-                let (tr, tw) = upstream.split();
-                relay::relay(cr, cw, tr, tw, idle, stop).await
-            }
+            ClientIo::Tls(s) => relay::relay(&mut **s, &mut upstream, idle, stop).await,
         };
         metrics::counter!("causeway_nlb_processed_bytes", &labels)
             .increment(n.client_to_target + n.target_to_client);

@@ -1,10 +1,10 @@
 //! The relay for a flow that is plain TCP on both sides, driven by socket readiness: each
 //! direction moves bytes through a [`Carrier`] (a pooled buffer, or a splice pipe), with the
-//! same contract as `relay::relay` (half-close, idle timeout, termination, byte counts). An idle
+//! same contract as `causeway_dataplane::relay::relay` (half-close, idle timeout, termination, byte counts). An idle
 //! flow holds no buffer: one is taken from a per-thread pool when bytes arrive, and given back
 //! once they are delivered.
 
-use crate::relay::{RelayError, Relayed};
+use causeway_dataplane::relay::{RelayError, Relayed};
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, Read};
