@@ -20,6 +20,8 @@ pub struct Pipe {
     write: OwnedFd,
     capacity: usize,
     in_pipe: usize,
+    /// The pipe refused more (out of slots) and nothing has left it since.
+    full: bool,
 }
 
 impl Pipe {
@@ -48,6 +50,7 @@ impl Pipe {
             write,
             capacity,
             in_pipe: 0,
+            full: false,
         })
     }
 }
@@ -84,12 +87,32 @@ impl Carrier for Pipe {
     }
 
     fn room(&self) -> usize {
-        self.capacity - self.in_pipe
+        if self.full {
+            0
+        } else {
+            self.capacity - self.in_pipe
+        }
     }
 
     fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
         let (w, room) = (self.write.as_raw_fd(), self.room());
-        let n = crate::tcp_relay::read_draining(src, |len| splice(src.as_raw_fd(), w, len), room)?;
+        // The pipe runs out of slots (one per piece of socket buffer) before it runs out of
+        // bytes, and then answers EAGAIN as a drained socket does. So a short splice never
+        // clears the socket's readiness, and an EAGAIN does only into an empty pipe (one with
+        // every slot free); into a non-empty one it means "full until flushed". Either
+        // mistake stalled a flow whose target had sent its last bytes
+        // (`splice_delivers_a_response_in_small_pieces`).
+        let n = if self.in_pipe == 0 {
+            src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), w, room))?
+        } else {
+            match splice(src.as_raw_fd(), w, room) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.full = true;
+                    return Err(e);
+                }
+                r => r?,
+            }
+        };
         self.in_pipe += n;
         Ok(n)
     }
@@ -98,6 +121,9 @@ impl Carrier for Pipe {
         let (r, len) = (self.read.as_raw_fd(), self.in_pipe);
         let n = dst.try_io(Interest::WRITABLE, || splice(r, dst.as_raw_fd(), len))?;
         self.in_pipe -= n;
+        if n > 0 {
+            self.full = false;
+        }
         Ok(n)
     }
 }

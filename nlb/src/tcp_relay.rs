@@ -27,8 +27,9 @@ pub trait Carrier: Sized + Send {
 
 /// One read from a readable source, the way tokio's own `poll_read` does it: a read shorter
 /// than the room drained the socket, so its readiness is cleared at once (the next wait goes to
-/// epoll instead of costing a read that answers EAGAIN).
-pub fn read_draining(
+/// epoll instead of costing a read that answers EAGAIN). True of read(2) on TCP, which stops short
+/// only at an empty queue; not of splice(2), which has its own rule (`splice.rs`).
+fn read_draining(
     src: &TcpStream,
     mut read: impl FnMut(usize) -> io::Result<usize>,
     room: usize,
@@ -381,6 +382,59 @@ mod tests {
     #[tokio::test]
     async fn splice_carries_bytes_and_half_close() {
         bulk_and_half_close::<Pipe>().await;
+    }
+
+    /// The client does not read at first, so the relay's side toward it fills; the target then
+    /// answers in 300 small writes, each relayed on its own (a pipe slot each, so a splice
+    /// pipe fills by slots long before it fills by bytes), and waits without closing. Once the
+    /// client reads, it must get every byte, though nothing more comes from the target to
+    /// wake the relay.
+    async fn a_response_in_small_pieces_arrives_whole<C: Carrier + 'static>() {
+        let ((_, _), (relay_t, mut target)) = pairs().await;
+        // A client whose receive window is a few KiB (set before it connects).
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(1).unwrap();
+        let mut client = socket.connect(l.local_addr().unwrap()).await.unwrap();
+        let (relay_c, _) = l.accept().await.unwrap();
+        socket2::SockRef::from(&relay_c)
+            .set_send_buffer_size(1)
+            .unwrap();
+        target.set_nodelay(true).unwrap();
+        let task = tokio::spawn(async move {
+            let idle = Duration::from_secs(350);
+            relay::<C>(&relay_c, &relay_t, idle, std::future::pending()).await
+        });
+        let piece: Vec<u8> = (0..100u32).map(|i| (i % 253) as u8).collect();
+        for _ in 0..300 {
+            target.write_all(&piece).await.unwrap();
+            // Lets the runtime poll its driver and the relay take the piece.
+            tokio::task::yield_now().await;
+        }
+        // And lets the relay see the last piece before the client reads.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let mut got = vec![0u8; 300 * piece.len()];
+        let read = tokio::time::timeout(Duration::from_secs(20), client.read_exact(&mut got));
+        let n = read
+            .await
+            .expect("every piece arrives while the target waits");
+        assert_eq!(n.unwrap(), got.len());
+        assert!(got.chunks(100).all(|c| c == piece), "intact and in order");
+        drop((client, target));
+        let (n, _) = task.await.unwrap();
+        assert_eq!(n.target_to_client, 30_000);
+    }
+
+    #[tokio::test]
+    async fn buffers_deliver_a_response_in_small_pieces() {
+        a_response_in_small_pieces_arrives_whole::<Buffer>().await;
+    }
+
+    #[tokio::test]
+    async fn splice_delivers_a_response_in_small_pieces() {
+        a_response_in_small_pieces_arrives_whole::<Pipe>().await;
     }
 
     #[tokio::test(start_paused = true)]
