@@ -510,8 +510,9 @@ def scenario_proxies(args):
         return rows, notes + ([note] if note else [])
     if not args.peers_only:
         kind = {"http": "alb-tls" if args.tls else "alb", "tcp": "nlb", "cache": "edge"}[args.scenario]
-        # The nlb twice: its buffered copy (the default) and its splice(2) relay.
-        for relay in (("copy", "splice") if kind == "nlb" else (None,)):
+        # The nlb three times: auto (the default: copy, then splice for bulk flows), its
+        # buffered copy and its splice(2) relay.
+        for relay in (("auto", "copy", "splice") if kind == "nlb" else (None,)):
             c, note = causeway(kind, args.bin_dir, path, relay)
             if c:
                 proxies.append(c)
@@ -619,7 +620,7 @@ def main():
 
 def bulk(args):
     """One `--bulk-mib` download at a time with curl (on CPU 0, beside the origin): straight
-    from the origin, then through the nlb (splice and copy) and HAProxy mode tcp on CPU 1.
+    from the origin, then through the nlb (auto, copy and splice) and HAProxy mode tcp on CPU 1.
     Reports MiB/s, the ratio to direct, and the proxy's CPU-seconds per GiB."""
     www = os.path.join(TMP, "www")
     block = os.urandom(1 << 20)
@@ -630,7 +631,7 @@ def bulk(args):
     rows = [{"name": "direct (origin, no proxy)", "pid": None,
              "url": f"http://{upstreams()[0]}/bulk"}]
     notes = []
-    for relay in ("copy", "splice"):
+    for relay in ("auto", "copy", "splice"):
         c, note = causeway("nlb", args.bin_dir, "/bulk", relay)
         if c:
             rows.append(c)

@@ -102,7 +102,7 @@ pub enum Protocol {
 }
 
 /// The default relay, chosen by benchmark (docs/benchmarks.md).
-pub const DEFAULT_RELAY: &str = "copy";
+pub const DEFAULT_RELAY: &str = "auto";
 
 /// How the nlb moves a plain TCP flow's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +111,9 @@ pub enum RelayMode {
     Splice,
     /// read into a buffer, write it out.
     Copy,
+    /// copy, until a direction shows itself bulk (64 KiB read in full buffers in a row); then
+    /// splice for the rest of the flow.
+    Auto,
 }
 
 /// NLB's ALPN policies for TLS listeners.
@@ -360,9 +363,10 @@ impl ConfigFile for FileNlb {
             let relay = match one_of(
                 &format!("{path}.relay"),
                 l.relay.as_deref().unwrap_or(DEFAULT_RELAY),
-                &["splice", "copy"],
+                &["auto", "splice", "copy"],
             )? {
                 "copy" => RelayMode::Copy,
+                "auto" => RelayMode::Auto,
                 _ => RelayMode::Splice,
             };
             listeners.push(Listener {

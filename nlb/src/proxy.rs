@@ -166,14 +166,19 @@ pub fn handle(
                 std::future::pending::<()>().await;
             }
         };
-        let splice = listener.is_some_and(|l| l.relay == RelayMode::Splice);
+        let mode = listener.map_or(RelayMode::Auto, |l| l.relay);
         let (n, result) = match &mut client {
-            ClientIo::Plain(s) if splice => {
-                tcp_relay::relay::<crate::splice::Pipe>(s, &upstream, idle, stop).await
-            }
-            ClientIo::Plain(s) => {
-                tcp_relay::relay::<tcp_relay::Buffer>(s, &upstream, idle, stop).await
-            }
+            ClientIo::Plain(s) => match mode {
+                RelayMode::Splice => {
+                    tcp_relay::relay::<crate::splice::Pipe>(s, &upstream, idle, stop).await
+                }
+                RelayMode::Copy => {
+                    tcp_relay::relay::<tcp_relay::Buffer>(s, &upstream, idle, stop).await
+                }
+                RelayMode::Auto => {
+                    tcp_relay::relay::<tcp_relay::Auto>(s, &upstream, idle, stop).await
+                }
+            },
             ClientIo::Tls(s) => relay::relay(&mut **s, &mut upstream, idle, stop).await,
         };
         metrics::counter!("causeway_nlb_processed_bytes", &labels)

@@ -4,6 +4,7 @@
 //! flow holds no buffer: one is taken from a per-thread pool when bytes arrive, and given back
 //! once they are delivered.
 
+use crate::splice::Pipe;
 use causeway_dataplane::relay::{RelayError, Relayed};
 use std::cell::RefCell;
 use std::future::Future;
@@ -132,6 +133,84 @@ impl Carrier for Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         self.rest();
+    }
+}
+
+/// Full buffers read back to back after which a direction counts as bulk and moves to a pipe:
+/// 64 KiB, so small requests and answers never pay for one.
+const BULK_READS: u8 = 4;
+
+/// The default carrier (`relay = "auto"`): a pooled [`Buffer`], as cheap as it gets for small
+/// messages, until a direction reads [`BULK_READS`] full buffers in a row; then, once its buffer
+/// is delivered, a splice pipe for the rest of the flow (HAProxy's `splice-auto` does the
+/// same). If no pipe can be had (out of descriptors), it stays a buffer.
+pub enum Auto {
+    Copy { buf: Buffer, full_reads: u8 },
+    Splice(Pipe),
+}
+
+impl Auto {
+    /// Moves to a pipe if this direction has shown itself bulk and holds no bytes.
+    fn maybe_splice(&mut self) {
+        if let Auto::Copy { buf, full_reads } = self {
+            if *full_reads >= BULK_READS && buf.pending() == 0 {
+                match Pipe::new() {
+                    Ok(p) => *self = Auto::Splice(p),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no pipe for a bulk flow: copying on");
+                        *full_reads = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Carrier for Auto {
+    fn new() -> io::Result<Auto> {
+        Ok(Auto::Copy {
+            buf: Buffer::default(),
+            full_reads: 0,
+        })
+    }
+
+    fn pending(&self) -> usize {
+        match self {
+            Auto::Copy { buf, .. } => buf.pending(),
+            Auto::Splice(p) => p.pending(),
+        }
+    }
+
+    fn room(&self) -> usize {
+        match self {
+            Auto::Copy { buf, .. } => buf.room(),
+            Auto::Splice(p) => p.room(),
+        }
+    }
+
+    fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+        match self {
+            Auto::Copy { buf, full_reads } => {
+                let was_empty = buf.pending() == 0;
+                let n = buf.fill(src)?;
+                if was_empty && n == CHUNK {
+                    *full_reads = full_reads.saturating_add(1);
+                } else if n > 0 {
+                    *full_reads = 0;
+                }
+                Ok(n)
+            }
+            Auto::Splice(p) => p.fill(src),
+        }
+    }
+
+    fn flush(&mut self, dst: &TcpStream) -> io::Result<usize> {
+        let n = match self {
+            Auto::Copy { buf, .. } => buf.flush(dst)?,
+            Auto::Splice(p) => p.flush(dst)?,
+        };
+        self.maybe_splice();
+        Ok(n)
     }
 }
 
@@ -321,7 +400,6 @@ pub async fn relay<C: Carrier>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::splice::Pipe;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -425,6 +503,69 @@ mod tests {
         drop((client, target));
         let (n, _) = task.await.unwrap();
         assert_eq!(n.target_to_client, 30_000);
+    }
+
+    #[tokio::test]
+    async fn auto_carries_bytes_and_half_close() {
+        bulk_and_half_close::<Auto>().await;
+    }
+
+    #[tokio::test]
+    async fn auto_delivers_a_response_in_small_pieces() {
+        a_response_in_small_pieces_arrives_whole::<Auto>().await;
+    }
+
+    /// Moves `data` from `a` through `carrier` (reading `src`, writing `dst`) to `b`.
+    async fn carry(
+        carrier: &mut Auto,
+        (a, src): (&mut TcpStream, &TcpStream),
+        (dst, b): (&TcpStream, &mut TcpStream),
+        data: &[u8],
+    ) {
+        a.write_all(data).await.unwrap();
+        let mut moved = 0;
+        while moved < data.len() {
+            src.readable().await.unwrap();
+            match carrier.fill(src) {
+                Ok(n) => assert!(n > 0, "no FIN was sent"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            }
+            while carrier.pending() > 0 {
+                dst.writable().await.unwrap();
+                match carrier.flush(dst) {
+                    Ok(n) => moved += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        let mut got = vec![0u8; data.len()];
+        b.read_exact(&mut got).await.unwrap();
+        assert!(got == data, "intact and in order");
+    }
+
+    #[tokio::test]
+    async fn auto_splices_a_bulk_direction_and_copies_a_chatty_one() {
+        let ((mut a, src), (dst, mut b)) = pairs().await;
+        let mut chatty = Auto::new().unwrap();
+        for i in 0..50u8 {
+            let msg = [i; 100];
+            carry(&mut chatty, (&mut a, &src), (&dst, &mut b), &msg).await;
+        }
+        assert!(
+            matches!(chatty, Auto::Copy { .. }),
+            "small messages stay copied"
+        );
+        let mut bulk = Auto::new().unwrap();
+        let data: Vec<u8> = (0..128 * 1024u32).map(|i| (i % 251) as u8).collect();
+        carry(&mut bulk, (&mut a, &src), (&dst, &mut b), &data).await;
+        assert!(
+            matches!(bulk, Auto::Splice(_)),
+            "64 KiB of full reads: a pipe"
+        );
+        // It goes on carrying through the pipe.
+        carry(&mut bulk, (&mut a, &src), (&dst, &mut b), &data).await;
     }
 
     #[tokio::test]

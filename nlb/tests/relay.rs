@@ -136,8 +136,9 @@ async fn counting_server() -> SocketAddr {
 }
 
 #[tokio::test]
-async fn half_close_is_propagated_by_either_relay() {
-    for relay in ["splice", "copy"] {
+async fn half_close_is_propagated_by_every_relay() {
+    // 100,000 bytes: enough for auto to move to a pipe mid-flow.
+    for relay in ["auto", "splice", "copy"] {
         let target = counting_server().await;
         let (_server, listen) =
             start_nlb_with(&[target], 300, &format!("relay = \"{relay}\"")).await;
