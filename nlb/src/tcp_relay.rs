@@ -145,8 +145,12 @@ const BULK_READS: u8 = 4;
 /// is delivered, a splice pipe for the rest of the flow (HAProxy's `splice-auto` does the
 /// same). If no pipe can be had (out of descriptors), it stays a buffer.
 pub enum Auto {
-    Copy { buf: Buffer, full_reads: u8 },
-    Splice(Pipe),
+    Copy {
+        buf: Buffer,
+        full_reads: u8,
+    },
+    /// Boxed: an idle flow's two directions stay as small as two buffers' bookkeeping.
+    Splice(Box<Pipe>),
 }
 
 impl Auto {
@@ -155,7 +159,7 @@ impl Auto {
         if let Auto::Copy { buf, full_reads } = self {
             if *full_reads >= BULK_READS && buf.pending() == 0 {
                 match Pipe::new() {
-                    Ok(p) => *self = Auto::Splice(p),
+                    Ok(p) => *self = Auto::Splice(Box::new(p)),
                     Err(e) => {
                         tracing::debug!(error = %e, "no pipe for a bulk flow: copying on");
                         *full_reads = 0;
