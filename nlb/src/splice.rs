@@ -111,7 +111,7 @@ impl Carrier for Pipe {
         // clears the socket's readiness, and an EAGAIN does only into an empty pipe (one with
         // every slot free); into a non-empty one it means "full until flushed". Either
         // mistake stalled a flow whose target had sent its last bytes
-        // (`splice_delivers_a_response_in_small_pieces`).
+        // (`every_carrier_delivers_a_response_in_small_pieces`).
         let n = if self.in_pipe == 0 {
             src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), w, room))?
         } else {
