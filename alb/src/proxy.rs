@@ -52,9 +52,8 @@ pub fn handle(conn: Conn, snaps: Snapshots<Alb>) -> impl std::future::Future<Out
             if client.buf.is_empty() {
                 // Idle between requests: this small state is all a keep-alive connection holds.
                 let idle = snaps.load().config.load_balancer.idle_timeout;
-                match tokio::time::timeout(idle, client.stream.readable()).await {
-                    Ok(Ok(())) => {}
-                    _ => break,
+                if !client.await_request(idle).await {
+                    break;
                 }
             }
             if client.requests == 0 && client.buf.is_empty() {

@@ -6,7 +6,7 @@ use causeway_config::alb::FileAlb;
 use causeway_config::{parse, Context};
 use causeway_dataplane::check::NetProber;
 use causeway_dataplane::Server;
-use causeway_testkit::raw::{self, RawResponse};
+use causeway_testkit::raw::{self, read_response, RawResponse};
 use causeway_testkit::{free_port, Origin};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 struct Alb1 {
-    _server: Arc<Server<Alb>>,
+    server: Arc<Server<Alb>>,
     addr: SocketAddr,
 }
 
@@ -58,10 +58,7 @@ default_action = {default_action}
     let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
         .await
         .unwrap();
-    Alb1 {
-        _server: server,
-        addr,
-    }
+    Alb1 { server, addr }
 }
 
 fn group(name: &str, os: &[&Origin]) -> String {
@@ -92,33 +89,24 @@ async fn origins(names: &[&str]) -> Vec<Origin> {
     v
 }
 
-/// Reads one response with a Content-Length body from a keep-alive connection.
-async fn read_response(s: &mut TcpStream) -> RawResponse {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return RawResponse::parse(&buf[..end + 4 + len]).unwrap();
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp))
-            .await
-            .expect("response in time")
-            .unwrap();
-        assert!(
-            n > 0,
-            "connection closed early: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&tmp[..n]);
-    }
+/// A drain does not wait on idle keep-alive connections (it used to wait for its whole grace
+/// period, 30 s by default, whenever a client held one open).
+#[tokio::test(start_paused = true)]
+async fn a_drain_closes_idle_keep_alive_connections_and_answers_a_last_request() {
+    let alb = start(
+        "[load_balancer]\nidle_timeout.timeout_seconds = 600\n",
+        r#"{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "ok" }"#,
+        "",
+    )
+    .await;
+    let server = alb.server.clone();
+    raw::check_drain_closes_idle_connections(
+        alb.addr,
+        "/",
+        causeway_dataplane::client::DRAIN_LINGER,
+        async move { server.shutdown().await },
+    )
+    .await;
 }
 
 #[tokio::test]

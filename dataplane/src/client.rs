@@ -3,35 +3,39 @@
 //! writes.
 
 use crate::{buffers, Conn};
+use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// A stream a client connection runs on.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Whether readiness can be awaited without reading (plain TCP): an idle connection then
-    /// holds no buffer. TLS may hold decrypted bytes the socket no longer shows, so it reads.
-    const READINESS: bool;
-
-    /// Waits until a read would not block (used only when `READINESS`).
-    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Ready once there is something to read on an idle connection. Plain TCP waits for
+    /// readiness without reading, so an idle connection holds no buffer (and the waker lives in
+    /// the socket's registration, not in the task). TLS may hold decrypted bytes the socket no
+    /// longer shows, so it reads into `buf`, and says false when the client closed or failed.
+    fn first_bytes<'a>(
+        &'a mut self,
+        buf: &'a mut PooledBuf,
+    ) -> impl Future<Output = bool> + Send + 'a;
 }
 
 impl ClientStream for TcpStream {
-    const READINESS: bool = true;
-
-    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        self.readable()
+    fn first_bytes<'a>(
+        &'a mut self,
+        _buf: &'a mut PooledBuf,
+    ) -> impl Future<Output = bool> + Send + 'a {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx).map(|r| r.is_ok()))
     }
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
-    const READINESS: bool = false;
-
-    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    async fn first_bytes(&mut self, buf: &mut PooledBuf) -> bool {
+        matches!(fill(self, buf).await, Ok(n) if n > 0)
     }
 }
 
@@ -118,12 +122,29 @@ impl<S: ClientStream> Client<S> {
 
     /// Reads more bytes onto the end of the buffer; 0 means EOF.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() == 0 {
-            self.buf.0 = buffers::take();
-        } else if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
+        fill(&mut self.stream, &mut self.buf).await
+    }
+
+    /// Waits on an idle connection for the first bytes of its next request: true once there
+    /// is something to read (plain TCP: the socket is readable, with bytes or the client's FIN,
+    /// and no buffer is held; TLS: bytes are in the buffer). False after `idle`, or
+    /// [`DRAIN_LINGER`] after the process began to drain: an idle keep-alive connection does not
+    /// hold a drain up for its whole idle timeout.
+    pub fn await_request(&mut self, idle: Duration) -> impl Future<Output = bool> + Send + '_ {
+        let Client {
+            stream,
+            buf,
+            shutdown,
+            ..
+        } = self;
+        let told = *shutdown.borrow();
+        IdleWait {
+            deadline: tokio::time::sleep(if told { idle.min(DRAIN_LINGER) } else { idle }),
+            // The value only ever turns true, so any change is the drain.
+            changed: shutdown.changed(),
+            told,
+            first: stream.first_bytes(buf),
         }
-        self.stream.read_buf(&mut self.buf.0).await
     }
 
     /// Drops the first `n` bytes (a finished request); gives the buffer back when nothing is
@@ -139,6 +160,61 @@ impl<S: ClientStream> Client<S> {
     pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(data).await
     }
+}
+
+/// How long an idle keep-alive connection still waits for a next request once the process
+/// drains. A busy client's next request, already on its way, is then served (with
+/// `Connection: close`) rather than cut; a client that sends nothing is closed, as NGINX and
+/// HAProxy close idle keep-alive connections when they stop gracefully.
+pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
+pin_project_lite::pin_project! {
+    /// [`Client::await_request`]'s future, written out: every idle connection's task holds it,
+    /// and it is no larger than the idle timer and the drain's waiter it is made of.
+    struct IdleWait<C, F> {
+        #[pin]
+        deadline: tokio::time::Sleep,
+        #[pin]
+        changed: C,
+        told: bool,
+        #[pin]
+        first: F,
+    }
+}
+
+impl<C, F> Future for IdleWait<C, F>
+where
+    C: Future<Output = Result<(), watch::error::RecvError>>,
+    F: Future<Output = bool>,
+{
+    type Output = bool;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut me = self.project();
+        if let Poll::Ready(came) = me.first.poll(cx) {
+            return Poll::Ready(came);
+        }
+        if !*me.told {
+            if let Poll::Ready(r) = me.changed.poll(cx) {
+                *me.told = true;
+                let until = tokio::time::Instant::now() + DRAIN_LINGER;
+                // Err: the server is gone, and no signal will come.
+                if r.is_ok() && until < me.deadline.deadline() {
+                    me.deadline.as_mut().reset(until);
+                }
+            }
+        }
+        me.deadline.poll(cx).map(|()| false)
+    }
+}
+
+async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut PooledBuf) -> std::io::Result<usize> {
+    if buf.capacity() == 0 {
+        buf.0 = buffers::take();
+    } else if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    stream.read_buf(&mut buf.0).await
 }
 
 /// Bodies up to this size are copied behind the head and sent with it in one `send`.
@@ -203,19 +279,8 @@ pub async fn read_head<S: ClientStream>(
     header_timeout: std::time::Duration,
 ) -> Result<Option<()>, ReadHeadError> {
     use crate::http1::{parse_request, HeadError};
-    if client.buf.is_empty() {
-        if S::READINESS {
-            // Idle between requests: hold no buffer, wait for the first byte.
-            match tokio::time::timeout(idle, client.stream.ready()).await {
-                Err(_) | Ok(Err(_)) => return Ok(None),
-                Ok(Ok(())) => {}
-            }
-        } else {
-            match tokio::time::timeout(idle, client.fill()).await {
-                Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return Ok(None),
-                Ok(Ok(_)) => {}
-            }
-        }
+    if client.buf.is_empty() && !client.await_request(idle).await {
+        return Ok(None);
     }
     let deadline = tokio::time::Instant::now() + header_timeout;
     loop {
@@ -241,5 +306,91 @@ pub async fn read_head<S: ClientStream>(
             Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadHeadError::Gone),
             Ok(Ok(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// A client connection on loopback, its peer, and the drain signal's sender.
+    async fn idle_client() -> (Client, TcpStream, watch::Sender<bool>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (ours, from) = l.accept().await.unwrap();
+        // A new registration starts out readable; a read that would block puts it right, as
+        // the read of a served request does on a keep-alive connection.
+        assert!(ours.try_read(&mut [0u8; 1]).is_err());
+        let (tx, rx) = watch::channel(false);
+        let local = ours.local_addr().unwrap();
+        (Client::over(ours, from, local, rx, false), peer, tx)
+    }
+
+    const IDLE: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_gives_up_a_moment_after_the_drain_begins() {
+        let (mut client, _peer, tx) = idle_client().await;
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            tx.send_replace(true);
+            tokio::time::sleep(IDLE).await;
+        });
+        assert!(!client.await_request(IDLE).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(10) + DRAIN_LINGER);
+        assert_eq!(
+            client.buf.capacity(),
+            0,
+            "an idle connection holds no buffer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_arriving_in_the_linger_is_still_served() {
+        let (mut client, mut peer, tx) = idle_client().await;
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            tx.send_replace(true);
+            tokio::time::sleep(DRAIN_LINGER / 2).await;
+            peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            tokio::time::sleep(IDLE).await;
+        });
+        assert!(client.await_request(IDLE).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(10) + DRAIN_LINGER / 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_when_the_drain_began_waits_only_the_linger() {
+        let (mut client, _peer, tx) = idle_client().await;
+        tx.send_replace(true);
+        let start = Instant::now();
+        assert!(!client.await_request(IDLE).await);
+        assert_eq!(start.elapsed(), DRAIN_LINGER);
+        // Nor longer than its idle timeout, if that is shorter.
+        let start = Instant::now();
+        assert!(!client.await_request(DRAIN_LINGER / 4).await);
+        assert_eq!(start.elapsed(), DRAIN_LINGER / 4);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_drain_the_idle_timeout_holds() {
+        let (mut client, mut peer, tx) = idle_client().await;
+        let start = Instant::now();
+        assert!(!client.await_request(Duration::from_secs(5)).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        // A server that went away sends no drain: the idle timeout still ends the wait.
+        drop(tx);
+        let start = Instant::now();
+        assert!(!client.await_request(Duration::from_secs(5)).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        // Bytes end it at once, and so does the client's FIN (the read then sees the end).
+        peer.write_all(b"G").await.unwrap();
+        let start = Instant::now();
+        assert!(client.await_request(IDLE).await);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

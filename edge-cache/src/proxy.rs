@@ -38,10 +38,14 @@ pub async fn handle(conn: Conn, snaps: Snapshots<Edge>) {
     if let Some(acceptor) = acceptor {
         return serve_tls(conn, acceptor, snaps).await;
     }
-    if starts_with_h2_preface(&conn.stream).await {
-        return crate::h2::serve(conn.stream, "http", None, conn.peer, snaps, conn.shutdown).await;
+    match starts_with_h2_preface(&conn.stream).await {
+        Some(true) => {
+            crate::h2::serve(conn.stream, "http", None, conn.peer, snaps, conn.shutdown).await
+        }
+        Some(false) => serve_http1(Client::new(conn), "http", &snaps).await,
+        // Silent for as long as a request head may take, or closed: nothing to serve.
+        None => {}
     }
-    serve_http1(Client::new(conn), "http", &snaps).await;
 }
 
 /// The HTTP/1.1 request loop, on plain TCP or TLS: the same reader, checks and writer.
@@ -89,31 +93,30 @@ async fn serve_tls(conn: Conn, acceptor: tokio_rustls::TlsAcceptor, snaps: Snaps
 }
 
 /// Whether the connection opens with the HTTP/2 preface (prior knowledge). Looks without
-/// consuming, so an HTTP/1.1 connection reads its first request as usual.
-async fn starts_with_h2_preface(s: &tokio::net::TcpStream) -> bool {
+/// consuming, so an HTTP/1.1 connection reads its first request as usual. `None`: the client
+/// closed, or sent nothing within [`HEADER_TIMEOUT`].
+async fn starts_with_h2_preface(s: &tokio::net::TcpStream) -> Option<bool> {
     let preface = causeway_dataplane::h2conn::PREFACE;
     let mut buf = [0u8; 24];
-    for _ in 0..20 {
-        if tokio::time::timeout(VIEWER_IDLE, s.readable())
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        let n = match s.peek(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => return false,
+    for round in 0..20 {
+        // Bounded like a request head: a connection that sends nothing is not held. (A peek
+        // waits for bytes; the socket's readiness alone starts out set on a new connection.)
+        let n = match tokio::time::timeout(HEADER_TIMEOUT, s.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ if round == 0 => return None,
+            // Bytes came, then the rest did not: HTTP/1.1's reader answers them.
+            _ => return Some(false),
         };
-        if n == 0 || buf[..n] != preface[..n] {
-            return false;
+        if buf[..n] != preface[..n] {
+            return Some(false);
         }
         if n == preface.len() {
-            return true;
+            return Some(true);
         }
         // A preface split across segments: look again shortly.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    false
+    Some(false)
 }
 
 /// Serves the next request; returns whether the connection stays open.

@@ -1440,3 +1440,34 @@ async fn http1_over_tls_gets_the_same_smuggling_checks_and_alt_svc() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(o.hits("/smuggle"), 0);
 }
+
+/// A drain does not wait on idle keep-alive viewers (it used to wait for its whole grace
+/// period whenever a viewer held a connection open).
+#[tokio::test(start_paused = true)]
+async fn a_drain_closes_idle_keep_alive_connections_and_answers_a_last_request() {
+    let o = Origin::builder().start().await;
+    let e = start(&o).await;
+    let server = e.server.clone();
+    raw::check_drain_closes_idle_connections(
+        e.addr,
+        "/",
+        causeway_dataplane::client::DRAIN_LINGER,
+        async move { server.shutdown().await },
+    )
+    .await;
+}
+
+/// A viewer that connects and sends nothing is closed once a request head is overdue. It was
+/// held until it left: the check for the h2 preface waited on a peek with no deadline.
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let o = Origin::builder().start().await;
+    let e = start(&o).await;
+    let mut c = tokio::net::TcpStream::connect(e.addr).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(600), c.read(&mut [0u8; 1])).await;
+    assert!(matches!(n, Ok(Ok(0))), "closed: {n:?}");
+    assert_eq!(start.elapsed(), causeway_edge::proxy::HEADER_TIMEOUT);
+    assert_eq!(o.total(), 0);
+}

@@ -27,6 +27,35 @@ pub async fn read_until_quiet(s: &mut TcpStream, wait: Duration) -> std::io::Res
     }
 }
 
+/// Reads one response with a Content-Length body from a keep-alive connection.
+pub async fn read_response(s: &mut TcpStream) -> RawResponse {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return RawResponse::parse(&buf[..end + 4 + len]).unwrap();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed early: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
 /// A parsed HTTP/1.x response.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
@@ -108,4 +137,49 @@ pub async fn request(
             format!("not an HTTP response: {:?}", String::from_utf8_lossy(&raw)),
         )
     })
+}
+
+/// The drain contract for idle HTTP/1.1 keep-alive connections, to run on a paused clock
+/// against a plane listening on `addr`. Two connections each get an answer to `GET path`
+/// and wait; then `drain` begins. A request sent on one of them `linger / 2` later is still
+/// answered, with `Connection: close`; the other, silent one is closed `linger` after the
+/// drain began; and the drain ends clean at that moment, not at its grace period.
+pub async fn check_drain_closes_idle_connections(
+    addr: SocketAddr,
+    path: &str,
+    linger: Duration,
+    drain: impl std::future::Future<Output = bool> + Send + 'static,
+) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    for s in [&mut silent, &mut busy] {
+        s.write_all(req.as_bytes()).await.unwrap();
+        let r = read_response(s).await;
+        assert_eq!(r.header("connection"), None, "kept alive before the drain");
+    }
+    let start = tokio::time::Instant::now();
+    let drained = tokio::spawn(async move { (drain.await, start.elapsed()) });
+    tokio::time::sleep(linger / 2).await;
+    busy.write_all(req.as_bytes()).await.unwrap();
+    let last = read_response(&mut busy).await;
+    assert_eq!(
+        last.header("connection"),
+        Some("close"),
+        "a request that arrives as the drain begins is answered, and told the connection ends"
+    );
+    for (name, s) in [("busy", &mut busy), ("silent", &mut silent)] {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(linger * 2, s.read(&mut b)).await;
+        assert!(
+            matches!(n, Ok(Ok(0))),
+            "the {name} connection is closed: {n:?}"
+        );
+    }
+    let (clean, took) = drained.await.unwrap();
+    assert!(clean, "every connection ended within the grace period");
+    assert_eq!(
+        took, linger,
+        "the drain waited for the silent connection's linger only"
+    );
 }
