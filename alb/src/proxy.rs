@@ -49,7 +49,7 @@ pub fn handle(conn: Conn, snaps: Snapshots<Alb>) -> impl std::future::Future<Out
         }
         let opened = Instant::now();
         loop {
-            if client.buf.is_empty() {
+            if client.requests > 0 && client.buf.is_empty() {
                 // Idle between requests: this small state is all a keep-alive connection holds.
                 let idle = snaps.load().config.load_balancer.idle_timeout;
                 if !client.await_request(idle).await {
@@ -57,8 +57,9 @@ pub fn handle(conn: Conn, snaps: Snapshots<Alb>) -> impl std::future::Future<Out
                 }
             }
             if client.requests == 0 && client.buf.is_empty() {
-                // The first bytes decide HTTP/1.1 or h2c with prior knowledge.
-                match sniff_preface(&mut client, &snaps).await {
+                // The first bytes decide HTTP/1.1 or h2c with prior knowledge. Boxed: a
+                // connection's first wait is not kept in every keep-alive connection's task.
+                match Box::pin(sniff_preface(&mut client, &snaps)).await {
                     Sniffed::Http1 => {}
                     Sniffed::Gone => break,
                     Sniffed::H2 => {
@@ -155,20 +156,24 @@ enum Sniffed {
 /// Reads the first bytes of a cleartext connection into its buffer and says whether they are
 /// the h2 preface. An HTTP/1.1 request is left in the buffer for `read_head`.
 async fn sniff_preface(client: &mut Client, snaps: &Snapshots<Alb>) -> Sniffed {
-    let deadline = Instant::now() + snaps.load().config.load_balancer.request_header_timeout;
+    let timeout = snaps.load().config.load_balancer.request_header_timeout;
+    let deadline = Instant::now() + timeout;
+    // Silent until the header timeout (or a drain): closed, holding no buffer meanwhile.
+    if !client.first_read(timeout).await {
+        return Sniffed::Gone;
+    }
     loop {
-        match tokio::time::timeout_at(deadline, client.fill()).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ if client.buf.is_empty() => return Sniffed::Gone,
-            // Cut short or slow inside a would-be preface: read_head answers it as HTTP/1.1.
-            _ => return Sniffed::Http1,
-        }
         let have = client.buf.len().min(h2conn::PREFACE.len());
         if client.buf[..have] != h2conn::PREFACE[..have] {
             return Sniffed::Http1;
         }
         if have == h2conn::PREFACE.len() {
             return Sniffed::H2;
+        }
+        match tokio::time::timeout_at(deadline, client.fill()).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // Cut short or slow inside a would-be preface: read_head answers it as HTTP/1.1.
+            _ => return Sniffed::Http1,
         }
     }
 }

@@ -109,6 +109,36 @@ async fn a_drain_closes_idle_keep_alive_connections_and_answers_a_last_request()
     .await;
 }
 
+/// A connection that sends nothing is closed at the header timeout (2 s here), with no answer;
+/// once the process drains, a silent one goes after the drain's linger instead.
+#[tokio::test(start_paused = true)]
+async fn a_silent_connection_is_closed_at_the_header_timeout_or_the_drain() {
+    let alb = start(
+        "",
+        r#"{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "ok" }"#,
+        "",
+    )
+    .await;
+    let closed_after = |mut c: TcpStream| async move {
+        let start = tokio::time::Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(600), c.read(&mut [0u8; 1])).await;
+        assert!(matches!(n, Ok(Ok(0))), "closed without an answer: {n:?}");
+        start.elapsed()
+    };
+    let c = TcpStream::connect(alb.addr).await.unwrap();
+    assert_eq!(closed_after(c).await, Duration::from_secs(2));
+    let c = TcpStream::connect(alb.addr).await.unwrap();
+    // Accepted before the drain stops the accept loop.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let server = alb.server.clone();
+    let drained = tokio::spawn(async move { server.shutdown().await });
+    assert_eq!(
+        closed_after(c).await,
+        causeway_dataplane::client::DRAIN_LINGER
+    );
+    assert!(drained.await.unwrap());
+}
+
 #[tokio::test]
 async fn round_robin_keep_alive_and_forwarded_headers() {
     let (os, alb) = web_alb(&["a", "b", "c"]).await;

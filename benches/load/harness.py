@@ -545,6 +545,8 @@ def main():
                     help="idle scenario: the alb against HAProxy and NGINX, or the nlb against HAProxy mode tcp")
     ap.add_argument("--idle-connections", type=int, default=9000,
                     help="HAProxy needs two descriptors per connection and the hard limit here is 20000")
+    ap.add_argument("--silent", action="store_true",
+                    help="idle scenario: the connections send nothing (no request at all)")
     ap.add_argument("--tls", action="store_true",
                     help="http scenario: HTTPS listeners with the same certificate (wrk: HTTP/1.1 "
                          "over TLS; --client h2load: h2 by ALPN)")
@@ -687,7 +689,7 @@ def idle_memory(args):
         port = int(p["url"].split(":")[2].split("/")[0])
         out = subprocess.run(
             [sys.executable, os.path.join(os.path.dirname(__file__), "idle.py"), "127.0.0.1",
-             str(port), str(args.idle_connections), str(p["pid"])],
+             str(port), str(args.idle_connections), str(p["pid"])] + (["silent"] if args.silent else []),
             capture_output=True, text=True, timeout=600)
         if out.returncode != 0 or not out.stdout.strip():
             raise SystemExit(f"idle client failed for {p['name']}: {out.stderr}")
@@ -697,8 +699,10 @@ def idle_memory(args):
         print(f"{p['name']}: {n} idle connections, RSS {before} -> {during} KB, {per:.2f} KB each, "
               f"errors {errors}", file=sys.stderr)
     cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
-    print(f"\n### idle connections ({args.idle_plane})\n\n`{cmd}` — {args.idle_connections} keep-alive connections, "
-          "one request each, then held open; resident memory of the proxy (and its children).\n")
+    what = ("connections that send nothing" if args.silent
+            else "keep-alive connections, one request each,")
+    print(f"\n### idle connections ({args.idle_plane}{', silent' if args.silent else ''})\n\n`{cmd}` — "
+          f"{args.idle_connections} {what} then held open; resident memory of the proxy (and its children).\n")
     print("| proxy | connections | RSS before (KB) | RSS with them (KB) | KB per idle connection | errors |")
     print("|---|---|---|---|---|---|")
     for name, n, before, during, per, errors in rows:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Opens N keep-alive connections to a proxy, sends one request on each, keeps them all open
 idle, and prints the proxy's resident memory before and with them (KB per idle connection).
+With `silent`, the connections send nothing at all (a browser's preconnect, or a flood).
 
-Usage: idle.py HOST PORT N PID
+Usage: idle.py HOST PORT N PID [silent]
 """
 import asyncio
 import os
@@ -32,10 +33,13 @@ def children(pid):
     return out
 
 
-async def one(host, port, sem, conns, errors):
+async def one(host, port, sem, conns, errors, silent):
     async with sem:
         try:
             r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            if silent:
+                conns.append(w)
+                return
             w.write(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             await w.drain()
             head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
@@ -56,7 +60,8 @@ async def main():
     before = rss_kb(pid)
     sem = asyncio.Semaphore(100)
     conns, errors = [], []
-    await asyncio.gather(*(one(host, port, sem, conns, errors) for _ in range(n)))
+    silent = sys.argv[5:] == ["silent"]
+    await asyncio.gather(*(one(host, port, sem, conns, errors, silent) for _ in range(n)))
     await asyncio.sleep(2)
     during = rss_kb(pid)
     print(f"{len(conns)} {before} {during} {len(errors)}")

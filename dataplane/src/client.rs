@@ -84,6 +84,37 @@ impl Client {
     pub fn new(conn: Conn) -> Client {
         Client::over(conn.stream, conn.peer, conn.local, conn.shutdown, false)
     }
+
+    /// Waits up to `wait` for a new connection's first bytes and reads them into the buffer:
+    /// false if none came (or the process drained, as in [`Client::await_request`]) or the
+    /// client closed. A new socket starts out looking readable, so the first wait alone would
+    /// end at once and leave the connection holding a buffer while it sends nothing: here the
+    /// buffer is taken only for a read, and given back if that read finds nothing.
+    pub async fn first_read(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.buf.capacity() == 0 {
+                self.buf.0 = buffers::take();
+            }
+            // One poll of a read, not `try_read_buf`: a poll that reads short clears the
+            // socket's readiness, so the next wait after this request really waits.
+            let read = {
+                let mut read = std::pin::pin!(self.stream.read_buf(&mut self.buf.0));
+                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+            };
+            match read {
+                Poll::Ready(Ok(n)) => return n > 0,
+                Poll::Ready(Err(_)) => return false,
+                Poll::Pending => {
+                    buffers::give(std::mem::take(&mut self.buf.0));
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() || !self.await_request(left).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl<S: ClientStream> Client<S> {
@@ -374,6 +405,44 @@ mod tests {
         assert!(!client.await_request(DRAIN_LINGER / 4).await);
         assert_eq!(start.elapsed(), DRAIN_LINGER / 4);
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_holds_no_buffer_until_its_first_bytes() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (ours, from) = l.accept().await.unwrap();
+        let (tx, rx) = watch::channel(false);
+        let local = ours.local_addr().unwrap();
+        let mut client = Client::over(ours, from, local, rx, false);
+        let c = tokio::spawn(async move {
+            let start = Instant::now();
+            let silent = !client.first_read(Duration::from_secs(5)).await;
+            assert_eq!(start.elapsed(), Duration::from_secs(5));
+            let held = client.buf.capacity();
+            let got = client.first_read(Duration::from_secs(60)).await;
+            (silent, held, got, client.buf.to_vec(), client)
+        });
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        peer.write_all(b"GET").await.unwrap();
+        let (silent, held, got, buf, mut client) = c.await.unwrap();
+        assert!(silent, "nothing came in 5 s");
+        assert_eq!(held, 0, "a connection that sent nothing holds no buffer");
+        assert!(got);
+        assert_eq!(buf, b"GET");
+        // The read cleared the socket's readiness: the next wait is a real one.
+        client.consume(3);
+        let start = Instant::now();
+        assert!(!client.await_request(Duration::from_secs(3)).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        // A drain ends the wait of a new connection too, after the linger.
+        tx.send_replace(true);
+        let start = Instant::now();
+        assert!(!client.first_read(Duration::from_secs(60)).await);
+        assert_eq!(start.elapsed(), DRAIN_LINGER);
+        // The client's FIN: false at once.
+        drop(peer);
+        assert!(!client.first_read(Duration::from_secs(60)).await);
     }
 
     #[tokio::test(start_paused = true)]
