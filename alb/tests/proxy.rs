@@ -89,16 +89,17 @@ async fn origins(names: &[&str]) -> Vec<Origin> {
     v
 }
 
+/// An alb whose default action answers 200 `ok` itself.
+async fn answering_alb(lb: &str) -> Alb1 {
+    let ok = r#"{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "ok" }"#;
+    start(lb, ok, "").await
+}
+
 /// A drain does not wait on idle keep-alive connections (it used to wait for its whole grace
 /// period, 30 s by default, whenever a client held one open).
 #[tokio::test(start_paused = true)]
 async fn a_drain_closes_idle_keep_alive_connections_and_answers_a_last_request() {
-    let alb = start(
-        "[load_balancer]\nidle_timeout.timeout_seconds = 600\n",
-        r#"{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "ok" }"#,
-        "",
-    )
-    .await;
+    let alb = answering_alb("[load_balancer]\nidle_timeout.timeout_seconds = 600\n").await;
     let server = alb.server.clone();
     raw::check_drain_closes_idle_connections(
         alb.addr,
@@ -113,29 +114,16 @@ async fn a_drain_closes_idle_keep_alive_connections_and_answers_a_last_request()
 /// once the process drains, a silent one goes after the drain's linger instead.
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_closed_at_the_header_timeout_or_the_drain() {
-    let alb = start(
-        "",
-        r#"{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "ok" }"#,
-        "",
-    )
-    .await;
-    let closed_after = |mut c: TcpStream| async move {
-        let start = tokio::time::Instant::now();
-        let n = tokio::time::timeout(Duration::from_secs(600), c.read(&mut [0u8; 1])).await;
-        assert!(matches!(n, Ok(Ok(0))), "closed without an answer: {n:?}");
-        start.elapsed()
-    };
+    let alb = answering_alb("").await;
     let c = TcpStream::connect(alb.addr).await.unwrap();
-    assert_eq!(closed_after(c).await, Duration::from_secs(2));
+    assert_eq!(raw::closed_after(c).await, Duration::from_secs(2));
     let c = TcpStream::connect(alb.addr).await.unwrap();
     // Accepted before the drain stops the accept loop.
     tokio::time::sleep(Duration::from_millis(10)).await;
     let server = alb.server.clone();
     let drained = tokio::spawn(async move { server.shutdown().await });
-    assert_eq!(
-        closed_after(c).await,
-        causeway_dataplane::client::DRAIN_LINGER
-    );
+    let linger = causeway_dataplane::client::DRAIN_LINGER;
+    assert_eq!(raw::closed_after(c).await, linger);
     assert!(drained.await.unwrap());
 }
 

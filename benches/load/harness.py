@@ -115,15 +115,15 @@ def wrk(url, seconds, conns, extra=()):
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    errors = 0
+    kinds = {}
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
-        errors += sum(int(x) for x in m.groups())
+        kinds.update(zip(("connect", "read", "write", "timeout"), (int(x) for x in m.groups())))
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if m:
-        errors += int(m.group(1))
+        kinds["non-2xx"] = int(m.group(1))
     return {"requests": reqs, "rps": rps, "p99_ms": to_ms(p99.group(1)) if p99 else float("nan"),
-            "errors": errors}
+            "errors": sum(kinds.values()), "error_kinds": {k: v for k, v in kinds.items() if v}}
 
 
 def h2load(url, seconds, conns):

@@ -67,6 +67,14 @@ def run(kind, bin_dir, seconds):
           and gen is not None and gen > gen0 and refused)
     print(f"| {name} | {RELOADS} | {result.get('requests')} | {result.get('errors')} | "
           f"{gen0} → {gen} | {'yes' if refused else 'NO'} | {'pass' if ok else 'FAIL'} |")
+    if not ok:
+        # What the next look at a failure needs: wrk's kinds of error, and what the plane said
+        # about its targets and itself (the broken reload's own error is expected).
+        print(f"\n{name}: wrk errors by kind: {result.get('error_kinds')}", file=sys.stderr)
+        for line in log.splitlines():
+            if "keeping the old config" not in line and any(
+                    w in line for w in ("WARN", "ERROR", "health changed", "cutting")):
+                print(f"  {name} log: {line[:400]}", file=sys.stderr)
     p.terminate()
     p.wait(timeout=40)
     return ok

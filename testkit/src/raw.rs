@@ -139,6 +139,15 @@ pub async fn request(
     })
 }
 
+/// How long `c` stays open before the peer closes it without sending a byte (paused clock:
+/// the virtual time). Fails if a byte comes, or nothing happens for 600 s.
+pub async fn closed_after(mut c: TcpStream) -> Duration {
+    let start = tokio::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(600), c.read(&mut [0u8; 1])).await;
+    assert!(matches!(n, Ok(Ok(0))), "closed without an answer: {n:?}");
+    start.elapsed()
+}
+
 /// The drain contract for idle HTTP/1.1 keep-alive connections, to run on a paused clock
 /// against a plane listening on `addr`. Two connections each get an answer to `GET path`
 /// and wait; then `drain` begins. A request sent on one of them `linger / 2` later is still
