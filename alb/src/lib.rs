@@ -79,6 +79,7 @@ impl Plane for Alb {
     type File = FileAlb;
     type Config = AlbConfig;
     type Compiled = Routers;
+    type Parked = proxy::Parked;
 
     fn compile(cfg: &AlbConfig, previous: Option<&Routers>) -> Result<Routers, String> {
         let access_log = match &cfg.load_balancer.access_log {
@@ -140,7 +141,10 @@ impl Plane for Alb {
         cfg.target_groups.values().cloned().collect()
     }
 
-    fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl std::future::Future<Output = ()> + Send {
+    fn serve(
+        conn: Conn<proxy::Parked>,
+        snaps: Snapshots<Self>,
+    ) -> impl std::future::Future<Output = ()> + Send {
         proxy::handle(conn, snaps)
     }
 }

@@ -12,8 +12,10 @@ use crate::route::{host_without_port, split_target, RequestView};
 use crate::upstream::{self, Scratch};
 use crate::{logging, Alb};
 use causeway_config::alb::Action;
+use causeway_dataplane::client::Idle;
 use causeway_dataplane::http1::{Framing, RequestHead};
 use causeway_dataplane::limits::{Limiter, Slot};
+use causeway_dataplane::park::{Parker, Resumed, PARK_AFTER};
 use causeway_dataplane::select::maglev::hash64;
 use causeway_dataplane::{h2conn, Conn, Snapshot, Snapshots};
 use std::sync::Arc;
@@ -23,66 +25,204 @@ use tokio::time::Instant;
 /// Serves one client connection until it closes, idles out, or the process drains. Each
 /// request loads the snapshot current when it arrives, so a reload applies to the next request
 /// of a keep-alive connection, not only to new connections.
-pub fn handle(conn: Conn, snaps: Snapshots<Alb>) -> impl std::future::Future<Output = ()> + Send {
-    // Not an async fn: one keeps each argument twice in its state (as passed, and moved into
-    // the body), so the Conn's 112 bytes would stay in every idle connection's task. The
-    // Client is built first and the block owns it once.
-    let mut client = Client::new(conn);
+pub fn handle(
+    conn: Conn<Parked>,
+    snaps: Snapshots<Alb>,
+) -> impl std::future::Future<Output = ()> + Send {
+    // Not an async fn: one keeps each argument in its state for good (as captured, and again
+    // where it is used). Boxed: a connection's opening (caps, TLS or h2c, its first wait) is
+    // not kept in every keep-alive connection's task, which holds only the boxed opening's
+    // pointer and then the keep-alive loop.
+    let opening = Box::pin(open(conn, snaps));
     async move {
-        // listener: connection caps, counted for the process across reloads.
-        let Ok(_slot) = admit(&client, &snaps) else {
-            return;
+        // The loop's future is made in a statement of its own: awaited where it is made, the
+        // opening's result would stay beside it for the connection's life.
+        let serve = match opening.await {
+            Some(plain) => plain.serve(),
+            None => return,
         };
-        metrics::counter!("causeway_alb_new_connection_count").increment(1);
-        let active = metrics::gauge!("causeway_alb_active_connection_count");
-        active.increment(1.0);
-        let tls = {
-            let snap = snaps.load();
-            snap.compiled.tls(client.local)
-        };
-        if let Some(acceptor) = tls {
-            // HTTPS: the handshake, then the same engine over TLS. Boxed, so a cleartext
-            // connection's task stays small.
-            Box::pin(serve_tls(client, acceptor, &snaps)).await;
-            active.decrement(1.0);
-            return;
+        serve.await
+    }
+}
+
+/// A new connection, up to its first HTTP/1.1 request: `None` when it was refused, closed
+/// before a request, or served to its end over TLS or h2c.
+async fn open(conn: Conn<Parked>, snaps: Snapshots<Alb>) -> Option<Plain> {
+    let Conn {
+        stream,
+        peer,
+        local,
+        shutdown,
+        parker,
+    } = conn;
+    let mut client = Client::over(stream, peer, local, shutdown, false);
+    // listener: connection caps, counted for the process across reloads.
+    let slot = admit(&client, &snaps).ok()?;
+    metrics::counter!("causeway_alb_new_connection_count").increment(1);
+    let active = Active::new();
+    let tls = {
+        let snap = snaps.load();
+        snap.compiled.tls(client.local)
+    };
+    if let Some(acceptor) = tls {
+        // HTTPS: the handshake, then the same engine over TLS.
+        serve_tls(client, acceptor, &snaps).await;
+        return None;
+    }
+    // The first bytes decide HTTP/1.1 or h2c with prior knowledge.
+    match sniff_preface(&mut client, &snaps).await {
+        Sniffed::Http1 => {}
+        Sniffed::Gone => return None,
+        Sniffed::H2 => {
+            serve_h2c(client, &snaps).await;
+            return None;
         }
-        let opened = Instant::now();
-        loop {
-            if client.requests > 0 && client.buf.is_empty() {
-                // Idle between requests: this small state is all a keep-alive connection holds.
-                let idle = snaps.load().config.load_balancer.idle_timeout;
-                if !client.await_request(idle).await {
+    }
+    Some(Plain {
+        client,
+        snaps,
+        parker,
+        opened: Instant::now(),
+        _slot: slot,
+        _active: active,
+    })
+}
+
+/// Counts a connection in `ActiveConnectionCount` while it lives, parked or not. No handle
+/// is kept (the gauge is looked up again when the connection ends), so it costs a parked or
+/// idle connection nothing.
+struct Active;
+
+impl Active {
+    fn new() -> Active {
+        metrics::gauge!("causeway_alb_active_connection_count").increment(1.0);
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        metrics::gauge!("causeway_alb_active_connection_count").decrement(1.0);
+    }
+}
+
+/// A cleartext HTTP/1.1 connection: what it keeps across requests, and across parking.
+struct Plain {
+    client: Client,
+    snaps: Snapshots<Alb>,
+    parker: Parker<Parked>,
+    /// For `client_keep_alive`.
+    opened: Instant,
+    _slot: Option<Box<Slot>>,
+    _active: Active,
+}
+
+impl Plain {
+    /// Serves requests until the connection closes, idles out, drains, or parks.
+    fn serve(self) -> impl std::future::Future<Output = ()> + Send {
+        let mut me = self;
+        async move {
+            loop {
+                if me.client.requests > 0 && me.client.buf.is_empty() {
+                    // Idle between requests: this small state is all a keep-alive connection
+                    // holds, and after a while it parks, leaving even the task.
+                    let idle = me.snaps.load().config.load_balancer.idle_timeout;
+                    match me.client.await_request_or_park(idle, PARK_AFTER).await {
+                        Idle::Request => {}
+                        Idle::Closed => break,
+                        Idle::Park { until } => return me.park(until),
+                    }
+                }
+                let snap = me.snaps.load();
+                let Some(router) = snap.compiled.router(me.client.local) else {
+                    // The listener was removed by a reload: this connection ends.
+                    break;
+                };
+                // Boxed: a request's state lives on the heap only while the request is served.
+                if !Box::pin(serve_request(
+                    &mut me.client,
+                    &snap,
+                    router,
+                    me.opened,
+                    None,
+                ))
+                .await
+                {
                     break;
                 }
             }
-            if client.requests == 0 && client.buf.is_empty() {
-                // The first bytes decide HTTP/1.1 or h2c with prior knowledge. Boxed: a
-                // connection's first wait is not kept in every keep-alive connection's task.
-                match Box::pin(sniff_preface(&mut client, &snaps)).await {
-                    Sniffed::Http1 => {}
-                    Sniffed::Gone => break,
-                    Sniffed::H2 => {
-                        Box::pin(serve_h2c(client, &snaps)).await;
-                        active.decrement(1.0);
-                        return;
-                    }
-                }
-            }
-            let snap = snaps.load();
-            let Some(router) = snap.compiled.router(client.local) else {
-                // The listener was removed by a reload: this connection ends.
-                break;
-            };
-            // Boxed: a request's state lives on the heap only while the request is served.
-            if !Box::pin(serve_request(&mut client, &snap, router, opened, None)).await {
-                break;
+            if let Err(e) = me.client.stream.shutdown().await {
+                tracing::debug!(error = %e, "client shutdown");
             }
         }
-        if let Err(e) = client.stream.shutdown().await {
-            tracing::debug!(error = %e, "client shutdown");
+    }
+
+    /// Hands the idle connection to the parker; its client's next bytes resume it here.
+    fn park(self, until: Instant) {
+        let Plain {
+            client,
+            snaps,
+            parker,
+            opened,
+            _slot,
+            _active,
+        } = self;
+        let Client {
+            stream,
+            peer,
+            local,
+            requests,
+            ..
+        } = client;
+        let state = Parked {
+            peer,
+            local,
+            requests,
+            snaps,
+            parker: parker.clone(),
+            opened,
+            _slot,
+            _active,
+        };
+        parker.park(stream, until, state);
+    }
+}
+
+/// A parked cleartext connection: its [`Plain`] state without the socket and buffer.
+pub struct Parked {
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    requests: u64,
+    snaps: Snapshots<Alb>,
+    parker: Parker<Parked>,
+    opened: Instant,
+    _slot: Option<Box<Slot>>,
+    _active: Active,
+}
+
+impl causeway_dataplane::park::Parked for Parked {
+    fn resume(self, r: Resumed) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let Parked {
+            peer,
+            local,
+            requests,
+            snaps,
+            parker,
+            opened,
+            _slot,
+            _active,
+        } = self;
+        let mut client = Client::over(r.stream, peer, local, r.shutdown, false);
+        client.requests = requests;
+        Plain {
+            client,
+            snaps,
+            parker,
+            opened,
+            _slot,
+            _active,
         }
-        active.decrement(1.0);
+        .serve()
     }
 }
 
@@ -547,11 +687,15 @@ mod tests {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
             let (_tx, rx) = tokio::sync::watch::channel(false);
+            let parker =
+                causeway_dataplane::park::Parker::<super::Parked>::start(Default::default(), rx.clone())
+                    .unwrap();
             let conn = causeway_dataplane::Conn {
                 peer: c.peer_addr().unwrap(),
                 local: c.local_addr().unwrap(),
                 stream: c,
                 shutdown: rx,
+                parker,
             };
             let cfg = causeway_config::parse::<causeway_config::alb::FileAlb>(
                 "alb.toml",
@@ -568,6 +712,7 @@ mod tests {
             });
             let fut = super::handle(conn, snap);
             let size = size_of_future(&fut);
+            eprintln!("the per-connection future is {size} bytes");
             assert!(size <= 500, "the per-connection future is {size} bytes");
         });
     }

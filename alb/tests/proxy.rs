@@ -5,6 +5,7 @@ use causeway_alb::Alb;
 use causeway_config::alb::FileAlb;
 use causeway_config::{parse, Context};
 use causeway_dataplane::check::NetProber;
+use causeway_dataplane::park::PARK_AFTER;
 use causeway_dataplane::Server;
 use causeway_testkit::raw::{self, read_response, RawResponse};
 use causeway_testkit::{free_port, Origin};
@@ -96,18 +97,78 @@ async fn answering_alb(lb: &str) -> Alb1 {
 }
 
 /// A drain does not wait on idle keep-alive connections (it used to wait for its whole grace
-/// period, 30 s by default, whenever a client held one open).
+/// period, 30 s by default, whenever a client held one open), whether they still wait in their
+/// tasks or have been parked.
 #[tokio::test(start_paused = true)]
 async fn a_drain_closes_idle_keep_alive_connections_and_answers_a_last_request() {
-    let alb = answering_alb("[load_balancer]\nidle_timeout.timeout_seconds = 600\n").await;
-    let server = alb.server.clone();
-    raw::check_drain_closes_idle_connections(
-        alb.addr,
-        "/",
-        causeway_dataplane::client::DRAIN_LINGER,
-        async move { server.shutdown().await },
+    for idle in [Duration::ZERO, PARK_AFTER * 4] {
+        let alb = answering_alb("[load_balancer]\nidle_timeout.timeout_seconds = 600\n").await;
+        let server = alb.server.clone();
+        let watched = alb.server.clone();
+        let parked = tokio::spawn(async move {
+            // Both connections are parked once they have idled past the park delay.
+            tokio::time::sleep(PARK_AFTER * 2).await;
+            watched.parked_connections()
+        });
+        raw::check_drain_closes_idle_connections(
+            alb.addr,
+            "/",
+            causeway_dataplane::client::DRAIN_LINGER,
+            idle,
+            async move { server.shutdown().await },
+        )
+        .await;
+        let parked = parked.await.unwrap();
+        assert_eq!(parked, if idle.is_zero() { 0 } else { 2 }, "idle {idle:?}");
+        assert_eq!(alb.server.live_connections(), 0);
+    }
+}
+
+/// A keep-alive connection idle past the park delay leaves its task; its next request is
+/// served as before (routed on, to the next target), and it still closes exactly at the idle
+/// timeout, parked again.
+#[tokio::test(start_paused = true)]
+async fn a_parked_connection_serves_its_next_request_and_closes_at_the_idle_timeout() {
+    let os = origins(&["a", "b"]).await;
+    let alb = start(
+        &format!(
+            "[load_balancer]\nidle_timeout.timeout_seconds = 40\n{}",
+            group("web", &[&os[0], &os[1]])
+        ),
+        r#"{ type = "forward", target_group = "web" }"#,
+        "",
     )
     .await;
+    let mut c = TcpStream::connect(alb.addr).await.unwrap();
+    let mut who = Vec::new();
+    for (i, wait) in [0, 30, 39].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let parked = alb.server.parked_connections();
+        assert_eq!(
+            parked,
+            usize::from(wait > 0),
+            "request {i}: parked while idle"
+        );
+        let req = format!("GET /p{i} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let r = read_response(&mut c).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), None, "still kept alive");
+        let origin = r.header("x-origin").unwrap().to_owned();
+        assert_eq!(r.text(), format!("origin {origin} /p{i}\n"));
+        who.push(origin);
+        assert_eq!(alb.server.parked_connections(), 0, "resumed to serve it");
+    }
+    assert_eq!(
+        who,
+        ["a", "b", "a"],
+        "round robin carries on across parking"
+    );
+    assert_eq!(os[1].seen()[0].path, "/p1");
+    assert_eq!(alb.server.live_connections(), 1);
+    assert_eq!(raw::closed_after(c).await, Duration::from_secs(40));
+    assert_eq!(alb.server.parked_connections(), 0);
+    assert_eq!(alb.server.live_connections(), 0);
 }
 
 /// A connection that sends nothing is closed at the header timeout (2 s here), with no answer;

@@ -172,6 +172,7 @@ pub fn status<P: Plane>(server: &Server<P>) -> serde_json::Value {
         "loaded_at_unix": loaded,
         "draining": server.is_draining(),
         "live_connections": server.live_connections(),
+        "parked_connections": server.parked_connections(),
         "listeners": listeners,
         "target_groups": groups,
     })

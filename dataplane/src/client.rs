@@ -6,7 +6,7 @@ use crate::{buffers, Conn};
 use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -162,6 +162,29 @@ impl<S: ClientStream> Client<S> {
     /// [`DRAIN_LINGER`] after the process began to drain: an idle keep-alive connection does not
     /// hold a drain up for its whole idle timeout.
     pub fn await_request(&mut self, idle: Duration) -> impl Future<Output = bool> + Send + '_ {
+        let wait = self.idle_wait(idle, None);
+        async move { matches!(wait.await, Idle::Request) }
+    }
+
+    /// As [`Client::await_request`], but after `park_after` of silence (and before the drain)
+    /// it ends with [`Idle::Park`] and the time the idle timeout ends, so the connection can
+    /// wait parked ([`crate::park`]) instead of in its task.
+    pub fn await_request_or_park(
+        &mut self,
+        idle: Duration,
+        park_after: Duration,
+    ) -> impl Future<Output = Idle> + Send + '_ {
+        self.idle_wait(idle, Some(park_after))
+    }
+
+    fn idle_wait(
+        &mut self,
+        idle: Duration,
+        park_after: Option<Duration>,
+    ) -> IdleWait<
+        impl Future<Output = Result<(), watch::error::RecvError>> + Send + '_,
+        impl Future<Output = bool> + Send + '_,
+    > {
         let Client {
             stream,
             buf,
@@ -169,11 +192,18 @@ impl<S: ClientStream> Client<S> {
             ..
         } = self;
         let told = *shutdown.borrow();
+        let now = tokio::time::Instant::now();
+        let (first_deadline, end) = match park_after {
+            Some(p) if !told && p < idle => (now + p, Some(now + idle)),
+            _ if told => (now + idle.min(DRAIN_LINGER), None),
+            _ => (now + idle, None),
+        };
         IdleWait {
-            deadline: tokio::time::sleep(if told { idle.min(DRAIN_LINGER) } else { idle }),
+            deadline: tokio::time::sleep_until(first_deadline),
             // The value only ever turns true, so any change is the drain.
             changed: shutdown.changed(),
             told,
+            end,
             first: stream.first_bytes(buf),
         }
     }
@@ -199,15 +229,28 @@ impl<S: ClientStream> Client<S> {
 /// HAProxy close idle keep-alive connections when they stop gracefully.
 pub const DRAIN_LINGER: Duration = Duration::from_secs(1);
 
+/// How an idle connection's wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// There is something to read.
+    Request,
+    /// The idle timeout passed, or the drain's linger: close.
+    Closed,
+    /// Silent for the park delay: park until `until`, when the idle timeout ends.
+    Park { until: tokio::time::Instant },
+}
+
 pin_project_lite::pin_project! {
     /// [`Client::await_request`]'s future, written out: every idle connection's task holds it,
     /// and it is no larger than the idle timer and the drain's waiter it is made of.
-    struct IdleWait<C, F> {
+    pub struct IdleWait<C, F> {
         #[pin]
         deadline: tokio::time::Sleep,
         #[pin]
         changed: C,
         told: bool,
+        // While the timer is set to the park delay: when the idle timeout ends.
+        end: Option<tokio::time::Instant>,
         #[pin]
         first: F,
     }
@@ -218,24 +261,31 @@ where
     C: Future<Output = Result<(), watch::error::RecvError>>,
     F: Future<Output = bool>,
 {
-    type Output = bool;
+    type Output = Idle;
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Idle> {
         let mut me = self.project();
         if let Poll::Ready(came) = me.first.poll(cx) {
-            return Poll::Ready(came);
+            return Poll::Ready(if came { Idle::Request } else { Idle::Closed });
         }
         if !*me.told {
             if let Poll::Ready(r) = me.changed.poll(cx) {
                 *me.told = true;
+                // A draining connection does not park: it waits out the linger here.
+                let end = me.end.take().unwrap_or(me.deadline.deadline());
                 let until = tokio::time::Instant::now() + DRAIN_LINGER;
                 // Err: the server is gone, and no signal will come.
-                if r.is_ok() && until < me.deadline.deadline() {
-                    me.deadline.as_mut().reset(until);
+                let to = if r.is_ok() { until.min(end) } else { end };
+                if to != me.deadline.deadline() {
+                    me.deadline.as_mut().reset(to);
                 }
             }
         }
-        me.deadline.poll(cx).map(|()| false)
+        ready!(me.deadline.poll(cx));
+        Poll::Ready(match me.end {
+            Some(until) => Idle::Park { until: *until },
+            None => Idle::Closed,
+        })
     }
 }
 
@@ -443,6 +493,47 @@ mod tests {
         // The client's FIN: false at once.
         drop(peer);
         assert!(!client.first_read(Duration::from_secs(60)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_told_to_park_with_the_end_of_its_idle_timeout() {
+        let (mut client, mut peer, _tx) = idle_client().await;
+        let park = Duration::from_millis(250);
+        let start = Instant::now();
+        let got = client.await_request_or_park(IDLE, park).await;
+        assert_eq!(
+            got,
+            Idle::Park {
+                until: start + IDLE
+            }
+        );
+        assert_eq!(start.elapsed(), park);
+        // Bytes before the park delay: a request, at once.
+        peer.write_all(b"G").await.unwrap();
+        assert_eq!(
+            client.await_request_or_park(IDLE, park).await,
+            Idle::Request
+        );
+        assert_eq!(start.elapsed(), park);
+        let (mut client, _peer, tx) = idle_client().await;
+        // An idle timeout shorter than the park delay: closed, never parked.
+        let start = Instant::now();
+        let got = client.await_request_or_park(park / 2, park).await;
+        assert_eq!((got, start.elapsed()), (Idle::Closed, park / 2));
+        // A drain before the park delay: no parking, the linger instead.
+        let start = Instant::now();
+        let wait = client.await_request_or_park(IDLE, DRAIN_LINGER * 2);
+        let drain = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send_replace(true);
+        };
+        let (got, ()) = tokio::join!(wait, drain);
+        assert_eq!(got, Idle::Closed);
+        assert_eq!(start.elapsed(), Duration::from_millis(100) + DRAIN_LINGER);
+        // Already draining: no parking either.
+        let start = Instant::now();
+        assert_eq!(client.await_request_or_park(IDLE, park).await, Idle::Closed);
+        assert_eq!(start.elapsed(), DRAIN_LINGER);
     }
 
     #[tokio::test(start_paused = true)]

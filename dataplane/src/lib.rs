@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod master;
 pub mod outlier;
+pub mod park;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod relay;

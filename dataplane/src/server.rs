@@ -4,6 +4,7 @@
 use crate::check::{spawn_checker, Prober};
 use crate::drain::Tracker;
 use crate::listener::{accept_loop, bind_tcp};
+use crate::park::{Parked, Parker, Unparkable};
 use crate::target::TargetGroup;
 use arc_swap::ArcSwap;
 use causeway_config::common::{ServerConfig, TargetGroupConfig};
@@ -28,6 +29,9 @@ pub trait Plane: Send + Sync + Sized + 'static {
     /// What the plane derives from its config once per load (compiled routes, an opened access
     /// log). Runs inside the runtime; an error refuses the load.
     type Compiled: Send + Sync + 'static;
+    /// What an idle connection keeps while it is parked ([`crate::park`]); [`Unparkable`] for a
+    /// plane that never parks.
+    type Parked: Parked;
 
     /// Compiles a config; `previous` is the live generation's (on a reload), whose long-lived
     /// state (the edge's cache) the new generation may take over.
@@ -43,7 +47,7 @@ pub trait Plane: Send + Sync + Sized + 'static {
 
     /// Serves one accepted connection. `snaps` always holds the current snapshot: a plane loads
     /// one per connection (nlb) or per request (alb), and keeps it for that unit of work.
-    fn serve(conn: Conn, snaps: Snapshots<Self>) -> impl Future<Output = ()> + Send;
+    fn serve(conn: Conn<Self::Parked>, snaps: Snapshots<Self>) -> impl Future<Output = ()> + Send;
 
     /// Starts what the plane serves besides its TCP listeners (the edge's HTTP/3 endpoints):
     /// called once after start, with the live snapshots and the drain signal.
@@ -63,12 +67,14 @@ pub trait Plane: Send + Sync + Sized + 'static {
 
 /// An accepted connection.
 #[derive(Debug)]
-pub struct Conn {
+pub struct Conn<T = Unparkable> {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// Turns true when the process starts draining: finish the current request, then close.
     pub shutdown: watch::Receiver<bool>,
+    /// Where the connection may wait once it has idled a while ([`crate::park`]).
+    pub parker: Parker<T>,
 }
 
 /// The current snapshot, swapped as one unit on reload.
@@ -153,6 +159,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the epoll set for idle connections: {0}")]
+    Park(#[source] std::io::Error),
 }
 
 /// What a successful reload changed, for the log line and `POST /reload`.
@@ -201,6 +209,7 @@ pub struct Server<P: Plane> {
     shutdown: watch::Sender<bool>,
     prober: Arc<dyn Prober>,
     conns: Tracker,
+    parker: Parker<P::Parked>,
 }
 
 impl<P: Plane> std::fmt::Debug for Server<P> {
@@ -275,6 +284,9 @@ impl<P: Plane> Server<P> {
             loaded_at: SystemTime::now(),
         };
         let (shutdown, _) = watch::channel(false);
+        let conns = Tracker::default();
+        let parker =
+            Parker::start(conns.clone(), shutdown.subscribe()).map_err(StartError::Park)?;
         let server = Arc::new(Server {
             config_path: config_path.to_owned(),
             current: Snapshots::fixed(snap),
@@ -282,7 +294,8 @@ impl<P: Plane> Server<P> {
             reload_lock: tokio::sync::Mutex::new(()),
             shutdown,
             prober,
-            conns: Tracker::default(),
+            conns,
+            parker,
         });
         metrics::counter!("causeway_config_reloads_total").absolute(0);
         metrics::counter!("causeway_config_reload_failures_total").absolute(0);
@@ -319,6 +332,12 @@ impl<P: Plane> Server<P> {
         self.conns.live()
     }
 
+    /// Idle connections parked outside any task ([`crate::park`]), counted in
+    /// [`Server::live_connections`] too.
+    pub fn parked_connections(&self) -> usize {
+        self.parker.parked()
+    }
+
     pub fn is_draining(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -350,6 +369,7 @@ impl<P: Plane> Server<P> {
                 peer,
                 local,
                 shutdown: server.shutdown.subscribe(),
+                parker: server.parker.clone(),
             };
             // The plane's future is made inside the block: made outside, it would be stored
             // twice in the task (as the block's capture, and again where it is awaited).

@@ -81,6 +81,7 @@ impl Plane for Edge {
     type File = FileEdge;
     type Config = EdgeConfig;
     type Compiled = Compiled;
+    type Parked = causeway_dataplane::park::Unparkable;
 
     fn compile(cfg: &EdgeConfig, previous: Option<&Compiled>) -> Result<Compiled, String> {
         let access_log = match &cfg.access_log {

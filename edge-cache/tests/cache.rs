@@ -1452,6 +1452,7 @@ async fn a_drain_closes_idle_keep_alive_connections_and_answers_a_last_request()
         e.addr,
         "/",
         causeway_dataplane::client::DRAIN_LINGER,
+        Duration::ZERO,
         async move { server.shutdown().await },
     )
     .await;

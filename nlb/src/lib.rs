@@ -47,6 +47,7 @@ impl Plane for Nlb {
     type File = FileNlb;
     type Config = NlbConfig;
     type Compiled = Compiled;
+    type Parked = causeway_dataplane::park::Unparkable;
 
     fn compile(cfg: &NlbConfig, _previous: Option<&Compiled>) -> Result<Compiled, String> {
         let mut tls = Vec::new();

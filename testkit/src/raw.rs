@@ -150,13 +150,14 @@ pub async fn closed_after(mut c: TcpStream) -> Duration {
 
 /// The drain contract for idle HTTP/1.1 keep-alive connections, to run on a paused clock
 /// against a plane listening on `addr`. Two connections each get an answer to `GET path`
-/// and wait; then `drain` begins. A request sent on one of them `linger / 2` later is still
+/// and wait `idle` (long enough, and a plane has parked them); then `drain` begins. A request sent on one of them `linger / 2` later is still
 /// answered, with `Connection: close`; the other, silent one is closed `linger` after the
 /// drain began; and the drain ends clean at that moment, not at its grace period.
 pub async fn check_drain_closes_idle_connections(
     addr: SocketAddr,
     path: &str,
     linger: Duration,
+    idle: Duration,
     drain: impl std::future::Future<Output = bool> + Send + 'static,
 ) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
@@ -167,6 +168,7 @@ pub async fn check_drain_closes_idle_connections(
         let r = read_response(s).await;
         assert_eq!(r.header("connection"), None, "kept alive before the drain");
     }
+    tokio::time::sleep(idle).await;
     let start = tokio::time::Instant::now();
     let drained = tokio::spawn(async move { (drain.await, start.elapsed()) });
     tokio::time::sleep(linger / 2).await;
