@@ -19,8 +19,11 @@ wrk and the origins leave, and the table says how many MB/s that came to. A cont
 rapid-reset attackers against a sink instead of the alb (the sink closes connections as often
 as the alb does): what the honest client loses there is CPU 0's contention, not the alb's doing.
 
+With `--proxy haproxy` the same runs go through HAProxy 2.6 instead (mode http, `nbthread 1`,
+`http-reuse always`, h2c by prior knowledge on the same port), for comparison.
+
 Usage: python3 benches/reliability/h2_abuse.py [--bin-dir target/release] [--seconds 6] [--repeat N]
-       [--only 'rapid reset']
+       [--only 'rapid reset'] [--proxy alb|haproxy]
 Only 127.0.0.1 is used; every attack stops when its measurement ends.
 """
 import argparse
@@ -224,12 +227,13 @@ def attackers(port, attack, stop, sent):
 
 
 def origin_time_waits():
-    """TCP connections to the origins closed in the last minute (each leaves one TIME-WAIT, on
-    whichever side closed first): a rise during an attack is target connections it cost."""
+    """TCP connections to the origins closed in the last minute, by their address pairs (each
+    leaves one TIME-WAIT, on whichever side closed first): the pairs that appear during an
+    attack are the target connections it cost."""
     out = subprocess.run(["ss", "-tanH", "state", "time-wait"], capture_output=True, text=True).stdout
     ports = {str(p) for p in harness.ORIGIN_PORTS}
-    return sum(1 for line in out.splitlines()
-               if {a.rsplit(":", 1)[-1] for a in line.split()[-2:]} & ports)
+    return {tuple(line.split()[-2:]) for line in out.splitlines()
+            if {a.rsplit(":", 1)[-1] for a in line.split()[-2:]} & ports}
 
 
 def rss_kb(pid):
@@ -245,6 +249,8 @@ def main():
                     help="run every attack this many times (memory that keeps growing is a leak)")
     ap.add_argument("--only", default="",
                     help="run only the attacks whose name contains this (the baseline always runs)")
+    ap.add_argument("--proxy", choices=["alb", "haproxy"], default="alb",
+                    help="the proxy under attack: the alb, or HAProxy 2.6 for comparison")
     args = ap.parse_args()
     # wrk, the origins and the attack process share CPU 0, so the alb has CPU 1 to itself and
     # its CPU-seconds are what the attack costs it.
@@ -252,9 +258,12 @@ def main():
     harness.start(["nginx", "-c", harness.origin_config()], 0, "nginx-origin")
     for p in harness.ORIGIN_PORTS:
         harness.wait_port(p)
-    alb, note = harness.causeway("alb", args.bin_dir)
-    if not alb:
-        raise SystemExit(note)
+    if args.proxy == "haproxy":
+        alb = harness.haproxy("http")
+    else:
+        alb, note = harness.causeway("alb", args.bin_dir)
+        if not alb:
+            raise SystemExit(note)
     port = int(alb["url"].rsplit(":", 1)[1].split("/")[0])
     listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
     sink_port = listener.getsockname()[1]
@@ -270,8 +279,9 @@ def main():
         ("zero-window stall (50 connections)", "stall"),
     ]
     cases = cases[:1] + [c for c in cases[1:] if args.only in c[0] for _ in range(args.repeat)]
-    print("| attack | honest req/s | honest p99 ms | honest errors | attack MB/s sent | alb CPU-s "
-          "| target connections closed | alb RSS after (KB) |")
+    who = "HAProxy" if args.proxy == "haproxy" else "alb"
+    print(f"| attack | honest req/s | honest p99 ms | honest errors | attack MB/s sent | {who} CPU-s "
+          f"| target connections closed | {who} RSS after (KB) |")
     print("|---|---|---|---|---|---|---|---|")
     ok = True
     for name, attack in cases:
@@ -289,7 +299,7 @@ def main():
         before = harness.cpu_seconds(alb["pid"])
         r = harness.wrk(alb["url"], args.seconds, 16)
         cpu = harness.cpu_seconds(alb["pid"]) - before
-        closed = origin_time_waits() - waits
+        closed = len(origin_time_waits() - waits)
         stop.set()
         attacked = time.monotonic() - began
         if proc:
