@@ -172,7 +172,7 @@ pub async fn run<P: Plane>(path: PathBuf, config: P::Config, upgrade: bool) -> E
             return ExitCode::FAILURE;
         }
     };
-    crate::telemetry::metrics();
+    crate::telemetry::spawn_upkeep();
     let upgrade_socket = P::server(&config).upgrade_socket.clone();
     let mut inherited = None;
     if upgrade {
