@@ -45,8 +45,8 @@ pub fn handle(
     }
 }
 
-/// A new connection, up to its first HTTP/1.1 request: `None` when it was refused, closed
-/// before a request, or served to its end over TLS or h2c.
+/// A new connection, up to its cleartext keep-alive loop: `None` when it was refused, or
+/// served to its end over TLS.
 async fn open(conn: Conn<Parked>, snaps: Snapshots<Alb>) -> Option<Plain> {
     let Conn {
         stream,
@@ -55,7 +55,7 @@ async fn open(conn: Conn<Parked>, snaps: Snapshots<Alb>) -> Option<Plain> {
         shutdown,
         parker,
     } = conn;
-    let mut client = Client::over(stream, peer, local, shutdown, false);
+    let client = Client::over(stream, peer, local, shutdown, false);
     // listener: connection caps, counted for the process across reloads.
     let slot = admit(&client, &snaps).ok()?;
     metrics::counter!("causeway_alb_new_connection_count").increment(1);
@@ -68,15 +68,6 @@ async fn open(conn: Conn<Parked>, snaps: Snapshots<Alb>) -> Option<Plain> {
         // HTTPS: the handshake, then the same engine over TLS.
         serve_tls(client, acceptor, &snaps).await;
         return None;
-    }
-    // The first bytes decide HTTP/1.1 or h2c with prior knowledge.
-    match sniff_preface(&mut client, &snaps).await {
-        Sniffed::Http1 => {}
-        Sniffed::Gone => return None,
-        Sniffed::H2 => {
-            serve_h2c(client, &snaps).await;
-            return None;
-        }
     }
     Some(Plain {
         client,
@@ -106,23 +97,37 @@ impl Drop for Active {
     }
 }
 
-/// A cleartext HTTP/1.1 connection: what it keeps across requests, and across parking.
+/// A cleartext connection: what it keeps across requests, and across parking.
 struct Plain {
     client: Client,
     snaps: Snapshots<Alb>,
     parker: Parker<Parked>,
-    /// For `client_keep_alive`.
+    /// When it was accepted: for the first request's header deadline and `client_keep_alive`.
     opened: Instant,
     _slot: Option<Box<Slot>>,
     _active: Active,
 }
 
 impl Plain {
-    /// Serves requests until the connection closes, idles out, drains, or parks.
+    /// Serves requests until the connection closes, idles out, drains, or parks. A new
+    /// connection's first bytes decide HTTP/1.1 or h2c with prior knowledge.
     fn serve(self) -> impl std::future::Future<Output = ()> + Send {
         let mut me = self;
         async move {
             loop {
+                if me.client.requests == 0 && me.client.buf.is_empty() {
+                    // Boxed: a connection's first wait is not kept in every keep-alive
+                    // connection's task. Silent a while, it parks as an idle one does.
+                    match Box::pin(sniff_preface(&mut me.client, &me.snaps, me.opened)).await {
+                        Sniffed::Http1 => {}
+                        Sniffed::Gone => return,
+                        Sniffed::Park { until } => return me.park(until),
+                        Sniffed::H2 => {
+                            let Plain { client, snaps, .. } = me;
+                            return Box::pin(serve_h2c(client, &snaps)).await;
+                        }
+                    }
+                }
                 if me.client.requests > 0 && me.client.buf.is_empty() {
                     // Idle between requests: this small state is all a keep-alive connection
                     // holds, and after a while it parks, leaving even the task.
@@ -291,16 +296,24 @@ enum Sniffed {
     Http1,
     H2,
     Gone,
+    /// Silent for the park delay: park until the header deadline.
+    Park {
+        until: Instant,
+    },
 }
 
-/// Reads the first bytes of a cleartext connection into its buffer and says whether they are
-/// the h2 preface. An HTTP/1.1 request is left in the buffer for `read_head`.
-async fn sniff_preface(client: &mut Client, snaps: &Snapshots<Alb>) -> Sniffed {
+/// Reads the first bytes of a cleartext connection, accepted at `opened`, into its buffer and
+/// says whether they are the h2 preface. An HTTP/1.1 request is left in the buffer for
+/// `read_head`.
+async fn sniff_preface(client: &mut Client, snaps: &Snapshots<Alb>, opened: Instant) -> Sniffed {
     let timeout = snaps.load().config.load_balancer.request_header_timeout;
-    let deadline = Instant::now() + timeout;
-    // Silent until the header timeout (or a drain): closed, holding no buffer meanwhile.
-    if !client.first_read(timeout).await {
-        return Sniffed::Gone;
+    let deadline = opened + timeout;
+    // Silent until the header deadline (or a drain): closed, holding no buffer meanwhile, and
+    // after the park delay not even a task.
+    match client.first_read_or_park(deadline, PARK_AFTER).await {
+        Idle::Request => {}
+        Idle::Closed => return Sniffed::Gone,
+        Idle::Park { until } => return Sniffed::Park { until },
     }
     loop {
         let have = client.buf.len().min(h2conn::PREFACE.len());
@@ -383,7 +396,7 @@ async fn serve_request<S: ClientStream>(
     let mut head = RequestHead::default();
     let mut scratch = Scratch::default();
     // request_filter: read and check the head.
-    match request_filter::read_head(client, &mut head, lb).await {
+    match request_filter::read_head(client, &mut head, lb, opened).await {
         Ok(Some(())) => {}
         Ok(None) => return false,
         Err(e) => {

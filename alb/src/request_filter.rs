@@ -38,20 +38,23 @@ pub async fn read_head<S: ClientStream>(
     client: &mut Client<S>,
     head: &mut RequestHead,
     lb: &LoadBalancerAttributes,
+    opened: tokio::time::Instant,
 ) -> Result<Option<()>, ProxyError> {
     let limits = Limits::default();
-    client::read_head(
-        client,
-        head,
-        &limits,
-        lb.idle_timeout,
-        lb.request_header_timeout,
-    )
-    .await
-    .map_err(|e| match e {
-        ReadHeadError::Refuse(status, why) => ProxyError::Client(status, why),
-        ReadHeadError::Gone => ProxyError::ClientGone,
-    })
+    // A connection's first head is due `request_header_timeout` after the connection opened
+    // (HAProxy's `timeout http-request`), however long its first bytes took; a later one's,
+    // that long after its first byte.
+    let header_timeout = if client.requests == 0 {
+        lb.request_header_timeout.saturating_sub(opened.elapsed())
+    } else {
+        lb.request_header_timeout
+    };
+    client::read_head(client, head, &limits, lb.idle_timeout, header_timeout)
+        .await
+        .map_err(|e| match e {
+            ReadHeadError::Refuse(status, why) => ProxyError::Client(status, why),
+            ReadHeadError::Gone => ProxyError::ClientGone,
+        })
 }
 
 /// Classifies and checks a parsed head.

@@ -172,20 +172,66 @@ async fn a_parked_connection_serves_its_next_request_and_closes_at_the_idle_time
 }
 
 /// A connection that sends nothing is closed at the header timeout (2 s here), with no answer;
-/// once the process drains, a silent one goes after the drain's linger instead.
+/// once the process drains, a silent one goes after the drain's linger instead. Silent past
+/// the park delay, it waits parked, and is closed at the same moments.
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_closed_at_the_header_timeout_or_the_drain() {
     let alb = answering_alb("").await;
     let c = TcpStream::connect(alb.addr).await.unwrap();
+    let server = alb.server.clone();
+    let parked = tokio::spawn(async move {
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        server.parked_connections()
+    });
     assert_eq!(raw::closed_after(c).await, Duration::from_secs(2));
+    assert_eq!(parked.await.unwrap(), 1, "parked while silent");
+    let linger = causeway_dataplane::client::DRAIN_LINGER;
     let c = TcpStream::connect(alb.addr).await.unwrap();
     // Accepted before the drain stops the accept loop.
     tokio::time::sleep(Duration::from_millis(10)).await;
+    let parked = TcpStream::connect(alb.addr).await.unwrap();
+    tokio::time::sleep(PARK_AFTER * 2).await;
+    assert_eq!(alb.server.parked_connections(), 2);
     let server = alb.server.clone();
     let drained = tokio::spawn(async move { server.shutdown().await });
-    let linger = causeway_dataplane::client::DRAIN_LINGER;
-    assert_eq!(raw::closed_after(c).await, linger);
+    let (a, b) = tokio::join!(raw::closed_after(c), raw::closed_after(parked));
+    assert_eq!((a, b), (linger, linger));
     assert!(drained.await.unwrap());
+}
+
+/// A new connection that waited parked for its first bytes is served when they come, as
+/// HTTP/1.1 or as h2c with prior knowledge, and its header deadline still counts from when it
+/// was accepted.
+#[tokio::test(start_paused = true)]
+async fn a_new_connection_parked_before_its_first_bytes_is_served_when_they_come() {
+    let alb = answering_alb("").await;
+    let mut h1 = TcpStream::connect(alb.addr).await.unwrap();
+    let mut h2 = TcpStream::connect(alb.addr).await.unwrap();
+    let slow = TcpStream::connect(alb.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(alb.server.parked_connections(), 3);
+    h1.write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut h1).await;
+    assert_eq!((r.status, r.text()), (200, "ok".to_owned()));
+    // The h2 preface and an empty SETTINGS frame: the alb answers with its own SETTINGS.
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut frame = [0u8; 9];
+    h2.read_exact(&mut frame).await.unwrap();
+    assert_eq!(frame[3], 0x4, "a SETTINGS frame: served as h2c");
+    assert_eq!(alb.server.parked_connections(), 1);
+    // The third sends half a request line at 1.5 s: the header deadline is still 2 s from
+    // its accept, so it gets a 408 at 2 s.
+    let mut slow = slow;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    slow.write_all(b"GET / HT").await.unwrap();
+    let start = tokio::time::Instant::now();
+    let r = read_response(&mut slow).await;
+    assert_eq!(r.status, 408);
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
 }
 
 #[tokio::test]

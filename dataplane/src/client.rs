@@ -92,6 +92,26 @@ impl Client {
     /// buffer is taken only for a read, and given back if that read finds nothing.
     pub async fn first_read(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
+        matches!(self.first_read_until(deadline, None).await, Idle::Request)
+    }
+
+    /// As [`Client::first_read`] until `deadline`, but after `park_after` of silence (and
+    /// before the drain) it ends with [`Idle::Park`] and the deadline, as
+    /// [`Client::await_request_or_park`] does.
+    pub async fn first_read_or_park(
+        &mut self,
+        deadline: tokio::time::Instant,
+        park_after: Duration,
+    ) -> Idle {
+        let park_at = tokio::time::Instant::now() + park_after;
+        self.first_read_until(deadline, Some(park_at)).await
+    }
+
+    async fn first_read_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        park_at: Option<tokio::time::Instant>,
+    ) -> Idle {
         loop {
             if self.buf.capacity() == 0 {
                 self.buf.0 = buffers::take();
@@ -103,13 +123,19 @@ impl Client {
                 std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
             };
             match read {
-                Poll::Ready(Ok(n)) => return n > 0,
-                Poll::Ready(Err(_)) => return false,
+                Poll::Ready(Ok(n)) if n > 0 => return Idle::Request,
+                Poll::Ready(_) => return Idle::Closed,
                 Poll::Pending => {
                     buffers::give(std::mem::take(&mut self.buf.0));
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    if left.is_zero() || !self.await_request(left).await {
-                        return false;
+                    let now = tokio::time::Instant::now();
+                    let left = deadline.saturating_duration_since(now);
+                    if left.is_zero() {
+                        return Idle::Closed;
+                    }
+                    let park = park_at.map(|p| p.saturating_duration_since(now));
+                    match self.idle_wait(left, park).await {
+                        Idle::Request => {}
+                        other => return other,
                     }
                 }
             }
