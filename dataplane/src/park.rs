@@ -145,11 +145,20 @@ impl<T> Slots<T> {
         };
         let (generation, place) = &mut self.entries[slot as usize];
         *place = Some(entry);
-        self.timers.push(Reverse((deadline, slot, *generation)));
+        let generation = *generation;
+        // A resumed connection's timer stays in the heap until its deadline; under churn
+        // (connections parking and resuming every few seconds) those would pile up for an
+        // idle timeout's worth of parks, so they are swept once they outnumber the live ones.
+        if self.timers.len() > 2 * self.parked + 1024 {
+            let entries = &self.entries;
+            self.timers
+                .retain(|Reverse((_, s, g))| entries[*s as usize].0 == *g);
+        }
+        self.timers.push(Reverse((deadline, slot, generation)));
         self.parked += 1;
         self.parks_untrimmed += 1;
         self.last_park = Some(Instant::now());
-        (slot, *generation)
+        (slot, generation)
     }
 
     fn take(&mut self, slot: u32, generation: u32) -> Option<Entry<T>> {
@@ -623,5 +632,40 @@ mod tests {
         assert_eq!(p.parked(), 250);
         assert_eq!(tracker.live(), 250);
         assert!(p.0.lock().entries.len() <= 300, "the slab reuses its slots");
+    }
+
+    #[tokio::test]
+    async fn resumed_connections_leave_no_pile_of_timers() {
+        let tracker = Tracker::default();
+        let (_drain, rx) = watch::channel(false);
+        let p = Parker::<Handback>::start(tracker, rx).unwrap();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let (ours, mut client) = pair().await;
+        let mut ours = Some(ours);
+        // One connection parked and resumed 3000 times, each with an hour to go.
+        for i in 0..3000u32 {
+            let (back_tx, back_rx) = tokio::sync::oneshot::channel();
+            p.park(ours.take().unwrap(), far, Handback(back_tx));
+            client.write_all(&i.to_be_bytes()).await.unwrap();
+            ours = Some(back_rx.await.unwrap());
+        }
+        let slots = p.0.lock();
+        assert_eq!(slots.parked, 0);
+        assert!(
+            slots.timers.len() <= 1024 + 1,
+            "{} timers kept for nothing parked",
+            slots.timers.len()
+        );
+    }
+
+    /// A parked state that hands the socket back when resumed, its bytes unread.
+    struct Handback(tokio::sync::oneshot::Sender<TcpStream>);
+
+    impl Parked for Handback {
+        async fn resume(self, mut r: Resumed) {
+            let mut four = [0u8; 4];
+            r.stream.read_exact(&mut four).await.unwrap();
+            self.0.send(r.stream).unwrap();
+        }
     }
 }
