@@ -71,11 +71,13 @@ async fn open(conn: Conn<Parked>, snaps: Snapshots<Alb>) -> Option<Plain> {
     }
     Some(Plain {
         client,
-        snaps,
-        parker,
-        opened: Instant::now(),
-        _slot: slot,
-        _active: active,
+        kept: Kept {
+            snaps,
+            parker,
+            opened: Instant::now(),
+            _slot: slot,
+            _active: active,
+        },
     })
 }
 
@@ -100,6 +102,11 @@ impl Drop for Active {
 /// A cleartext connection: what it keeps across requests, and across parking.
 struct Plain {
     client: Client,
+    kept: Kept,
+}
+
+/// What a cleartext connection keeps besides its client, parked or not.
+struct Kept {
     snaps: Snapshots<Alb>,
     parker: Parker<Parked>,
     /// When it was accepted: for the first request's header deadline and `client_keep_alive`.
@@ -118,27 +125,28 @@ impl Plain {
                 if me.client.requests == 0 && me.client.buf.is_empty() {
                     // Boxed: a connection's first wait is not kept in every keep-alive
                     // connection's task. Silent a while, it parks as an idle one does.
-                    match Box::pin(sniff_preface(&mut me.client, &me.snaps, me.opened)).await {
+                    let sniff = sniff_preface(&mut me.client, &me.kept.snaps, me.kept.opened);
+                    match Box::pin(sniff).await {
                         Sniffed::Http1 => {}
                         Sniffed::Gone => return,
                         Sniffed::Park { until } => return me.park(until),
                         Sniffed::H2 => {
-                            let Plain { client, snaps, .. } = me;
-                            return Box::pin(serve_h2c(client, &snaps)).await;
+                            let Plain { client, kept } = me;
+                            return Box::pin(serve_h2c(client, &kept.snaps)).await;
                         }
                     }
                 }
                 if me.client.requests > 0 && me.client.buf.is_empty() {
                     // Idle between requests: this small state is all a keep-alive connection
                     // holds, and after a while it parks, leaving even the task.
-                    let idle = me.snaps.load().config.load_balancer.idle_timeout;
+                    let idle = me.kept.snaps.load().config.load_balancer.idle_timeout;
                     match me.client.await_request_or_park(idle, PARK_AFTER).await {
                         Idle::Request => {}
                         Idle::Closed => break,
                         Idle::Park { until } => return me.park(until),
                     }
                 }
-                let snap = me.snaps.load();
+                let snap = me.kept.snaps.load();
                 let Some(router) = snap.compiled.router(me.client.local) else {
                     // The listener was removed by a reload: this connection ends.
                     break;
@@ -148,7 +156,7 @@ impl Plain {
                     &mut me.client,
                     &snap,
                     router,
-                    me.opened,
+                    me.kept.opened,
                     None,
                 ))
                 .await
@@ -164,14 +172,7 @@ impl Plain {
 
     /// Hands the idle connection to the parker; its client's next bytes resume it here.
     fn park(self, until: Instant) {
-        let Plain {
-            client,
-            snaps,
-            parker,
-            opened,
-            _slot,
-            _active,
-        } = self;
+        let Plain { client, kept } = self;
         let Client {
             stream,
             peer,
@@ -179,15 +180,12 @@ impl Plain {
             requests,
             ..
         } = client;
+        let parker = kept.parker.clone();
         let state = Parked {
             peer,
             local,
             requests,
-            snaps,
-            parker: parker.clone(),
-            opened,
-            _slot,
-            _active,
+            kept,
         };
         parker.park(stream, until, state);
     }
@@ -198,11 +196,7 @@ pub struct Parked {
     peer: std::net::SocketAddr,
     local: std::net::SocketAddr,
     requests: u64,
-    snaps: Snapshots<Alb>,
-    parker: Parker<Parked>,
-    opened: Instant,
-    _slot: Option<Box<Slot>>,
-    _active: Active,
+    kept: Kept,
 }
 
 impl causeway_dataplane::park::Parked for Parked {
@@ -211,23 +205,11 @@ impl causeway_dataplane::park::Parked for Parked {
             peer,
             local,
             requests,
-            snaps,
-            parker,
-            opened,
-            _slot,
-            _active,
+            kept,
         } = self;
         let mut client = Client::over(r.stream, peer, local, r.shutdown, false);
         client.requests = requests;
-        Plain {
-            client,
-            snaps,
-            parker,
-            opened,
-            _slot,
-            _active,
-        }
-        .serve()
+        Plain { client, kept }.serve()
     }
 }
 
