@@ -548,7 +548,7 @@ def main():
     ap.add_argument("--silent", action="store_true",
                     help="idle scenario: the connections send nothing (no request at all)")
     ap.add_argument("--tls", action="store_true",
-                    help="http scenario: HTTPS listeners with the same certificate (wrk: HTTP/1.1 "
+                    help="http and idle scenarios: HTTPS listeners with the same certificate (wrk: HTTP/1.1 "
                          "over TLS; --client h2load: h2 by ALPN)")
     ap.add_argument("--object", choices=["64b", "16k"], default="16k", help="cache scenario object")
     ap.add_argument("--client", choices=["wrk", "h2load", "h3load"], default="wrk",
@@ -674,8 +674,9 @@ def bulk(args):
 def idle_memory(args):
     """Memory per idle keep-alive connection: N connections, one request each, then held."""
     proxies, notes = [], []
+    tls = args.tls and args.idle_plane == "alb"
     if not args.peers_only:
-        c, note = causeway(args.idle_plane, args.bin_dir)
+        c, note = causeway("alb-tls" if tls else args.idle_plane, args.bin_dir)
         if c:
             proxies.append(c)
         if note:
@@ -683,13 +684,15 @@ def idle_memory(args):
     if args.idle_plane == "nlb":
         proxies += [haproxy("tcp", maxconn=args.idle_connections + 50)]
     else:
-        proxies += [haproxy("http", maxconn=args.idle_connections + 50), nginx_peer(False)]
+        proxies += [haproxy("http", maxconn=args.idle_connections + 50, tls=tls),
+                    nginx_peer(False, tls=tls)]
     rows = []
     for p in proxies:
         port = int(p["url"].split(":")[2].split("/")[0])
         out = subprocess.run(
             [sys.executable, os.path.join(os.path.dirname(__file__), "idle.py"), "127.0.0.1",
-             str(port), str(args.idle_connections), str(p["pid"])] + (["silent"] if args.silent else []),
+             str(port), str(args.idle_connections), str(p["pid"])]
+            + (["silent"] if args.silent else []) + (["tls"] if tls else []),
             capture_output=True, text=True, timeout=600)
         if out.returncode != 0 or not out.stdout.strip():
             raise SystemExit(f"idle client failed for {p['name']}: {out.stderr}")
@@ -701,7 +704,8 @@ def idle_memory(args):
     cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
     what = ("connections that send nothing" if args.silent
             else "keep-alive connections, one request each,")
-    print(f"\n### idle connections ({args.idle_plane}{', silent' if args.silent else ''})\n\n`{cmd}` — "
+    print(f"\n### idle connections ({args.idle_plane}{', silent' if args.silent else ''}"
+          f"{', TLS' if tls else ''})\n\n`{cmd}` — "
           f"{args.idle_connections} {what} then held open; resident memory of the proxy (and its children).\n")
     print("| proxy | connections | RSS before (KB) | RSS with them (KB) | KB per idle connection | errors |")
     print("|---|---|---|---|---|---|")

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Opens N keep-alive connections to a proxy, sends one request on each, keeps them all open
 idle, and prints the proxy's resident memory before and with them (KB per idle connection).
-With `silent`, the connections send nothing at all (a browser's preconnect, or a flood).
+With `silent`, the connections send nothing at all (a browser's preconnect, or a flood); with
+`tls`, they speak HTTP/1.1 over TLS (the handshake done, certificates not checked).
 
-Usage: idle.py HOST PORT N PID [silent]
+Usage: idle.py HOST PORT N PID [silent] [tls]
 """
 import asyncio
 import os
+import ssl
 import sys
 
 
@@ -33,10 +35,10 @@ def children(pid):
     return out
 
 
-async def one(host, port, sem, conns, errors, silent):
+async def one(host, port, sem, conns, errors, silent, tls):
     async with sem:
         try:
-            r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            r, w = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=tls), 10)
             if silent:
                 conns.append(w)
                 return
@@ -60,8 +62,14 @@ async def main():
     before = rss_kb(pid)
     sem = asyncio.Semaphore(100)
     conns, errors = [], []
-    silent = sys.argv[5:] == ["silent"]
-    await asyncio.gather(*(one(host, port, sem, conns, errors, silent) for _ in range(n)))
+    silent = "silent" in sys.argv[5:]
+    tls = None
+    if "tls" in sys.argv[5:]:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        tls.set_alpn_protocols(["http/1.1"])
+    await asyncio.gather(*(one(host, port, sem, conns, errors, silent, tls) for _ in range(n)))
     await asyncio.sleep(2)
     during = rss_kb(pid)
     print(f"{len(conns)} {before} {during} {len(errors)}")
