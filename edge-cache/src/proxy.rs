@@ -35,12 +35,15 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// request loads the current snapshot.
 pub async fn handle(conn: Conn, snaps: Snapshots<Edge>) {
     let acceptor = snaps.load().compiled.tls.get(&conn.local).cloned();
+    // The TLS and h2 servers are boxed: inline, their state would be part of every cleartext
+    // HTTP/1.1 connection's task for its life (6.0 KB per idle connection).
     if let Some(acceptor) = acceptor {
-        return serve_tls(conn, acceptor, snaps).await;
+        return Box::pin(serve_tls(conn, acceptor, snaps)).await;
     }
     match starts_with_h2_preface(&conn.stream).await {
         Some(true) => {
-            crate::h2::serve(conn.stream, "http", None, conn.peer, snaps, conn.shutdown).await
+            let h2 = crate::h2::serve(conn.stream, "http", None, conn.peer, snaps, conn.shutdown);
+            Box::pin(h2).await
         }
         Some(false) => serve_http1(Client::new(conn), "http", &snaps).await,
         // Silent for as long as a request head may take, or closed: nothing to serve.
@@ -55,6 +58,11 @@ async fn serve_http1<S: ClientStream>(
     snaps: &Snapshots<Edge>,
 ) {
     loop {
+        // Idle between requests outside the request's boxed state, which is then not held by
+        // an idle connection (over TLS this wait holds no buffer either).
+        if client.buf.is_empty() && !client.await_request(VIEWER_IDLE).await {
+            break;
+        }
         if !Box::pin(serve_request(&mut client, scheme, snaps)).await {
             break;
         }
@@ -70,7 +78,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An HTTPS listener's connection: the handshake (certificate by SNI), then h2 or HTTP/1.1 as
 /// ALPN chose.
 async fn serve_tls(conn: Conn, acceptor: tokio_rustls::TlsAcceptor, snaps: Snapshots<Edge>) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn.stream)).await {
+    // Boxed, as the h2 server below: neither is kept in an HTTP/1.1 connection's state.
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn.stream));
+    let tls = match Box::pin(handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             metrics::counter!("causeway_edge_tls_handshake_errors_total").increment(1);
@@ -82,14 +92,20 @@ async fn serve_tls(conn: Conn, acceptor: tokio_rustls::TlsAcceptor, snaps: Snaps
             return;
         }
     };
-    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+    // Into the client before anything borrows it: a stream borrowed first would be kept
+    // twice in this future's state.
+    let client = Client::over(tls, conn.peer, conn.local, conn.shutdown, true);
+    if client.stream.get_ref().1.alpn_protocol() != Some(b"h2") {
         // HTTP/1.1 over TLS takes the same reader and smuggling checks as cleartext.
-        let client = Client::over(tls, conn.peer, conn.local, conn.shutdown, true);
         return serve_http1(client, "https", &snaps).await;
     }
     // HTTP/3 listens on the same port over UDP.
     let alt_svc: Arc<str> = format!("h3=\":{}\"; ma=86400", conn.local.port()).into();
-    crate::h2::serve(tls, "https", Some(alt_svc), conn.peer, snaps, conn.shutdown).await;
+    let Client {
+        stream, shutdown, ..
+    } = client;
+    let h2 = crate::h2::serve(stream, "https", Some(alt_svc), conn.peer, snaps, shutdown);
+    Box::pin(h2).await;
 }
 
 /// Whether the connection opens with the HTTP/2 preface (prior knowledge). Looks without
