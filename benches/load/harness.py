@@ -50,12 +50,28 @@ def cleanup():
 atexit.register(cleanup)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def free_port(pair=False):
+    """A free TCP port on loopback; with `pair`, one whose next port is free for TCP and UDP
+    too (the edge's HTTPS and HTTP/3 listeners sit on port + 1)."""
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        if not pair:
+            s.close()
+            return port
+        held = [s]
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                t = socket.socket(socket.AF_INET, kind)
+                held.append(t)
+                t.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+        finally:
+            for h in held:
+                h.close()
 
 
 def wait_port(port, timeout=20.0):
@@ -388,7 +404,10 @@ def causeway(kind, bin_dir, path="/", relay=None):
     binary = os.path.join(bin_dir, name)
     if not os.access(binary, os.X_OK):
         return None, f"{name}: no binary at {binary} (cargo build --release)"
-    port, admin = free_port(), free_port()
+    port = free_port(pair=kind == "edge-tls")
+    admin = free_port()
+    while admin in (port, port + 1):
+        admin = free_port()
     p = start([binary, "--config", causeway_cfg(kind, port, admin, relay)], 1, name)
     wait_port(admin)
     wait_port(port)
