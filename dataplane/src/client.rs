@@ -39,20 +39,12 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
     /// through every idle wait cost 23 KB idle, against NGINX's 12.)
     async fn first_bytes(&mut self, buf: &mut PooledBuf) -> bool {
         loop {
-            if buf.capacity() == 0 {
-                buf.0 = buffers::take();
-            }
-            // One poll of a read: Pending means rustls holds no plaintext and the socket said
-            // it would block, so its readiness is cleared and the wait below really waits.
-            let read = {
-                let mut read = std::pin::pin!(self.read_buf(&mut buf.0));
-                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
-            };
-            match read {
+            // Pending means rustls holds no plaintext and the socket said it would block, so
+            // its readiness is cleared and the wait below really waits.
+            match read_once(self, buf).await {
                 Poll::Ready(Ok(n)) => return n > 0,
                 Poll::Ready(Err(_)) => return false,
                 Poll::Pending => {
-                    buffers::give(std::mem::take(&mut buf.0));
                     let socket = &self.get_ref().0;
                     if std::future::poll_fn(|cx| socket.poll_read_ready(cx))
                         .await
@@ -140,20 +132,12 @@ impl Client {
         park_at: Option<tokio::time::Instant>,
     ) -> Idle {
         loop {
-            if self.buf.capacity() == 0 {
-                self.buf.0 = buffers::take();
-            }
             // One poll of a read, not `try_read_buf`: a poll that reads short clears the
             // socket's readiness, so the next wait after this request really waits.
-            let read = {
-                let mut read = std::pin::pin!(self.stream.read_buf(&mut self.buf.0));
-                std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
-            };
-            match read {
+            match read_once(&mut self.stream, &mut self.buf).await {
                 Poll::Ready(Ok(n)) if n > 0 => return Idle::Request,
                 Poll::Ready(_) => return Idle::Closed,
                 Poll::Pending => {
-                    buffers::give(std::mem::take(&mut self.buf.0));
                     let now = tokio::time::Instant::now();
                     let left = deadline.saturating_duration_since(now);
                     if left.is_zero() {
@@ -340,6 +324,25 @@ where
             None => Idle::Closed,
         })
     }
+}
+
+/// One poll of a read into `buf`, which takes a buffer from the cache for it: `Pending` gives
+/// the buffer back, so a connection that waits holds none.
+async fn read_once<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut PooledBuf,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() == 0 {
+        buf.0 = buffers::take();
+    }
+    let read = {
+        let mut read = std::pin::pin!(stream.read_buf(&mut buf.0));
+        std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await
+    };
+    if read.is_pending() {
+        buffers::give(std::mem::take(&mut buf.0));
+    }
+    read
 }
 
 async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut PooledBuf) -> std::io::Result<usize> {

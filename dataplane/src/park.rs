@@ -200,11 +200,10 @@ impl<T> Slots<T> {
 
     /// When the parker must next wake: to close connections, or to trim the heap.
     fn next_deadline(&self) -> Option<Instant> {
-        let close = self.next_close();
-        match (close, self.trim_at()) {
-            (Some(c), Some(t)) => Some(c.min(t)),
-            (c, t) => c.or(t),
-        }
+        let timer = self.timers.peek().map(|Reverse((at, ..))| *at);
+        // The drain's linger matters only while something is parked.
+        let linger = self.linger_until.filter(|_| self.parked > 0);
+        earliest(earliest(timer, linger), self.trim_at())
     }
 
     /// When a wave of parking will have settled enough to give its tasks' memory back.
@@ -214,16 +213,12 @@ impl<T> Slots<T> {
             _ => None,
         }
     }
+}
 
-    fn next_close(&self) -> Option<Instant> {
-        let timer = self.timers.peek().map(|Reverse((at, ..))| *at);
-        match (timer, self.linger_until) {
-            (Some(t), Some(l)) if self.parked > 0 => Some(t.min(l)),
-            (t, None) => t,
-            (Some(t), Some(_)) => Some(t),
-            (None, Some(l)) if self.parked > 0 => Some(l),
-            (None, Some(_)) => None,
-        }
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
