@@ -27,6 +27,10 @@ const MAX_STREAMS: u32 = 128;
 /// What a client gets as a response body: ours, or a target's.
 pub type Body = Either<Full<Bytes>, Relayed>;
 
+/// A stream's whole service, boxed.
+type StreamFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 /// One client connection's facts every stream needs.
 struct Ctx {
     from: Origin,
@@ -63,7 +67,11 @@ pub async fn serve<IO>(
     });
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(serve_stream(req, &ctx).await) }
+        // One box per stream, built where it lives: hyper moves a stream's future into the
+        // task it spawns (and tokio moves it again), so only a pointer should be moved.
+        let stream: StreamFuture =
+            Box::pin(async move { Ok::<_, Infallible>(serve_stream(req, &ctx).await) });
+        stream
     });
     h2conn::serve(io, svc, limits, peer, shutdown, passes).await;
 }
@@ -116,9 +124,7 @@ async fn serve_stream(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {
         .access_log
         .as_ref()
         .map(|_| std::sync::Mutex::new(request_info(&parts, &body, &ctx.from, received)));
-    // Boxed: hyper spawns a task per stream, and a small task moves cheaply.
-    let (response, ended_status) =
-        Box::pin(phases(parts, body, ctx, &snap, received, info.as_ref())).await;
+    let (response, ended_status) = phases(parts, body, ctx, &snap, received, info.as_ref()).await;
     if let Some(status) = ended_status {
         snap.compiled.elb_metrics.count(status);
     }

@@ -7,7 +7,7 @@
 use crate::error::ProxyError;
 use crate::upstream::Up;
 use bytes::Bytes;
-use causeway_dataplane::http1::head::is_hop_by_hop;
+use causeway_dataplane::http1::head::ConnectionList;
 use causeway_dataplane::http1::{parse_response, ChunkedScanner, Framing, ResponseHead};
 use causeway_dataplane::target::{InFlight, Target};
 use http_body_util::BodyExt;
@@ -59,27 +59,37 @@ pub fn request_head(
     fields: &HeaderMap,
     framing: ReqFraming,
 ) {
+    request_line(out, method, path_and_query);
+    for (name, value) in fields {
+        if name != hyper::header::CONTENT_LENGTH {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    end_head(out, framing);
+}
+
+/// Starts `out` afresh with an HTTP/1.1 request line.
+pub fn request_line(out: &mut Vec<u8>, method: &hyper::Method, path_and_query: &str) {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in fields {
-        if name == hyper::header::CONTENT_LENGTH {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+}
+
+/// One header field line.
+pub fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The framing field and the blank line that ends the head.
+pub fn end_head(out: &mut Vec<u8>, framing: ReqFraming) {
     match framing {
         ReqFraming::None => {}
-        ReqFraming::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(crate::action::itoa(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        ReqFraming::Length(n) => field(out, b"Content-Length", crate::action::itoa(n).as_bytes()),
         ReqFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
@@ -175,11 +185,10 @@ pub async fn read_head(
 pub fn response_fields(head: &Bytes, resp: &ResponseHead) -> Result<HeaderMap, ProxyError> {
     let mut out = HeaderMap::with_capacity(resp.headers.len());
     let buf: &[u8] = head;
+    let listed = ConnectionList::of(buf, &resp.headers);
     for h in &resp.headers {
         let name = h.name.get(buf);
-        if is_hop_by_hop(name)
-            || std::str::from_utf8(name).is_ok_and(|n| resp.lists_token(buf, "connection", n))
-        {
+        if listed.drops(name) {
             continue;
         }
         let value = h.value.get(buf);

@@ -143,17 +143,34 @@ impl Body for Relayed {
 /// What happened, with the response to relay.
 pub type Forwarded = (Response<Relayed>, upstream::Outcome);
 
-/// The request head a target gets, from the client's: hop-by-hop fields dropped (`te:
-/// trailers` kept for h2 targets, which gRPC needs), Host as the attributes say,
-/// X-Forwarded-For/Proto/Port set. Returns the head and the Host value used.
-pub fn target_headers(
+/// A field value for the target: one of the client's, shared, or one we made.
+pub enum FieldValue<'a> {
+    Client(&'a HeaderValue),
+    Ours(&'a [u8]),
+}
+
+impl FieldValue<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            FieldValue::Client(v) => v.as_bytes(),
+            FieldValue::Ours(b) => b,
+        }
+    }
+}
+
+/// The fields a target gets, from the client's, in order: hop-by-hop ones dropped (`te:
+/// trailers` kept for h2 targets, which gRPC needs), Host as the attributes say (h2 targets
+/// get it as `:authority` instead), X-Forwarded-For/Proto/Port and the trace id set. Each goes
+/// to `emit`; returns the Host value used.
+pub fn target_fields(
     client: &HeaderMap,
     authority: &str,
     from: &Origin,
     lb: &LoadBalancerAttributes,
     h2: bool,
     trace: &crate::trace::TraceId,
-) -> (HeaderMap, String) {
+    emit: &mut dyn FnMut(&HeaderName, FieldValue<'_>),
+) -> String {
     let port = from.local.port();
     let mut host = authority.to_owned();
     if !lb.preserve_host_header
@@ -165,24 +182,25 @@ pub fn target_headers(
         host.push(':');
         host.push_str(&port.to_string());
     }
-    let listed: Vec<String> = client
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(client.len() + 4);
+    let mut listed: smallvec::SmallVec<[&[u8]; 4]> = smallvec::SmallVec::new();
+    for v in client.get_all(hyper::header::CONNECTION) {
+        listed.extend(
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .map(|t| t.trim_ascii())
+                .filter(|t| !t.is_empty()),
+        );
+    }
     for (name, value) in client {
         let n = name.as_str();
         if (h2 && n == "te") || n == "host" {
             if h2 && n == "te" && value.as_bytes().eq_ignore_ascii_case(b"trailers") {
-                out.append(name.clone(), value.clone());
+                emit(name, FieldValue::Client(value));
             }
             continue;
         }
         if is_hop_by_hop(n.as_bytes())
-            || listed.iter().any(|t| t == n)
+            || listed.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
             || n == "x-forwarded-for"
             || n == "x-forwarded-proto"
             || n == "x-forwarded-port"
@@ -190,12 +208,10 @@ pub fn target_headers(
         {
             continue;
         }
-        out.append(name.clone(), value.clone());
+        emit(name, FieldValue::Client(value));
     }
-    if !h2 {
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            out.insert(hyper::header::HOST, v);
-        }
+    if !h2 && HeaderValue::from_str(&host).is_ok() {
+        emit(&hyper::header::HOST, FieldValue::Ours(host.as_bytes()));
     }
     let xff = HeaderName::from_static("x-forwarded-for");
     let prior = client.get_all(&xff);
@@ -203,11 +219,11 @@ pub fn target_headers(
         XffMode::Remove => {}
         XffMode::Preserve => {
             for v in prior {
-                out.append(xff.clone(), v.clone());
+                emit(&xff, FieldValue::Client(v));
             }
         }
         XffMode::Append => {
-            let mut line = Vec::new();
+            let mut line = Vec::with_capacity(48);
             for v in prior {
                 line.extend_from_slice(v.as_bytes());
                 line.extend_from_slice(b", ");
@@ -218,26 +234,96 @@ pub fn target_headers(
                     .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
                 ip => ip,
             };
-            line.extend_from_slice(ip.to_string().as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&line) {
-                out.insert(xff, v);
+            use std::io::Write as _;
+            let _ = write!(line, "{ip}");
+            if HeaderValue::from_bytes(&line).is_ok() {
+                emit(&xff, FieldValue::Ours(&line));
             }
         }
     }
-    out.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(from.scheme),
+    emit(
+        &HeaderName::from_static("x-forwarded-proto"),
+        FieldValue::Ours(from.scheme.as_bytes()),
     );
-    out.insert(HeaderName::from_static("x-forwarded-port"), port.into());
+    emit(
+        &HeaderName::from_static("x-forwarded-port"),
+        FieldValue::Ours(crate::action::itoa(u64::from(port)).as_bytes()),
+    );
     let mut id = Vec::with_capacity(48);
     trace.write(
         client.get(crate::trace::HEADER).map(|v| v.as_bytes()),
         &mut id,
     );
-    if let Ok(v) = HeaderValue::from_bytes(&id) {
-        out.insert(HeaderName::from_static(crate::trace::HEADER), v);
+    if HeaderValue::from_bytes(&id).is_ok() {
+        emit(
+            &HeaderName::from_static(crate::trace::HEADER),
+            FieldValue::Ours(&id),
+        );
     }
+    host
+}
+
+/// The target's fields (`target_fields`) as a header map, and the Host value used.
+pub fn target_headers(
+    client: &HeaderMap,
+    authority: &str,
+    from: &Origin,
+    lb: &LoadBalancerAttributes,
+    h2: bool,
+    trace: &crate::trace::TraceId,
+) -> (HeaderMap, String) {
+    let mut out = HeaderMap::with_capacity(client.len() + 4);
+    let host = target_fields(
+        client,
+        authority,
+        from,
+        lb,
+        h2,
+        trace,
+        &mut |name, value| {
+            let value = match value {
+                FieldValue::Client(v) => v.clone(),
+                FieldValue::Ours(b) => match HeaderValue::from_bytes(b) {
+                    Ok(v) => v,
+                    Err(_) => return,
+                },
+            };
+            out.append(name.clone(), value);
+        },
+    );
     (out, host)
+}
+
+/// The HTTP/1.1 request head a target gets, written straight from the client's fields (no
+/// header map built between): the request line, `target_fields` without any Content-Length,
+/// and the framing. The same bytes as `h2_to_h1::request_head` of `target_headers`.
+#[allow(clippy::too_many_arguments)]
+pub fn target_head_h1(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path_and_query: &str,
+    client: &HeaderMap,
+    authority: &str,
+    from: &Origin,
+    lb: &LoadBalancerAttributes,
+    trace: &crate::trace::TraceId,
+    framing: crate::h2_to_h1::ReqFraming,
+) {
+    crate::h2_to_h1::request_line(out, method, path_and_query);
+    target_fields(
+        client,
+        authority,
+        from,
+        lb,
+        false,
+        trace,
+        &mut |name, value| {
+            if name != hyper::header::CONTENT_LENGTH {
+                crate::h2_to_h1::field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        },
+    );
+    crate::h2_to_h1::end_head(out, framing);
 }
 
 /// The shared h2 connection to a target, or a new one. The flag says it was shared already (so
@@ -451,7 +537,6 @@ pub async fn forward(
         ),
         tls: group.cfg.protocol == "HTTPS",
     };
-    let (headers, host) = target_headers(&parts.headers, authority, from, lb, h2, trace);
     group.retry_budget.deposit();
     if h2 && crate::ws_h2::is_websocket(&parts) {
         return Err((
@@ -462,9 +547,10 @@ pub async fn forward(
     if h2 {
         // Boxed: its state (hyper's h2 client handshake among it) is several KB, and every
         // stream's future would otherwise be that large, and copied whole when boxed.
+        let (headers, host) = target_headers(&parts.headers, authority, from, lb, true, trace);
         Box::pin(forward_h2(&plan, parts, body, headers, &host, pools)).await
     } else {
-        forward_h1(&plan, parts, body, headers).await
+        forward_h1(&plan, parts, body, authority, from, trace).await
     }
 }
 
@@ -473,7 +559,9 @@ async fn forward_h1(
     plan: &Plan<'_>,
     mut parts: hyper::http::request::Parts,
     body: Incoming,
-    headers: HeaderMap,
+    authority: &str,
+    from: &Origin,
+    trace: &crate::trace::TraceId,
 ) -> Result<Forwarded, (ProxyError, Option<SocketAddr>)> {
     use crate::h2_to_h1::{self as h1, ReqFraming};
     // A WebSocket (RFC 8441) goes as a GET upgrade on a connection of its own.
@@ -489,12 +577,23 @@ async fn forward_h1(
     let mut head = Vec::with_capacity(512);
     if upgrade.is_some() {
         // Our key goes to the target, never one the h2 client sent (RFC 8441 has none).
-        let mut headers = headers.clone();
+        let (mut headers, _) =
+            target_headers(&parts.headers, authority, from, plan.lb, false, trace);
         headers.remove("sec-websocket-key");
         h1::request_head(&mut head, &Method::GET, pq, &headers, framing);
         crate::ws_h2::upgrade_head(&mut head, &headers, &crate::ws_h2::new_key());
     } else {
-        h1::request_head(&mut head, &parts.method, pq, &headers, framing);
+        target_head_h1(
+            &mut head,
+            &parts.method,
+            pq,
+            &parts.headers,
+            authority,
+            from,
+            plan.lb,
+            trace,
+            framing,
+        );
     }
     let is_head = parts.method == Method::HEAD;
     let idle = plan.lb.idle_timeout;
@@ -817,6 +916,88 @@ mod tests {
         assert_eq!(host, "example.com:9");
         assert!(out.get("host").is_none(), "h2 targets get :authority");
         assert_eq!(out["te"], "trailers", "gRPC needs te: trailers");
+    }
+
+    /// The head written straight from the client's fields is byte for byte the one built
+    /// through a header map, whatever the fields, the XFF mode, the port and the framing.
+    #[test]
+    fn the_direct_head_is_the_header_map_head() {
+        use crate::h2_to_h1::{request_head, ReqFraming};
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1".parse().unwrap());
+        h.append("Connection", "X-Secret, ,keep-alive".parse().unwrap());
+        h.append("x-secret", "1".parse().unwrap());
+        h.append("cookie", "b=2".parse().unwrap());
+        h.append("host", "ignored.example".parse().unwrap());
+        h.append("content-length", "5".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
+        h.append(
+            "x-amzn-trace-id",
+            "Root=1-00000001-000000000000000000000009".parse().unwrap(),
+        );
+        h.append("user-agent", "t".parse().unwrap());
+        let id = crate::trace::TraceId::new(1, 2);
+        let mut lbs = Vec::new();
+        for xff in [XffMode::Append, XffMode::Preserve, XffMode::Remove] {
+            for preserve_host_header in [false, true] {
+                let mut lb = lb();
+                lb.xff = xff;
+                lb.preserve_host_header = preserve_host_header;
+                lbs.push(lb);
+            }
+        }
+        let framings = [ReqFraming::None, ReqFraming::Length(5), ReqFraming::Chunked];
+        for lb in &lbs {
+            for port in [80, 8443] {
+                for framing in framings {
+                    for (fields, authority) in [(&h, "example.com"), (&HeaderMap::new(), "a:1")] {
+                        let from = from(port);
+                        let (map, _) = target_headers(fields, authority, &from, lb, false, &id);
+                        let mut want = Vec::new();
+                        request_head(&mut want, &Method::PUT, "/p?q", &map, framing);
+                        let mut got = vec![b'x'; 3];
+                        target_head_h1(
+                            &mut got,
+                            &Method::PUT,
+                            "/p?q",
+                            fields,
+                            authority,
+                            &from,
+                            lb,
+                            &id,
+                            framing,
+                        );
+                        assert_eq!(
+                            String::from_utf8_lossy(&got),
+                            String::from_utf8_lossy(&want)
+                        );
+                    }
+                }
+            }
+        }
+        let mut got = Vec::new();
+        let lb = lb();
+        let from = from(8443);
+        target_head_h1(
+            &mut got,
+            &Method::GET,
+            "/",
+            &h,
+            "example.com",
+            &from,
+            &lb,
+            &id,
+            ReqFraming::None,
+        );
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            "GET / HTTP/1.1\r\ncookie: a=1\r\ncookie: b=2\r\nuser-agent: t\r\n\
+             host: example.com:8443\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\n\
+             x-forwarded-proto: https\r\nx-forwarded-port: 8443\r\n\
+             x-amzn-trace-id: Self=1-00000001-000000000000000000000002;\
+             Root=1-00000001-000000000000000000000009\r\n\r\n"
+        );
     }
 
     #[test]

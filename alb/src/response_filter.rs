@@ -2,7 +2,7 @@
 //! headers (and those the Connection header names) are dropped; framing and connection headers
 //! are set for the client's side of the exchange.
 
-use causeway_dataplane::http1::head::is_hop_by_hop;
+use causeway_dataplane::http1::head::ConnectionList;
 use causeway_dataplane::http1::{Framing, ResponseHead};
 
 /// Writes the client's response head into `out`.
@@ -20,16 +20,10 @@ pub fn build_response_head(
     out.extend_from_slice(b"HTTP/1.1");
     out.extend_from_slice(&ubuf[8.min(status_line_end)..status_line_end]);
     out.extend_from_slice(b"\r\n");
-    let any_connection = resp
-        .headers
-        .iter()
-        .any(|h| h.name.get(ubuf).eq_ignore_ascii_case(b"connection"));
+    let listed = ConnectionList::of(ubuf, &resp.headers);
     for h in &resp.headers {
         let name = h.name.get(ubuf);
-        if is_hop_by_hop(name)
-            || (any_connection
-                && std::str::from_utf8(name).is_ok_and(|n| resp.lists_token(ubuf, "connection", n)))
-        {
+        if listed.drops(name) {
             continue;
         }
         out.extend_from_slice(name);

@@ -13,7 +13,7 @@ use crate::trace::{self, TraceId};
 use crate::Alb;
 use causeway_config::alb::{LoadBalancerAttributes, XffMode};
 use causeway_config::common::Stickiness;
-use causeway_dataplane::http1::head::is_hop_by_hop;
+use causeway_dataplane::http1::head::ConnectionList;
 use causeway_dataplane::http1::{
     parse_response, ChunkedScanner, Framing, RequestHead, ResponseHead,
 };
@@ -232,14 +232,11 @@ pub fn build_request_head<S: ClientStream>(
     out.extend_from_slice(head.target(buf));
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let port = client.local.port();
-    let any_connection = head.count(buf, "connection") > 0;
+    let listed = ConnectionList::of(buf, &head.headers);
     for h in &head.headers {
         let name = h.name.get(buf);
         let value = h.value.get(buf);
-        let listed = any_connection
-            && std::str::from_utf8(name).is_ok_and(|n| head.lists_token(buf, "connection", n));
-        if is_hop_by_hop(name)
-            || listed
+        if listed.drops(name)
             || name.eq_ignore_ascii_case(b"x-forwarded-for")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-port")

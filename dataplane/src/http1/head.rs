@@ -398,6 +398,40 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// The field names a head's Connection headers list (RFC 9110 §7.6.1: hop-by-hop, dropped
+/// by a proxy), gathered once so that checking each field is not a scan of every header.
+#[derive(Debug, Default)]
+pub struct ConnectionList<'b>(smallvec::SmallVec<[&'b [u8]; 4]>);
+
+impl<'b> ConnectionList<'b> {
+    /// The tokens of every `Connection` header among `headers`.
+    pub fn of(buf: &'b [u8], headers: &[Header]) -> ConnectionList<'b> {
+        let mut list = smallvec::SmallVec::new();
+        for h in headers {
+            if h.name.get(buf).eq_ignore_ascii_case(b"connection") {
+                list.extend(
+                    h.value
+                        .get(buf)
+                        .split(|&b| b == b',')
+                        .map(trim)
+                        .filter(|t| !t.is_empty()),
+                );
+            }
+        }
+        ConnectionList(list)
+    }
+
+    /// Whether a Connection header lists `name` (case-insensitive).
+    pub fn names(&self, name: &[u8]) -> bool {
+        self.0.iter().any(|t| t.eq_ignore_ascii_case(name))
+    }
+
+    /// Whether a field named `name` is hop-by-hop: one of RFC 9110's, or listed.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        is_hop_by_hop(name) || self.names(name)
+    }
+}
+
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 pub fn has_token(value: &[u8], token: &str) -> bool {
     value
@@ -560,6 +594,28 @@ mod tests {
         assert_eq!(h.framing(&b, false), Ok(Framing::Close));
         let (h, b) = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(h.framing(&b, false), Ok(Framing::Chunked));
+    }
+
+    #[test]
+    fn every_connection_header_lists_fields_to_drop() {
+        let buf = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+            connection: ,x-other ,\r\nX-Other: 2\r\nX-Kept: 3\r\n\r\n";
+        let mut h = ResponseHead::default();
+        assert!(parse_response(buf, 65536, &mut h).unwrap());
+        let listed = ConnectionList::of(buf, &h.headers);
+        for name in [
+            "x-secret",
+            "X-OTHER",
+            "Keep-Alive",
+            "connection",
+            "transfer-encoding",
+        ] {
+            assert!(listed.drops(name.as_bytes()), "{name}");
+        }
+        for name in ["x-kept", "x-secre", "", "content-length"] {
+            assert!(!listed.drops(name.as_bytes()), "{name}");
+        }
+        assert!(!ConnectionList::of(b"", &[]).drops(b"x-secret"));
     }
 
     #[test]
