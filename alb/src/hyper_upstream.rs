@@ -228,14 +228,7 @@ pub fn target_fields(
                 line.extend_from_slice(v.as_bytes());
                 line.extend_from_slice(b", ");
             }
-            let ip = match from.peer.ip() {
-                std::net::IpAddr::V6(v6) => v6
-                    .to_ipv4_mapped()
-                    .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-                ip => ip,
-            };
-            use std::io::Write as _;
-            let _ = write!(line, "{ip}");
+            upstream::push_ip(&mut line, from.peer);
             if HeaderValue::from_bytes(&line).is_ok() {
                 emit(&xff, FieldValue::Ours(&line));
             }

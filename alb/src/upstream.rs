@@ -300,17 +300,36 @@ pub fn build_request_head<S: ClientStream>(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_ip(out: &mut Vec<u8>, peer: SocketAddr) {
-    use std::io::Write;
-    // Writing into a Vec cannot fail.
-    let ip = match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        ip => ip,
+/// Writes the client's address as X-Forwarded-For lists it: IPv4 (also mapped into IPv6) in
+/// dotted decimal, without `fmt` (which cost a thousand instructions a request), and IPv6 as
+/// its `Display` writes it.
+pub fn push_ip(out: &mut Vec<u8>, peer: SocketAddr) {
+    let v6 = match peer.ip() {
+        std::net::IpAddr::V4(v4) => return push_ipv4(out, v4),
+        std::net::IpAddr::V6(v6) => v6,
     };
-    if write!(out, "{ip}").is_err() {
-        out.extend_from_slice(b"unknown");
+    match v6.to_ipv4_mapped() {
+        Some(v4) => push_ipv4(out, v4),
+        None => {
+            use std::io::Write;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn push_ipv4(out: &mut Vec<u8>, ip: std::net::Ipv4Addr) {
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        if o >= 100 {
+            out.push(b'0' + o / 100);
+        }
+        if o >= 10 {
+            out.push(b'0' + o / 10 % 10);
+        }
+        out.push(b'0' + o % 10);
     }
 }
 
@@ -915,4 +934,37 @@ async fn tunnel<S: ClientStream>(
         attempts: 1,
         sent_bytes: ubuf.len() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        let ips = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0.1",
+            "192.168.100.9",
+            "1.20.199.250",
+            "2001:db8::1",
+            "::1",
+            "::",
+            "::ffff:203.0.113.7",
+            "fe80::1:2:3:4",
+        ];
+        for ip in ips {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let want = match ip {
+                std::net::IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map_or(ip.to_string(), |v4| v4.to_string()),
+                std::net::IpAddr::V4(_) => ip.to_string(),
+            };
+            let mut out = b"x".to_vec();
+            push_ip(&mut out, SocketAddr::new(ip, 9));
+            assert_eq!(String::from_utf8(out).unwrap(), format!("x{want}"));
+        }
+    }
 }
