@@ -537,6 +537,14 @@ def scenario_proxies(args):
                 proxies.append(c)
             if note:
                 notes.append(note)
+        if args.baseline_bin_dir and kind != "nlb":
+            # The same binary built from another commit, interleaved with the rest, so that
+            # a change is judged within one run instead of across the machine's drift.
+            c, note = causeway(kind, args.baseline_bin_dir, path)
+            if not c:
+                raise SystemExit(f"baseline: {note}")
+            c["name"] += " (baseline)"
+            proxies.append(c)
     if args.scenario == "http":
         proxies += [haproxy("http", tls=args.tls), nginx_peer(False, tls=args.tls)]
     elif args.scenario == "tcp":
@@ -577,6 +585,9 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="seconds per timed wrk run")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
+    ap.add_argument("--baseline-bin-dir",
+                    help="http and cache scenarios: also run the binary built in this folder "
+                         "(another commit's), interleaved, as a row of its own")
     ap.add_argument("--peers-only", action="store_true")
     ap.add_argument("--json", help="write raw per-round numbers here")
     args = ap.parse_args()
