@@ -91,6 +91,11 @@ impl ItoaBuf {
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[self.start..]
     }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits are ever written.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("0")
+    }
 }
 
 /// Whether `host` (without port) is a plausible DNS name or IP literal: only these may be

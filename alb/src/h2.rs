@@ -312,7 +312,7 @@ fn request_info(
         .unwrap_or(b"-");
     request.extend_from_slice(host_without_port(authority));
     request.push(b':');
-    request.extend_from_slice(from.local.port().to_string().as_bytes());
+    request.extend_from_slice(crate::action::itoa(u64::from(from.local.port())).as_bytes());
     request.extend_from_slice(
         parts
             .uri

@@ -180,7 +180,7 @@ pub fn target_fields(
     {
         // AWS: without preserve_host_header, a non-default listener port is appended.
         host.push(':');
-        host.push_str(&port.to_string());
+        host.push_str(crate::action::itoa(u64::from(port)).as_str());
     }
     let mut listed: smallvec::SmallVec<[&[u8]; 4]> = smallvec::SmallVec::new();
     for v in client.get_all(hyper::header::CONNECTION) {
