@@ -143,6 +143,17 @@ impl Body for Relayed {
 /// What happened, with the response to relay.
 pub type Forwarded = (Response<Relayed>, upstream::Outcome);
 
+/// What a target's fields are made from: the client's fields and `:authority`, its
+/// connection, the attributes, and the request's trace id.
+#[derive(Clone, Copy)]
+pub struct FieldSource<'a> {
+    pub client: &'a HeaderMap,
+    pub authority: &'a str,
+    pub from: &'a Origin,
+    pub lb: &'a LoadBalancerAttributes,
+    pub trace: &'a crate::trace::TraceId,
+}
+
 /// A field value for the target: one of the client's, shared, or one we made.
 pub enum FieldValue<'a> {
     Client(&'a HeaderValue),
@@ -163,14 +174,17 @@ impl FieldValue<'_> {
 /// get it as `:authority` instead), X-Forwarded-For/Proto/Port and the trace id set. Each goes
 /// to `emit`; returns the Host value used.
 pub fn target_fields(
-    client: &HeaderMap,
-    authority: &str,
-    from: &Origin,
-    lb: &LoadBalancerAttributes,
+    src: FieldSource<'_>,
     h2: bool,
-    trace: &crate::trace::TraceId,
     emit: &mut dyn FnMut(&HeaderName, FieldValue<'_>),
 ) -> String {
+    let FieldSource {
+        client,
+        authority,
+        from,
+        lb,
+        trace,
+    } = src;
     let port = from.local.port();
     let mut host = authority.to_owned();
     if !lb.preserve_host_header
@@ -257,65 +271,37 @@ pub fn target_fields(
 }
 
 /// The target's fields (`target_fields`) as a header map, and the Host value used.
-pub fn target_headers(
-    client: &HeaderMap,
-    authority: &str,
-    from: &Origin,
-    lb: &LoadBalancerAttributes,
-    h2: bool,
-    trace: &crate::trace::TraceId,
-) -> (HeaderMap, String) {
-    let mut out = HeaderMap::with_capacity(client.len() + 4);
-    let host = target_fields(
-        client,
-        authority,
-        from,
-        lb,
-        h2,
-        trace,
-        &mut |name, value| {
-            let value = match value {
-                FieldValue::Client(v) => v.clone(),
-                FieldValue::Ours(b) => match HeaderValue::from_bytes(b) {
-                    Ok(v) => v,
-                    Err(_) => return,
-                },
-            };
-            out.append(name.clone(), value);
-        },
-    );
+pub fn target_headers(src: FieldSource<'_>, h2: bool) -> (HeaderMap, String) {
+    let mut out = HeaderMap::with_capacity(src.client.len() + 4);
+    let host = target_fields(src, h2, &mut |name, value| {
+        let value = match value {
+            FieldValue::Client(v) => v.clone(),
+            FieldValue::Ours(b) => match HeaderValue::from_bytes(b) {
+                Ok(v) => v,
+                Err(_) => return,
+            },
+        };
+        out.append(name.clone(), value);
+    });
     (out, host)
 }
 
 /// The HTTP/1.1 request head a target gets, written straight from the client's fields (no
 /// header map built between): the request line, `target_fields` without any Content-Length,
 /// and the framing. The same bytes as `h2_to_h1::request_head` of `target_headers`.
-#[allow(clippy::too_many_arguments)]
 pub fn target_head_h1(
     out: &mut Vec<u8>,
     method: &Method,
     path_and_query: &str,
-    client: &HeaderMap,
-    authority: &str,
-    from: &Origin,
-    lb: &LoadBalancerAttributes,
-    trace: &crate::trace::TraceId,
+    src: FieldSource<'_>,
     framing: crate::h2_to_h1::ReqFraming,
 ) {
     crate::h2_to_h1::request_line(out, method, path_and_query);
-    target_fields(
-        client,
-        authority,
-        from,
-        lb,
-        false,
-        trace,
-        &mut |name, value| {
-            if name != hyper::header::CONTENT_LENGTH {
-                crate::h2_to_h1::field(out, name.as_str().as_bytes(), value.as_bytes());
-            }
-        },
-    );
+    target_fields(src, false, &mut |name, value| {
+        if name != hyper::header::CONTENT_LENGTH {
+            crate::h2_to_h1::field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    });
     crate::h2_to_h1::end_head(out, framing);
 }
 
@@ -540,7 +526,14 @@ pub async fn forward(
     if h2 {
         // Boxed: its state (hyper's h2 client handshake among it) is several KB, and every
         // stream's future would otherwise be that large, and copied whole when boxed.
-        let (headers, host) = target_headers(&parts.headers, authority, from, lb, true, trace);
+        let src = FieldSource {
+            client: &parts.headers,
+            authority,
+            from,
+            lb,
+            trace,
+        };
+        let (headers, host) = target_headers(src, true);
         Box::pin(forward_h2(&plan, parts, body, headers, &host, pools)).await
     } else {
         forward_h1(&plan, parts, body, authority, from, trace).await
@@ -568,25 +561,21 @@ async fn forward_h1(
     let mut body = (upgrade.is_none() && !body.is_end_stream()).then_some(body);
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = Vec::with_capacity(512);
+    let src = FieldSource {
+        client: &parts.headers,
+        authority,
+        from,
+        lb: plan.lb,
+        trace,
+    };
     if upgrade.is_some() {
         // Our key goes to the target, never one the h2 client sent (RFC 8441 has none).
-        let (mut headers, _) =
-            target_headers(&parts.headers, authority, from, plan.lb, false, trace);
+        let (mut headers, _) = target_headers(src, false);
         headers.remove("sec-websocket-key");
         h1::request_head(&mut head, &Method::GET, pq, &headers, framing);
         crate::ws_h2::upgrade_head(&mut head, &headers, &crate::ws_h2::new_key());
     } else {
-        target_head_h1(
-            &mut head,
-            &parts.method,
-            pq,
-            &parts.headers,
-            authority,
-            from,
-            plan.lb,
-            trace,
-            framing,
-        );
+        target_head_h1(&mut head, &parts.method, pq, src, framing);
     }
     let is_head = parts.method == Method::HEAD;
     let idle = plan.lb.idle_timeout;
@@ -878,18 +867,36 @@ mod tests {
         }
     }
 
+    /// A client's fields, in order (repeated names kept).
+    fn fields(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
     #[test]
     fn target_head_drops_hop_by_hop_and_sets_forwarding_fields() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", "x-secret".parse().unwrap());
-        h.insert("x-secret", "1".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("te", "trailers".parse().unwrap());
-        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        h.insert("x-forwarded-proto", "gopher".parse().unwrap());
-        h.insert("accept", "*/*".parse().unwrap());
+        let h = fields(&[
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "gopher"),
+            ("accept", "*/*"),
+        ]);
         let id = crate::trace::TraceId::new(1, 2);
-        let (out, host) = target_headers(&h, "example.com", &from(8443), &lb(), false, &id);
+        let (lb, from_8443, from_443) = (lb(), from(8443), from(443));
+        let src = |authority, from| FieldSource {
+            client: &h,
+            authority,
+            from,
+            lb: &lb,
+            trace: &id,
+        };
+        let (out, host) = target_headers(src("example.com", &from_8443), false);
         assert_eq!(host, "example.com:8443");
         assert_eq!(out["host"], "example.com:8443");
         assert!(out.get("x-secret").is_none() && out.get("keep-alive").is_none());
@@ -905,7 +912,7 @@ mod tests {
             out["x-amzn-trace-id"],
             "Root=1-00000001-000000000000000000000002"
         );
-        let (out, host) = target_headers(&h, "example.com:9", &from(443), &lb(), true, &id);
+        let (out, host) = target_headers(src("example.com:9", &from_443), true);
         assert_eq!(host, "example.com:9");
         assert!(out.get("host").is_none(), "h2 targets get :authority");
         assert_eq!(out["te"], "trailers", "gRPC needs te: trailers");
@@ -916,20 +923,21 @@ mod tests {
     #[test]
     fn the_direct_head_is_the_header_map_head() {
         use crate::h2_to_h1::{request_head, ReqFraming};
-        let mut h = HeaderMap::new();
-        h.append("cookie", "a=1".parse().unwrap());
-        h.append("Connection", "X-Secret, ,keep-alive".parse().unwrap());
-        h.append("x-secret", "1".parse().unwrap());
-        h.append("cookie", "b=2".parse().unwrap());
-        h.append("host", "ignored.example".parse().unwrap());
-        h.append("content-length", "5".parse().unwrap());
-        h.append("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        h.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
-        h.append(
-            "x-amzn-trace-id",
-            "Root=1-00000001-000000000000000000000009".parse().unwrap(),
-        );
-        h.append("user-agent", "t".parse().unwrap());
+        let h = fields(&[
+            ("cookie", "a=1"),
+            ("connection", "X-Secret, ,keep-alive"),
+            ("x-secret", "1"),
+            ("cookie", "b=2"),
+            ("host", "ignored.example"),
+            ("content-length", "5"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            (
+                "x-amzn-trace-id",
+                "Root=1-00000001-000000000000000000000009",
+            ),
+            ("user-agent", "t"),
+        ]);
         let id = crate::trace::TraceId::new(1, 2);
         let mut lbs = Vec::new();
         for xff in [XffMode::Append, XffMode::Preserve, XffMode::Remove] {
@@ -946,21 +954,18 @@ mod tests {
                 for framing in framings {
                     for (fields, authority) in [(&h, "example.com"), (&HeaderMap::new(), "a:1")] {
                         let from = from(port);
-                        let (map, _) = target_headers(fields, authority, &from, lb, false, &id);
+                        let src = FieldSource {
+                            client: fields,
+                            authority,
+                            from: &from,
+                            lb,
+                            trace: &id,
+                        };
+                        let (map, _) = target_headers(src, false);
                         let mut want = Vec::new();
                         request_head(&mut want, &Method::PUT, "/p?q", &map, framing);
                         let mut got = vec![b'x'; 3];
-                        target_head_h1(
-                            &mut got,
-                            &Method::PUT,
-                            "/p?q",
-                            fields,
-                            authority,
-                            &from,
-                            lb,
-                            &id,
-                            framing,
-                        );
+                        target_head_h1(&mut got, &Method::PUT, "/p?q", src, framing);
                         assert_eq!(
                             String::from_utf8_lossy(&got),
                             String::from_utf8_lossy(&want)
@@ -972,17 +977,14 @@ mod tests {
         let mut got = Vec::new();
         let lb = lb();
         let from = from(8443);
-        target_head_h1(
-            &mut got,
-            &Method::GET,
-            "/",
-            &h,
-            "example.com",
-            &from,
-            &lb,
-            &id,
-            ReqFraming::None,
-        );
+        let src = FieldSource {
+            client: &h,
+            authority: "example.com",
+            from: &from,
+            lb: &lb,
+            trace: &id,
+        };
+        target_head_h1(&mut got, &Method::GET, "/", src, ReqFraming::None);
         assert_eq!(
             String::from_utf8(got).unwrap(),
             "GET / HTTP/1.1\r\ncookie: a=1\r\ncookie: b=2\r\nuser-agent: t\r\n\
