@@ -11,7 +11,7 @@ use crate::upstream::Up;
 use crate::upstream::{self, StickyMode, MAX_ATTEMPTS};
 use bytes::Bytes;
 use causeway_config::alb::{LoadBalancerAttributes, XffMode};
-use causeway_dataplane::http1::head::is_hop_by_hop;
+use causeway_dataplane::http1::head::{is_hop_by_hop, list_items};
 use causeway_dataplane::http1::Framing;
 use causeway_dataplane::target::{InFlight, Target, TargetGroup};
 use http_body_util::{Either, Empty};
@@ -198,12 +198,7 @@ pub fn target_fields(
     }
     let mut listed: smallvec::SmallVec<[&[u8]; 4]> = smallvec::SmallVec::new();
     for v in client.get_all(hyper::header::CONNECTION) {
-        listed.extend(
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .map(|t| t.trim_ascii())
-                .filter(|t| !t.is_empty()),
-        );
+        listed.extend(list_items(v.as_bytes()));
     }
     for (name, value) in client {
         let n = name.as_str();

@@ -419,13 +419,7 @@ impl<'b> ConnectionList<'b> {
         let mut list = smallvec::SmallVec::new();
         for h in headers {
             if h.name.get(buf).eq_ignore_ascii_case(b"connection") {
-                list.extend(
-                    h.value
-                        .get(buf)
-                        .split(|&b| b == b',')
-                        .map(trim)
-                        .filter(|t| !t.is_empty()),
-                );
+                list.extend(list_items(h.value.get(buf)));
             }
         }
         ConnectionList(list)
@@ -444,9 +438,15 @@ impl<'b> ConnectionList<'b> {
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
 pub fn has_token(value: &[u8], token: &str) -> bool {
+    list_items(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The items of a comma-separated header value, trimmed, empty ones skipped (RFC 9110 §5.6.1).
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
-        .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
+        .map(trim)
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
