@@ -20,6 +20,16 @@ const PIPE_SIZE: usize = 64 * 1024;
 /// window in flight.
 const NOTSENT_LOWAT: libc::c_int = 16 * 1024;
 
+/// The receive buffer (SO_RCVBUF) a spliced-from socket asks for. Autotuning sizes a socket's
+/// buffer from what the reader takes per round trip; a relay reads in quick bursts, so on
+/// loopback it stopped at 1.3 MB while the sender had megabytes queued: the buffer sat full,
+/// the sender was window-limited 60% of the time and retransmitted. With 4 MiB (the kernel
+/// doubles it) a 1 GiB download retransmitted 8-31 segments instead of 29-41 and cost the nlb
+/// 0.87-0.97x the CPU per GiB; its throughput gain was within this machine's noise in the
+/// harness (docs/benchmarks.md, 2026-12-07 07:45). It is a cap, not an allocation: the memory
+/// is held only while the destination is slower than the source.
+const BULK_RCVBUF: usize = 4 << 20;
+
 /// A non-blocking pipe, the kernel buffer one direction moves through.
 #[derive(Debug)]
 pub struct Pipe {
@@ -31,6 +41,8 @@ pub struct Pipe {
     full: bool,
     /// The destination's unsent bytes are capped (done at the first flush).
     capped: bool,
+    /// The source's receive buffer was raised (done at the first fill).
+    widened: bool,
 }
 
 impl Pipe {
@@ -61,6 +73,7 @@ impl Pipe {
             in_pipe: 0,
             full: false,
             capped: false,
+            widened: false,
         })
     }
 }
@@ -105,6 +118,10 @@ impl Carrier for Pipe {
     }
 
     fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+        if !self.widened {
+            self.widened = true;
+            widen_receive(src);
+        }
         let (w, room) = (self.write.as_raw_fd(), self.room());
         // The pipe runs out of slots (one per piece of socket buffer) before it runs out of
         // bytes, and then answers EAGAIN as a drained socket does. So a short splice never
@@ -162,4 +179,78 @@ fn cap_unsent(dst: &TcpStream) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// What to ask SO_RCVBUF for so that a socket whose buffer is `current` bytes can take
+/// [`BULK_RCVBUF`] of a bulk flow, or `None` to leave it to autotuning. Setting the option ends
+/// autotuning for good, and the kernel caps the ask at `net.core.rmem_max` (Linux's default is
+/// 208 KiB), so it is asked only when that cap lets the whole of it through: a host that was
+/// not tuned for it keeps the buffer autotuning would give.
+fn rcvbuf_ask(current: usize, rmem_max: usize) -> Option<usize> {
+    (rmem_max >= BULK_RCVBUF && current < 2 * BULK_RCVBUF).then_some(BULK_RCVBUF)
+}
+
+/// `net.core.rmem_max`, read once; 0 when it cannot be read.
+fn rmem_max() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+/// Raises a bulk source's receive buffer when [`rcvbuf_ask`] says so; a failure only costs
+/// throughput.
+fn widen_receive(src: &TcpStream) {
+    let sock = socket2::SockRef::from(src);
+    let Ok(current) = sock.recv_buffer_size() else {
+        return;
+    };
+    if let Some(ask) = rcvbuf_ask(current, rmem_max()) {
+        if let Err(e) = sock.set_recv_buffer_size(ask) {
+            tracing::debug!(error = %e, "SO_RCVBUF");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn the_receive_buffer_is_raised_only_when_the_host_lets_all_of_it_through() {
+        let mib = 1 << 20;
+        // Linux's default rmem_max: asking would freeze 416 KiB where autotuning goes further.
+        assert_eq!(rcvbuf_ask(131_072, 212_992), None);
+        assert_eq!(rcvbuf_ask(131_072, 4 * mib - 1), None);
+        assert_eq!(rcvbuf_ask(131_072, 4 * mib), Some(4 * mib));
+        assert_eq!(rcvbuf_ask(1_347_298, 32 * mib), Some(4 * mib));
+        // Already as large as the ask would make it (the kernel doubles it): left alone.
+        assert_eq!(rcvbuf_ask(8 * mib, 32 * mib), None);
+        assert_eq!(rcvbuf_ask(12 * mib, 32 * mib), None);
+        assert_eq!(rcvbuf_ask(131_072, 0), None);
+    }
+
+    #[tokio::test]
+    async fn a_spliced_source_gets_the_bulk_receive_buffer_where_the_host_allows_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut writer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (src, _) = listener.accept().await.unwrap();
+        let before = socket2::SockRef::from(&src).recv_buffer_size().unwrap();
+        writer.write_all(b"bulk").await.unwrap();
+        let mut pipe = Pipe::new().unwrap();
+        src.readable().await.unwrap();
+        assert_eq!(pipe.fill(&src).unwrap(), 4);
+        let after = socket2::SockRef::from(&src).recv_buffer_size().unwrap();
+        if rmem_max() >= BULK_RCVBUF && before < 2 * BULK_RCVBUF {
+            assert_eq!(after, 2 * BULK_RCVBUF, "the kernel doubles the ask");
+        } else {
+            assert_eq!(after, before, "an untuned host keeps autotuning");
+        }
+    }
 }
