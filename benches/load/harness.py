@@ -587,8 +587,9 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
     ap.add_argument("--baseline-bin-dir",
-                    help="http and cache scenarios: also run the binary built in this folder "
-                         "(another commit's), interleaved, as a row of its own")
+                    help="http, cache and bulk scenarios: also run the binary built in this "
+                         "folder (another commit's), interleaved, as a row of its own (for "
+                         "bulk, the nlb's default relay)")
     ap.add_argument("--peers-only", action="store_true")
     ap.add_argument("--json", help="write raw per-round numbers here")
     args = ap.parse_args()
@@ -673,6 +674,12 @@ def bulk(args):
             rows.append(c)
         if note:
             notes.append(note)
+    if args.baseline_bin_dir:
+        c, note = causeway("nlb", args.baseline_bin_dir, "/bulk", "auto")
+        if not c:
+            raise SystemExit(f"baseline: {note}")
+        c["name"] += " (baseline)"
+        rows.append(c)
     rows.append(haproxy("tcp", "/bulk"))
     results = {r["name"]: [] for r in rows}
     for rnd in range(args.rounds):
