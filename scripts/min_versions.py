@@ -1,11 +1,22 @@
 #!/usr/bin/env python3
 """Supply chain: every locked copy of these crates is at least the version that fixed a known
-advisory (h2: CONTINUATION flood and reset handling; quinn-proto: a remote panic; rustls: a
-handshake panic). Reads Cargo.lock files; exits 1 naming what is too old."""
+advisory. The issue's floors (h2 0.4.16: CONTINUATION flood, reset handling, unbounded empty
+DATA frames; quinn-proto 0.11.15: a remote panic; rustls 0.23.18: a handshake panic), raised
+where the audit of 2026-12-07 (docs/reliability.md) found a later fix: rustls 0.23.45
+(RUSTSEC-2026-0285, TLS 1.3 handshake messages accepted across a key change), quinn-proto
+0.11.18 (six DoS advisories in review, patched there), rustls-webpki 0.103.10
+(RUSTSEC-2026-0049), crossbeam-epoch 0.9.20 (RUSTSEC-2026-0204). Reads Cargo.lock files; exits
+1 naming what is too old."""
 import sys
 import tomllib
 
-MINIMUM = {"h2": (0, 4, 16), "quinn-proto": (0, 11, 15), "rustls": (0, 23, 18)}
+MINIMUM = {
+    "h2": (0, 4, 16),
+    "quinn-proto": (0, 11, 18),
+    "rustls": (0, 23, 45),
+    "rustls-webpki": (0, 103, 10),
+    "crossbeam-epoch": (0, 9, 20),
+}
 
 
 def version(v):
