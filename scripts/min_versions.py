@@ -4,8 +4,8 @@ advisory. The issue's floors (h2 0.4.16: CONTINUATION flood, reset handling, unb
 DATA frames; quinn-proto 0.11.15: a remote panic; rustls 0.23.18: a handshake panic), raised
 where the audit of 2026-12-07 (docs/reliability.md) found a later fix: rustls 0.23.45
 (RUSTSEC-2026-0285, TLS 1.3 handshake messages accepted across a key change), quinn-proto
-0.11.18 (six DoS advisories in review, patched there), rustls-webpki 0.103.10
-(RUSTSEC-2026-0049), crossbeam-epoch 0.9.20 (RUSTSEC-2026-0204). Reads Cargo.lock files; exits
+0.11.18 (six DoS advisories in review, patched there), rustls-webpki 0.103.13
+(RUSTSEC-2026-0104, and 0049, 0098, 0099 before it), crossbeam-epoch 0.9.20 (RUSTSEC-2026-0204). Reads Cargo.lock files; exits
 1 naming what is too old."""
 import sys
 import tomllib
@@ -14,7 +14,7 @@ MINIMUM = {
     "h2": (0, 4, 16),
     "quinn-proto": (0, 11, 18),
     "rustls": (0, 23, 45),
-    "rustls-webpki": (0, 103, 10),
+    "rustls-webpki": (0, 103, 13),
     "crossbeam-epoch": (0, 9, 20),
 }
 
