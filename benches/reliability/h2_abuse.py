@@ -23,7 +23,8 @@ With `--proxy haproxy` the same runs go through HAProxy 2.6 instead (mode http, 
 `http-reuse always`, h2c by prior knowledge on the same port), for comparison.
 
 Usage: python3 benches/reliability/h2_abuse.py [--bin-dir target/release] [--seconds 6] [--repeat N]
-       [--only 'rapid reset'] [--proxy alb|haproxy]
+       [--only 'rapid reset'] [--proxy alb|haproxy] [--honest-delay-ms MS]
+       [--attack-mbps MBPS]
 Only 127.0.0.1 is used; every attack stops when its measurement ends.
 """
 import argparse
@@ -90,8 +91,14 @@ def drain(s):
         pass
 
 
+# Bytes per second each attacker thread may send (`--attack-mbps`, split between the two);
+# 0: as fast as the socket takes them.
+RATE = 0
+
+
 class Counted:
-    """A socket that counts the bytes sent through it into `box[0]`."""
+    """A socket that counts the bytes sent through it into `box[0]` (`box[1]`: when the
+    attacker began), and holds its attacker to `RATE` when one is set."""
 
     def __init__(self, s, box):
         self.s, self.box = s, box
@@ -99,6 +106,10 @@ class Counted:
     def sendall(self, data):
         self.s.sendall(data)
         self.box[0] += len(data)
+        if RATE:
+            ahead = self.box[0] / RATE - (time.monotonic() - self.box[1])
+            if ahead > 0:
+                time.sleep(ahead)
 
     def __getattr__(self, name):
         return getattr(self.s, name)
@@ -214,7 +225,7 @@ def attackers(port, attack, stop, sent):
     """The attack process: at nice 19, two attacker threads (or the stall) until `stop`; then
     the bytes they sent go into `sent`."""
     os.nice(19)
-    boxes = [[0], [0]]
+    boxes = [[0, time.monotonic()], [0, time.monotonic()]]
     if attack == "stall":
         threads = [threading.Thread(target=zero_window, args=(port, stop, boxes[0]))]
     else:
@@ -251,7 +262,24 @@ def main():
                     help="run only the attacks whose name contains this (the baseline always runs)")
     ap.add_argument("--proxy", choices=["alb", "haproxy"], default="alb",
                     help="the proxy under attack: the alb, or HAProxy 2.6 for comparison")
+    ap.add_argument("--honest-delay-ms", type=int, default=0,
+                    help="a paced honest client: each of its 16 connections waits this long "
+                         "between requests (wrk's delay()), so the proxy is not saturated by it "
+                         "and its p99 shows what the attack adds, not wrk's own queue; 0 (the "
+                         "default) sends as fast as the proxy answers")
+    ap.add_argument("--attack-mbps", type=float, default=0,
+                    help="hold the attackers to this many MB/s in all (0: as fast as the proxy "
+                         "or the sink reads), so that an attack and its control cost CPU 0 "
+                         "the same")
     args = ap.parse_args()
+    global RATE
+    RATE = args.attack_mbps * 1e6 / 2
+    wrk_extra = ()
+    if args.honest_delay_ms:
+        script = os.path.join(harness.TMP, "paced.lua")
+        with open(script, "w") as f:
+            f.write(f"function delay()\n  return {args.honest_delay_ms}\nend\n")
+        wrk_extra = ("-s", script)
     # wrk, the origins and the attack process share CPU 0, so the alb has CPU 1 to itself and
     # its CPU-seconds are what the attack costs it.
     os.sched_setaffinity(0, {0})
@@ -297,7 +325,7 @@ def main():
         time.sleep(0.3)
         waits = origin_time_waits()
         before = harness.cpu_seconds(alb["pid"])
-        r = harness.wrk(alb["url"], args.seconds, 16)
+        r = harness.wrk(alb["url"], args.seconds, 16, wrk_extra)
         cpu = harness.cpu_seconds(alb["pid"]) - before
         closed = len(origin_time_waits() - waits)
         stop.set()
