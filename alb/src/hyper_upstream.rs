@@ -209,6 +209,7 @@ pub fn target_fields(
             continue;
         }
         if is_hop_by_hop(n.as_bytes())
+            || upstream::attribute_drops(lb, n.as_bytes())
             || listed.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
             || n == "x-forwarded-for"
             || n == "x-forwarded-proto"
@@ -237,7 +238,7 @@ pub fn target_fields(
                 line.extend_from_slice(v.as_bytes());
                 line.extend_from_slice(b", ");
             }
-            upstream::push_ip(&mut line, from.peer);
+            upstream::push_client(&mut line, from.peer, lb.xff_client_port);
             if HeaderValue::from_bytes(&line).is_ok() {
                 emit(&xff, FieldValue::Ours(&line));
             }
@@ -251,6 +252,16 @@ pub fn target_fields(
         &HeaderName::from_static("x-forwarded-port"),
         FieldValue::Ours(crate::action::itoa(u64::from(port)).as_bytes()),
     );
+    if let Some((cipher, version)) = from.tls_names.filter(|_| lb.tls_headers) {
+        emit(
+            &HeaderName::from_static("x-amzn-tls-version"),
+            FieldValue::Ours(version.as_bytes()),
+        );
+        emit(
+            &HeaderName::from_static("x-amzn-tls-cipher-suite"),
+            FieldValue::Ours(cipher.as_bytes()),
+        );
+    }
     let mut id = Vec::with_capacity(48);
     trace.write(
         client.get(crate::trace::HEADER).map(|v| v.as_bytes()),
@@ -932,15 +943,22 @@ mod tests {
                 "Root=1-00000001-000000000000000000000009",
             ),
             ("user-agent", "t"),
+            ("x_user", "forged"),
+            ("x-amzn-tls-version", "TLSv9"),
         ]);
         let id = crate::trace::TraceId::new(1, 2);
         let mut lbs = Vec::new();
         for xff in [XffMode::Append, XffMode::Preserve, XffMode::Remove] {
             for preserve_host_header in [false, true] {
-                let mut lb = lb();
-                lb.xff = xff;
-                lb.preserve_host_header = preserve_host_header;
-                lbs.push(lb);
+                for attributes in [false, true] {
+                    let mut lb = lb();
+                    lb.xff = xff;
+                    lb.preserve_host_header = preserve_host_header;
+                    lb.xff_client_port = attributes;
+                    lb.drop_invalid_header_fields = attributes;
+                    lb.tls_headers = attributes;
+                    lbs.push(lb);
+                }
             }
         }
         let framings = [ReqFraming::None, ReqFraming::Length(5), ReqFraming::Chunked];
@@ -948,7 +966,8 @@ mod tests {
             for port in [80, 8443] {
                 for framing in framings {
                     for (fields, authority) in [(&h, "example.com"), (&HeaderMap::new(), "a:1")] {
-                        let from = from(port);
+                        let mut from = from(port);
+                        from.tls_names = Some(("TLS_AES_128_GCM_SHA256", "TLSv1.3"));
                         let src = FieldSource {
                             client: fields,
                             authority,
@@ -983,8 +1002,35 @@ mod tests {
         assert_eq!(
             String::from_utf8(got).unwrap(),
             "GET / HTTP/1.1\r\ncookie: a=1\r\ncookie: b=2\r\nuser-agent: t\r\n\
+             x_user: forged\r\nx-amzn-tls-version: TLSv9\r\n\
              host: example.com:8443\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\n\
              x-forwarded-proto: https\r\nx-forwarded-port: 8443\r\n\
+             x-amzn-trace-id: Self=1-00000001-000000000000000000000002;\
+             Root=1-00000001-000000000000000000000009\r\n\r\n"
+        );
+        // With ALB's three attributes on: the client's port, ours TLS fields in place of the
+        // client's, and no field with an invalid name.
+        let mut lb = lb;
+        lb.xff_client_port = true;
+        lb.drop_invalid_header_fields = true;
+        lb.tls_headers = true;
+        let mut from = from;
+        from.tls_names = Some(("ECDHE-RSA-AES128-GCM-SHA256", "TLSv1.2"));
+        let src = FieldSource {
+            client: &h,
+            authority: "example.com",
+            from: &from,
+            lb: &lb,
+            trace: &id,
+        };
+        let mut got = Vec::new();
+        target_head_h1(&mut got, &Method::GET, "/", src, ReqFraming::None);
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            "GET / HTTP/1.1\r\ncookie: a=1\r\ncookie: b=2\r\nuser-agent: t\r\n\
+             host: example.com:8443\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7:5000\r\n\
+             x-forwarded-proto: https\r\nx-forwarded-port: 8443\r\n\
+             x-amzn-tls-version: TLSv1.2\r\nx-amzn-tls-cipher-suite: ECDHE-RSA-AES128-GCM-SHA256\r\n\
              x-amzn-trace-id: Self=1-00000001-000000000000000000000002;\
              Root=1-00000001-000000000000000000000009\r\n\r\n"
         );

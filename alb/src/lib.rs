@@ -90,9 +90,15 @@ impl Plane for Alb {
             ),
         };
         let mut tls = Vec::new();
+        // `routing.http2.enabled = false`: HTTPS listeners offer HTTP/1.1 alone.
+        let alpn: &[&[u8]] = if cfg.load_balancer.http2 {
+            &[b"h2", b"http/1.1"]
+        } else {
+            &[b"http/1.1"]
+        };
         for l in &cfg.listeners {
             if let Some(settings) = &l.tls {
-                let sc = causeway_dataplane::tls::server_config(settings, &[b"h2", b"http/1.1"])
+                let sc = causeway_dataplane::tls::server_config(settings, alpn)
                     .map_err(|e| format!("listener {}: {e}", l.address))?;
                 tls.push((l.address, tokio_rustls::TlsAcceptor::from(sc)));
             }

@@ -303,7 +303,10 @@ enum Sniffed {
 /// says whether they are the h2 preface. An HTTP/1.1 request is left in the buffer for
 /// `read_head`.
 async fn sniff_preface(client: &mut Client, snaps: &Snapshots<Alb>, opened: Instant) -> Sniffed {
-    let timeout = snaps.load().config.load_balancer.request_header_timeout;
+    let (timeout, http2) = {
+        let lb = &snaps.load().config.load_balancer;
+        (lb.request_header_timeout, lb.http2)
+    };
     let deadline = opened + timeout;
     // Silent until the header deadline (or a drain): closed, holding no buffer meanwhile, and
     // after the park delay not even a task.
@@ -314,7 +317,9 @@ async fn sniff_preface(client: &mut Client, snaps: &Snapshots<Alb>, opened: Inst
     }
     loop {
         let have = client.buf.len().min(h2conn::PREFACE.len());
-        if client.buf[..have] != h2conn::PREFACE[..have] {
+        // With HTTP/2 turned off the preface is read as what it looks like, an HTTP/1.1
+        // request line with version 2.0, and refused as one.
+        if !http2 || client.buf[..have] != h2conn::PREFACE[..have] {
             return Sniffed::Http1;
         }
         if have == h2conn::PREFACE.len() {
@@ -509,6 +514,7 @@ async fn serve_request<S: ClientStream>(
                     key,
                     group_cookie.as_deref(),
                     &trace,
+                    tls_names,
                 )
                 .await;
                 logging::forwarded(

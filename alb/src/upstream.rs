@@ -215,8 +215,35 @@ pub fn upstream_peer(
         .find(|t| !tried.contains(&t.cfg.address))
 }
 
+/// The negotiated TLS cipher suite and protocol version, in OpenSSL's names
+/// (`causeway_dataplane::tls::log_names`), of a request that came over TLS.
+pub type TlsNames = Option<(&'static str, &'static str)>;
+
+/// Whether a field name is one ALB forwards under `drop_invalid_header_fields`: letters,
+/// digits and hyphens only (an underscore is a valid token character, but a CGI or PHP target
+/// reads `X_User` and `X-User` as the same variable, so a client could forge one).
+pub fn valid_field_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+}
+
+/// The fields the alb sets itself when `x_amzn_tls_version_and_cipher_suite` is on; a client's
+/// own copies are dropped so that a target can trust them.
+pub fn is_tls_field(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"x-amzn-tls-version")
+        || name.eq_ignore_ascii_case(b"x-amzn-tls-cipher-suite")
+}
+
+/// Whether the attributes drop a client's field of this name before it reaches a target
+/// (besides the hop-by-hop and X-Forwarded-* ones, which every path drops on its own).
+pub fn attribute_drops(lb: &LoadBalancerAttributes, name: &[u8]) -> bool {
+    (lb.drop_invalid_header_fields && !valid_field_name(name))
+        || (lb.tls_headers && is_tls_field(name))
+}
+
 /// Writes the request head the target gets: hop-by-hop headers (and those the Connection
-/// header names) dropped, Host as the attributes say, X-Forwarded-For/Proto/Port set.
+/// header names) dropped, Host as the attributes say, X-Forwarded-For/Proto/Port set, and the
+/// TLS fields when the attributes ask for them.
+#[allow(clippy::too_many_arguments)]
 pub fn build_request_head<S: ClientStream>(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -225,6 +252,7 @@ pub fn build_request_head<S: ClientStream>(
     client: &Client<S>,
     lb: &LoadBalancerAttributes,
     trace: &TraceId,
+    tls: TlsNames,
 ) {
     out.clear();
     out.extend_from_slice(head.method(buf));
@@ -242,6 +270,7 @@ pub fn build_request_head<S: ClientStream>(
             || name.eq_ignore_ascii_case(b"x-forwarded-port")
             || name.eq_ignore_ascii_case(trace::HEADER.as_bytes())
             || (req.expect_continue && name.eq_ignore_ascii_case(b"expect"))
+            || attribute_drops(lb, name)
         {
             continue;
         }
@@ -280,7 +309,7 @@ pub fn build_request_head<S: ClientStream>(
                 out.extend_from_slice(v);
                 out.extend_from_slice(b", ");
             }
-            push_ip(out, client.peer);
+            push_client(out, client.peer, lb.xff_client_port);
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -288,6 +317,12 @@ pub fn build_request_head<S: ClientStream>(
     out.extend_from_slice(client.scheme().as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     out.extend_from_slice(crate::action::itoa(port as u64).as_bytes());
+    if let Some((cipher, version)) = tls.filter(|_| lb.tls_headers) {
+        out.extend_from_slice(b"\r\nX-Amzn-Tls-Version: ");
+        out.extend_from_slice(version.as_bytes());
+        out.extend_from_slice(b"\r\nX-Amzn-Tls-Cipher-Suite: ");
+        out.extend_from_slice(cipher.as_bytes());
+    }
     out.extend_from_slice(b"\r\nX-Amzn-Trace-Id: ");
     trace.write(head.header(buf, trace::HEADER), out);
     out.extend_from_slice(b"\r\n");
@@ -298,6 +333,24 @@ pub fn build_request_head<S: ClientStream>(
         out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the client's X-Forwarded-For entry: its address ([`push_ip`]), and with `port` its
+/// port after a colon, an IPv6 address then in brackets (`[2001:db8::1]:5000`).
+pub fn push_client(out: &mut Vec<u8>, peer: SocketAddr, port: bool) {
+    if !port {
+        return push_ip(out, peer);
+    }
+    let v6 = matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none());
+    if v6 {
+        out.push(b'[');
+    }
+    push_ip(out, peer);
+    if v6 {
+        out.push(b']');
+    }
+    out.push(b':');
+    out.extend_from_slice(crate::action::itoa(u64::from(peer.port())).as_bytes());
 }
 
 /// Writes the client's address as X-Forwarded-For lists it: IPv4 (also mapped into IPv6) in
@@ -497,6 +550,7 @@ pub async fn forward<S: ClientStream>(
     key: &StickyKey,
     group_cookie: Option<&str>,
     trace: &TraceId,
+    tls: TlsNames,
 ) -> Result<Outcome, (ProxyError, Option<SocketAddr>)> {
     let (prefix, complete, scanner) =
         buffered_body(&client.buf, head.len, req.framing).map_err(|e| (e, None))?;
@@ -507,7 +561,16 @@ pub async fn forward<S: ClientStream>(
             .map_err(|_| (ProxyError::ClientGone, None))?;
     }
     scratch.ready();
-    build_request_head(&mut scratch.out, &client.buf, head, req, client, lb, trace);
+    build_request_head(
+        &mut scratch.out,
+        &client.buf,
+        head,
+        req,
+        client,
+        lb,
+        trace,
+        tls,
+    );
     let head_out_len = scratch.out.len();
     let stickiness = group.cfg.stickiness.as_ref().and_then(StickyMode::of);
     let now_unix = stickiness.map(|_| {
@@ -939,6 +1002,35 @@ async fn tunnel<S: ClientStream>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_its_port_a_client_is_written_as_a_socket_address() {
+        for (addr, want) in [
+            ("192.0.2.7:5000", "192.0.2.7:5000"),
+            ("[2001:db8::1]:443", "[2001:db8::1]:443"),
+            ("[::ffff:203.0.113.7]:9", "203.0.113.7:9"),
+        ] {
+            let mut out = Vec::new();
+            push_client(&mut out, addr.parse().unwrap(), true);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+            let mut out = Vec::new();
+            push_client(&mut out, addr.parse().unwrap(), false);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                want.rsplit_once(':').unwrap().0.trim_matches(['[', ']'])
+            );
+        }
+    }
+
+    #[test]
+    fn only_letters_digits_and_hyphens_make_a_valid_field_name() {
+        for ok in ["Host", "x-amzn-trace-id", "X-1", "a"] {
+            assert!(valid_field_name(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["X_User", "x.y", "a b", "", "x:", "é", "x~y"] {
+            assert!(!valid_field_name(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn client_addresses_are_written_as_display_writes_them() {

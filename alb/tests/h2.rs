@@ -835,3 +835,37 @@ async fn h2_streams_relay_chunked_and_large_bodies_to_and_from_http1_targets() {
     let peers: std::collections::HashSet<_> = web.seen().iter().map(|r| r.peer).collect();
     assert_eq!(peers.len(), 1, "one pooled target connection for all three");
 }
+
+/// `routing.http2.enabled = false` on an HTTP listener: the h2 preface is read as the HTTP/1.1
+/// request line it resembles (`PRI * HTTP/2.0`) and refused with a close; nothing reaches a
+/// target, and HTTP/1.1 is served as before.
+#[tokio::test]
+async fn h2c_is_refused_when_http2_is_turned_off() {
+    let (web, grpc) = (Origin::start().await, Origin::start().await);
+    let (_s, addr) = start_full(
+        "HTTP",
+        "routing.http2.enabled = false",
+        &targets(&[&web]),
+        "",
+        &grpc,
+    )
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the alb closes the connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(web.seen().is_empty() && grpc.seen().is_empty());
+    let r = causeway_testkit::raw::get(addr, "/one", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+}

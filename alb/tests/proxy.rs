@@ -234,6 +234,52 @@ async fn a_new_connection_parked_before_its_first_bytes_is_served_when_they_come
     assert_eq!(start.elapsed(), Duration::from_millis(500));
 }
 
+/// ALB's header attributes over cleartext HTTP/1.1: with `drop_invalid_header_fields` a field
+/// named with an underscore never reaches the target; with
+/// `x_amzn_tls_version_and_cipher_suite` a client's forged TLS fields are dropped and none are
+/// added (the request did not come over TLS); with `xff_client_port` the entry for the client
+/// carries its port. Off (the default), all three leave the request as it was.
+#[tokio::test]
+async fn header_attributes_drop_invalid_names_and_forged_tls_fields() {
+    let o = Origin::start().await;
+    let on = "[load_balancer]\n\
+        routing.http.drop_invalid_header_fields.enabled = true\n\
+        routing.http.x_amzn_tls_version_and_cipher_suite.enabled = true\n\
+        routing.http.xff_client_port.enabled = true\n";
+    for attributes in [on, ""] {
+        let alb = start(
+            &format!("{attributes}{}", group("web", &[&o])),
+            r#"{ type = "forward", target_group = "web" }"#,
+            "",
+        )
+        .await;
+        let mut s = TcpStream::connect(alb.addr).await.unwrap();
+        let port = s.local_addr().unwrap().port();
+        s.write_all(
+            b"GET /attrs HTTP/1.1\r\nHost: shop.example\r\nX_User: admin\r\n\
+              X-Amzn-Tls-Version: TLSv1.3\r\nX-Kept-1: yes\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(read_response(&mut s).await.status, 200);
+        let got = o.seen().pop().unwrap();
+        assert_eq!(got.header("x-kept-1"), Some("yes"));
+        if attributes.is_empty() {
+            assert_eq!(got.header("x_user"), Some("admin"));
+            assert_eq!(got.header("x-amzn-tls-version"), Some("TLSv1.3"));
+            assert_eq!(got.header("x-forwarded-for"), Some("127.0.0.1"));
+        } else {
+            assert_eq!(got.header("x_user"), None, "{got:?}");
+            assert_eq!(got.header("x-amzn-tls-version"), None, "{got:?}");
+            assert_eq!(got.header("x-amzn-tls-cipher-suite"), None, "{got:?}");
+            assert_eq!(
+                got.header("x-forwarded-for"),
+                Some(format!("127.0.0.1:{port}").as_str())
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn round_robin_keep_alive_and_forwarded_headers() {
     let (os, alb) = web_alb(&["a", "b", "c"]).await;

@@ -185,3 +185,97 @@ async fn the_access_log_names_the_cipher_and_protocol_over_h1_and_h2() {
         lines[1]
     );
 }
+
+/// The client's port as curl reports it with `-w`, after the response.
+fn curl_port(out: &str) -> (String, u16) {
+    let (response, port) = out.rsplit_once("\nport=").expect("curl -w port");
+    (response.to_owned(), port.trim().parse().expect("a port"))
+}
+
+/// ALB's `routing.http.x_amzn_tls_version_and_cipher_suite`, `xff_client_port` and
+/// `drop_invalid_header_fields`, over HTTP/1.1 and h2: the target learns the TLS version and
+/// cipher (never a client's forged copy), the client's port after its address, and gets no
+/// field whose name is not letters, digits and hyphens.
+#[tokio::test]
+async fn tls_fields_client_port_and_invalid_names_as_the_attributes_say() {
+    let o = Origin::start().await;
+    let extra = "[load_balancer]\n\
+        routing.http.x_amzn_tls_version_and_cipher_suite.enabled = true\n\
+        routing.http.xff_client_port.enabled = true\n\
+        routing.http.drop_invalid_header_fields.enabled = true\n";
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", extra).await;
+    let sent = [
+        "-H",
+        "X-Amzn-Tls-Version: TLSv9.9",
+        "-H",
+        "X-Amzn-Tls-Cipher-Suite: forged",
+        "-H",
+        "X_User: admin",
+        "-H",
+        "X-Kept-1: yes",
+        "-H",
+        "X-Forwarded-For: 203.0.113.9",
+        "-w",
+        "\nport=%{local_port}",
+    ];
+    let h1_args: Vec<&str> = ["--tls-max", "1.2"].iter().chain(&sent).copied().collect();
+    let (out, err) = curl(addr, "a.example.test", "/h1", &h1_args).await;
+    let (out, h1_port) = curl_port(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    let h2_args: Vec<&str> = ["--http2"].iter().chain(&sent).copied().collect();
+    let (out, err) = causeway_testkit::tls::curl(addr, "a.example.test", "/h2", &h2_args).await;
+    let (out, h2_port) = curl_port(&out);
+    assert!(out.starts_with("HTTP/2 200"), "{out}\n{err}");
+    let seen = o.seen();
+    assert_eq!(seen.len(), 2);
+    for (got, version, port) in [
+        (&seen[0], "TLSv1.2", h1_port),
+        (&seen[1], "TLSv1.3", h2_port),
+    ] {
+        let all = |name: &str| -> Vec<&str> {
+            got.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(all("x-amzn-tls-version"), [version], "{got:?}");
+        let cipher = all("x-amzn-tls-cipher-suite");
+        assert_eq!(cipher.len(), 1, "{got:?}");
+        assert!(
+            if version == "TLSv1.3" {
+                cipher[0].starts_with("TLS_AES_") || cipher[0] == "TLS_CHACHA20_POLY1305_SHA256"
+            } else {
+                cipher[0].starts_with("ECDHE-")
+            },
+            "OpenSSL's name for the suite: {got:?}"
+        );
+        assert_eq!(
+            all("x-forwarded-for"),
+            [format!("203.0.113.9, 127.0.0.1:{port}").as_str()],
+            "{got:?}"
+        );
+        assert!(
+            all("x_user").is_empty(),
+            "an invalid name is dropped: {got:?}"
+        );
+        assert_eq!(all("x-kept-1"), ["yes"], "{got:?}");
+    }
+}
+
+/// `routing.http2.enabled = false`: the HTTPS listener offers HTTP/1.1 alone, and a client
+/// that asks for h2 gets HTTP/1.1.
+#[tokio::test]
+async fn http2_turned_off_offers_http1_alone() {
+    let o = Origin::start().await;
+    let extra = "[load_balancer]\nrouting.http2.enabled = false\n";
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", extra).await;
+    let (out, err) = causeway_testkit::tls::curl(addr, "a.example.test", "/", &["--http2"]).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    assert!(!err.contains("ALPN: server accepted h2"), "{err}");
+    assert_eq!(
+        o.seen()[0].header("x-amzn-tls-version"),
+        None,
+        "off by default"
+    );
+}

@@ -64,6 +64,8 @@ pub struct FileKeepAlive {
 pub struct FileRouting {
     #[serde(default)]
     pub http: FileRoutingHttp,
+    #[serde(default)]
+    pub http2: FileEnabled,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +76,12 @@ pub struct FileRoutingHttp {
     pub xff_header_processing: FileMode,
     #[serde(default)]
     pub preserve_host_header: FileEnabled,
+    #[serde(default)]
+    pub xff_client_port: FileEnabled,
+    #[serde(default)]
+    pub drop_invalid_header_fields: FileEnabled,
+    #[serde(default)]
+    pub x_amzn_tls_version_and_cipher_suite: FileEnabled,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,7 +120,18 @@ pub struct LoadBalancerAttributes {
     pub request_header_timeout: std::time::Duration,
     pub desync_mitigation_mode: DesyncMode,
     pub xff: XffMode,
+    /// `routing.http.xff_client_port.enabled`: the appended X-Forwarded-For entry carries the
+    /// client's port too (`ip:port`, `[ipv6]:port`).
+    pub xff_client_port: bool,
     pub preserve_host_header: bool,
+    /// `routing.http.drop_invalid_header_fields.enabled`: fields whose names are not letters,
+    /// digits and hyphens are removed before the request goes to a target.
+    pub drop_invalid_header_fields: bool,
+    /// `routing.http.x_amzn_tls_version_and_cipher_suite.enabled`: requests that came over
+    /// TLS carry `X-Amzn-Tls-Version` and `X-Amzn-Tls-Cipher-Suite` to the target.
+    pub tls_headers: bool,
+    /// `routing.http2.enabled`: HTTP/2 is offered (ALPN `h2` over TLS, h2c by prior knowledge).
+    pub http2: bool,
     pub stickiness_secret: Option<String>,
     /// Where access logs go, when enabled.
     pub access_log: Option<std::path::PathBuf>,
@@ -160,6 +179,7 @@ impl FileLoadBalancer {
             1,
             300,
         )?;
+        let http2 = self.routing.http2.enabled.unwrap_or(true);
         let h = self.routing.http;
         let desync = match one_of(
             "load_balancer.routing.http.desync_mitigation_mode",
@@ -185,7 +205,14 @@ impl FileLoadBalancer {
             request_header_timeout: header,
             desync_mitigation_mode: desync,
             xff,
+            xff_client_port: h.xff_client_port.enabled.unwrap_or(false),
             preserve_host_header: h.preserve_host_header.enabled.unwrap_or(false),
+            drop_invalid_header_fields: h.drop_invalid_header_fields.enabled.unwrap_or(false),
+            tls_headers: h
+                .x_amzn_tls_version_and_cipher_suite
+                .enabled
+                .unwrap_or(false),
+            http2,
             stickiness_secret: match self.stickiness_secret {
                 Some(s) if s.len() < 16 => {
                     return Err(Violation::new(
