@@ -76,13 +76,16 @@ impl Pools {
 }
 
 /// Where a request came from, for the forwarding headers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Origin {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub scheme: &'static str,
     /// The TLS cipher and protocol, for the access log.
     pub tls_names: Option<(&'static str, &'static str)>,
+    /// On a listener that does mutual TLS, the client certificate's fields for targets
+    /// (`crate::upstream::TlsFacts::mtls`).
+    pub mtls: Option<std::sync::Arc<[(&'static str, String)]>>,
 }
 
 /// A target's response body on its way to the client: from an h2 target (holding the
@@ -209,7 +212,7 @@ pub fn target_fields(
             continue;
         }
         if is_hop_by_hop(n.as_bytes())
-            || upstream::attribute_drops(lb, n.as_bytes())
+            || upstream::attribute_drops(lb, n.as_bytes(), from.mtls.is_some())
             || listed.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
             || n == "x-forwarded-for"
             || n == "x-forwarded-proto"
@@ -261,6 +264,11 @@ pub fn target_fields(
             &HeaderName::from_static("x-amzn-tls-cipher-suite"),
             FieldValue::Ours(cipher.as_bytes()),
         );
+    }
+    for (name, value) in from.mtls.as_deref().unwrap_or_default() {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            emit(&name, FieldValue::Ours(value.as_bytes()));
+        }
     }
     let mut id = Vec::with_capacity(48);
     trace.write(
@@ -870,6 +878,7 @@ mod tests {
             local: format!("127.0.0.1:{port}").parse().unwrap(),
             scheme: "https",
             tls_names: None,
+            mtls: None,
         }
     }
 

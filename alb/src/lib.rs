@@ -36,22 +36,30 @@ pub struct Routers {
     /// Metric handles by target group, and for the alb's own responses.
     pub group_metrics: std::collections::HashMap<String, logging::GroupMetrics>,
     pub elb_metrics: logging::ElbMetrics,
-    /// TLS acceptors of the HTTPS listeners.
-    tls: Vec<(SocketAddr, tokio_rustls::TlsAcceptor)>,
+    /// TLS acceptors of the HTTPS listeners, with their mutual TLS modes.
+    tls: Vec<(
+        SocketAddr,
+        tokio_rustls::TlsAcceptor,
+        causeway_dataplane::tls::Mtls,
+    )>,
     /// Upstream connections for requests that came over HTTP/2, kept across reloads.
     pub pools: std::sync::Arc<hyper_upstream::Pools>,
 }
 
 impl Routers {
-    /// The TLS acceptor of the HTTPS listener bound at `local`, if it is one.
-    pub fn tls(&self, local: SocketAddr) -> Option<tokio_rustls::TlsAcceptor> {
+    /// The TLS acceptor of the HTTPS listener bound at `local` and its mutual TLS mode, if it
+    /// is one.
+    pub fn tls(
+        &self,
+        local: SocketAddr,
+    ) -> Option<(tokio_rustls::TlsAcceptor, causeway_dataplane::tls::Mtls)> {
         if self.tls.is_empty() {
             return None;
         }
         self.tls
             .iter()
-            .find(|(a, _)| *a == local)
-            .map(|(_, t)| t.clone())
+            .find(|(a, _, _)| *a == local)
+            .map(|(_, t, m)| (t.clone(), *m))
     }
 
     /// The router of the listener bound at `local`.
@@ -100,7 +108,11 @@ impl Plane for Alb {
             if let Some(settings) = &l.tls {
                 let sc = causeway_dataplane::tls::server_config(settings, alpn)
                     .map_err(|e| format!("listener {}: {e}", l.address))?;
-                tls.push((l.address, tokio_rustls::TlsAcceptor::from(sc)));
+                tls.push((
+                    l.address,
+                    tokio_rustls::TlsAcceptor::from(sc),
+                    (&settings.client_auth).into(),
+                ));
             }
         }
         let pools = previous.map(|p| p.pools.clone()).unwrap_or_default();

@@ -9,7 +9,7 @@ use crate::client::{Client, ClientStream};
 use crate::error::ProxyError;
 use crate::request_filter::{self, Prepared};
 use crate::route::{host_without_port, split_target, RequestView};
-use crate::upstream::{self, Scratch};
+use crate::upstream::{self, Scratch, TlsFacts};
 use crate::{logging, Alb};
 use causeway_config::alb::Action;
 use causeway_dataplane::client::Idle;
@@ -64,9 +64,9 @@ async fn open(conn: Conn<Parked>, snaps: Snapshots<Alb>) -> Option<Plain> {
         let snap = snaps.load();
         snap.compiled.tls(client.local)
     };
-    if let Some(acceptor) = tls {
+    if let Some((acceptor, mtls)) = tls {
         // HTTPS: the handshake, then the same engine over TLS.
-        serve_tls(client, acceptor, &snaps).await;
+        serve_tls(client, acceptor, mtls, &snaps).await;
         return None;
     }
     Some(Plain {
@@ -157,7 +157,7 @@ impl Plain {
                     &snap,
                     router,
                     me.kept.opened,
-                    None,
+                    TlsFacts::default(),
                 ))
                 .await
                 {
@@ -218,7 +218,12 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// An HTTPS listener's connection: the handshake (certificate by SNI, AWS's policy), then the
 /// same HTTP/1.1 engine as cleartext, over TLS.
-async fn serve_tls(client: Client, acceptor: tokio_rustls::TlsAcceptor, snaps: &Snapshots<Alb>) {
+async fn serve_tls(
+    client: Client,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mtls: causeway_dataplane::tls::Mtls,
+    snaps: &Snapshots<Alb>,
+) {
     let Client {
         stream,
         peer,
@@ -245,12 +250,16 @@ async fn serve_tls(client: Client, acceptor: tokio_rustls::TlsAcceptor, snaps: &
     // future's state for good, and it is 1.2 KB.
     let mut client = Client::over(tls, peer, local, shutdown, true);
     let names = causeway_dataplane::tls::log_names(client.stream.get_ref().1);
+    // The client certificate's fields, read once per connection (mutual TLS listeners only).
+    let cert_fields = causeway_dataplane::tls::client_cert_fields(mtls, client.stream.get_ref().1)
+        .map(Vec::into_boxed_slice);
     if client.stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let from = crate::hyper_upstream::Origin {
             peer,
             local,
             scheme: "https",
             tls_names: Some(names),
+            mtls: cert_fields.map(std::sync::Arc::from),
         };
         let Client {
             stream, shutdown, ..
@@ -271,15 +280,11 @@ async fn serve_tls(client: Client, acceptor: tokio_rustls::TlsAcceptor, snaps: &
         let Some(router) = snap.compiled.router(client.local) else {
             break;
         };
-        if !Box::pin(serve_request(
-            &mut client,
-            &snap,
-            router,
-            opened,
-            Some(names),
-        ))
-        .await
-        {
+        let tls = TlsFacts {
+            names: Some(names),
+            mtls: cert_fields.as_deref(),
+        };
+        if !Box::pin(serve_request(&mut client, &snap, router, opened, tls)).await {
             break;
         }
     }
@@ -351,6 +356,7 @@ async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>) {
         local,
         scheme: "http",
         tls_names: None,
+        mtls: None,
     };
     crate::h2::serve(io, from, snaps.clone(), shutdown).await;
 }
@@ -392,7 +398,7 @@ async fn serve_request<S: ClientStream>(
     snap: &Arc<Snapshot<Alb>>,
     router: &crate::route::Router,
     opened: Instant,
-    tls_names: Option<(&'static str, &'static str)>,
+    tls: TlsFacts<'_>,
 ) -> bool {
     let lb = &snap.config.load_balancer;
     let mut head = RequestHead::default();
@@ -447,7 +453,7 @@ async fn serve_request<S: ClientStream>(
             client.tls,
         )
     });
-    if let (Some(i), Some(names)) = (info.as_mut(), tls_names) {
+    if let (Some(i), Some(names)) = (info.as_mut(), tls.names) {
         i.tls_names = names;
     }
     // route
@@ -514,7 +520,7 @@ async fn serve_request<S: ClientStream>(
                     key,
                     group_cookie.as_deref(),
                     &trace,
-                    tls_names,
+                    tls,
                 )
                 .await;
                 logging::forwarded(

@@ -215,9 +215,17 @@ pub fn upstream_peer(
         .find(|t| !tried.contains(&t.cfg.address))
 }
 
-/// The negotiated TLS cipher suite and protocol version, in OpenSSL's names
-/// (`causeway_dataplane::tls::log_names`), of a request that came over TLS.
-pub type TlsNames = Option<(&'static str, &'static str)>;
+/// What a target may be told about a request that came over TLS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsFacts<'a> {
+    /// The negotiated cipher suite and protocol version, in OpenSSL's names
+    /// (`causeway_dataplane::tls::log_names`).
+    pub names: Option<(&'static str, &'static str)>,
+    /// On a listener that does mutual TLS, the client certificate's fields for the target
+    /// (`causeway_dataplane::tls::client_cert_fields`; empty without a certificate). There a
+    /// client's own `X-Amzn-Mtls-Clientcert*` fields are dropped.
+    pub mtls: Option<&'a [(&'static str, String)]>,
+}
 
 /// Whether a field name is one ALB forwards under `drop_invalid_header_fields`: letters,
 /// digits and hyphens only (an underscore is a valid token character, but a CGI or PHP target
@@ -233,11 +241,13 @@ pub fn is_tls_field(name: &[u8]) -> bool {
         || name.eq_ignore_ascii_case(b"x-amzn-tls-cipher-suite")
 }
 
-/// Whether the attributes drop a client's field of this name before it reaches a target
-/// (besides the hop-by-hop and X-Forwarded-* ones, which every path drops on its own).
-pub fn attribute_drops(lb: &LoadBalancerAttributes, name: &[u8]) -> bool {
+/// Whether the attributes (or mutual TLS, `mtls`) drop a client's field of this name before
+/// it reaches a target (besides the hop-by-hop and X-Forwarded-* ones, which every path drops
+/// on its own).
+pub fn attribute_drops(lb: &LoadBalancerAttributes, name: &[u8], mtls: bool) -> bool {
     (lb.drop_invalid_header_fields && !valid_field_name(name))
         || (lb.tls_headers && is_tls_field(name))
+        || (mtls && causeway_dataplane::tls::is_mtls_field(name))
 }
 
 /// Writes the request head the target gets: hop-by-hop headers (and those the Connection
@@ -252,7 +262,7 @@ pub fn build_request_head<S: ClientStream>(
     client: &Client<S>,
     lb: &LoadBalancerAttributes,
     trace: &TraceId,
-    tls: TlsNames,
+    tls: TlsFacts<'_>,
 ) {
     out.clear();
     out.extend_from_slice(head.method(buf));
@@ -270,7 +280,7 @@ pub fn build_request_head<S: ClientStream>(
             || name.eq_ignore_ascii_case(b"x-forwarded-port")
             || name.eq_ignore_ascii_case(trace::HEADER.as_bytes())
             || (req.expect_continue && name.eq_ignore_ascii_case(b"expect"))
-            || attribute_drops(lb, name)
+            || attribute_drops(lb, name, tls.mtls.is_some())
         {
             continue;
         }
@@ -317,11 +327,17 @@ pub fn build_request_head<S: ClientStream>(
     out.extend_from_slice(client.scheme().as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     out.extend_from_slice(crate::action::itoa(port as u64).as_bytes());
-    if let Some((cipher, version)) = tls.filter(|_| lb.tls_headers) {
+    if let Some((cipher, version)) = tls.names.filter(|_| lb.tls_headers) {
         out.extend_from_slice(b"\r\nX-Amzn-Tls-Version: ");
         out.extend_from_slice(version.as_bytes());
         out.extend_from_slice(b"\r\nX-Amzn-Tls-Cipher-Suite: ");
         out.extend_from_slice(cipher.as_bytes());
+    }
+    for (name, value) in tls.mtls.unwrap_or_default() {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
     }
     out.extend_from_slice(b"\r\nX-Amzn-Trace-Id: ");
     trace.write(head.header(buf, trace::HEADER), out);
@@ -550,7 +566,7 @@ pub async fn forward<S: ClientStream>(
     key: &StickyKey,
     group_cookie: Option<&str>,
     trace: &TraceId,
-    tls: TlsNames,
+    tls: TlsFacts<'_>,
 ) -> Result<Outcome, (ProxyError, Option<SocketAddr>)> {
     let (prefix, complete, scanner) =
         buffered_body(&client.buf, head.len, req.framing).map_err(|e| (e, None))?;

@@ -279,3 +279,176 @@ async fn http2_turned_off_offers_http1_alone() {
         "off by default"
     );
 }
+
+/// `%XX` decoded.
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap(),
+            );
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// curl's arguments to present the test client certificate `name` (`testkit/certs`).
+fn client_cert(name: &str) -> [String; 4] {
+    use causeway_testkit::tls::cert;
+    [
+        "--cert".into(),
+        cert(&format!("{name}.pem")),
+        "--key".into(),
+        cert(&format!("{name}.key")),
+    ]
+}
+
+/// An alb whose HTTPS listener does mutual TLS with this `mutual_authentication` table.
+async fn start_mtls(o: &Origin, table: &str) -> (Arc<Server<Alb>>, SocketAddr) {
+    start(
+        o,
+        "ELBSecurityPolicy-TLS13-1-2-2021-06",
+        &format!("mutual_authentication = {table}"),
+    )
+    .await
+}
+
+/// Every value the target got for `name`.
+fn all<'a>(seen: &'a causeway_testkit::origin::Seen, name: &str) -> Vec<&'a str> {
+    seen.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// ALB's mutual TLS, verify mode: a certificate from the trust store's CA gets through, and
+/// the target learns its serial number, issuer, subject and validity (as OpenSSL prints them)
+/// and the leaf itself, over HTTP/1.1 and h2, never a client's forged copy; no certificate, one
+/// from another CA, or an expired one ends the handshake, and the target sees nothing.
+#[tokio::test]
+async fn mutual_tls_verify_sends_the_leaf_fields_and_refuses_the_rest() {
+    let o = Origin::start().await;
+    let store = causeway_testkit::tls::cert("client-ca.pem");
+    let (_s, addr) = start_mtls(
+        &o,
+        &format!("{{ mode = \"verify\", trust_store = \"{store}\" }}"),
+    )
+    .await;
+    let leaf = std::fs::read_to_string(causeway_testkit::tls::cert("client-1.pem")).unwrap();
+    let cert = client_cert("client-1");
+    let forged = ["-H", "X-Amzn-Mtls-Clientcert-Subject: CN=admin"];
+    for h2 in [false, true] {
+        let mut args: Vec<&str> = vec![if h2 { "--http2" } else { "--http1.1" }];
+        args.extend(cert.iter().map(String::as_str));
+        args.extend(forged);
+        let (out, err) = causeway_testkit::tls::curl(addr, "a.example.test", "/in", &args).await;
+        assert!(
+            out.starts_with(if h2 { "HTTP/2 200" } else { "HTTP/1.1 200" }),
+            "{out}\n{err}"
+        );
+        let seen = o.seen().pop().unwrap();
+        assert_eq!(
+            all(&seen, "x-amzn-mtls-clientcert-serial-number"),
+            ["0A1B2C3D4E5F"]
+        );
+        assert_eq!(
+            all(&seen, "x-amzn-mtls-clientcert-subject"),
+            ["CN=client-1,OU=Fleet,O=Causeway Test\\, Inc.,C=US"],
+            "the forged subject is dropped: {seen:?}"
+        );
+        assert_eq!(
+            all(&seen, "x-amzn-mtls-clientcert-issuer"),
+            ["CN=Causeway Test Client CA,O=Causeway Test"]
+        );
+        assert_eq!(
+            all(&seen, "x-amzn-mtls-clientcert-validity"),
+            ["NotBefore=2026-12-07T06:53:10Z;NotAfter=2126-11-13T06:53:10Z"]
+        );
+        let sent = all(&seen, "x-amzn-mtls-clientcert-leaf");
+        assert_eq!(sent.len(), 1);
+        assert!(
+            !sent[0].contains(' ') && sent[0].contains("%0A"),
+            "URL-encoded: {}",
+            sent[0]
+        );
+        assert_eq!(url_decode(sent[0]), leaf);
+        assert!(
+            all(&seen, "x-amzn-mtls-clientcert").is_empty(),
+            "passthrough's field is not sent"
+        );
+    }
+    let before = o.seen().len();
+    for who in [None, Some("rogue-client"), Some("client-expired")] {
+        let args = who.map(client_cert);
+        let args: Vec<&str> = args.iter().flatten().map(String::as_str).collect();
+        let (out, err) = curl(addr, "a.example.test", "/refused", &args).await;
+        assert!(out.is_empty(), "{who:?} refused: {out}\n{err}");
+    }
+    assert_eq!(o.seen().len(), before, "nothing refused reached the target");
+}
+
+/// `ignore_client_certificate_expiry`: an expired certificate from the trust store's CA gets
+/// through (its validity says so), one from another CA still does not.
+#[tokio::test]
+async fn ignore_client_certificate_expiry_takes_an_expired_certificate_and_nothing_else() {
+    let o = Origin::start().await;
+    let store = causeway_testkit::tls::cert("client-ca.pem");
+    let table = format!(
+        "{{ mode = \"verify\", trust_store = \"{store}\", ignore_client_certificate_expiry = true }}"
+    );
+    let (_s, addr) = start_mtls(&o, &table).await;
+    let cert = client_cert("client-expired");
+    let args: Vec<&str> = cert.iter().map(String::as_str).collect();
+    let (out, err) = curl(addr, "a.example.test", "/old", &args).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    let seen = o.seen().pop().unwrap();
+    assert_eq!(
+        all(&seen, "x-amzn-mtls-clientcert-validity"),
+        ["NotBefore=2020-01-01T00:00:00Z;NotAfter=2021-01-01T00:00:00Z"]
+    );
+    assert_eq!(
+        all(&seen, "x-amzn-mtls-clientcert-subject"),
+        ["CN=client-expired"]
+    );
+    let cert = client_cert("rogue-client");
+    let args: Vec<&str> = cert.iter().map(String::as_str).collect();
+    let (out, _) = curl(addr, "a.example.test", "/rogue", &args).await;
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(o.seen().len(), 1);
+}
+
+/// Passthrough mode: any certificate, or none, gets through unverified; the target gets the
+/// presented chain as URL-encoded PEM in `X-Amzn-Mtls-Clientcert` (and nothing when there was
+/// none), never a client's own copy of that field.
+#[tokio::test]
+async fn mutual_tls_passthrough_sends_the_chain_unverified() {
+    let o = Origin::start().await;
+    let (_s, addr) = start_mtls(&o, "{ mode = \"passthrough\" }").await;
+    let forged = ["-H", "X-Amzn-Mtls-Clientcert: forged"];
+    let cert = client_cert("rogue-client");
+    let mut args: Vec<&str> = cert.iter().map(String::as_str).collect();
+    args.extend(forged);
+    let (out, err) = curl(addr, "a.example.test", "/with", &args).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    let (out, err) = curl(addr, "a.example.test", "/without", &forged).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
+    let seen = o.seen();
+    let sent = all(&seen[0], "x-amzn-mtls-clientcert");
+    assert_eq!(sent.len(), 1, "{:?}", seen[0]);
+    let pem = std::fs::read_to_string(causeway_testkit::tls::cert("rogue-client.pem")).unwrap();
+    assert_eq!(url_decode(sent[0]), pem);
+    assert!(all(&seen[0], "x-amzn-mtls-clientcert-subject").is_empty());
+    assert!(
+        all(&seen[1], "x-amzn-mtls-clientcert").is_empty(),
+        "{:?}",
+        seen[1]
+    );
+}

@@ -241,6 +241,7 @@ pub struct FileListener {
     pub ssl_policy: Option<String>,
     #[serde(default)]
     pub certificates: Vec<crate::tls::FileCertificate>,
+    pub mutual_authentication: Option<crate::tls::FileMutualAuthentication>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -771,17 +772,24 @@ impl ConfigFile for FileAlb {
                 &["HTTP", "HTTPS"],
             )?;
             let tls = if protocol == "HTTPS" {
-                Some(crate::tls::validate(
-                    &path,
-                    l.ssl_policy.as_deref(),
-                    l.certificates,
-                    cx,
-                )?)
+                let mut settings =
+                    crate::tls::validate(&path, l.ssl_policy.as_deref(), l.certificates, cx)?;
+                if let Some(m) = l.mutual_authentication {
+                    settings.client_auth = m.validate(&path, cx)?;
+                }
+                Some(settings)
             } else {
                 if l.ssl_policy.is_some() || !l.certificates.is_empty() {
                     return Err(Violation::new(
                         format!("{path}.certificates"),
                         "only an HTTPS listener takes ssl_policy and certificates",
+                    )
+                    .into());
+                }
+                if l.mutual_authentication.is_some() {
+                    return Err(Violation::new(
+                        format!("{path}.mutual_authentication"),
+                        "only an HTTPS listener takes mutual_authentication",
                     )
                     .into());
                 }

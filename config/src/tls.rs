@@ -53,6 +53,85 @@ pub struct TlsSettings {
     pub policy: TlsPolicy,
     /// The first is the default certificate.
     pub certificates: Vec<CertificateFiles>,
+    /// Mutual TLS (the alb's `mutual_authentication`; off elsewhere).
+    pub client_auth: ClientAuth,
+}
+
+/// ALB's `mutual_authentication` modes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    #[default]
+    Off,
+    /// A client certificate is asked for, not required and not verified; its chain goes to
+    /// the target.
+    Passthrough,
+    /// A client certificate is required and must chain to a CA of the trust store (a PEM
+    /// bundle).
+    Verify {
+        trust_store: PathBuf,
+        ignore_expiry: bool,
+    },
+}
+
+/// A listener's `mutual_authentication` table, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMutualAuthentication {
+    pub mode: Option<String>,
+    pub trust_store: Option<String>,
+    pub ignore_client_certificate_expiry: Option<bool>,
+}
+
+impl FileMutualAuthentication {
+    /// Validates the table of the listener at `path`.
+    pub fn validate(self, path: &str, cx: &Context) -> Result<ClientAuth, Violation> {
+        let p = format!("{path}.mutual_authentication");
+        let mode = one_of(
+            &format!("{p}.mode"),
+            self.mode.as_deref().unwrap_or("off"),
+            &["off", "passthrough", "verify"],
+        )?;
+        if mode != "verify" {
+            for (key, set) in [
+                ("trust_store", self.trust_store.is_some()),
+                (
+                    "ignore_client_certificate_expiry",
+                    self.ignore_client_certificate_expiry.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(Violation::new(
+                        format!("{p}.{key}"),
+                        "only mode = \"verify\" takes it",
+                    ));
+                }
+            }
+        }
+        Ok(match mode {
+            "passthrough" => ClientAuth::Passthrough,
+            "verify" => {
+                let Some(store) = self.trust_store.filter(|s| !s.is_empty()) else {
+                    return Err(Violation::new(
+                        format!("{p}.trust_store"),
+                        "mode = \"verify\" needs a trust store (a PEM file of CA certificates)",
+                    ));
+                };
+                let trust_store = cx.resolve(&store);
+                if !trust_store.is_file() {
+                    return Err(Violation::new(
+                        format!("{p}.trust_store"),
+                        format!("no such file: {}", trust_store.display()),
+                    ));
+                }
+                ClientAuth::Verify {
+                    trust_store,
+                    ignore_expiry: self.ignore_client_certificate_expiry.unwrap_or(false),
+                }
+            }
+            _ => ClientAuth::Off,
+        })
+    }
 }
 
 /// Validates a listener's `ssl_policy` and `certificates` (at `path`).
@@ -101,5 +180,6 @@ pub fn validate(
     Ok(TlsSettings {
         policy,
         certificates: out,
+        client_auth: ClientAuth::Off,
     })
 }

@@ -519,3 +519,77 @@ fn an_endless_or_binary_file_is_refused_by_name_without_reading_it_all() {
     assert!(e.contains("alb.toml: cannot read:"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `mutual_authentication`: only on HTTPS listeners; `verify` needs a trust store that exists,
+/// and only `verify` takes one; each refusal names the key and its line.
+#[test]
+fn mutual_authentication_is_checked_key_by_key() {
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/certs");
+    let https = |table: &str| {
+        BASE.replace("  interval_seconds = 0", "interval_seconds = 5")
+            .replace(
+                "address = \"127.0.0.1:8082\"\n",
+                &format!(
+                    "address = \"127.0.0.1:8082\"\nprotocol = \"HTTPS\"\ncertificates = [{{ certificate_file = \"{c}/a.example.test.pem\", private_key_file = \"{c}/a.example.test.key\" }}]\nmutual_authentication = {table}\n",
+                    c = certs.display()
+                ),
+            )
+    };
+    let ok = |table: &str| parse::<FileAlb>("alb.toml", &https(table), &cx());
+    let store = format!("{}/client-ca.pem", certs.display());
+    let cfg = ok(&format!(
+        "{{ mode = \"verify\", trust_store = \"{store}\" }}"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.listeners[0].tls.as_ref().unwrap().client_auth,
+        causeway_config::tls::ClientAuth::Verify {
+            trust_store: PathBuf::from(&store),
+            ignore_expiry: false
+        }
+    );
+    let cfg = ok("{ mode = \"passthrough\" }").unwrap();
+    assert_eq!(
+        cfg.listeners[0].tls.as_ref().unwrap().client_auth,
+        causeway_config::tls::ClientAuth::Passthrough
+    );
+    for (table, want) in [
+        (
+            "{ mode = \"verify\" }".to_owned(),
+            "listeners[0].mutual_authentication.trust_store: mode = \"verify\" needs a trust store",
+        ),
+        (
+            "{ mode = \"verify\", trust_store = \"/nonexistent/ca.pem\" }".to_owned(),
+            "listeners[0].mutual_authentication.trust_store: no such file: /nonexistent/ca.pem",
+        ),
+        (
+            format!("{{ mode = \"passthrough\", trust_store = \"{store}\" }}"),
+            "listeners[0].mutual_authentication.trust_store: only mode = \"verify\" takes it",
+        ),
+        (
+            "{ mode = \"optional\" }".to_owned(),
+            "listeners[0].mutual_authentication.mode: must be one of",
+        ),
+    ] {
+        let err = ok(&table).unwrap_err().to_string();
+        let (place, rest) = err.split_once(": ").unwrap();
+        assert!(
+            place.starts_with("alb.toml:8:"),
+            "the listener's line: {err}"
+        );
+        assert!(rest.starts_with(want), "{table}: {err}");
+    }
+    let http = BASE
+        .replace("  interval_seconds = 0", "interval_seconds = 5")
+        .replace(
+            "address = \"127.0.0.1:8082\"\n",
+            "address = \"127.0.0.1:8082\"\nmutual_authentication = { mode = \"passthrough\" }\n",
+        );
+    let err = parse::<FileAlb>("alb.toml", &http, &cx())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("alb.toml:6:1: listeners[0].mutual_authentication: only an HTTPS listener takes mutual_authentication"),
+        "{err}"
+    );
+}

@@ -604,6 +604,7 @@ mod tests {
                 certificate: cert("a.example.test.pem").into(),
                 private_key: cert("a.example.test.key").into(),
             }],
+            client_auth: Default::default(),
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(
             crate::tls::server_config(&settings, &[b"http/1.1"]).unwrap(),

@@ -33,5 +33,6 @@ pub mod target;
 pub mod telemetry;
 pub mod tls;
 pub mod upgrade;
+pub mod x509;
 
 pub use server::{Conn, Plane, Server, Snapshot, Snapshots};

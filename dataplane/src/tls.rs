@@ -2,7 +2,7 @@
 //! among the names each certificate holds (exact or one-label wildcard), else the default (the
 //! first); protocol versions and cipher suites from the AWS policy; ALPN as the plane asks.
 
-use causeway_config::tls::{TlsPolicy, TlsSettings};
+use causeway_config::tls::{ClientAuth, TlsPolicy, TlsSettings};
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -135,10 +135,23 @@ pub fn server_config(
         TlsPolicy::Tls13Only => &[&rustls::version::TLS13],
         _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { certs }));
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)?;
+    let builder = match &settings.client_auth {
+        ClientAuth::Off => builder.with_no_client_auth(),
+        ClientAuth::Passthrough => {
+            builder.with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+        }
+        ClientAuth::Verify {
+            trust_store,
+            ignore_expiry,
+        } => builder.with_client_cert_verifier(client_verifier(
+            trust_store,
+            *ignore_expiry,
+            provider,
+        )?),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
@@ -165,6 +178,226 @@ pub fn log_names(conn: &rustls::ServerConnection) -> (&'static str, &'static str
         _ => "-",
     };
     (cipher, protocol)
+}
+
+/// The verifier of `mutual_authentication = { mode = "verify" }`: a client certificate is
+/// required and must chain to a CA of the trust store (webpki: signatures, validity, the
+/// `clientAuth` usage); with `ignore_expiry` an expired one is still taken.
+fn client_verifier(
+    trust_store: &std::path::Path,
+    ignore_expiry: bool,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(trust_store).map_err(|e| file_err(trust_store, e))? {
+        let cert = cert.map_err(|e| file_err(trust_store, e))?;
+        roots
+            .add(cert)
+            .map_err(|e| file_err(trust_store, format!("not a CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(trust_store, "no certificate in the trust store"));
+    }
+    let inner =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| file_err(trust_store, e))?;
+    Ok(if ignore_expiry {
+        Arc::new(IgnoreExpiry(inner))
+    } else {
+        inner
+    })
+}
+
+/// `ignore_client_certificate_expiry`: a chain refused only for being expired is checked again
+/// as of a second before its leaf's `notAfter`, so every other check still holds.
+#[derive(Debug)]
+struct IgnoreExpiry(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for IgnoreExpiry {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        use rustls::CertificateError as C;
+        match self.0.verify_client_cert(end_entity, intermediates, now) {
+            Err(rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
+                let leaf = crate::x509::leaf_info(end_entity)
+                    .ok_or(rustls::Error::InvalidCertificate(C::BadEncoding))?;
+                let then = u64::try_from(leaf.not_after_unix - 1).unwrap_or(0);
+                self.0.verify_client_cert(
+                    end_entity,
+                    intermediates,
+                    rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                        then,
+                    )),
+                )
+            }
+            r => r,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `mutual_authentication = { mode = "passthrough" }`: a client certificate is asked for but
+/// neither required nor checked against any CA (the target does that from the chain it is
+/// sent); the client must still prove it holds the leaf's key.
+#[derive(Debug)]
+struct AnyClientCert(Arc<CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A listener's mutual TLS mode, without its trust store: what a connection needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mtls {
+    Off,
+    Passthrough,
+    Verify,
+}
+
+impl From<&ClientAuth> for Mtls {
+    fn from(c: &ClientAuth) -> Mtls {
+        match c {
+            ClientAuth::Off => Mtls::Off,
+            ClientAuth::Passthrough => Mtls::Passthrough,
+            ClientAuth::Verify { .. } => Mtls::Verify,
+        }
+    }
+}
+
+/// The fields ALB's mutual TLS sends a target, for a connection whose listener does mutual
+/// TLS (`None` where it does not): in passthrough mode `X-Amzn-Mtls-Clientcert`, the chain
+/// the client presented (none if it presented none); in verify mode the leaf's serial number,
+/// issuer, subject, validity and the leaf itself.
+pub fn client_cert_fields(
+    mode: Mtls,
+    conn: &rustls::ServerConnection,
+) -> Option<Vec<(&'static str, String)>> {
+    let chain = conn.peer_certificates().unwrap_or(&[]);
+    match mode {
+        Mtls::Off => None,
+        Mtls::Passthrough => {
+            let ders: Vec<&[u8]> = chain.iter().map(|c| c.as_ref()).collect();
+            Some(if ders.is_empty() {
+                Vec::new()
+            } else {
+                vec![(
+                    "X-Amzn-Mtls-Clientcert",
+                    crate::x509::url_encode(&crate::x509::pem(&ders)),
+                )]
+            })
+        }
+        Mtls::Verify => {
+            let Some(leaf) = chain.first() else {
+                return Some(Vec::new());
+            };
+            let mut fields = Vec::with_capacity(5);
+            if let Some(info) = crate::x509::leaf_info(leaf) {
+                fields.push(("X-Amzn-Mtls-Clientcert-Serial-Number", info.serial));
+                fields.push(("X-Amzn-Mtls-Clientcert-Issuer", info.issuer));
+                fields.push(("X-Amzn-Mtls-Clientcert-Subject", info.subject));
+                fields.push((
+                    "X-Amzn-Mtls-Clientcert-Validity",
+                    format!("NotBefore={};NotAfter={}", info.not_before, info.not_after),
+                ));
+            }
+            fields.push((
+                "X-Amzn-Mtls-Clientcert-Leaf",
+                crate::x509::url_encode(&crate::x509::pem(&[leaf.as_ref()])),
+            ));
+            Some(fields)
+        }
+    }
+}
+
+/// Whether a request field is one of ALB's mutual TLS fields, which a client never gets to set
+/// on a listener that does mutual TLS.
+pub fn is_mtls_field(name: &[u8]) -> bool {
+    name.len() >= 22 && name[..22].eq_ignore_ascii_case(b"x-amzn-mtls-clientcert")
 }
 
 /// Accepts any target certificate, as AWS does towards targets (they commonly use self-signed
