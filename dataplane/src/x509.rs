@@ -317,9 +317,9 @@ mod tests {
             "CN=client-1,OU=Fleet,O=Causeway Test\\, Inc.,C=US"
         );
         assert_eq!(info.issuer, "CN=Causeway Test Client CA,O=Causeway Test");
-        assert_eq!(info.not_before, "2026-12-07T06:53:10Z");
-        assert_eq!(info.not_after, "2126-11-13T06:53:10Z");
-        assert_eq!(info.not_after_unix, 4_950_226_390);
+        assert_eq!(info.not_before, "2025-01-01T00:00:00Z");
+        assert_eq!(info.not_after, "2125-01-01T00:00:00Z");
+        assert_eq!(info.not_after_unix, 4_891_363_200);
         let expired = leaf_info(&der("client-expired.pem")).unwrap();
         assert_eq!(expired.serial, "1000");
         assert_eq!(expired.subject, "CN=client-expired");
