@@ -89,6 +89,10 @@ impl Plane for Alb {
     type Compiled = Routers;
     type Parked = proxy::Parked;
 
+    fn check(cfg: &AlbConfig) -> Result<(), String> {
+        tls_acceptors(cfg).map(drop)
+    }
+
     fn compile(cfg: &AlbConfig, previous: Option<&Routers>) -> Result<Routers, String> {
         let access_log = match &cfg.load_balancer.access_log {
             None => None,
@@ -97,24 +101,7 @@ impl Plane for Alb {
                     .map_err(|e| format!("cannot open access log {}: {e}", p.display()))?,
             ),
         };
-        let mut tls = Vec::new();
-        // `routing.http2.enabled = false`: HTTPS listeners offer HTTP/1.1 alone.
-        let alpn: &[&[u8]] = if cfg.load_balancer.http2 {
-            &[b"h2", b"http/1.1"]
-        } else {
-            &[b"http/1.1"]
-        };
-        for l in &cfg.listeners {
-            if let Some(settings) = &l.tls {
-                let sc = causeway_dataplane::tls::server_config(settings, alpn)
-                    .map_err(|e| format!("listener {}: {e}", l.address))?;
-                tls.push((
-                    l.address,
-                    tokio_rustls::TlsAcceptor::from(sc),
-                    (&settings.client_auth).into(),
-                ));
-            }
-        }
+        let tls = tls_acceptors(cfg)?;
         let pools = previous.map(|p| p.pools.clone()).unwrap_or_default();
         pools.retain(|a| {
             cfg.target_groups
@@ -165,4 +152,38 @@ impl Plane for Alb {
     ) -> impl std::future::Future<Output = ()> + Send {
         proxy::handle(conn, snaps)
     }
+}
+
+/// The HTTPS listeners' TLS acceptors (certificates, keys and trust stores loaded), with their
+/// mutual TLS modes.
+#[allow(clippy::type_complexity)]
+fn tls_acceptors(
+    cfg: &AlbConfig,
+) -> Result<
+    Vec<(
+        SocketAddr,
+        tokio_rustls::TlsAcceptor,
+        causeway_dataplane::tls::Mtls,
+    )>,
+    String,
+> {
+    // `routing.http2.enabled = false`: HTTPS listeners offer HTTP/1.1 alone.
+    let alpn: &[&[u8]] = if cfg.load_balancer.http2 {
+        &[b"h2", b"http/1.1"]
+    } else {
+        &[b"http/1.1"]
+    };
+    let mut tls = Vec::new();
+    for l in &cfg.listeners {
+        if let Some(settings) = &l.tls {
+            let sc = causeway_dataplane::tls::server_config(settings, alpn)
+                .map_err(|e| format!("listener {}: {e}", l.address))?;
+            tls.push((
+                l.address,
+                tokio_rustls::TlsAcceptor::from(sc),
+                (&settings.client_auth).into(),
+            ));
+        }
+    }
+    Ok(tls)
 }

@@ -77,6 +77,68 @@ fn check_flag_reports_file_line_and_key() {
     );
 }
 
+/// `--check` loads what a start would load: a trust store (or certificate) that is not one is
+/// refused, naming the config, the listener and the file, and nothing is created.
+#[test]
+fn check_flag_loads_certificates_and_trust_stores() {
+    let dir = TempDir::new("check-tls");
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/certs");
+    let store = dir.path().join("clients.pem");
+    std::fs::write(
+        &store,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let log = dir.path().join("access.log");
+    let cfg = dir.path().join("mtls.toml");
+    let write = |store: &Path| {
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[admin]
+address = "127.0.0.1:1"
+[load_balancer]
+access_logs.enabled = true
+access_logs.path = "{log}"
+[[listeners]]
+address = "127.0.0.1:2"
+protocol = "HTTPS"
+certificates = [{{ certificate_file = "{c}/a.example.test.pem", private_key_file = "{c}/a.example.test.key" }}]
+mutual_authentication = {{ mode = "verify", trust_store = "{store}" }}
+default_action = {{ type = "fixed-response", status_code = 200 }}
+"#,
+                log = log.display(),
+                c = certs.display(),
+                store = store.display()
+            ),
+        )
+        .unwrap()
+    };
+    write(&store);
+    let out = Command::new(BIN)
+        .args(["--check", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mtls.toml: listener 127.0.0.1:2: ")
+            && err.contains("clients.pem: not a CA certificate"),
+        "{err}"
+    );
+    write(&certs.join("client-ca.pem"));
+    let out = Command::new(BIN)
+        .args(["--check", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!log.exists(), "--check opens no access log");
+}
+
 #[test]
 fn version_and_help() {
     let v = Command::new(BIN).arg("--version").output().unwrap();

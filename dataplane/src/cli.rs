@@ -46,8 +46,11 @@ pub fn main<P: Plane>() -> ExitCode {
         Err(e) => e.exit(),
     };
     if let Some(path) = args.check {
-        return match causeway_config::load::<P::File>(&path) {
-            Ok(_) => {
+        let checked = causeway_config::load::<P::File>(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| P::check(&cfg).map_err(|e| format!("{}: {e}", path.display())));
+        return match checked {
+            Ok(()) => {
                 println!("ok");
                 ExitCode::SUCCESS
             }

@@ -40,6 +40,13 @@ pub trait Plane: Send + Sync + Sized + 'static {
         previous: Option<&Self::Compiled>,
     ) -> Result<Self::Compiled, String>;
 
+    /// What `--check` verifies beyond the config's syntax and rules: the files it names are
+    /// loaded as a start or reload would load them (certificates, keys, trust stores), with
+    /// nothing opened or created.
+    fn check(_cfg: &Self::Config) -> Result<(), String> {
+        Ok(())
+    }
+
     fn server(cfg: &Self::Config) -> &ServerConfig;
     fn admin(cfg: &Self::Config) -> SocketAddr;
     fn listeners(cfg: &Self::Config) -> Vec<SocketAddr>;

@@ -83,6 +83,10 @@ impl Plane for Edge {
     type Compiled = Compiled;
     type Parked = causeway_dataplane::park::Unparkable;
 
+    fn check(cfg: &EdgeConfig) -> Result<(), String> {
+        tls_configs(cfg).map(drop)
+    }
+
     fn compile(cfg: &EdgeConfig, previous: Option<&Compiled>) -> Result<Compiled, String> {
         let access_log = match &cfg.access_log {
             Some(path) => Some(
@@ -91,15 +95,7 @@ impl Plane for Edge {
             ),
             None => None,
         };
-        let mut tls = std::collections::HashMap::new();
-        let mut quic = std::collections::HashMap::new();
-        for (addr, settings) in &cfg.tls {
-            let sc = causeway_dataplane::tls::server_config(settings, &[b"h2", b"http/1.1"])
-                .map_err(|e| format!("listener {addr}: {e}"))?;
-            tls.insert(*addr, tokio_rustls::TlsAcceptor::from(sc));
-            let qc = quic::server_config(settings).map_err(|e| format!("listener {addr}: {e}"))?;
-            quic.insert(*addr, qc);
-        }
+        let (tls, quic) = tls_configs(cfg)?;
         Ok(Compiled {
             tls,
             quic,
@@ -147,4 +143,28 @@ impl Plane for Edge {
     ) -> Option<(u16, serde_json::Value)> {
         invalidate::admin(method, path, body, snap)
     }
+}
+
+/// The HTTPS listeners' TLS acceptors and their HTTP/3 server configs, certificates and keys
+/// loaded.
+#[allow(clippy::type_complexity)]
+fn tls_configs(
+    cfg: &EdgeConfig,
+) -> Result<
+    (
+        std::collections::HashMap<SocketAddr, tokio_rustls::TlsAcceptor>,
+        std::collections::HashMap<SocketAddr, quinn::ServerConfig>,
+    ),
+    String,
+> {
+    let mut tls = std::collections::HashMap::new();
+    let mut quic = std::collections::HashMap::new();
+    for (addr, settings) in &cfg.tls {
+        let sc = causeway_dataplane::tls::server_config(settings, &[b"h2", b"http/1.1"])
+            .map_err(|e| format!("listener {addr}: {e}"))?;
+        tls.insert(*addr, tokio_rustls::TlsAcceptor::from(sc));
+        let qc = quic::server_config(settings).map_err(|e| format!("listener {addr}: {e}"))?;
+        quic.insert(*addr, qc);
+    }
+    Ok((tls, quic))
 }

@@ -49,6 +49,10 @@ impl Plane for Nlb {
     type Compiled = Compiled;
     type Parked = causeway_dataplane::park::Unparkable;
 
+    fn check(cfg: &NlbConfig) -> Result<(), String> {
+        Self::compile(cfg, None).map(drop)
+    }
+
     fn compile(cfg: &NlbConfig, _previous: Option<&Compiled>) -> Result<Compiled, String> {
         let mut tls = Vec::new();
         for l in &cfg.listeners {
