@@ -77,8 +77,9 @@ fn check_flag_reports_file_line_and_key() {
     );
 }
 
-/// `--check` loads what a start would load: a trust store (or certificate) that is not one is
-/// refused, naming the config, the listener and the file, and nothing is created.
+/// `--check` loads what a start would load: a trust store (or certificate, or revocation list)
+/// that is not one is refused, naming the config, the listener and the file, and nothing is
+/// created.
 #[test]
 fn check_flag_loads_certificates_and_trust_stores() {
     let dir = TempDir::new("check-tls");
@@ -91,7 +92,7 @@ fn check_flag_loads_certificates_and_trust_stores() {
     .unwrap();
     let log = dir.path().join("access.log");
     let cfg = dir.path().join("mtls.toml");
-    let write = |store: &Path| {
+    let write = |store: &Path, crl: &Path| {
         std::fs::write(
             &cfg,
             format!(
@@ -104,17 +105,19 @@ access_logs.path = "{log}"
 address = "127.0.0.1:2"
 protocol = "HTTPS"
 certificates = [{{ certificate_file = "{c}/a.example.test.pem", private_key_file = "{c}/a.example.test.key" }}]
-mutual_authentication = {{ mode = "verify", trust_store = "{store}" }}
+mutual_authentication = {{ mode = "verify", trust_store = "{store}", revocation_lists = ["{crl}"] }}
 default_action = {{ type = "fixed-response", status_code = 200 }}
 "#,
                 log = log.display(),
                 c = certs.display(),
-                store = store.display()
+                store = store.display(),
+                crl = crl.display()
             ),
         )
         .unwrap()
     };
-    write(&store);
+    let crl = certs.join("client-ca-2.crl.pem");
+    write(&store, &crl);
     let out = Command::new(BIN)
         .args(["--check", cfg.to_str().unwrap()])
         .output()
@@ -126,7 +129,20 @@ default_action = {{ type = "fixed-response", status_code = 200 }}
             && err.contains("clients.pem: not a CA certificate"),
         "{err}"
     );
-    write(&certs.join("client-ca.pem"));
+    // A revocation list that is a certificate, not a CRL.
+    write(&certs.join("client-ca.pem"), &certs.join("client-2.pem"));
+    let out = Command::new(BIN)
+        .args(["--check", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mtls.toml: listener 127.0.0.1:2: ")
+            && err.contains("client-2.pem: no certificate revocation list in the file"),
+        "{err}"
+    );
+    write(&certs.join("client-ca.pem"), &crl);
     let out = Command::new(BIN)
         .args(["--check", cfg.to_str().unwrap()])
         .output()

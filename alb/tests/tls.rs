@@ -21,8 +21,20 @@ async fn curl(addr: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (Stri
 
 async fn start(origin: &Origin, policy: &str, extra_rules: &str) -> (Arc<Server<Alb>>, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = config_text(origin, addr, policy, extra_rules);
+    let cfg = parse::<FileAlb>("alb.toml", &text, &Context { dir: ".".into() })
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    (server, addr)
+}
+
+/// An alb config with one HTTPS listener at `addr` (the test certificates, `policy`, and
+/// `extra_rules` in the listener's table) forwarding to `origin`.
+fn config_text(origin: &Origin, addr: SocketAddr, policy: &str, extra_rules: &str) -> String {
     let certs = causeway_testkit::tls::certificates_toml();
-    let text = format!(
+    format!(
         r#"
 [admin]
 address = "127.0.0.1:{admin}"
@@ -39,13 +51,7 @@ health_check.interval_seconds = 300
 "#,
         admin = free_port(),
         origin = origin.addr()
-    );
-    let cfg = parse::<FileAlb>("alb.toml", &text, &Context { dir: ".".into() })
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
-        .await
-        .unwrap();
-    (server, addr)
+    )
 }
 
 #[tokio::test]
@@ -451,4 +457,184 @@ async fn mutual_tls_passthrough_sends_the_chain_unverified() {
         "{:?}",
         seen[1]
     );
+}
+
+/// A trust store holding both test client CAs (`client-ca.pem`, and `client-ca-2.pem`, whose
+/// revocation list `client-ca-2.crl.pem` revokes `client-revoked`), written into `dir`.
+fn two_ca_store(dir: &Path) -> String {
+    use causeway_testkit::tls::cert;
+    let mut pem = std::fs::read_to_string(cert("client-ca.pem")).unwrap();
+    pem.push_str(&std::fs::read_to_string(cert("client-ca-2.pem")).unwrap());
+    let file = dir.join("trust-store.pem");
+    std::fs::write(&file, pem).unwrap();
+    file.display().to_string()
+}
+
+/// Trust store revocations: with `client-ca-2`'s revocation list, the certificate it revokes
+/// ends the handshake (also with `ignore_client_certificate_expiry`, which forgives expiry and
+/// nothing else), while another certificate of that CA, and one from a CA with no list, get
+/// through; nothing refused reaches the target.
+#[tokio::test]
+async fn revocation_lists_refuse_a_revoked_certificate_and_take_the_rest() {
+    let dir = causeway_testkit::lifecycle::TempDir::new("crl");
+    let store = two_ca_store(dir.path());
+    let crl = causeway_testkit::tls::cert("client-ca-2.crl.pem");
+    for ignore_expiry in [false, true] {
+        let o = Origin::start().await;
+        let table = format!(
+            "{{ mode = \"verify\", trust_store = \"{store}\", revocation_lists = [\"{crl}\"], ignore_client_certificate_expiry = {ignore_expiry} }}"
+        );
+        let (_s, addr) = start_mtls(&o, &table).await;
+        for (who, serial) in [("client-2", "2001"), ("client-1", "0A1B2C3D4E5F")] {
+            let cert = client_cert(who);
+            let args: Vec<&str> = cert.iter().map(String::as_str).collect();
+            let (out, err) = curl(addr, "a.example.test", "/in", &args).await;
+            assert!(out.starts_with("HTTP/1.1 200"), "{who}: {out}\n{err}");
+            let seen = o.seen().pop().unwrap();
+            assert_eq!(all(&seen, "x-amzn-mtls-clientcert-serial-number"), [serial]);
+        }
+        let cert = client_cert("client-revoked");
+        let args: Vec<&str> = cert.iter().map(String::as_str).collect();
+        let (out, err) = curl(addr, "a.example.test", "/revoked", &args).await;
+        assert!(out.is_empty(), "revoked: {out}\n{err}");
+        assert!(
+            err.contains("revoked"),
+            "the alert says why (certificate_revoked): {err}"
+        );
+        assert_eq!(o.seen().len(), 2, "the revoked client reached nothing");
+    }
+}
+
+/// A revocation list added by a reload applies to the next handshake: the same certificate
+/// that got through before the reload is refused after it, and the others still pass.
+#[tokio::test]
+async fn a_reload_brings_in_new_revocations() {
+    let o = Origin::start().await;
+    let dir = causeway_testkit::lifecycle::TempDir::new("crl-reload");
+    let store = two_ca_store(dir.path());
+    let crl = causeway_testkit::tls::cert("client-ca-2.crl.pem");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let file = dir.path().join("alb.toml");
+    let write = |lists: &str| {
+        let table = format!(
+            "mutual_authentication = {{ mode = \"verify\", trust_store = \"{store}\", revocation_lists = [{lists}] }}"
+        );
+        std::fs::write(
+            &file,
+            config_text(&o, addr, "ELBSecurityPolicy-TLS13-1-2-2021-06", &table),
+        )
+        .unwrap();
+    };
+    write("");
+    let cfg = causeway_config::load::<FileAlb>(&file).unwrap();
+    let server = Server::<Alb>::start(&file, cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    let get = |who: &'static str| async move {
+        let cert = client_cert(who);
+        let args: Vec<&str> = cert.iter().map(String::as_str).collect();
+        curl(addr, "a.example.test", "/", &args).await.0
+    };
+    assert!(get("client-revoked").await.starts_with("HTTP/1.1 200"));
+    write(&format!("\"{crl}\""));
+    server.reload().await.unwrap();
+    assert_eq!(get("client-revoked").await, "", "revoked after the reload");
+    assert!(get("client-2").await.starts_with("HTTP/1.1 200"));
+    assert_eq!(o.seen().len(), 2);
+}
+
+/// `advertise_trust_store_ca_names`: off (ALB's default), the CertificateRequest names no CA;
+/// on, it names every CA of the trust store. Seen by a rustls client's certificate resolver,
+/// which is handed the names the server sent.
+#[tokio::test]
+async fn the_trust_store_ca_names_are_advertised_only_when_asked() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::sync::Mutex;
+
+    #[derive(Debug)]
+    struct Recorder {
+        key: Arc<rustls::sign::CertifiedKey>,
+        hints: Mutex<Option<Vec<Vec<u8>>>>,
+    }
+    impl rustls::client::ResolvesClientCert for Recorder {
+        fn resolve(
+            &self,
+            hints: &[&[u8]],
+            _: &[rustls::SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            *self.hints.lock().unwrap() = Some(hints.iter().map(|h| h.to_vec()).collect());
+            Some(self.key.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+
+    use causeway_testkit::tls::cert;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = vec![CertificateDer::from_pem_file(cert("client-2.pem")).unwrap()];
+    let key = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::from_pem_file(cert("client-2.key")).unwrap())
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(cert("ca.pem")).unwrap())
+        .unwrap();
+    let dir = causeway_testkit::lifecycle::TempDir::new("hints");
+    let store = two_ca_store(dir.path());
+    for (setting, want) in [
+        ("", vec![]),
+        ("advertise_trust_store_ca_names = \"off\", ", vec![]),
+        (
+            "advertise_trust_store_ca_names = \"on\", ",
+            vec!["Causeway Test Client CA", "Causeway Test Client CA 2"],
+        ),
+    ] {
+        let o = Origin::start().await;
+        let table = format!("{{ mode = \"verify\", {setting}trust_store = \"{store}\" }}");
+        let (_s, addr) = start_mtls(&o, &table).await;
+        let recorder = Arc::new(Recorder {
+            key: Arc::new(rustls::sign::CertifiedKey::new(chain.clone(), key.clone())),
+            hints: Mutex::new(None),
+        });
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_client_cert_resolver(recorder.clone());
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("a.example.test").unwrap(), tcp)
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(b"GET /hints HTTP/1.1\r\nHost: a.example.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{setting}");
+        let hints = recorder
+            .hints
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("asked for a certificate");
+        // Each hint is a DER Name; the CA's common name is in it as a UTF8String.
+        let names: Vec<String> = hints
+            .iter()
+            .map(|h| {
+                let cn = b"Causeway Test Client CA";
+                let at = h
+                    .windows(cn.len())
+                    .position(|w| w == cn)
+                    .expect("a test CA");
+                let len = h[at - 1] as usize;
+                String::from_utf8(h[at..at + len].to_vec()).unwrap()
+            })
+            .collect();
+        assert_eq!(names, want, "{setting}");
+    }
 }

@@ -67,11 +67,22 @@ pub enum ClientAuth {
     /// the target.
     Passthrough,
     /// A client certificate is required and must chain to a CA of the trust store (a PEM
-    /// bundle).
-    Verify {
-        trust_store: PathBuf,
-        ignore_expiry: bool,
-    },
+    /// bundle), and must not be on one of its revocation lists.
+    Verify(TrustStore),
+}
+
+/// What `mode = "verify"` checks a client certificate against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustStore {
+    /// PEM bundle of CA certificates.
+    pub file: PathBuf,
+    /// PEM files of certificate revocation lists (ALB's trust store revocations).
+    pub revocation_lists: Vec<PathBuf>,
+    /// `ignore_client_certificate_expiry`.
+    pub ignore_expiry: bool,
+    /// `advertise_trust_store_ca_names = "on"`: the CertificateRequest names the trust store's
+    /// CAs (off by default, as on ALB).
+    pub advertise_ca_names: bool,
 }
 
 /// A listener's `mutual_authentication` table, as written.
@@ -80,7 +91,9 @@ pub enum ClientAuth {
 pub struct FileMutualAuthentication {
     pub mode: Option<String>,
     pub trust_store: Option<String>,
+    pub revocation_lists: Option<Vec<String>>,
     pub ignore_client_certificate_expiry: Option<bool>,
+    pub advertise_trust_store_ca_names: Option<String>,
 }
 
 impl FileMutualAuthentication {
@@ -95,9 +108,14 @@ impl FileMutualAuthentication {
         if mode != "verify" {
             for (key, set) in [
                 ("trust_store", self.trust_store.is_some()),
+                ("revocation_lists", self.revocation_lists.is_some()),
                 (
                     "ignore_client_certificate_expiry",
                     self.ignore_client_certificate_expiry.is_some(),
+                ),
+                (
+                    "advertise_trust_store_ca_names",
+                    self.advertise_trust_store_ca_names.is_some(),
                 ),
             ] {
                 if set {
@@ -117,17 +135,38 @@ impl FileMutualAuthentication {
                         "mode = \"verify\" needs a trust store (a PEM file of CA certificates)",
                     ));
                 };
-                let trust_store = cx.resolve(&store);
-                if !trust_store.is_file() {
-                    return Err(Violation::new(
-                        format!("{p}.trust_store"),
-                        format!("no such file: {}", trust_store.display()),
-                    ));
-                }
-                ClientAuth::Verify {
-                    trust_store,
+                let existing = |key: String, name: &str| {
+                    let file = cx.resolve(name);
+                    if file.is_file() {
+                        Ok(file)
+                    } else {
+                        Err(Violation::new(
+                            key,
+                            format!("no such file: {}", file.display()),
+                        ))
+                    }
+                };
+                let file = existing(format!("{p}.trust_store"), &store)?;
+                let revocation_lists = self
+                    .revocation_lists
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| existing(format!("{p}.revocation_lists[{i}]"), name))
+                    .collect::<Result<_, _>>()?;
+                let advertise = one_of(
+                    &format!("{p}.advertise_trust_store_ca_names"),
+                    self.advertise_trust_store_ca_names
+                        .as_deref()
+                        .unwrap_or("off"),
+                    &["on", "off"],
+                )?;
+                ClientAuth::Verify(TrustStore {
+                    file,
+                    revocation_lists,
                     ignore_expiry: self.ignore_client_certificate_expiry.unwrap_or(false),
-                }
+                    advertise_ca_names: advertise == "on",
+                })
             }
             _ => ClientAuth::Off,
         })

@@ -521,7 +521,8 @@ fn an_endless_or_binary_file_is_refused_by_name_without_reading_it_all() {
 }
 
 /// `mutual_authentication`: only on HTTPS listeners; `verify` needs a trust store that exists,
-/// and only `verify` takes one; each refusal names the key and its line.
+/// its revocation lists must exist, and only `verify` takes a trust store, revocation lists or
+/// `advertise_trust_store_ca_names` (on or off); each refusal names the key and its line.
 #[test]
 fn mutual_authentication_is_checked_key_by_key() {
     let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/certs");
@@ -543,10 +544,26 @@ fn mutual_authentication_is_checked_key_by_key() {
     .unwrap();
     assert_eq!(
         cfg.listeners[0].tls.as_ref().unwrap().client_auth,
-        causeway_config::tls::ClientAuth::Verify {
-            trust_store: PathBuf::from(&store),
-            ignore_expiry: false
-        }
+        causeway_config::tls::ClientAuth::Verify(causeway_config::tls::TrustStore {
+            file: PathBuf::from(&store),
+            revocation_lists: vec![],
+            ignore_expiry: false,
+            advertise_ca_names: false,
+        })
+    );
+    let crl = format!("{}/client-ca-2.crl.pem", certs.display());
+    let cfg = ok(&format!(
+        "{{ mode = \"verify\", trust_store = \"{store}\", revocation_lists = [\"{crl}\"], advertise_trust_store_ca_names = \"on\" }}"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.listeners[0].tls.as_ref().unwrap().client_auth,
+        causeway_config::tls::ClientAuth::Verify(causeway_config::tls::TrustStore {
+            file: PathBuf::from(&store),
+            revocation_lists: vec![PathBuf::from(&crl)],
+            ignore_expiry: false,
+            advertise_ca_names: true,
+        })
     );
     let cfg = ok("{ mode = \"passthrough\" }").unwrap();
     assert_eq!(
@@ -565,6 +582,22 @@ fn mutual_authentication_is_checked_key_by_key() {
         (
             format!("{{ mode = \"passthrough\", trust_store = \"{store}\" }}"),
             "listeners[0].mutual_authentication.trust_store: only mode = \"verify\" takes it",
+        ),
+        (
+            format!("{{ mode = \"verify\", trust_store = \"{store}\", revocation_lists = [\"{crl}\", \"/nonexistent/b.crl\"] }}"),
+            "listeners[0].mutual_authentication.revocation_lists[1]: no such file: /nonexistent/b.crl",
+        ),
+        (
+            format!("{{ mode = \"passthrough\", revocation_lists = [\"{crl}\"] }}"),
+            "listeners[0].mutual_authentication.revocation_lists: only mode = \"verify\" takes it",
+        ),
+        (
+            format!("{{ mode = \"verify\", trust_store = \"{store}\", advertise_trust_store_ca_names = \"yes\" }}"),
+            "listeners[0].mutual_authentication.advertise_trust_store_ca_names: must be one of on, off",
+        ),
+        (
+            "{ mode = \"off\", advertise_trust_store_ca_names = \"off\" }".to_owned(),
+            "listeners[0].mutual_authentication.advertise_trust_store_ca_names: only mode = \"verify\" takes it",
         ),
         (
             "{ mode = \"optional\" }".to_owned(),

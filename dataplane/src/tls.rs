@@ -2,10 +2,10 @@
 //! among the names each certificate holds (exact or one-label wildcard), else the default (the
 //! first); protocol versions and cipher suites from the AWS policy; ALPN as the plane asks.
 
-use causeway_config::tls::{ClientAuth, TlsPolicy, TlsSettings};
+use causeway_config::tls::{ClientAuth, TlsPolicy, TlsSettings, TrustStore};
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::sync::Arc;
@@ -142,14 +142,9 @@ pub fn server_config(
         ClientAuth::Passthrough => {
             builder.with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
         }
-        ClientAuth::Verify {
-            trust_store,
-            ignore_expiry,
-        } => builder.with_client_cert_verifier(client_verifier(
-            trust_store,
-            *ignore_expiry,
-            provider,
-        )?),
+        ClientAuth::Verify(store) => {
+            builder.with_client_cert_verifier(client_verifier(store, provider)?)
+        }
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -182,12 +177,14 @@ pub fn log_names(conn: &rustls::ServerConnection) -> (&'static str, &'static str
 
 /// The verifier of `mutual_authentication = { mode = "verify" }`: a client certificate is
 /// required and must chain to a CA of the trust store (webpki: signatures, validity, the
-/// `clientAuth` usage); with `ignore_expiry` an expired one is still taken.
+/// `clientAuth` usage), and no certificate of the chain may be on a revocation list of its
+/// issuer (an issuer with no list passes, as on ALB); with `ignore_expiry` an expired one is
+/// still taken. The CertificateRequest names the trust store's CAs only when asked to.
 fn client_verifier(
-    trust_store: &std::path::Path,
-    ignore_expiry: bool,
+    store: &TrustStore,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let trust_store = &store.file;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(trust_store).map_err(|e| file_err(trust_store, e))? {
         let cert = cert.map_err(|e| file_err(trust_store, e))?;
@@ -198,11 +195,30 @@ fn client_verifier(
     if roots.is_empty() {
         return Err(file_err(trust_store, "no certificate in the trust store"));
     }
-    let inner =
+    let mut crls = Vec::new();
+    for file in &store.revocation_lists {
+        let before = crls.len();
+        for crl in
+            CertificateRevocationListDer::pem_file_iter(file).map_err(|e| file_err(file, e))?
+        {
+            let crl = crl.map_err(|e| file_err(file, e))?;
+            webpki::OwnedCertRevocationList::from_der(&crl)
+                .map_err(|e| file_err(file, format!("not a certificate revocation list: {e}")))?;
+            crls.push(crl);
+        }
+        if crls.len() == before {
+            return Err(file_err(file, "no certificate revocation list in the file"));
+        }
+    }
+    let mut builder =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| file_err(trust_store, e))?;
-    Ok(if ignore_expiry {
+            .with_crls(crls)
+            .allow_unknown_revocation_status();
+    if !store.advertise_ca_names {
+        builder = builder.clear_root_hint_subjects();
+    }
+    let inner = builder.build().map_err(|e| file_err(trust_store, e))?;
+    Ok(if store.ignore_expiry {
         Arc::new(IgnoreExpiry(inner))
     } else {
         inner
