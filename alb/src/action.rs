@@ -3,6 +3,7 @@
 //! Host that is not a valid host name).
 
 use causeway_config::alb::Redirect;
+use causeway_config::listener_headers::ResponseHeaders;
 
 /// The reason phrase of the statuses we generate.
 pub fn reason(status: u16) -> &'static str {
@@ -33,7 +34,18 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes a complete response with a body into `out`.
+/// Writes the fields a listener's header modification sets, each as `Name: value\r\n`.
+pub fn push_set_fields(out: &mut Vec<u8>, mods: &ResponseHeaders) {
+    for (name, value) in &mods.set {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes a complete response with a body into `out`, with the listener's header
+/// modification (`mods`): its `Server` field or none, and the fields it sets.
 pub fn render(
     out: &mut Vec<u8>,
     status: u16,
@@ -41,12 +53,16 @@ pub fn render(
     body: &[u8],
     close: bool,
     extra: &[(&str, &[u8])],
+    mods: &ResponseHeaders,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa(status as u64).as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
-    out.extend_from_slice(b"\r\nServer: causeway\r\nContent-Type: ");
+    if mods.server {
+        out.extend_from_slice(b"\r\nServer: causeway");
+    }
+    out.extend_from_slice(b"\r\nContent-Type: ");
     out.extend_from_slice(content_type.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");
     out.extend_from_slice(itoa(body.len() as u64).as_bytes());
@@ -57,6 +73,7 @@ pub fn render(
         out.extend_from_slice(v);
         out.extend_from_slice(b"\r\n");
     }
+    push_set_fields(out, mods);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -252,10 +269,22 @@ mod tests {
             b"down",
             true,
             &[("Retry-After", b"5")],
+            &ResponseHeaders::default(),
         );
         assert_eq!(
             out,
             b"HTTP/1.1 503 Service Unavailable\r\nServer: causeway\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nRetry-After: 5\r\nConnection: close\r\n\r\ndown"
+        );
+        // Header modification: no Server field, and the listener's fields.
+        let mods = ResponseHeaders {
+            set: vec![("X-Frame-Options", "DENY".into())],
+            server: false,
+        };
+        out.clear();
+        render(&mut out, 200, "text/plain", b"", false, &[], &mods);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nX-Frame-Options: DENY\r\n\r\n"
         );
         assert_eq!(itoa(0).as_bytes(), b"0");
         assert_eq!(itoa(1234567).as_bytes(), b"1234567");

@@ -10,6 +10,7 @@ use crate::route::{host_without_port, RequestView};
 use crate::{logging, sticky, upstream, Alb};
 use bytes::Bytes;
 use causeway_config::alb::Action;
+use causeway_config::listener_headers::ResponseHeaders;
 use causeway_dataplane::select::maglev::hash64;
 use causeway_dataplane::{h2conn, Snapshot, Snapshots};
 use http_body_util::{Either, Full};
@@ -124,11 +125,34 @@ async fn serve_stream(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {
         .access_log
         .as_ref()
         .map(|_| std::sync::Mutex::new(request_info(&parts, &body, &ctx.from, received)));
-    let (response, ended_status) = phases(parts, body, ctx, &snap, received, info.as_ref()).await;
+    let (mut response, ended_status) =
+        phases(parts, body, ctx, &snap, received, info.as_ref()).await;
     if let Some(status) = ended_status {
         snap.compiled.elb_metrics.count(status);
     }
+    if let Some(router) = snap.compiled.router(ctx.from.local) {
+        modify(&mut response, &router.response_headers);
+    }
     response
+}
+
+/// The listener's header modification on a response: the fields it sets replace a target's;
+/// a response the alb made itself (its body is ours) loses the `Server` field if asked.
+fn modify(response: &mut Response<Body>, mods: &ResponseHeaders) {
+    let ours = matches!(response.body(), Either::Left(_));
+    let headers = response.headers_mut();
+    if ours && !mods.server {
+        headers.remove(hyper::header::SERVER);
+    }
+    for (name, value) in &mods.set {
+        // Both were checked when the config loaded.
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
 }
 
 /// check → route → action. Returns the response, and the status when we generated it.

@@ -409,7 +409,7 @@ async fn serve_request<S: ClientStream>(
         Ok(None) => return false,
         Err(e) => {
             snap.compiled.elb_metrics.error(&e);
-            refuse(client, e).await;
+            refuse(client, e, &router.response_headers).await;
             return false;
         }
     }
@@ -437,7 +437,7 @@ async fn serve_request<S: ClientStream>(
                     None,
                 ));
             }
-            refuse(client, e).await;
+            refuse(client, e, &router.response_headers).await;
             return false;
         }
     };
@@ -521,6 +521,7 @@ async fn serve_request<S: ClientStream>(
                     group_cookie.as_deref(),
                     &trace,
                     tls,
+                    &router.response_headers,
                 )
                 .await;
                 logging::forwarded(
@@ -555,6 +556,7 @@ async fn serve_request<S: ClientStream>(
                 body.as_bytes(),
                 close,
                 &[],
+                &router.response_headers,
             );
             ended = Some(logging::Ended::Local {
                 status: *status,
@@ -601,6 +603,7 @@ async fn serve_request<S: ClientStream>(
                         b"",
                         close,
                         &[("Location", &loc)],
+                        &router.response_headers,
                     );
                     ended = Some(logging::Ended::Local {
                         status: r.status,
@@ -642,7 +645,7 @@ async fn serve_request<S: ClientStream>(
         }
         Ok(_) => return false,
         Err((e, _)) => {
-            refuse(client, e).await;
+            refuse(client, e, &router.response_headers).await;
             return false;
         }
     }
@@ -683,12 +686,24 @@ async fn finish_local<S: ClientStream>(
 }
 
 /// Answers an error with its status (if it has one); the connection then closes.
-async fn refuse<S: ClientStream>(client: &mut Client<S>, e: ProxyError) {
+async fn refuse<S: ClientStream>(
+    client: &mut Client<S>,
+    e: ProxyError,
+    mods: &causeway_config::listener_headers::ResponseHeaders,
+) {
     let Some(status) = e.status() else { return };
     tracing::debug!(peer = %client.peer, error = %e, status, "refusing request");
     let mut out = Vec::new();
     let body = format!("{}\n", action::reason(status));
-    action::render(&mut out, status, "text/plain", body.as_bytes(), true, &[]);
+    action::render(
+        &mut out,
+        status,
+        "text/plain",
+        body.as_bytes(),
+        true,
+        &[],
+        mods,
+    );
     if let Err(err) = client.write_all(&out).await {
         tracing::debug!(error = %err, "writing error response");
     }

@@ -2,10 +2,12 @@
 //! headers (and those the Connection header names) are dropped; framing and connection headers
 //! are set for the client's side of the exchange.
 
+use causeway_config::listener_headers::ResponseHeaders;
 use causeway_dataplane::http1::head::ConnectionList;
 use causeway_dataplane::http1::{Framing, ResponseHead};
 
-/// Writes the client's response head into `out`.
+/// Writes the client's response head into `out`. The listener's header modification (`mods`)
+/// replaces the target's fields of the names it sets.
 pub fn build_response_head(
     out: &mut Vec<u8>,
     ubuf: &[u8],
@@ -13,6 +15,7 @@ pub fn build_response_head(
     framing: Framing,
     close: bool,
     set_cookies: [Option<&str>; 2],
+    mods: &ResponseHeaders,
 ) {
     out.clear();
     let status_line_end = ubuf.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
@@ -23,7 +26,7 @@ pub fn build_response_head(
     let listed = ConnectionList::of(ubuf, &resp.headers);
     for h in &resp.headers {
         let name = h.name.get(ubuf);
-        if listed.drops(name) {
+        if listed.drops(name) || (!mods.set.is_empty() && mods.replaces(name)) {
             continue;
         }
         out.extend_from_slice(name);
@@ -34,6 +37,7 @@ pub fn build_response_head(
     if framing == Framing::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
+    crate::action::push_set_fields(out, mods);
     for c in set_cookies.into_iter().flatten() {
         out.extend_from_slice(b"Set-Cookie: ");
         out.extend_from_slice(c.as_bytes());
@@ -63,6 +67,7 @@ mod tests {
             Framing::Chunked,
             true,
             [Some("AWSALB=x; Path=/"), Some("AWSALBTG=y; Path=/")],
+            &ResponseHeaders::default(),
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -76,10 +81,47 @@ mod tests {
         let mut h = ResponseHead::default();
         assert!(parse_response(raw, 65536, &mut h).unwrap());
         let mut out = Vec::new();
-        build_response_head(&mut out, raw, &h, Framing::Length(0), false, [None, None]);
+        build_response_head(
+            &mut out,
+            raw,
+            &h,
+            Framing::Length(0),
+            false,
+            [None, None],
+            &ResponseHeaders::default(),
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn header_modification_replaces_the_targets_fields() {
+        let raw = b"HTTP/1.1 200 OK\r\nx-frame-options: ALLOWALL\r\nServer: nginx\r\nX-Frame-Options: SAMEORIGIN\r\nContent-Length: 0\r\n\r\n";
+        let mut h = ResponseHead::default();
+        assert!(parse_response(raw, 65536, &mut h).unwrap());
+        let mods = ResponseHeaders {
+            set: vec![
+                ("X-Frame-Options", "DENY".into()),
+                ("Strict-Transport-Security", "max-age=63072000".into()),
+            ],
+            server: false,
+        };
+        let mut out = Vec::new();
+        build_response_head(
+            &mut out,
+            raw,
+            &h,
+            Framing::Length(0),
+            false,
+            [Some("AWSALB=x; Path=/"), None],
+            &mods,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 0\r\nX-Frame-Options: DENY\r\nStrict-Transport-Security: max-age=63072000\r\nSet-Cookie: AWSALB=x; Path=/\r\n\r\n",
+            "the target's own Server field is its own business"
         );
     }
 }

@@ -3,6 +3,7 @@
 
 use causeway_config::alb::{Action, Condition, Listener, Rule};
 use causeway_config::cidr::Cidr;
+use causeway_config::listener_headers::ResponseHeaders;
 pub use causeway_dataplane::http1::uri::{glob, host_without_port, split_target};
 use std::net::IpAddr;
 
@@ -103,11 +104,16 @@ struct CompiledRule {
 pub struct Router {
     rules: Vec<CompiledRule>,
     default: Action,
+    /// The listener's header modification, applied to every response its clients get.
+    pub response_headers: ResponseHeaders,
 }
 
 impl Router {
     pub fn compile(l: &Listener) -> Router {
-        Self::from_rules(&l.rules, l.default_action.clone())
+        Router {
+            response_headers: l.response_headers.clone(),
+            ..Self::from_rules(&l.rules, l.default_action.clone())
+        }
     }
 
     pub fn from_rules(rules: &[Rule], default: Action) -> Router {
@@ -120,7 +126,11 @@ impl Router {
             })
             .collect();
         rules.sort_by_key(|r| r.priority);
-        Router { rules, default }
+        Router {
+            rules,
+            default,
+            response_headers: ResponseHeaders::default(),
+        }
     }
 
     /// The action of the first rule whose conditions all match, or the default action.

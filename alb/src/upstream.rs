@@ -13,6 +13,7 @@ use crate::trace::{self, TraceId};
 use crate::Alb;
 use causeway_config::alb::{LoadBalancerAttributes, XffMode};
 use causeway_config::common::Stickiness;
+use causeway_config::listener_headers::ResponseHeaders;
 use causeway_dataplane::http1::head::ConnectionList;
 use causeway_dataplane::http1::{
     parse_response, ChunkedScanner, Framing, RequestHead, ResponseHead,
@@ -567,6 +568,7 @@ pub async fn forward<S: ClientStream>(
     group_cookie: Option<&str>,
     trace: &TraceId,
     tls: TlsFacts<'_>,
+    mods: &ResponseHeaders,
 ) -> Result<Outcome, (ProxyError, Option<SocketAddr>)> {
     let (prefix, complete, scanner) =
         buffered_body(&client.buf, head.len, req.framing).map_err(|e| (e, None))?;
@@ -675,6 +677,7 @@ pub async fn forward<S: ClientStream>(
                     started,
                     set_cookie.as_ref().map(|(l, app)| (l.as_str(), *app)),
                     group_cookie,
+                    mods,
                 )
                 .await
             }
@@ -737,6 +740,7 @@ async fn exchange<S: ClientStream>(
     started: Instant,
     set_cookie: Option<(&str, Option<&str>)>,
     group_cookie: Option<&str>,
+    mods: &ResponseHeaders,
 ) -> Result<(Outcome, Option<Up>), ProxyError> {
     let idle = lb.idle_timeout;
     if !sent.complete {
@@ -825,6 +829,7 @@ async fn exchange<S: ClientStream>(
         framing,
         close,
         [set_cookie, group_cookie],
+        mods,
     );
     let head_len = resp.len;
     let avail = ubuf.len() - head_len;

@@ -1377,3 +1377,30 @@ async fn target_group_stickiness_keeps_a_client_on_its_weighted_group() {
     assert_eq!(r.status, 200);
     assert_eq!(group_cookie_of(&r), None);
 }
+
+/// Header modification on the responses the alb writes itself over HTTP/1.1: a refused
+/// request's 400 carries the listener's fields and, with `server.enabled = false`, no `Server`
+/// field; a listener without the attributes keeps `Server: causeway`.
+#[tokio::test]
+async fn header_modification_reaches_refusals() {
+    let fixed = r#"{ type = "fixed-response", status_code = 200 }"#;
+    let modified = start(
+        "",
+        fixed,
+        "routing.http.response.x_content_type_options.header_value = \"nosniff\"\nrouting.http.response.server.enabled = false",
+    )
+    .await;
+    let plain = start("", fixed, "").await;
+    let bad = "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+    for (alb, server, nosniff) in [
+        (&modified, None, Some("nosniff")),
+        (&plain, Some("causeway"), None),
+    ] {
+        let mut s = TcpStream::connect(alb.addr).await.unwrap();
+        s.write_all(bad.as_bytes()).await.unwrap();
+        let r = read_response(&mut s).await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.header("server"), server);
+        assert_eq!(r.header("x-content-type-options"), nosniff);
+    }
+}

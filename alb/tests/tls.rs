@@ -638,3 +638,71 @@ async fn the_trust_store_ca_names_are_advertised_only_when_asked() {
         assert_eq!(names, want, "{setting}");
     }
 }
+
+/// Every value of the response field `name` in curl's `-i` output (any case).
+fn response_fields(out: &str, name: &str) -> Vec<String> {
+    let head = out.split("\r\n\r\n").next().unwrap_or("");
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
+/// ALB's header modification: the fields a listener sets reach every response, over HTTP/1.1
+/// and h2 (a target's, replacing the target's own copies; a fixed response; a redirect), and
+/// with `server.enabled = false` the alb's own responses carry no `Server` field, while a
+/// target's `Server` field is left alone. Empty values set nothing.
+#[tokio::test]
+async fn header_modification_sets_fields_on_every_response() {
+    let o = Origin::start().await;
+    o.set_headers(
+        "/page",
+        &[
+            ("X-Frame-Options", "SAMEORIGIN"),
+            ("x-frame-options", "ALLOWALL"),
+            ("Server", "wp-origin"),
+        ],
+    );
+    let extra = r#"routing.http.response.strict_transport_security.header_value = "max-age=31536000; includeSubDomains"
+routing.http.response.x_frame_options.header_value = "DENY"
+routing.http.response.x_content_type_options.header_value = "nosniff"
+routing.http.response.content_security_policy.header_value = ""
+routing.http.response.server.enabled = false
+[[listeners.rules]]
+priority = 1
+conditions = [{ field = "path-pattern", values = ["/fixed"] }]
+action = { type = "fixed-response", status_code = 503, message_body = "sorry" }
+[[listeners.rules]]
+priority = 2
+conditions = [{ field = "path-pattern", values = ["/old"] }]
+action = { type = "redirect", status_code = "HTTP_301", path = "/new" }"#;
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", extra).await;
+    for version in ["--http1.1", "--http2"] {
+        for (path, status, server) in [
+            ("/page", "200", vec!["wp-origin".to_owned()]),
+            ("/fixed", "503", vec![]),
+            ("/old", "301", vec![]),
+        ] {
+            let (out, err) =
+                causeway_testkit::tls::curl(addr, "a.example.test", path, &[version]).await;
+            let first = out.lines().next().unwrap_or("");
+            assert!(first.contains(status), "{version} {path}: {out}\n{err}");
+            let field = |n: &str| response_fields(&out, n);
+            assert_eq!(
+                field("x-frame-options"),
+                ["DENY"],
+                "{version} {path}: {out}"
+            );
+            assert_eq!(
+                field("strict-transport-security"),
+                ["max-age=31536000; includeSubDomains"],
+                "{version} {path}"
+            );
+            assert_eq!(field("x-content-type-options"), ["nosniff"]);
+            assert!(field("content-security-policy").is_empty());
+            assert_eq!(field("server"), server, "{version} {path}: {out}");
+        }
+    }
+    assert_eq!(o.hits("/page"), 2);
+}

@@ -242,6 +242,8 @@ pub struct FileListener {
     #[serde(default)]
     pub certificates: Vec<crate::tls::FileCertificate>,
     pub mutual_authentication: Option<crate::tls::FileMutualAuthentication>,
+    /// Listener attributes under `routing.` (ALB's header modification).
+    pub routing: Option<crate::listener_headers::FileListenerRouting>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +340,8 @@ pub struct Listener {
     pub max_connections_per_source: u32,
     /// HTTPS listeners: certificates and policy.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Header modification: fields set on every response, and the alb's own `Server` field.
+    pub response_headers: crate::listener_headers::ResponseHeaders,
 }
 
 /// A listener rule: every condition must match.
@@ -818,9 +822,11 @@ impl ConfigFile for FileAlb {
             let cap = |key: &str, v: Option<i64>| -> Check<u32> {
                 Ok(in_range(&format!("{path}.{key}"), v.unwrap_or(0), 0, 10_000_000)? as u32)
             };
+            let response_headers = l.routing.unwrap_or_default().validate(&path)?;
             listeners.push(Listener {
                 address,
                 tls,
+                response_headers,
                 default_action,
                 rules,
                 max_connections: cap("max_connections", l.max_connections)?,

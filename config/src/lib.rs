@@ -9,6 +9,7 @@ pub mod common;
 pub mod control;
 pub mod edge;
 pub mod error;
+pub mod listener_headers;
 pub mod nlb;
 pub mod source;
 pub mod targets;

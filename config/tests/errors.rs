@@ -626,3 +626,32 @@ fn mutual_authentication_is_checked_key_by_key() {
         "{err}"
     );
 }
+
+/// Header modification attributes: a field AWS does not name, or a value with a line break,
+/// is refused at its own line, naming the key.
+#[test]
+fn header_modification_values_are_checked_at_their_line() {
+    for (line, want) in [
+        (
+            "routing.http.response.x_powered_by.header_value = \"PHP\"",
+            "listeners[0].routing.http.response.x_powered_by: must be one of server, strict_transport_security,",
+        ),
+        (
+            "routing.http.response.x_frame_options.header_value = \"DENY\\nSet-Cookie: a=b\"",
+            "listeners[0].routing.http.response.x_frame_options.header_value: may not contain the byte 0x0a",
+        ),
+    ] {
+        let text = BASE
+            .replace("  interval_seconds = 0", "interval_seconds = 5")
+            .replace(
+                "address = \"127.0.0.1:8082\"\n",
+                &format!("address = \"127.0.0.1:8082\"\n{line}\n"),
+            );
+        let err = parse::<FileAlb>("alb.toml", &text, &cx())
+            .unwrap_err()
+            .to_string();
+        let (place, rest) = err.split_once(": ").unwrap();
+        assert!(place.starts_with("alb.toml:6:"), "the key's line: {err}");
+        assert!(rest.starts_with(want), "{err}");
+    }
+}
