@@ -86,6 +86,8 @@ pub struct Origin {
     /// On a listener that does mutual TLS, the client certificate's fields for targets
     /// (`crate::upstream::TlsFacts::mtls`).
     pub mtls: Option<std::sync::Arc<[(&'static str, String)]>>,
+    /// The listener's new names for the TLS fields (`crate::upstream::TlsFacts::renames`).
+    pub renames: Option<std::sync::Arc<causeway_config::listener_headers::RequestRenames>>,
 }
 
 /// A target's response body on its way to the client: from an h2 target (holding the
@@ -212,7 +214,12 @@ pub fn target_fields(
             continue;
         }
         if is_hop_by_hop(n.as_bytes())
-            || upstream::attribute_drops(lb, n.as_bytes(), from.mtls.is_some())
+            || upstream::attribute_drops(
+                lb,
+                n.as_bytes(),
+                from.mtls.is_some(),
+                from.renames.as_deref(),
+            )
             || listed.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
             || n == "x-forwarded-for"
             || n == "x-forwarded-proto"
@@ -255,18 +262,19 @@ pub fn target_fields(
         &HeaderName::from_static("x-forwarded-port"),
         FieldValue::Ours(crate::action::itoa(u64::from(port)).as_bytes()),
     );
+    let renamed = |usual: &'static str| from.renames.as_deref().map_or(usual, |r| r.name(usual));
     if let Some((cipher, version)) = from.tls_names.filter(|_| lb.tls_headers) {
-        emit(
-            &HeaderName::from_static("x-amzn-tls-version"),
-            FieldValue::Ours(version.as_bytes()),
-        );
-        emit(
-            &HeaderName::from_static("x-amzn-tls-cipher-suite"),
-            FieldValue::Ours(cipher.as_bytes()),
-        );
+        for (usual, value) in [
+            ("X-Amzn-Tls-Version", version),
+            ("X-Amzn-Tls-Cipher-Suite", cipher),
+        ] {
+            if let Ok(name) = HeaderName::from_bytes(renamed(usual).as_bytes()) {
+                emit(&name, FieldValue::Ours(value.as_bytes()));
+            }
+        }
     }
     for (name, value) in from.mtls.as_deref().unwrap_or_default() {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+        if let Ok(name) = HeaderName::from_bytes(renamed(name).as_bytes()) {
             emit(&name, FieldValue::Ours(value.as_bytes()));
         }
     }
@@ -879,6 +887,7 @@ mod tests {
             scheme: "https",
             tls_names: None,
             mtls: None,
+            renames: None,
         }
     }
 

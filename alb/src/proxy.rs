@@ -253,6 +253,13 @@ async fn serve_tls(
     // The client certificate's fields, read once per connection (mutual TLS listeners only).
     let cert_fields = causeway_dataplane::tls::client_cert_fields(mtls, client.stream.get_ref().1)
         .map(Vec::into_boxed_slice);
+    // The listener's names for those fields, as it is configured now, for this connection.
+    let renames = snaps
+        .load()
+        .compiled
+        .router(local)
+        .map(|r| r.request_renames.clone())
+        .filter(|r| !r.0.is_empty());
     if client.stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let from = crate::hyper_upstream::Origin {
             peer,
@@ -260,6 +267,7 @@ async fn serve_tls(
             scheme: "https",
             tls_names: Some(names),
             mtls: cert_fields.map(std::sync::Arc::from),
+            renames,
         };
         let Client {
             stream, shutdown, ..
@@ -283,6 +291,7 @@ async fn serve_tls(
         let tls = TlsFacts {
             names: Some(names),
             mtls: cert_fields.as_deref(),
+            renames: renames.as_deref(),
         };
         if !Box::pin(serve_request(&mut client, &snap, router, opened, tls)).await {
             break;
@@ -357,6 +366,7 @@ async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>) {
         scheme: "http",
         tls_names: None,
         mtls: None,
+        renames: None,
     };
     crate::h2::serve(io, from, snaps.clone(), shutdown).await;
 }

@@ -3,7 +3,7 @@
 
 use causeway_config::alb::{Action, Condition, Listener, Rule};
 use causeway_config::cidr::Cidr;
-use causeway_config::listener_headers::ResponseHeaders;
+use causeway_config::listener_headers::{RequestRenames, ResponseHeaders};
 pub use causeway_dataplane::http1::uri::{glob, host_without_port, split_target};
 use std::net::IpAddr;
 
@@ -106,12 +106,15 @@ pub struct Router {
     default: Action,
     /// The listener's header modification, applied to every response its clients get.
     pub response_headers: ResponseHeaders,
+    /// The listener's new names for the TLS fields requests carry to targets.
+    pub request_renames: std::sync::Arc<RequestRenames>,
 }
 
 impl Router {
     pub fn compile(l: &Listener) -> Router {
         Router {
             response_headers: l.response_headers.clone(),
+            request_renames: std::sync::Arc::new(l.request_renames.clone()),
             ..Self::from_rules(&l.rules, l.default_action.clone())
         }
     }
@@ -130,6 +133,7 @@ impl Router {
             rules,
             default,
             response_headers: ResponseHeaders::default(),
+            request_renames: Default::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::trace::{self, TraceId};
 use crate::Alb;
 use causeway_config::alb::{LoadBalancerAttributes, XffMode};
 use causeway_config::common::Stickiness;
-use causeway_config::listener_headers::ResponseHeaders;
+use causeway_config::listener_headers::{RequestRenames, ResponseHeaders};
 use causeway_dataplane::http1::head::ConnectionList;
 use causeway_dataplane::http1::{
     parse_response, ChunkedScanner, Framing, RequestHead, ResponseHead,
@@ -226,6 +226,9 @@ pub struct TlsFacts<'a> {
     /// (`causeway_dataplane::tls::client_cert_fields`; empty without a certificate). There a
     /// client's own `X-Amzn-Mtls-Clientcert*` fields are dropped.
     pub mtls: Option<&'a [(&'static str, String)]>,
+    /// The listener's new names for these fields, as when the connection opened; a client's
+    /// own fields of those names are dropped too.
+    pub renames: Option<&'a RequestRenames>,
 }
 
 /// Whether a field name is one ALB forwards under `drop_invalid_header_fields`: letters,
@@ -244,11 +247,17 @@ pub fn is_tls_field(name: &[u8]) -> bool {
 
 /// Whether the attributes (or mutual TLS, `mtls`) drop a client's field of this name before
 /// it reaches a target (besides the hop-by-hop and X-Forwarded-* ones, which every path drops
-/// on its own).
-pub fn attribute_drops(lb: &LoadBalancerAttributes, name: &[u8], mtls: bool) -> bool {
+/// on its own): the usual names of the fields the alb sets, and their new names (`renames`).
+pub fn attribute_drops(
+    lb: &LoadBalancerAttributes,
+    name: &[u8],
+    mtls: bool,
+    renames: Option<&RequestRenames>,
+) -> bool {
     (lb.drop_invalid_header_fields && !valid_field_name(name))
         || (lb.tls_headers && is_tls_field(name))
         || (mtls && causeway_dataplane::tls::is_mtls_field(name))
+        || renames.is_some_and(|r| !r.0.is_empty() && r.drops(name, lb.tls_headers, mtls))
 }
 
 /// Writes the request head the target gets: hop-by-hop headers (and those the Connection
@@ -281,7 +290,7 @@ pub fn build_request_head<S: ClientStream>(
             || name.eq_ignore_ascii_case(b"x-forwarded-port")
             || name.eq_ignore_ascii_case(trace::HEADER.as_bytes())
             || (req.expect_continue && name.eq_ignore_ascii_case(b"expect"))
-            || attribute_drops(lb, name, tls.mtls.is_some())
+            || attribute_drops(lb, name, tls.mtls.is_some(), tls.renames)
         {
             continue;
         }
@@ -328,15 +337,20 @@ pub fn build_request_head<S: ClientStream>(
     out.extend_from_slice(client.scheme().as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     out.extend_from_slice(crate::action::itoa(port as u64).as_bytes());
+    let renamed = |usual: &'static str| tls.renames.map_or(usual, |r| r.name(usual));
     if let Some((cipher, version)) = tls.names.filter(|_| lb.tls_headers) {
-        out.extend_from_slice(b"\r\nX-Amzn-Tls-Version: ");
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(renamed("X-Amzn-Tls-Version").as_bytes());
+        out.extend_from_slice(b": ");
         out.extend_from_slice(version.as_bytes());
-        out.extend_from_slice(b"\r\nX-Amzn-Tls-Cipher-Suite: ");
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(renamed("X-Amzn-Tls-Cipher-Suite").as_bytes());
+        out.extend_from_slice(b": ");
         out.extend_from_slice(cipher.as_bytes());
     }
     for (name, value) in tls.mtls.unwrap_or_default() {
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(renamed(name).as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
     }

@@ -706,3 +706,49 @@ action = { type = "redirect", status_code = "HTTP_301", path = "/new" }"#;
     }
     assert_eq!(o.hits("/page"), 2);
 }
+
+/// ALB's renamable TLS fields: with new names for the client certificate's subject and the
+/// TLS version, a target gets those fields under the new names (and the others under their
+/// usual ones), over HTTP/1.1 and h2, never a client's forged copy under either name.
+#[tokio::test]
+async fn renamed_tls_fields_reach_targets_under_their_new_names_only() {
+    let o = Origin::start().await;
+    let store = causeway_testkit::tls::cert("client-ca.pem");
+    let extra = format!(
+        r#"mutual_authentication = {{ mode = "verify", trust_store = "{store}" }}
+routing.http.request.x_amzn_mtls_clientcert_subject.header_name = "X-Client-Subject"
+routing.http.request.x_amzn_tls_version.header_name = "X-Tls"
+[load_balancer]
+routing.http.x_amzn_tls_version_and_cipher_suite.enabled = true"#
+    );
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", &extra).await;
+    let cert = client_cert("client-1");
+    for version in ["--http1.1", "--http2"] {
+        let mut args: Vec<&str> = vec![version];
+        args.extend(cert.iter().map(String::as_str));
+        args.extend([
+            "-H",
+            "X-Client-Subject: CN=admin",
+            "-H",
+            "X-Tls: forged",
+            "-H",
+            "X-Amzn-Mtls-Clientcert-Subject: CN=admin",
+        ]);
+        let (out, err) = causeway_testkit::tls::curl(addr, "a.example.test", "/r", &args).await;
+        assert!(out.contains(" 200"), "{version}: {out}\n{err}");
+        let seen = o.seen().pop().unwrap();
+        assert_eq!(
+            all(&seen, "x-client-subject"),
+            ["CN=client-1,OU=Fleet,O=Causeway Test\\, Inc.,C=US"],
+            "{version}: {seen:?}"
+        );
+        assert!(all(&seen, "x-amzn-mtls-clientcert-subject").is_empty());
+        assert_eq!(
+            all(&seen, "x-amzn-mtls-clientcert-serial-number"),
+            ["0A1B2C3D4E5F"]
+        );
+        assert_eq!(all(&seen, "x-tls"), ["TLSv1.3"], "{version}");
+        assert!(all(&seen, "x-amzn-tls-version").is_empty());
+        assert_eq!(all(&seen, "x-amzn-tls-cipher-suite").len(), 1);
+    }
+}

@@ -342,6 +342,8 @@ pub struct Listener {
     pub tls: Option<crate::tls::TlsSettings>,
     /// Header modification: fields set on every response, and the alb's own `Server` field.
     pub response_headers: crate::listener_headers::ResponseHeaders,
+    /// Header modification: new names for the TLS fields added to requests.
+    pub request_renames: crate::listener_headers::RequestRenames,
 }
 
 /// A listener rule: every condition must match.
@@ -822,11 +824,15 @@ impl ConfigFile for FileAlb {
             let cap = |key: &str, v: Option<i64>| -> Check<u32> {
                 Ok(in_range(&format!("{path}.{key}"), v.unwrap_or(0), 0, 10_000_000)? as u32)
             };
-            let response_headers = l.routing.unwrap_or_default().validate(&path)?;
+            let (response_headers, request_renames) = l
+                .routing
+                .unwrap_or_default()
+                .validate(&path, tls.is_some())?;
             listeners.push(Listener {
                 address,
                 tls,
                 response_headers,
+                request_renames,
                 default_action,
                 rules,
                 max_connections: cap("max_connections", l.max_connections)?,

@@ -1,6 +1,7 @@
 //! ALB's header modification listener attributes: response fields the alb sets on every
-//! response (`routing.http.response.<name>.header_value`) and its own `Server` field
-//! (`routing.http.response.server.enabled`).
+//! response (`routing.http.response.<name>.header_value`), its own `Server` field
+//! (`routing.http.response.server.enabled`), and new names for the TLS and mutual TLS fields it
+//! adds to requests (`routing.http.request.<name>.header_name`).
 
 use crate::error::Check;
 use crate::Violation;
@@ -33,7 +34,31 @@ pub const RESPONSE_FIELDS: [(&str, &str); 10] = [
     ("x_frame_options", "X-Frame-Options"),
 ];
 
-/// A listener's `routing` table, as written (only `routing.http.response` so far).
+/// AWS's attribute names for the request fields it can rename, and their usual names.
+pub const REQUEST_FIELDS: [(&str, &str); 8] = [
+    (
+        "x_amzn_mtls_clientcert_serial_number",
+        "X-Amzn-Mtls-Clientcert-Serial-Number",
+    ),
+    (
+        "x_amzn_mtls_clientcert_issuer",
+        "X-Amzn-Mtls-Clientcert-Issuer",
+    ),
+    (
+        "x_amzn_mtls_clientcert_subject",
+        "X-Amzn-Mtls-Clientcert-Subject",
+    ),
+    (
+        "x_amzn_mtls_clientcert_validity",
+        "X-Amzn-Mtls-Clientcert-Validity",
+    ),
+    ("x_amzn_mtls_clientcert_leaf", "X-Amzn-Mtls-Clientcert-Leaf"),
+    ("x_amzn_mtls_clientcert", "X-Amzn-Mtls-Clientcert"),
+    ("x_amzn_tls_version", "X-Amzn-Tls-Version"),
+    ("x_amzn_tls_cipher_suite", "X-Amzn-Tls-Cipher-Suite"),
+];
+
+/// A listener's `routing` table, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListenerRouting {
@@ -43,7 +68,44 @@ pub struct FileListenerRouting {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileListenerHttp {
+    pub request: Option<BTreeMap<String, FileRequestField>>,
     pub response: Option<BTreeMap<String, FileResponseField>>,
+}
+
+/// `routing.http.request.<name>.header_name`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRequestField {
+    pub header_name: Option<String>,
+}
+
+/// New names for the TLS and mutual TLS fields a listener adds to requests: (usual name, new
+/// name), for those renamed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestRenames(pub Vec<(&'static str, String)>);
+
+impl RequestRenames {
+    /// The name a field of this usual name goes to targets under.
+    pub fn name<'a>(&'a self, usual: &'a str) -> &'a str {
+        self.0
+            .iter()
+            .find(|(u, _)| *u == usual)
+            .map_or(usual, |(_, n)| n.as_str())
+    }
+
+    /// Whether a client's request field of this name is dropped because it carries the new
+    /// name of a field the alb sets: a TLS field when `tls` (the attribute that adds them is
+    /// on), a mutual TLS one when `mtls` (the listener does mutual TLS).
+    pub fn drops(&self, name: &[u8], tls: bool, mtls: bool) -> bool {
+        self.0.iter().any(|(usual, new)| {
+            new.as_bytes().eq_ignore_ascii_case(name)
+                && if usual.starts_with("X-Amzn-Tls-") {
+                    tls
+                } else {
+                    mtls
+                }
+        })
+    }
 }
 
 /// `routing.http.response.<name>`: `header_value` for the fields, `enabled` for `server`.
@@ -85,10 +147,13 @@ impl ResponseHeaders {
 const MAX_VALUE: usize = 1024;
 
 impl FileListenerRouting {
-    /// Validates the `routing` table of the listener at `path`.
-    pub fn validate(self, path: &str) -> Check<ResponseHeaders> {
+    /// Validates the `routing` table of the listener at `path` (`https`: whether it is an
+    /// HTTPS listener, the only kind whose TLS fields can be renamed).
+    pub fn validate(self, path: &str, https: bool) -> Check<(ResponseHeaders, RequestRenames)> {
+        let http = self.http.unwrap_or_default();
+        let renames = renames(path, http.request.unwrap_or_default(), https)?;
         let mut out = ResponseHeaders::default();
-        let fields = self.http.and_then(|h| h.response).unwrap_or_default();
+        let fields = http.response.unwrap_or_default();
         for (key, field) in fields {
             let p = format!("{path}.routing.http.response.{key}");
             if key == "server" {
@@ -122,8 +187,62 @@ impl FileListenerRouting {
             check_value(&format!("{p}.header_value"), &value)?;
             out.set.push((name, value));
         }
-        Ok(out)
+        Ok((out, renames))
     }
+}
+
+/// Validates `routing.http.request`: each new name a token of at most 40 characters, used
+/// once, and not the usual name of another of these fields.
+fn renames(
+    path: &str,
+    fields: BTreeMap<String, FileRequestField>,
+    https: bool,
+) -> Check<RequestRenames> {
+    let mut out = RequestRenames::default();
+    for (key, field) in fields {
+        let p = format!("{path}.routing.http.request.{key}");
+        let Some(&(_, usual)) = REQUEST_FIELDS.iter().find(|(k, _)| *k == key) else {
+            let known: Vec<&str> = REQUEST_FIELDS.iter().map(|(k, _)| *k).collect();
+            return Err(Violation::new(
+                p,
+                format!("must be one of {}", known.join(", ")),
+            ));
+        };
+        let name = field.header_name.unwrap_or_default();
+        // As on AWS, an empty value keeps the usual name.
+        if name.is_empty() {
+            continue;
+        }
+        let np = format!("{p}.header_name");
+        if !https {
+            return Err(Violation::new(
+                np,
+                "only an HTTPS listener adds TLS fields to rename",
+            ));
+        }
+        if name.len() > 40
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+        {
+            return Err(Violation::new(
+                np,
+                format!("must be a header name of at most 40 characters, got \"{name}\""),
+            ));
+        }
+        let clash = REQUEST_FIELDS
+            .iter()
+            .any(|(_, u)| *u != usual && u.eq_ignore_ascii_case(&name))
+            || out.0.iter().any(|(_, n)| n.eq_ignore_ascii_case(&name));
+        if clash {
+            return Err(Violation::new(
+                np,
+                format!("\"{name}\" is already the name of another TLS field"),
+            ));
+        }
+        out.0.push((usual, name));
+    }
+    Ok(out)
 }
 
 /// AWS's rule for a value: at most 1 KiB of letters, digits, spaces and
@@ -155,7 +274,70 @@ mod tests {
 
     fn table(text: &str) -> Check<ResponseHeaders> {
         let routing: FileListenerRouting = toml::from_str(text).unwrap();
-        routing.validate("listeners[0]")
+        routing.validate("listeners[0]", true).map(|(r, _)| r)
+    }
+
+    fn renamed(text: &str, https: bool) -> Result<RequestRenames, String> {
+        let routing: FileListenerRouting = toml::from_str(text).unwrap();
+        routing
+            .validate("listeners[0]", https)
+            .map(|(_, r)| r)
+            .map_err(|e| format!("{}: {}", e.path, e.rule))
+    }
+
+    #[test]
+    fn tls_fields_are_renamed_and_renamed_copies_dropped() {
+        let r = renamed(
+            "http.request.x_amzn_mtls_clientcert_subject.header_name = \"X-Client-Subject\"\n\
+             http.request.x_amzn_tls_version.header_name = \"X-Tls\"\n\
+             http.request.x_amzn_mtls_clientcert_leaf.header_name = \"\"\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.name("X-Amzn-Mtls-Clientcert-Subject"), "X-Client-Subject");
+        assert_eq!(r.name("X-Amzn-Tls-Version"), "X-Tls");
+        assert_eq!(
+            r.name("X-Amzn-Mtls-Clientcert-Leaf"),
+            "X-Amzn-Mtls-Clientcert-Leaf"
+        );
+        assert!(r.drops(b"x-client-subject", false, true));
+        assert!(
+            !r.drops(b"x-client-subject", true, false),
+            "no mutual TLS here"
+        );
+        assert!(r.drops(b"X-TLS", true, false));
+        assert!(!r.drops(b"x-tls", false, true), "the TLS fields are off");
+        assert!(!r.drops(b"x-other", true, true));
+        for (text, https, want) in [
+            (
+                "http.request.x_amzn_tls_version.header_name = \"X-Tls\"",
+                false,
+                "listeners[0].routing.http.request.x_amzn_tls_version.header_name: only an HTTPS listener",
+            ),
+            (
+                "http.request.x_amzn_tls_version.header_name = \"X Tls\"",
+                true,
+                "listeners[0].routing.http.request.x_amzn_tls_version.header_name: must be a header name",
+            ),
+            (
+                "http.request.x_amzn_tls_version.header_name = \"X-Amzn-Tls-Cipher-Suite\"",
+                true,
+                "listeners[0].routing.http.request.x_amzn_tls_version.header_name: \"X-Amzn-Tls-Cipher-Suite\" is already",
+            ),
+            (
+                "http.request.x_amzn_tls_version.header_name = \"X-A\"\nhttp.request.x_amzn_tls_cipher_suite.header_name = \"x-a\"",
+                true,
+                "listeners[0].routing.http.request.x_amzn_tls_version.header_name: \"X-A\" is already",
+            ),
+            (
+                "http.request.x_amzn_trace_id.header_name = \"X-Trace\"",
+                true,
+                "listeners[0].routing.http.request.x_amzn_trace_id: must be one of",
+            ),
+        ] {
+            let err = renamed(text, https).unwrap_err();
+            assert!(err.starts_with(want), "{text}: {err}");
+        }
     }
 
     #[test]
