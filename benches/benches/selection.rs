@@ -13,6 +13,7 @@ use std::time::Duration;
 
 fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
     TargetGroupConfig {
+        minimum_healthy: Default::default(),
         name: "bench".into(),
         protocol: "HTTP".into(),
         protocol_version: Default::default(),

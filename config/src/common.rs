@@ -127,6 +127,39 @@ pub struct FileTargetGroup {
     pub outlier_detection: FileOutlier,
     #[serde(default)]
     pub proxy_protocol_v2: FileEnabled,
+    #[serde(default)]
+    pub target_group_health: FileTargetGroupHealth,
+}
+
+/// AWS's `target_group_health.*` attributes (routing failover only: there is no DNS here).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTargetGroupHealth {
+    #[serde(default)]
+    pub unhealthy_state_routing: FileUnhealthyStateRouting,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUnhealthyStateRouting {
+    #[serde(default)]
+    pub minimum_healthy_targets: FileMinimumHealthy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMinimumHealthy {
+    pub count: Option<i64>,
+    /// `"off"` or 1..=100 (AWS writes attribute values as strings; a bare integer is taken).
+    pub percentage: Option<FileIntOrString>,
+}
+
+/// An attribute value written as an integer or a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileIntOrString {
+    Int(i64),
+    Str(String),
 }
 
 /// AWS's `deregistration_delay.*` attributes.
@@ -189,6 +222,34 @@ pub struct FileOutlier {
     pub consecutive_failures: Option<i64>,
     pub ejection_time_seconds: Option<i64>,
     pub max_ejection_percent: Option<i64>,
+}
+
+/// AWS's routing failover (`target_group_health.unhealthy_state_routing`): while fewer
+/// targets than `count`, or than `percentage` percent of the registered ones, are healthy, the
+/// group sends new work to every registered target, unhealthy ones included (fail open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinimumHealthy {
+    /// 1 by default: fail open only when no target is healthy.
+    pub count: u32,
+    /// 0 = off (the default).
+    pub percentage: u32,
+}
+
+impl Default for MinimumHealthy {
+    fn default() -> Self {
+        MinimumHealthy {
+            count: 1,
+            percentage: 0,
+        }
+    }
+}
+
+impl MinimumHealthy {
+    /// Whether `healthy` of `total` registered targets breaches either threshold.
+    pub fn breached(&self, healthy: usize, total: usize) -> bool {
+        healthy < self.count as usize
+            || (self.percentage > 0 && healthy * 100 < self.percentage as usize * total)
+    }
 }
 
 /// Validated outlier ejection settings.
@@ -390,6 +451,8 @@ pub struct TargetGroupConfig {
     pub cross_zone: bool,
     /// The process's own zone (`server.zone`), set by the plane's config.
     pub local_zone: Option<String>,
+    /// Routing failover thresholds.
+    pub minimum_healthy: MinimumHealthy,
 }
 
 /// Which data plane a target group belongs to: decides protocols and defaults.
@@ -801,9 +864,35 @@ impl FileTargetGroup {
             .cross_zone
             .and_then(|c| c.enabled)
             .unwrap_or(plane == Plane::Alb);
+        let mp =
+            format!("{path}.target_group_health.unhealthy_state_routing.minimum_healthy_targets");
+        let m = self
+            .target_group_health
+            .unhealthy_state_routing
+            .minimum_healthy_targets;
+        let minimum_healthy = MinimumHealthy {
+            count: in_range(&format!("{mp}.count"), m.count.unwrap_or(1), 1, 10_000)? as u32,
+            percentage: match m.percentage {
+                None => 0,
+                Some(FileIntOrString::Str(s)) if s == "off" => 0,
+                Some(FileIntOrString::Str(s)) => match s.parse::<i64>() {
+                    Ok(n) => in_range(&format!("{mp}.percentage"), n, 1, 100)? as u32,
+                    Err(_) => {
+                        return Err(Violation::new(
+                            format!("{mp}.percentage"),
+                            format!("must be \"off\" or 1..=100, got \"{s}\""),
+                        ))
+                    }
+                },
+                Some(FileIntOrString::Int(n)) => {
+                    in_range(&format!("{mp}.percentage"), n, 1, 100)? as u32
+                }
+            },
+        };
         Ok(TargetGroupConfig {
             cross_zone,
             local_zone: None,
+            minimum_healthy,
             termination,
             proxy_protocol_v2,
             outlier_detection,

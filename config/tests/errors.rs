@@ -655,3 +655,51 @@ fn header_modification_values_are_checked_at_their_line() {
         assert!(rest.starts_with(want), "{err}");
     }
 }
+
+/// `target_group_health.unhealthy_state_routing.minimum_healthy_targets`: a count of 1 or
+/// more, and a percentage that is "off" or 1..=100 (as a string, as AWS writes it, or an
+/// integer); anything else names the key.
+#[test]
+fn minimum_healthy_targets_are_checked() {
+    let key = "target_groups.wordpress.target_group_health.unhealthy_state_routing.minimum_healthy_targets";
+    let with = |lines: &str| {
+        BASE.replace("  interval_seconds = 0", "interval_seconds = 5")
+            .replace(
+                "[target_groups.wordpress.health_check]",
+                &format!("[target_groups.wordpress.target_group_health.unhealthy_state_routing.minimum_healthy_targets]\n{lines}\n[target_groups.wordpress.health_check]"),
+            )
+    };
+    for (lines, count, percentage) in [
+        ("", 1, 0),
+        ("count = 3\npercentage = \"off\"", 3, 0),
+        ("percentage = \"50\"", 1, 50),
+        ("percentage = 75", 1, 75),
+    ] {
+        let cfg = parse::<FileAlb>("alb.toml", &with(lines), &cx()).unwrap();
+        let m = cfg.target_groups["wordpress"].minimum_healthy;
+        assert_eq!((m.count, m.percentage), (count, percentage), "{lines}");
+    }
+    for (lines, want) in [
+        (
+            "count = 0",
+            format!("{key}.count: must be 1..=10000, got 0"),
+        ),
+        (
+            "percentage = \"half\"",
+            format!("{key}.percentage: must be \"off\" or 1..=100, got \"half\""),
+        ),
+        (
+            "percentage = 0",
+            format!("{key}.percentage: must be 1..=100, got 0"),
+        ),
+        (
+            "percentage = \"101\"",
+            format!("{key}.percentage: must be 1..=100, got 101"),
+        ),
+    ] {
+        let err = parse::<FileAlb>("alb.toml", &with(lines), &cx())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&want), "{lines}: {err}");
+    }
+}

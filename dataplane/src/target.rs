@@ -5,7 +5,7 @@ use crate::health::{HealthMachine, Outcome, Reason, State, Transition};
 use crate::outlier::{OutlierPolicy, OutlierState};
 use crate::select::{self, Maglev, PeakEwma, SmoothWrr};
 use causeway_config::common::{
-    Algorithm, HealthCheckConfig, TargetConfig, TargetGroupConfig, Termination,
+    Algorithm, HealthCheckConfig, MinimumHealthy, TargetConfig, TargetGroupConfig, Termination,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -356,17 +356,27 @@ impl TargetGroup {
         }
     }
 
-    /// Whether any target is routable; when none is, the group fails open.
-    fn any_routable(&self) -> bool {
-        self.targets.iter().any(|t| t.state().routable())
+    /// Whether the group fails open: fewer of its targets routable than its routing failover
+    /// thresholds ask for (AWS's default: none routable).
+    pub fn fails_open(&self) -> bool {
+        let m = self.cfg.minimum_healthy;
+        if m == MinimumHealthy::default() {
+            return !self.targets.iter().any(|t| t.state().routable());
+        }
+        let routable = self.targets.iter().filter(|t| t.state().routable()).count();
+        m.breached(routable, self.targets.len())
     }
 
-    /// The targets a new request may use: the routable ones (or, failing open when none is
-    /// routable, every registered target), less those outlier detection ejected and those of
-    /// weight 0, whatever the algorithm; with cross-zone off, only those in the local zone
-    /// while any of them is usable.
+    /// The targets a new request may use: the routable ones (or, failing open, every
+    /// registered target), less those outlier detection ejected and those of weight 0,
+    /// whatever the algorithm; with cross-zone off, only those in the local zone while any of
+    /// them is usable.
     fn usable(&self) -> impl Fn(usize) -> bool + '_ {
-        let fail_open = !self.any_routable();
+        self.usable_when(self.fails_open())
+    }
+
+    /// [`Self::usable`], with whether the group fails open already known.
+    fn usable_when(&self, fail_open: bool) -> impl Fn(usize) -> bool + '_ {
         let base = move |i: usize| {
             let t = &self.targets[i];
             (fail_open || t.state().routable()) && !t.is_ejected() && t.cfg.weight > 0
@@ -411,14 +421,15 @@ impl TargetGroup {
     /// target while the group fails open.
     pub fn accepts(&self, t: &Target) -> bool {
         t.state().routable()
-            || (!matches!(t.state(), State::Draining | State::Unused) && !self.any_routable())
+            || (!matches!(t.state(), State::Draining | State::Unused) && self.fails_open())
     }
 
     /// Chooses a target for a new request or flow. `hash` is the flow or key hash, used by
     /// Maglev; the other algorithms ignore it.
     pub fn select(&self, hash: u64) -> Option<Arc<Target>> {
         let n = self.targets.len();
-        let usable = self.usable();
+        let fail_open = self.fails_open();
+        let usable = self.usable_when(fail_open);
         // The clock is read only when slow start needs it.
         let now = if self.cfg.slow_start.is_zero() {
             None
@@ -449,6 +460,12 @@ impl TargetGroup {
             }
             Algorithm::Maglev => self.maglev.as_ref()?.lookup_usable(hash, &usable),
         }?;
+        if fail_open {
+            // AWS's UnhealthyRoutingRequestCount (alb) and UnhealthyRoutingFlowCount (nlb).
+            metrics::counter!("causeway_unhealthy_routing_count",
+                "target_group" => self.cfg.name.clone())
+            .increment(1);
+        }
         Some(self.targets[i].clone())
     }
 
@@ -522,6 +539,7 @@ pub(crate) mod tests {
 
     pub(crate) fn tg(addrs: &[u16], algorithm: Algorithm) -> TargetGroupConfig {
         TargetGroupConfig {
+            minimum_healthy: Default::default(),
             name: "web".into(),
             protocol: "HTTP".into(),
             protocol_version: Default::default(),
@@ -579,6 +597,86 @@ pub(crate) mod tests {
         assert_eq!(g.host_counts(), (1, 0));
         g.targets[0].record_check(Outcome::Failed);
         assert_eq!(g.host_counts(), (1, 1));
+    }
+
+    /// AWS's routing failover thresholds: below `count` healthy targets, or below
+    /// `percentage` percent of them, the group sends work to every registered target.
+    #[tokio::test]
+    async fn minimum_healthy_targets_set_when_the_group_fails_open() {
+        let picks = |g: &TargetGroup| {
+            let mut p: Vec<u16> = (0..8).map(|_| port(&g.select(0).unwrap())).collect();
+            p.sort();
+            p.dedup();
+            p
+        };
+        for (m, healthy, want) in [
+            // AWS's default: fail open only with none healthy.
+            (MinimumHealthy::default(), 2, vec![1, 2]),
+            (MinimumHealthy::default(), 0, vec![1, 2, 3, 4]),
+            (
+                MinimumHealthy {
+                    count: 3,
+                    percentage: 0,
+                },
+                3,
+                vec![1, 2, 3],
+            ),
+            (
+                MinimumHealthy {
+                    count: 3,
+                    percentage: 0,
+                },
+                2,
+                vec![1, 2, 3, 4],
+            ),
+            (
+                MinimumHealthy {
+                    count: 1,
+                    percentage: 50,
+                },
+                2,
+                vec![1, 2],
+            ),
+            (
+                MinimumHealthy {
+                    count: 1,
+                    percentage: 50,
+                },
+                1,
+                vec![1, 2, 3, 4],
+            ),
+            // Either threshold breached is enough.
+            (
+                MinimumHealthy {
+                    count: 3,
+                    percentage: 25,
+                },
+                2,
+                vec![1, 2, 3, 4],
+            ),
+        ] {
+            let mut cfg = tg(&[1, 2, 3, 4], Algorithm::RoundRobin);
+            cfg.minimum_healthy = m;
+            let g = TargetGroup::build(cfg, None);
+            for (i, t) in g.targets.iter().enumerate() {
+                t.record_check(if i < healthy {
+                    Outcome::Success
+                } else {
+                    Outcome::Failed
+                });
+            }
+            assert_eq!(picks(&g), want, "{m:?} with {healthy} healthy");
+            assert_eq!(
+                g.fails_open(),
+                want.len() == 4,
+                "{m:?} with {healthy} healthy"
+            );
+            assert_eq!(
+                g.accepts(&g.targets[3]),
+                want.len() == 4,
+                "an unhealthy target takes work only while the group fails open"
+            );
+        }
     }
 
     #[tokio::test]
