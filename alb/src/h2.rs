@@ -193,6 +193,7 @@ async fn phases(
             path: parts.uri.path().as_bytes(),
             query: parts.uri.query().unwrap_or("").as_bytes(),
             host: Some(host_without_port(authority.as_bytes())),
+            host_as_sent: Some(authority.as_bytes()),
             source: ctx.from.peer.ip(),
             headers: &headers,
         };

@@ -481,6 +481,7 @@ async fn serve_request<S: ClientStream>(
             path,
             query,
             host: head.header(buf, "host").map(host_without_port),
+            host_as_sent: head.header(buf, "host"),
             source: client.peer.ip(),
             headers: &headers,
         };

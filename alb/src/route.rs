@@ -5,6 +5,7 @@ use causeway_config::alb::{Action, Condition, Listener, Rule};
 use causeway_config::cidr::Cidr;
 use causeway_config::listener_headers::{RequestRenames, ResponseHeaders};
 pub use causeway_dataplane::http1::uri::{glob, host_without_port, split_target};
+use regex_lite::Regex;
 use std::net::IpAddr;
 
 /// Looks headers up: calls the visitor with every value of a (lower-case) header name until it
@@ -21,6 +22,8 @@ pub struct RequestView<'a> {
     pub query: &'a [u8],
     /// The Host, without its port, if any.
     pub host: Option<&'a [u8]>,
+    /// The Host as sent (with its port, if it has one): what `regex_values` search.
+    pub host_as_sent: Option<&'a [u8]>,
     pub source: IpAddr,
     pub headers: HeaderLookup<'a>,
 }
@@ -44,6 +47,19 @@ enum Matcher {
     Method(Vec<Vec<u8>>),
     Query(Vec<(Option<Vec<u8>>, Vec<u8>)>),
     Source(Vec<Cidr>),
+    HostRe(Vec<Regex>),
+    PathRe(Vec<Regex>),
+    HeaderRe(String, Vec<Regex>),
+}
+
+/// Compiles regular expressions the config has already checked.
+fn regexes(v: &[String]) -> Vec<Regex> {
+    v.iter().filter_map(|r| Regex::new(r).ok()).collect()
+}
+
+/// Whether any of `res` is found in `text` (which must be UTF-8 to match at all).
+fn found(res: &[Regex], text: &[u8]) -> bool {
+    std::str::from_utf8(text).is_ok_and(|t| res.iter().any(|r| r.is_match(t)))
 }
 
 impl Matcher {
@@ -65,6 +81,11 @@ impl Matcher {
                     .collect(),
             ),
             Condition::SourceIp(v) => Matcher::Source(v.clone()),
+            Condition::HostHeaderRegex(v) => Matcher::HostRe(regexes(v)),
+            Condition::PathPatternRegex(v) => Matcher::PathRe(regexes(v)),
+            Condition::HttpHeaderRegex { name, values } => {
+                Matcher::HeaderRe(name.clone(), regexes(values))
+            }
         }
     }
 
@@ -88,6 +109,9 @@ impl Matcher {
                 })
             }),
             Matcher::Source(cidrs) => cidrs.iter().any(|c| c.contains(r.source)),
+            Matcher::HostRe(res) => r.host_as_sent.is_some_and(|h| found(res, h)),
+            Matcher::PathRe(res) => found(res, r.path),
+            Matcher::HeaderRe(name, res) => (r.headers)(name, &mut |v| found(res, v)),
         }
     }
 }
@@ -203,7 +227,8 @@ mod tests {
             method: method.as_bytes(),
             path,
             query,
-            host: Some(host.as_bytes()),
+            host: Some(host_without_port(host.as_bytes())),
+            host_as_sent: Some(host.as_bytes()),
             source: source.parse().unwrap(),
             headers,
         }
@@ -213,6 +238,64 @@ mod tests {
         match router.route(r).0 {
             Action::Forward { target_groups, .. } => target_groups[0].0.clone(),
             other => format!("{other:?}"),
+        }
+    }
+
+    /// `regex_values`: a search (anchor with `^` and `$`), case-sensitive unless `(?i)`; the
+    /// Host's regexes see its port; the path's see no query.
+    #[test]
+    fn regex_values_search_the_host_with_its_port_the_path_and_headers() {
+        let rules = vec![
+            rule(
+                1,
+                vec![Condition::HostHeaderRegex(vec![
+                    r"^shop\.example\.com:8443$".into(),
+                ])],
+                "shop-8443",
+            ),
+            rule(
+                2,
+                vec![Condition::PathPatternRegex(vec![
+                    r"^/api/v[0-9]+/".into(),
+                    r"\.php$".into(),
+                ])],
+                "api-or-php",
+            ),
+            rule(
+                3,
+                vec![Condition::HttpHeaderRegex {
+                    name: "user-agent".into(),
+                    values: vec![r"(?i)bot\b".into()],
+                }],
+                "bots",
+            ),
+        ];
+        let router = Router::from_rules(&rules, fwd("default"));
+        let none = |_: &str, _: &mut dyn FnMut(&[u8]) -> bool| false;
+        let bot =
+            |n: &str, f: &mut dyn FnMut(&[u8]) -> bool| n == "user-agent" && f(b"GoogleBOT/2.1");
+        let ext = "192.0.2.1";
+        for (target, host, headers, want) in [
+            (
+                "/",
+                "shop.example.com:8443",
+                &none as HeaderLookup<'_>,
+                "shop-8443",
+            ),
+            ("/", "shop.example.com", &none, "default"),
+            ("/", "shop.example.com:84430", &none, "default"),
+            ("/api/v2/items", "www.x", &none, "api-or-php"),
+            ("/API/v2/items", "www.x", &none, "default"),
+            ("/wp-login.php", "www.x", &none, "api-or-php"),
+            ("/wp-login.php?x=1", "www.x", &none, "api-or-php"),
+            ("/index.php.bak", "www.x", &none, "default"),
+            ("/", "www.x", &bot, "bots"),
+        ] {
+            assert_eq!(
+                routed(&router, &view("GET", target, host, headers, ext)),
+                want,
+                "{host}{target}"
+            );
         }
     }
 

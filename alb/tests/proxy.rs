@@ -1404,3 +1404,43 @@ async fn header_modification_reaches_refusals() {
         assert_eq!(r.header("x-content-type-options"), nosniff);
     }
 }
+
+/// Rules with `regex_values` route real requests: a path regex and a Host regex that sees the
+/// port the client sent; a request neither matches is forwarded.
+#[tokio::test]
+async fn regex_conditions_route_requests() {
+    let os = origins(&["web"]).await;
+    let rules = r#"
+[[listeners.rules]]
+priority = 1
+conditions = [{ field = "path-pattern", regex_values = ["^/api/v[0-9]+/", "\\.bak$"] }]
+action = { type = "fixed-response", status_code = 403, message_body = "path" }
+[[listeners.rules]]
+priority = 2
+conditions = [{ field = "host-header", regex_values = ["^admin\\.example\\.com:8443$"] }]
+action = { type = "fixed-response", status_code = 403, message_body = "host" }
+"#;
+    let alb = start(
+        &group("web", &[&os[0]]),
+        r#"{ type = "forward", target_group = "web" }"#,
+        rules,
+    )
+    .await;
+    for (path, host, status, body) in [
+        ("/api/v1/users", "www.example.com", 403, "path"),
+        ("/wp-config.php.bak", "www.example.com", 403, "path"),
+        ("/", "admin.example.com:8443", 403, "host"),
+        ("/", "admin.example.com", 200, ""),
+        ("/api/users", "www.example.com", 200, ""),
+    ] {
+        let mut s = TcpStream::connect(alb.addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let r = read_response(&mut s).await;
+        assert_eq!(r.status, status, "{host}{path}");
+        if status == 403 {
+            assert_eq!(r.body, body.as_bytes());
+        }
+    }
+    assert_eq!(os[0].total(), 2);
+}

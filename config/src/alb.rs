@@ -259,7 +259,10 @@ pub struct FileRule {
 pub struct FileCondition {
     pub field: String,
     pub header_name: Option<String>,
+    #[serde(default)]
     pub values: Vec<FileValue>,
+    /// AWS's `RegexValues` (host-header, path-pattern and http-header): instead of `values`.
+    pub regex_values: Option<Vec<String>>,
 }
 
 /// A condition value: a string, or a `{ key, value }` pair for `query-string`.
@@ -363,6 +366,15 @@ pub enum Condition {
     PathPattern(Vec<String>),
     /// Header `name` (case-insensitive) whose value matches a pattern, case-insensitive.
     HttpHeader {
+        name: String,
+        values: Vec<String>,
+    },
+    /// Regular expressions searched in the Host as sent (its port included).
+    HostHeaderRegex(Vec<String>),
+    /// Regular expressions searched in the path (no query).
+    PathPatternRegex(Vec<String>),
+    /// Header `name` (case-insensitive) with a value a regular expression is found in.
+    HttpHeaderRegex {
         name: String,
         values: Vec<String>,
     },
@@ -603,6 +615,39 @@ fn pattern(path: &str, v: &str, max: usize) -> Check<String> {
     Ok(v.to_owned())
 }
 
+/// An http-header condition's `header_name`: a token of at most 40 characters, lower-cased.
+fn header_name(path: &str, name: Option<String>) -> Check<String> {
+    let np = format!("{path}.header_name");
+    let name = name.ok_or_else(|| Violation::new(&np, "required for http-header"))?;
+    if name.is_empty()
+        || name.len() > 40
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+    {
+        return Err(Violation::new(
+            np,
+            format!("must be a header name of at most 40 characters, got \"{name}\""),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// A regular expression of at most `max` characters that `regex_lite` accepts: its syntax is
+/// ALB's (no look-around, back-references, atomic groups or Unicode classes).
+pub fn check_regex(path: &str, re: &str, max: usize) -> Check<()> {
+    if re.is_empty() || re.len() > max {
+        return Err(Violation::new(
+            path,
+            format!("must be 1 to {max} characters, got {}", re.len()),
+        ));
+    }
+    regex_lite::Regex::new(re).map(|_| ()).map_err(|e| {
+        let why = e.to_string().replace('\n', " ");
+        Violation::new(path, format!("not a regular expression ALB accepts: {why}"))
+    })
+}
+
 impl FileCondition {
     fn validate(self, path: &str) -> Check<Condition> {
         let field = one_of(
@@ -618,15 +663,45 @@ impl FileCondition {
             ],
         )?
         .to_owned();
-        let vpath = format!("{path}.values");
-        if self.values.is_empty() || self.values.len() > 5 {
-            return Err(Violation::new(&vpath, "must list 1 to 5 values"));
-        }
         if field != "http-header" && self.header_name.is_some() {
             return Err(Violation::new(
                 format!("{path}.header_name"),
                 "only http-header conditions take a header_name",
             ));
+        }
+        if let Some(res) = self.regex_values {
+            let rpath = format!("{path}.regex_values");
+            if !self.values.is_empty() {
+                return Err(Violation::new(
+                    rpath,
+                    "a condition takes values or regex_values, not both",
+                ));
+            }
+            if res.is_empty() || res.len() > 5 {
+                return Err(Violation::new(
+                    rpath,
+                    "must list 1 to 5 regular expressions",
+                ));
+            }
+            for (i, r) in res.iter().enumerate() {
+                check_regex(&format!("{rpath}[{i}]"), r, 128)?;
+            }
+            return Ok(match field.as_str() {
+                "host-header" => Condition::HostHeaderRegex(res),
+                "path-pattern" => Condition::PathPatternRegex(res),
+                "http-header" => Condition::HttpHeaderRegex {
+                    name: header_name(path, self.header_name)?,
+                    values: res,
+                },
+                _ => return Err(Violation::new(
+                    rpath,
+                    "only host-header, path-pattern and http-header conditions take regex_values",
+                )),
+            });
+        }
+        let vpath = format!("{path}.values");
+        if self.values.is_empty() || self.values.len() > 5 {
+            return Err(Violation::new(&vpath, "must list 1 to 5 values"));
         }
         let mut strings = Vec::new();
         let mut pairs = Vec::new();
@@ -663,27 +738,10 @@ impl FileCondition {
                     .collect(),
             ),
             "path-pattern" => Condition::PathPattern(list(128)?),
-            "http-header" => {
-                let np = format!("{path}.header_name");
-                let name = self
-                    .header_name
-                    .ok_or_else(|| Violation::new(&np, "required for http-header"))?;
-                if name.is_empty()
-                    || name.len() > 40
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
-                {
-                    return Err(Violation::new(
-                        np,
-                        format!("must be a header name of at most 40 characters, got \"{name}\""),
-                    ));
-                }
-                Condition::HttpHeader {
-                    name: name.to_ascii_lowercase(),
-                    values: list(128)?,
-                }
-            }
+            "http-header" => Condition::HttpHeader {
+                name: header_name(path, self.header_name)?,
+                values: list(128)?,
+            },
             "http-request-method" => {
                 let ms = list(40)?;
                 for (p, m) in strings.iter().map(|(p, _)| p).zip(&ms) {

@@ -703,3 +703,64 @@ fn minimum_healthy_targets_are_checked() {
         assert!(err.contains(&want), "{lines}: {err}");
     }
 }
+
+/// `regex_values`: instead of `values`, on host-header, path-pattern and http-header only, 1 to
+/// 5 expressions of at most 128 characters in ALB's syntax (no look-around); each refusal names
+/// the key.
+#[test]
+fn regex_values_are_checked() {
+    let with = |cond: &str| {
+        BASE.replace("  interval_seconds = 0", "interval_seconds = 5")
+            .replace(
+                "default_action = { type = \"forward\", target_group = \"wordpress\" }\n",
+                &format!("default_action = {{ type = \"forward\", target_group = \"wordpress\" }}\n[[listeners.rules]]\npriority = 1\nconditions = [{cond}]\naction = {{ type = \"fixed-response\", status_code = 404 }}\n"),
+            )
+    };
+    let cfg = parse::<FileAlb>(
+        "alb.toml",
+        &with(r#"{ field = "path-pattern", regex_values = ["^/api/v[0-9]+/"] }"#),
+        &cx(),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.listeners[0].rules[0].conditions,
+        [causeway_config::alb::Condition::PathPatternRegex(vec![
+            "^/api/v[0-9]+/".into()
+        ])]
+    );
+    let p = "listeners[0].rules[0].conditions[0].regex_values";
+    for (cond, want) in [
+        (
+            r#"{ field = "path-pattern", values = ["/a"], regex_values = ["^/a"] }"#.to_owned(),
+            format!("{p}: a condition takes values or regex_values, not both"),
+        ),
+        (
+            r#"{ field = "query-string", regex_values = ["a"] }"#.to_owned(),
+            format!("{p}: only host-header, path-pattern and http-header"),
+        ),
+        (
+            r#"{ field = "path-pattern", regex_values = ["^/(?=admin)"] }"#.to_owned(),
+            format!("{p}[0]: not a regular expression ALB accepts"),
+        ),
+        (
+            format!(
+                r#"{{ field = "host-header", regex_values = ["{}"] }}"#,
+                "a".repeat(129)
+            ),
+            format!("{p}[0]: must be 1 to 128 characters, got 129"),
+        ),
+        (
+            r#"{ field = "http-header", regex_values = ["x"] }"#.to_owned(),
+            "listeners[0].rules[0].conditions[0].header_name: required for http-header".to_owned(),
+        ),
+        (
+            r#"{ field = "path-pattern" }"#.to_owned(),
+            "listeners[0].rules[0].conditions[0].values: must list 1 to 5 values".to_owned(),
+        ),
+    ] {
+        let err = parse::<FileAlb>("alb.toml", &with(&cond), &cx())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&want), "{cond}: {err}");
+    }
+}

@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         path: t.as_bytes(),
         query: b"",
         host: Some(t.as_bytes()),
+        host_as_sent: Some(t.as_bytes()),
         source: std::net::Ipv4Addr::LOCALHOST.into(),
         headers: &none,
     };
