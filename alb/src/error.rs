@@ -31,6 +31,9 @@ pub enum ProxyError {
     /// Something failed after response bytes reached the client: only closing is left.
     #[error("response cut after it started")]
     ResponseCut,
+    /// A rule transform matched but made an invalid request (ALB answers 500).
+    #[error("{0}")]
+    Transform(crate::transform::TransformError),
 }
 
 impl ProxyError {
@@ -40,6 +43,7 @@ impl ProxyError {
             ProxyError::Client(s, _) => Some(s),
             ProxyError::ClientGone | ProxyError::ResponseCut => None,
             ProxyError::NoTargets => Some(503),
+            ProxyError::Transform(_) => Some(500),
             ProxyError::ConnectFailed | ProxyError::UpstreamFailed | ProxyError::BadResponse => {
                 Some(502)
             }
@@ -74,6 +78,10 @@ mod tests {
     fn statuses_and_retries() {
         assert_eq!(ProxyError::Client(431, "x").status(), Some(431));
         assert_eq!(ProxyError::NoTargets.status(), Some(503));
+        assert_eq!(
+            ProxyError::Transform(crate::transform::TransformError::Url).status(),
+            Some(500)
+        );
         assert_eq!(ProxyError::ConnectFailed.status(), Some(502));
         assert_eq!(ProxyError::UpstreamTimeout.status(), Some(504));
         assert_eq!(ProxyError::ResponseCut.status(), None);

@@ -7,6 +7,7 @@ use crate::action::{self, RedirectInput};
 use crate::error::ProxyError;
 use crate::hyper_upstream::{self, Origin, Relayed};
 use crate::route::{host_without_port, RequestView};
+use crate::transform::TransformError;
 use crate::{logging, sticky, upstream, Alb};
 use bytes::Bytes;
 use causeway_config::alb::Action;
@@ -184,7 +185,7 @@ async fn phases(
         Err(e) => return refused(e),
     };
     // route
-    let (action, priority) = {
+    let (action, priority, transforms) = {
         let headers = |name: &str, f: &mut dyn FnMut(&[u8]) -> bool| {
             parts.headers.get_all(name).iter().any(|v| f(v.as_bytes()))
         };
@@ -197,7 +198,7 @@ async fn phases(
             source: ctx.from.peer.ip(),
             headers: &headers,
         };
-        router.route(&view)
+        router.route_with_transforms(&view)
     };
     // action
     match action {
@@ -252,6 +253,35 @@ async fn phases(
             target_groups,
             group_stickiness,
         } => {
+            // The matched rule's transforms (the routing decision stands).
+            let mut parts = parts;
+            let mut authority = authority;
+            if let Some(t) = transforms {
+                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                match t.apply(target.as_bytes(), Some(authority.as_bytes())) {
+                    Err(te) => return refused(ProxyError::Transform(te)),
+                    Ok(rw) => {
+                        if let Some(new) = rw.target {
+                            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                            match new.parse() {
+                                Ok(pq) => uri.path_and_query = Some(pq),
+                                Err(_) => {
+                                    return refused(ProxyError::Transform(TransformError::Url))
+                                }
+                            }
+                            match hyper::Uri::from_parts(uri) {
+                                Ok(u) => parts.uri = u,
+                                Err(_) => {
+                                    return refused(ProxyError::Transform(TransformError::Url))
+                                }
+                            }
+                        }
+                        if let Some(new) = rw.host {
+                            authority = new;
+                        }
+                    }
+                }
+            }
             let tg_cookie = parts
                 .headers
                 .get_all(hyper::header::COOKIE)

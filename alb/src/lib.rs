@@ -14,6 +14,7 @@ pub mod response_filter;
 pub mod route;
 pub mod sticky;
 pub mod trace;
+pub mod transform;
 pub mod upstream;
 pub mod ws_h2;
 

@@ -426,7 +426,7 @@ async fn serve_request<S: ClientStream>(
     let received = Instant::now();
     client.requests += 1;
     let access_log = snap.compiled.access_log.as_ref();
-    let req = match request_filter::prepare(client, &head, lb) {
+    let mut req = match request_filter::prepare(client, &head, lb) {
         Ok(r) => r,
         Err(e) => {
             snap.compiled.elb_metrics.error(&e);
@@ -467,7 +467,7 @@ async fn serve_request<S: ClientStream>(
         i.tls_names = names;
     }
     // route
-    let (action, priority) = {
+    let (action, priority, transforms) = {
         let buf = &client.buf;
         let (path, query) = split_target(head.target(buf));
         let headers = |name: &str, f: &mut dyn FnMut(&[u8]) -> bool| {
@@ -485,7 +485,14 @@ async fn serve_request<S: ClientStream>(
             source: client.peer.ip(),
             headers: &headers,
         };
-        router.route(&view)
+        router.route_with_transforms(&view)
+    };
+    // The matched rule's transforms (the routing decision stands).
+    let transformed = match transforms {
+        Some(t) => t
+            .apply(head.target(&client.buf), head.header(&client.buf, "host"))
+            .map(Some),
+        None => Ok(None),
     };
     // The access log line is written once the request has ended, however it ended.
     let mut ended: Option<logging::Ended<'_>> = None;
@@ -494,62 +501,73 @@ async fn serve_request<S: ClientStream>(
         Action::Forward {
             target_groups,
             group_stickiness,
-        } => match upstream::pick_group(
-            snap,
-            target_groups,
-            *group_stickiness,
-            upstream::cookie_value(&client.buf, &head, crate::sticky::TG_COOKIE),
-            &snap.compiled.sticky_key,
-        ) {
-            None => {
-                ended = Some(logging::Ended::Refused(ProxyError::NoTargets));
-                Err((ProxyError::NoTargets, None))
-            }
-            Some((group, _)) if group.cfg.protocol_version.is_h2() => {
-                // AWS's 464: an HTTP/1.1 request for an HTTP/2 or gRPC target group.
-                let e = ProxyError::Client(464, "the target group speaks HTTP/2 only");
+        } => match transformed {
+            Err(te) => {
+                let e = ProxyError::Transform(te);
                 snap.compiled.elb_metrics.error(&e);
                 ended = Some(logging::Ended::Refused(e));
                 Err((e, None))
             }
-            Some((group, group_cookie)) => {
-                let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
-                let key = &snap.compiled.sticky_key;
-                let trace = crate::trace::TraceId::now();
-                if let Some(i) = info.as_mut() {
-                    let theirs = head.header(&client.buf, crate::trace::HEADER);
-                    trace.write(theirs, &mut i.trace);
+            Ok(rewrite) => {
+                req.rewrite = rewrite;
+                match upstream::pick_group(
+                    snap,
+                    target_groups,
+                    *group_stickiness,
+                    upstream::cookie_value(&client.buf, &head, crate::sticky::TG_COOKIE),
+                    &snap.compiled.sticky_key,
+                ) {
+                    None => {
+                        ended = Some(logging::Ended::Refused(ProxyError::NoTargets));
+                        Err((ProxyError::NoTargets, None))
+                    }
+                    Some((group, _)) if group.cfg.protocol_version.is_h2() => {
+                        // AWS's 464: an HTTP/1.1 request for an HTTP/2 or gRPC target group.
+                        let e = ProxyError::Client(464, "the target group speaks HTTP/2 only");
+                        snap.compiled.elb_metrics.error(&e);
+                        ended = Some(logging::Ended::Refused(e));
+                        Err((e, None))
+                    }
+                    Some((group, group_cookie)) => {
+                        let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
+                        let key = &snap.compiled.sticky_key;
+                        let trace = crate::trace::TraceId::now();
+                        if let Some(i) = info.as_mut() {
+                            let theirs = head.header(&client.buf, crate::trace::HEADER);
+                            trace.write(theirs, &mut i.trace);
+                        }
+                        let r = upstream::forward(
+                            client,
+                            &head,
+                            &req,
+                            group,
+                            lb,
+                            &mut scratch,
+                            hash,
+                            key,
+                            group_cookie.as_deref(),
+                            &trace,
+                            tls,
+                            &router.response_headers,
+                        )
+                        .await;
+                        logging::forwarded(
+                            &group.cfg.name,
+                            snap.compiled.group_metrics.get(&group.cfg.name),
+                            &snap.compiled.elb_metrics,
+                            received,
+                            &r,
+                        );
+                        if let (Some(log), Some(info)) = (access_log, &info) {
+                            let e = logging::Ended::Forwarded {
+                                group: &group.cfg.name,
+                                outcome: &r,
+                            };
+                            log.log(logging::access_line(info, e, priority));
+                        }
+                        r.map(|o| o.close)
+                    }
                 }
-                let r = upstream::forward(
-                    client,
-                    &head,
-                    &req,
-                    group,
-                    lb,
-                    &mut scratch,
-                    hash,
-                    key,
-                    group_cookie.as_deref(),
-                    &trace,
-                    tls,
-                    &router.response_headers,
-                )
-                .await;
-                logging::forwarded(
-                    &group.cfg.name,
-                    snap.compiled.group_metrics.get(&group.cfg.name),
-                    &snap.compiled.elb_metrics,
-                    received,
-                    &r,
-                );
-                if let (Some(log), Some(info)) = (access_log, &info) {
-                    let e = logging::Ended::Forwarded {
-                        group: &group.cfg.name,
-                        outcome: &r,
-                    };
-                    log.log(logging::access_line(info, e, priority));
-                }
-                r.map(|o| o.close)
             }
         },
         Action::FixedResponse {

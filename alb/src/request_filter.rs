@@ -10,7 +10,7 @@ use causeway_dataplane::http1::{Framing, Limits, RequestHead};
 use std::time::Duration;
 
 /// A request ready for routing. Spans refer to `client.buf`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Prepared {
     pub framing: Framing,
     /// Close the client connection after this exchange.
@@ -22,6 +22,8 @@ pub struct Prepared {
     /// A WebSocket upgrade request.
     pub websocket: bool,
     pub classification: Classification,
+    /// What the matched rule's transforms made of the request target and Host.
+    pub rewrite: Option<crate::transform::Rewritten>,
 }
 
 fn mode(m: DesyncMode) -> Mode {
@@ -130,6 +132,7 @@ pub fn prepare<S: ClientStream>(
         expect_continue,
         websocket,
         classification,
+        rewrite: None,
     })
 }
 

@@ -121,6 +121,7 @@ struct CompiledRule {
     priority: u32,
     matchers: Vec<Matcher>,
     action: Action,
+    transforms: Option<crate::transform::Compiled>,
 }
 
 /// One listener's rules, in priority order, and its default action.
@@ -150,6 +151,7 @@ impl Router {
                 priority: r.priority,
                 matchers: r.conditions.iter().map(Matcher::compile).collect(),
                 action: r.action.clone(),
+                transforms: crate::transform::Compiled::of(&r.transforms),
             })
             .collect();
         rules.sort_by_key(|r| r.priority);
@@ -164,12 +166,21 @@ impl Router {
     /// The action of the first rule whose conditions all match, or the default action.
     /// Also returns the matched rule's priority (`None` for the default).
     pub fn route(&self, r: &RequestView<'_>) -> (&Action, Option<u32>) {
+        let (action, priority, _) = self.route_with_transforms(r);
+        (action, priority)
+    }
+
+    /// [`Self::route`], with the matched rule's transforms (the default action has none).
+    pub fn route_with_transforms(
+        &self,
+        r: &RequestView<'_>,
+    ) -> (&Action, Option<u32>, Option<&crate::transform::Compiled>) {
         for rule in &self.rules {
             if rule.matchers.iter().all(|m| m.matches(r)) {
-                return (&rule.action, Some(rule.priority));
+                return (&rule.action, Some(rule.priority), rule.transforms.as_ref());
             }
         }
-        (&self.default, None)
+        (&self.default, None, None)
     }
 }
 
@@ -212,6 +223,7 @@ mod tests {
             priority,
             conditions,
             action: fwd(tg),
+            transforms: Default::default(),
         }
     }
 

@@ -277,13 +277,17 @@ pub fn build_request_head<S: ClientStream>(
     out.clear();
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
-    out.extend_from_slice(head.target(buf));
+    let rewrite = req.rewrite.as_ref();
+    match rewrite.and_then(|r| r.target.as_deref()) {
+        Some(t) => out.extend_from_slice(t.as_bytes()),
+        None => out.extend_from_slice(head.target(buf)),
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let port = client.local.port();
     let listed = ConnectionList::of(buf, &head.headers);
     for h in &head.headers {
         let name = h.name.get(buf);
-        let value = h.value.get(buf);
+        let mut value = h.value.get(buf);
         if listed.drops(name)
             || name.eq_ignore_ascii_case(b"x-forwarded-for")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
@@ -293,6 +297,11 @@ pub fn build_request_head<S: ClientStream>(
             || attribute_drops(lb, name, tls.mtls.is_some(), tls.renames)
         {
             continue;
+        }
+        if let Some(h) = rewrite.and_then(|r| r.host.as_deref()) {
+            if name.eq_ignore_ascii_case(b"host") {
+                value = h.as_bytes();
+            }
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");

@@ -752,3 +752,52 @@ routing.http.x_amzn_tls_version_and_cipher_suite.enabled = true"#
         assert_eq!(all(&seen, "x-amzn-tls-cipher-suite").len(), 1);
     }
 }
+
+/// ALB's rule transforms, over HTTP/1.1 and h2: the target gets the rewritten path and query
+/// and Host (AWS's own examples), the routing decision stands, a request the patterns do not
+/// match goes as it came, and a rewrite that makes an invalid target is answered 500 without
+/// reaching the target.
+#[tokio::test]
+async fn rule_transforms_rewrite_the_url_and_host_after_routing() {
+    let o = Origin::start().await;
+    let extra = r#"[[listeners.rules]]
+priority = 1
+conditions = [{ field = "path-pattern", values = ["/dp/*"] }]
+action = { type = "forward", target_group = "web" }
+transforms = [
+  { type = "url-rewrite", regex = "^/dp/([A-Za-z0-9]+)/?$", replace = "/product.php?id=$1" },
+  { type = "host-header-rewrite", regex = "^a\\.example\\.(test)", replace = "internal.$1" },
+]
+[[listeners.rules]]
+priority = 2
+conditions = [{ field = "path-pattern", values = ["/broken/*"] }]
+action = { type = "forward", target_group = "web" }
+transforms = [{ type = "url-rewrite", regex = "^/broken/", replace = "no-slash/" }]"#;
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", extra).await;
+    let port = addr.port();
+    for version in ["--http1.1", "--http2"] {
+        let (out, err) =
+            causeway_testkit::tls::curl(addr, "a.example.test", "/dp/B09G3HRMW", &[version]).await;
+        assert!(out.contains(" 200"), "{version}: {out}\n{err}");
+        let seen = o.seen().pop().unwrap();
+        assert_eq!(seen.path, "/product.php?id=B09G3HRMW", "{version}");
+        assert_eq!(
+            all(&seen, "host"),
+            [format!("internal.test:{port}")],
+            "{version}: the Host rewritten, then the listener port added as for any Host"
+        );
+        // A query makes the anchored URL pattern miss; the Host is still rewritten.
+        let (out, _) =
+            causeway_testkit::tls::curl(addr, "a.example.test", "/dp/B09G3HRMW?ref=1", &[version])
+                .await;
+        assert!(out.contains(" 200"), "{version}: {out}");
+        let seen = o.seen().pop().unwrap();
+        assert_eq!(seen.path, "/dp/B09G3HRMW?ref=1");
+        assert_eq!(all(&seen, "host"), [format!("internal.test:{port}")]);
+        let before = o.seen().len();
+        let (out, err) =
+            causeway_testkit::tls::curl(addr, "a.example.test", "/broken/x", &[version]).await;
+        assert!(out.contains(" 500"), "{version}: {out}\n{err}");
+        assert_eq!(o.seen().len(), before, "the 500 never reached the target");
+    }
+}

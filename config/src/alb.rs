@@ -252,6 +252,19 @@ pub struct FileRule {
     pub priority: i64,
     pub conditions: Vec<FileCondition>,
     pub action: FileAction,
+    #[serde(default)]
+    pub transforms: Vec<FileTransform>,
+}
+
+/// A rule transform (ALB's `Transforms`, one rewrite each).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTransform {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub regex: String,
+    #[serde(default)]
+    pub replace: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,6 +368,23 @@ pub struct Rule {
     pub priority: u32,
     pub conditions: Vec<Condition>,
     pub action: Action,
+    pub transforms: Transforms,
+}
+
+/// ALB's rule transforms: rewrites of a forwarded request's Host and URL, after routing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Transforms {
+    /// `host-header-rewrite`: searched in the Host as sent.
+    pub host: Option<Rewrite>,
+    /// `url-rewrite`: searched in the path and query.
+    pub url: Option<Rewrite>,
+}
+
+/// A regular expression and what each match becomes (`$1`, `${name}` expand captures).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub regex: String,
+    pub replace: String,
 }
 
 /// A rule condition, as AWS's `Field` plus its values (any value may match).
@@ -783,10 +813,48 @@ impl FileRule {
             conditions.push(c.validate(&format!("{path}.conditions[{i}]"))?);
         }
         let action = self.action.validate(&format!("{path}.action"), groups)?;
+        let mut transforms = Transforms::default();
+        for (i, t) in self.transforms.into_iter().enumerate() {
+            let tp = format!("{path}.transforms[{i}]");
+            if !matches!(action, Action::Forward { .. }) {
+                return Err(Violation::new(
+                    tp,
+                    "transforms rewrite requests forwarded to targets: this rule does not forward",
+                ));
+            }
+            let kind = one_of(
+                &format!("{tp}.type"),
+                &t.kind,
+                &["host-header-rewrite", "url-rewrite"],
+            )?;
+            check_regex(&format!("{tp}.regex"), &t.regex, 1024)?;
+            if t.replace.len() > 1024 || t.replace.bytes().any(|b| !(b' '..=b'~').contains(&b)) {
+                return Err(Violation::new(
+                    format!("{tp}.replace"),
+                    "at most 1024 visible ASCII characters",
+                ));
+            }
+            let slot = if kind == "url-rewrite" {
+                &mut transforms.url
+            } else {
+                &mut transforms.host
+            };
+            if slot.is_some() {
+                return Err(Violation::new(
+                    format!("{tp}.type"),
+                    format!("a rule takes one {kind} transform"),
+                ));
+            }
+            *slot = Some(Rewrite {
+                regex: t.regex,
+                replace: t.replace,
+            });
+        }
         Ok(Rule {
             priority,
             conditions,
             action,
+            transforms,
         })
     }
 }

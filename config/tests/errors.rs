@@ -764,3 +764,66 @@ fn regex_values_are_checked() {
         assert!(err.contains(&want), "{cond}: {err}");
     }
 }
+
+/// Rule transforms: on forwarding rules only, one of each type, ALB's regex syntax, a visible
+/// ASCII replacement; each refusal names the key.
+#[test]
+fn rule_transforms_are_checked() {
+    let with = |action: &str, transforms: &str| {
+        BASE.replace("  interval_seconds = 0", "interval_seconds = 5")
+            .replace(
+                "default_action = { type = \"forward\", target_group = \"wordpress\" }\n",
+                &format!("default_action = {{ type = \"forward\", target_group = \"wordpress\" }}\n[[listeners.rules]]\npriority = 1\nconditions = [{{ field = \"path-pattern\", values = [\"/a/*\"] }}]\naction = {action}\ntransforms = [{transforms}]\n"),
+            )
+    };
+    let fwd = r#"{ type = "forward", target_group = "wordpress" }"#;
+    let cfg = parse::<FileAlb>(
+        "alb.toml",
+        &with(
+            fwd,
+            r#"{ type = "url-rewrite", regex = "^/a/(.*)$", replace = "/b/$1" }"#,
+        ),
+        &cx(),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.listeners[0].rules[0].transforms.url,
+        Some(causeway_config::alb::Rewrite {
+            regex: "^/a/(.*)$".into(),
+            replace: "/b/$1".into()
+        })
+    );
+    let p = "listeners[0].rules[0].transforms";
+    for (action, transforms, want) in [
+        (
+            r#"{ type = "fixed-response", status_code = 404 }"#,
+            r#"{ type = "url-rewrite", regex = "a", replace = "b" }"#,
+            format!("{p}[0]: transforms rewrite requests forwarded to targets"),
+        ),
+        (
+            fwd,
+            r#"{ type = "url-rewrite", regex = "a", replace = "b" }, { type = "url-rewrite", regex = "c", replace = "d" }"#,
+            format!("{p}[1].type: a rule takes one url-rewrite transform"),
+        ),
+        (
+            fwd,
+            r#"{ type = "path-rewrite", regex = "a", replace = "b" }"#,
+            format!("{p}[0].type: must be one of host-header-rewrite, url-rewrite"),
+        ),
+        (
+            fwd,
+            r#"{ type = "host-header-rewrite", regex = "(?<=x)y", replace = "b" }"#,
+            format!("{p}[0].regex: not a regular expression ALB accepts"),
+        ),
+        (
+            fwd,
+            r#"{ type = "url-rewrite", regex = "a", replace = "b\r\nX: y" }"#,
+            format!("{p}[0].replace: at most 1024 visible ASCII characters"),
+        ),
+    ] {
+        let err = parse::<FileAlb>("alb.toml", &with(action, transforms), &cx())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&want), "{transforms}: {err}");
+    }
+}

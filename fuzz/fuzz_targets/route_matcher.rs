@@ -35,11 +35,13 @@ fuzz_target!(|data: &[u8]| {
             priority: 1,
             conditions: vec![Condition::HostHeader(vec![p.to_owned()])],
             action: fwd("host"),
+            transforms: Default::default(),
         },
         Rule {
             priority: 2,
             conditions: vec![Condition::PathPattern(vec![p.to_owned()])],
             action: fwd("path"),
+            transforms: Default::default(),
         },
     ];
     let router = Router::from_rules(&rules, fwd("default"));
