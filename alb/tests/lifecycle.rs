@@ -116,32 +116,25 @@ default_action = {{ type = "fixed-response", status_code = 200 }}
         )
         .unwrap()
     };
+    // `--check` fails, naming the config, the listener and `why`.
+    let refused = |why: &str| {
+        let out = Command::new(BIN)
+            .args(["--check", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("mtls.toml: listener 127.0.0.1:2: ") && err.contains(why),
+            "{err}"
+        );
+    };
     let crl = certs.join("client-ca-2.crl.pem");
     write(&store, &crl);
-    let out = Command::new(BIN)
-        .args(["--check", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("mtls.toml: listener 127.0.0.1:2: ")
-            && err.contains("clients.pem: not a CA certificate"),
-        "{err}"
-    );
+    refused("clients.pem: not a CA certificate");
     // A revocation list that is a certificate, not a CRL.
     write(&certs.join("client-ca.pem"), &certs.join("client-2.pem"));
-    let out = Command::new(BIN)
-        .args(["--check", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("mtls.toml: listener 127.0.0.1:2: ")
-            && err.contains("client-2.pem: no certificate revocation list in the file"),
-        "{err}"
-    );
+    refused("client-2.pem: no certificate revocation list in the file");
     write(&certs.join("client-ca.pem"), &crl);
     let out = Command::new(BIN)
         .args(["--check", cfg.to_str().unwrap()])

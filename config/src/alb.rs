@@ -649,6 +649,12 @@ fn pattern(path: &str, v: &str, max: usize) -> Check<String> {
 fn header_name(path: &str, name: Option<String>) -> Check<String> {
     let np = format!("{path}.header_name");
     let name = name.ok_or_else(|| Violation::new(&np, "required for http-header"))?;
+    check_field_name(&np, &name)?;
+    Ok(name.to_ascii_lowercase())
+}
+
+/// A field name as rules and attributes take it: 1 to 40 RFC 9110 token characters.
+pub(crate) fn check_field_name(path: &str, name: &str) -> Check<()> {
     if name.is_empty()
         || name.len() > 40
         || !name
@@ -656,11 +662,11 @@ fn header_name(path: &str, name: Option<String>) -> Check<String> {
             .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
     {
         return Err(Violation::new(
-            np,
+            path,
             format!("must be a header name of at most 40 characters, got \"{name}\""),
         ));
     }
-    Ok(name.to_ascii_lowercase())
+    Ok(())
 }
 
 /// A regular expression of at most `max` characters that `regex_lite` accepts: its syntax is

@@ -220,16 +220,7 @@ fn renames(
                 "only an HTTPS listener adds TLS fields to rename",
             ));
         }
-        if name.len() > 40
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
-        {
-            return Err(Violation::new(
-                np,
-                format!("must be a header name of at most 40 characters, got \"{name}\""),
-            ));
-        }
+        crate::alb::check_field_name(&np, &name)?;
         let clash = REQUEST_FIELDS
             .iter()
             .any(|(_, u)| *u != usual && u.eq_ignore_ascii_case(&name))
