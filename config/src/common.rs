@@ -687,7 +687,7 @@ impl FileTargetGroup {
     pub fn validate(self, name: &str, path: &str, plane: Plane) -> Check<TargetGroupConfig> {
         let (protocols, default_proto): (&[&str], &str) = match plane {
             Plane::Alb => (&["HTTP", "HTTPS"], "HTTP"),
-            Plane::Nlb => (&["TCP", "UDP", "TCP_UDP"], "TCP"),
+            Plane::Nlb => (&["TCP", "UDP", "TCP_UDP", "TLS"], "TCP"),
         };
         let protocol = one_of(
             &format!("{path}.protocol"),

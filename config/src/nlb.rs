@@ -235,11 +235,11 @@ impl ConfigFile for FileNlb {
                 )
                 .into());
             };
-            // NLB's pairings: a TCP_UDP group serves TCP, UDP and TCP_UDP listeners.
+            // NLB's pairings: a TCP_UDP group serves TCP, UDP and TCP_UDP listeners; a TLS group
+            // (TLS again to the targets) only TLS listeners.
             let fits = match protocol {
-                Protocol::Tcp | Protocol::Tls => {
-                    ["TCP", "TCP_UDP"].contains(&group.protocol.as_str())
-                }
+                Protocol::Tcp => ["TCP", "TCP_UDP"].contains(&group.protocol.as_str()),
+                Protocol::Tls => ["TCP", "TCP_UDP", "TLS"].contains(&group.protocol.as_str()),
                 Protocol::Udp => ["UDP", "TCP_UDP"].contains(&group.protocol.as_str()),
                 Protocol::TcpUdp => group.protocol == "TCP_UDP",
             };

@@ -400,6 +400,15 @@ fn nlb_udp_listeners_pair_with_udp_groups_as_on_nlb() {
         nlb("protocol = \"TCP_UDP\"", "protocol = \"UDP\"").unwrap_err(),
         "nlb.toml:5:1: listeners[0].target_group: a TCP_UDP listener cannot forward to the UDP target group \"t\""
     );
+    // A TLS group (TLS again to the targets) serves TLS listeners only.
+    assert_eq!(
+        nlb("", "protocol = \"TLS\"").unwrap_err(),
+        "nlb.toml:5:1: listeners[0].target_group: a TCP listener cannot forward to the TLS target group \"t\""
+    );
+    assert_eq!(
+        nlb("protocol = \"UDP\"", "protocol = \"TLS\"").unwrap_err(),
+        "nlb.toml:5:1: listeners[0].target_group: a UDP listener cannot forward to the TLS target group \"t\""
+    );
     assert!(nlb(
         "protocol = \"UDP\"",
         "protocol = \"UDP\"\nproxy_protocol_v2.enabled = true"

@@ -492,6 +492,23 @@ pub fn target_client_config(h2: bool) -> Arc<rustls::ClientConfig> {
     .clone()
 }
 
+/// The TLS client config for the nlb's TLS target groups: as [`target_client_config`], offering
+/// the protocol the client negotiated (`h2` or `http/1.1`), or no ALPN when it negotiated none.
+pub fn relay_client_config(alpn: Option<&[u8]>) -> Arc<rustls::ClientConfig> {
+    static NONE: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    match alpn {
+        Some(b"h2") => target_client_config(true),
+        Some(_) => target_client_config(false),
+        None => NONE
+            .get_or_init(|| {
+                let mut cfg = (*target_client_config(false)).clone();
+                cfg.alpn_protocols.clear();
+                Arc::new(cfg)
+            })
+            .clone(),
+    }
+}
+
 /// TLS to a target over `tcp`. No SNI is sent (the name is the target's IP), as AWS does.
 pub async fn connect_target(
     tcp: tokio::net::TcpStream,

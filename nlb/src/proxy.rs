@@ -33,6 +33,39 @@ impl ClientIo {
     }
 }
 
+/// The target's side of a flow: the TCP stream, or TLS over it for TLS target groups.
+enum TargetIo {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl TargetIo {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        match self {
+            TargetIo::Plain(s) => s,
+            TargetIo::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+/// TLS to a target of a TLS group, as NLB does it: the target's certificate is not verified
+/// and no SNI is sent; the client's ALPN choice, if it made one, is the only protocol offered.
+async fn target_tls(
+    tcp: tokio::net::TcpStream,
+    client: &ClientIo,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let alpn = match client {
+        ClientIo::Tls(s) => s.get_ref().1.alpn_protocol(),
+        ClientIo::Plain(_) => None,
+    };
+    let config = causeway_dataplane::tls::relay_client_config(alpn);
+    let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(tcp.peer_addr()?.ip().into());
+    let connect = Box::pin(tokio_rustls::TlsConnector::from(config).connect(name, tcp));
+    tokio::time::timeout(connect::CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)?
+}
+
 /// Serves one client connection.
 // The async block is on purpose: see the first comment of the body.
 #[allow(clippy::manual_async_fn)]
@@ -155,6 +188,23 @@ pub fn handle(
                 return;
             }
         }
+        // connect: TLS again to the targets of a TLS group (after the PROXY header, which
+        // precedes the handshake).
+        let mut upstream = if group.cfg.protocol == "TLS" {
+            match target_tls(upstream, &client).await {
+                Ok(s) => TargetIo::Tls(Box::new(s)),
+                Err(e) => {
+                    metrics::counter!("causeway_nlb_target_tls_negotiation_error_count", &labels)
+                        .increment(1);
+                    metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(1);
+                    tracing::warn!(target = %in_flight.target().cfg.address, error = %e,
+                        "TLS handshake with the target failed");
+                    return;
+                }
+            }
+        } else {
+            TargetIo::Plain(upstream)
+        };
         let active = metrics::gauge!("causeway_nlb_active_flow_count", &labels);
         active.increment(1.0);
         let idle = listener.map_or(DEFAULT_IDLE, |l| l.idle_timeout);
@@ -167,19 +217,19 @@ pub fn handle(
             }
         };
         let mode = listener.map_or(RelayMode::Auto, |l| l.relay);
-        let (n, result) = match &mut client {
-            ClientIo::Plain(s) => match mode {
+        let (n, result) = match (&mut client, &mut upstream) {
+            (ClientIo::Plain(s), TargetIo::Plain(up)) => match mode {
                 RelayMode::Splice => {
-                    tcp_relay::relay::<crate::splice::Pipe>(s, &upstream, idle, stop).await
+                    tcp_relay::relay::<crate::splice::Pipe>(s, up, idle, stop).await
                 }
-                RelayMode::Copy => {
-                    tcp_relay::relay::<tcp_relay::Buffer>(s, &upstream, idle, stop).await
-                }
-                RelayMode::Auto => {
-                    tcp_relay::relay::<tcp_relay::Auto>(s, &upstream, idle, stop).await
-                }
+                RelayMode::Copy => tcp_relay::relay::<tcp_relay::Buffer>(s, up, idle, stop).await,
+                RelayMode::Auto => tcp_relay::relay::<tcp_relay::Auto>(s, up, idle, stop).await,
             },
-            ClientIo::Tls(s) => relay::relay(&mut **s, &mut upstream, idle, stop).await,
+            (ClientIo::Tls(s), TargetIo::Plain(up)) => relay::relay(&mut **s, up, idle, stop).await,
+            (ClientIo::Tls(s), TargetIo::Tls(up)) => {
+                relay::relay(&mut **s, &mut **up, idle, stop).await
+            }
+            (ClientIo::Plain(s), TargetIo::Tls(up)) => relay::relay(s, &mut **up, idle, stop).await,
         };
         metrics::counter!("causeway_nlb_processed_bytes", &labels)
             .increment(n.client_to_target + n.target_to_client);
@@ -191,7 +241,7 @@ pub fn handle(
             Err(relay::RelayError::Terminated) => {
                 // Reset both sides, as NLB does when it terminates a flow.
                 metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(2);
-                for s in [client.tcp(), &upstream] {
+                for s in [client.tcp(), upstream.tcp()] {
                     if let Err(e) = s.set_zero_linger() {
                         tracing::debug!(error = %e, "SO_LINGER");
                     }

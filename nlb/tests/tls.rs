@@ -14,6 +14,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 async fn start(o: &Origin, policy: &str, alpn: &str) -> (Arc<Server<Nlb>>, SocketAddr) {
+    start_group(o, policy, alpn, "TCP").await
+}
+
+/// [`start`], with the target group's `protocol`.
+async fn start_group(
+    o: &Origin,
+    policy: &str,
+    alpn: &str,
+    group_protocol: &str,
+) -> (Arc<Server<Nlb>>, SocketAddr) {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let certs = causeway_testkit::tls::certificates_toml();
     let text = format!(
@@ -28,6 +38,7 @@ ssl_policy = "{policy}"
 alpn_policy = "{alpn}"
 certificates = [{certs}]
 [target_groups.t]
+protocol = "{group_protocol}"
 targets = [{{ address = "{target}" }}]
 "#,
         admin = free_port(),
@@ -103,4 +114,40 @@ async fn the_tls13_only_policy_refuses_tls12() {
     let (out, err) = curl(addr, "a.example.test", "/", &[]).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
     assert!(err.contains("TLSv1.3"), "{err}");
+}
+
+/// NLB's TLS target groups: a TLS listener's flows are encrypted again to the targets (whose
+/// certificate is not checked, as on NLB), with the client's ALPN choice offered to the target,
+/// so h2 and HTTP/1.1 both reach a TLS origin intact; a plaintext target fails the handshake
+/// and its flow is closed.
+#[tokio::test]
+async fn tls_target_groups_encrypt_again_to_the_targets() {
+    let o = Origin::builder().name("tls").tls().start().await;
+    let (_s, addr) = start_group(
+        &o,
+        "ELBSecurityPolicy-TLS13-1-2-2021-06",
+        "HTTP2Preferred",
+        "TLS",
+    )
+    .await;
+    for (version, line, seen_version) in [
+        ("--http1.1", "HTTP/1.1 200", "HTTP/1.1"),
+        ("--http2", "HTTP/2 200", "HTTP/2.0"),
+    ] {
+        let (out, err) = curl(addr, "a.example.test", "/again", &[version]).await;
+        assert!(out.starts_with(line), "{version}: {out}\n{err}");
+        assert!(out.ends_with("origin tls /again\n"), "{out}");
+        let seen = o.seen().pop().unwrap();
+        assert!(seen.tls, "the target was reached over TLS");
+        assert_eq!(
+            seen.version, seen_version,
+            "{version}: the client's ALPN choice held"
+        );
+    }
+    let plain = Origin::start().await;
+    let (_p, addr) =
+        start_group(&plain, "ELBSecurityPolicy-TLS13-1-2-2021-06", "None", "TLS").await;
+    let (out, _) = curl(addr, "a.example.test", "/", &["--http1.1"]).await;
+    assert!(out.is_empty(), "a plaintext target never answers: {out}");
+    assert_eq!(plain.total(), 0);
 }
