@@ -289,6 +289,8 @@ pub struct TargetGroup {
     local: Vec<bool>,
     /// Bounds retries to this group's targets.
     pub retry_budget: crate::retry::RetryBudget,
+    /// Choices made while the group fails open (registered once: a hot path may count here).
+    unhealthy_routing: metrics::Counter,
 }
 
 impl TargetGroup {
@@ -345,6 +347,8 @@ impl TargetGroup {
                 .collect(),
             _ => Vec::new(),
         };
+        let unhealthy_routing = metrics::counter!("causeway_unhealthy_routing_count",
+            "target_group" => cfg.name.clone());
         TargetGroup {
             cfg,
             targets,
@@ -353,6 +357,7 @@ impl TargetGroup {
             maglev,
             local,
             retry_budget: crate::retry::RetryBudget::default(),
+            unhealthy_routing,
         }
     }
 
@@ -462,9 +467,7 @@ impl TargetGroup {
         }?;
         if fail_open {
             // AWS's UnhealthyRoutingRequestCount (alb) and UnhealthyRoutingFlowCount (nlb).
-            metrics::counter!("causeway_unhealthy_routing_count",
-                "target_group" => self.cfg.name.clone())
-            .increment(1);
+            self.unhealthy_routing.increment(1);
         }
         Some(self.targets[i].clone())
     }
