@@ -106,9 +106,34 @@ def pids_of(pid):
     return out
 
 
+# --kernel-threads: a relay done inside the kernel (an experiment's BPF sockmap) sends from
+# kworker threads and is charged to whichever process received the packet, so its CPU is not
+# the proxy process's. With the flag, every row's CPU includes the kernel threads' CPU too.
+KERNEL_THREADS = False
+
+
+def kernel_threads():
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if open(f"/proc/{d}/comm").read().startswith(("kworker", "ksoftirqd")):
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def machine_busy():
+    """CPU-seconds all CPUs spent busy (not idle or waiting on I/O) since boot: the proxy,
+    the client, the origin and the kernel together."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / TICK
+
+
 def cpu_seconds(pid):
     total = 0
-    for p in pids_of(pid):
+    for p in pids_of(pid) + (kernel_threads() if KERNEL_THREADS else []):
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
@@ -180,10 +205,11 @@ def measure(proxy, seconds, conns, client="wrk"):
     client = proxy.get("client", client)
     run = {"h2load": h2load, "h3load": h3load}.get(client, wrk)
     run(url, 2, conns)  # warm-up: pools, caches
-    before = cpu_seconds(proxy["pid"])
+    before, busy = cpu_seconds(proxy["pid"]), machine_busy()
     r = run(url, seconds, conns) if client != "wrk" else wrk(url, seconds, conns, proxy.get("wrk_extra", ()))
     # A proxy that served nothing (a client it cannot speak to) is reported, not divided by.
     cpu = cpu_seconds(proxy["pid"]) - before
+    r["machine_per_100k"] = (machine_busy() - busy) / r["requests"] * 100_000 if r["requests"] else float("nan")
     r["cpu_per_100k"] = cpu / r["requests"] * 100_000 if r["requests"] else float("nan")
     if not r["requests"]:
         r["errors"] = max(r.get("errors", 0), 1)
@@ -429,6 +455,17 @@ def haproxy(mode, path="/", maxconn=4000, tls=False):
             "url": f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"}
 
 
+def extra_proxy(spec, path="/"):
+    """`--extra-proxy NAME=COMMAND`: an experiment's proxy on CPU 1 beside the others. The
+    command's `{port}` is the port it must listen on, `{origin}` the first origin's port."""
+    name, _, cmd = spec.partition("=")
+    port = free_port()
+    argv = [a.format(port=port, origin=ORIGIN_PORTS[0]) for a in cmd.split()]
+    p = start(argv, 1, "extra-" + re.sub(r"\W+", "-", name))
+    wait_port(port)
+    return {"name": name, "pid": p.pid, "url": f"http://127.0.0.1:{port}{path}"}
+
+
 def nginx_peer(cache, path="/", h2=False, tls=False):
     port = free_port()
     p = start(["nginx", "-c", nginx_peer_cfg(port, cache, h2, tls)], 1, "nginx-peer")
@@ -557,6 +594,8 @@ def scenario_proxies(args):
         for p in proxies:
             ev = cache_evidence_h2(p["url"]) if h2 else cache_evidence(p["url"])
             notes.append(f"{p['name']}, second GET: {ev}")
+    for spec in args.extra_proxy:
+        proxies.append(extra_proxy(spec, path))
     return proxies, notes
 
 
@@ -591,8 +630,15 @@ def main():
                          "folder (another commit's), interleaved, as a row of its own (for "
                          "bulk, the nlb's default relay)")
     ap.add_argument("--peers-only", action="store_true")
+    ap.add_argument("--extra-proxy", action="append", default=[], metavar="NAME=COMMAND",
+                    help="http, tcp and bulk scenarios: also run this command on CPU 1 as a row "
+                         "({port}: where it listens; {origin}: the first origin's port)")
+    ap.add_argument("--kernel-threads", action="store_true",
+                    help="count kworker and ksoftirqd CPU in every row's CPU (for in-kernel relays)")
     ap.add_argument("--json", help="write raw per-round numbers here")
     args = ap.parse_args()
+    global KERNEL_THREADS
+    KERNEL_THREADS = args.kernel_threads
     if os.cpu_count() < 2:
         raise SystemExit("needs 2 CPUs: the proxy on CPU 1, origin and wrk on CPU 0")
 
@@ -620,7 +666,8 @@ def main():
 
     med = {}
     for name, rs in results.items():
-        med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p99_ms", "cpu_per_100k")}
+        med[name] = {k: statistics.median(r[k] for r in rs)
+                     for k in ("rps", "p99_ms", "cpu_per_100k", "machine_per_100k")}
         med[name]["errors"] = sum(r["errors"] for r in rs)
     cmd = "bash benches/load/run.sh " + " ".join(sys.argv[1:])
     proto = {"h2load": ", h2c", "h3load": ", h3 / h2+TLS / h1"}.get(args.client, "")
@@ -634,11 +681,12 @@ def main():
           f"{args.connections} {conns}, medians.\n")
     lat = "mean ms (h2load) / p99 ms" if args.client == "h3load" else (
         "mean ms" if args.client == "h2load" else "p99 ms")
-    print(f"| proxy | req/s | {lat} | CPU-s / 100k req | errors |")
-    print("|---|---|---|---|---|")
+    print(f"| proxy | req/s | {lat} | CPU-s / 100k req | machine CPU-s / 100k req | errors |")
+    print("|---|---|---|---|---|---|")
     for name, m in med.items():
         flag = " ⚠" if m["errors"] else ""
-        print(f"| {name} | {m['rps']:.0f} | {m['p99_ms']:.2f} | {m['cpu_per_100k']:.3f} | {m['errors']}{flag} |")
+        print(f"| {name} | {m['rps']:.0f} | {m['p99_ms']:.2f} | {m['cpu_per_100k']:.3f} | "
+              f"{m['machine_per_100k']:.3f} | {m['errors']}{flag} |")
     cw = [n for n in med if n.startswith("causeway")]
     if cw:
         c = med[cw[0]]
@@ -681,6 +729,8 @@ def bulk(args):
         c["name"] += " (baseline)"
         rows.append(c)
     rows.append(haproxy("tcp", "/bulk"))
+    for spec in args.extra_proxy:
+        rows.append(extra_proxy(spec, "/bulk"))
     results = {r["name"]: [] for r in rows}
     for rnd in range(args.rounds):
         for r in rows:
