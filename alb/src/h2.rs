@@ -261,6 +261,11 @@ async fn phases(
                 match t.apply(target.as_bytes(), Some(authority.as_bytes())) {
                     Err(te) => return refused(ProxyError::Transform(te)),
                     Ok(rw) => {
+                        if let Some(info) = info {
+                            let mut i = info.lock().unwrap_or_else(|e| e.into_inner());
+                            i.transformed_host.clone_from(&rw.host);
+                            i.transformed_uri.clone_from(&rw.target);
+                        }
                         if let Some(new) = rw.target {
                             let mut uri = std::mem::take(&mut parts.uri).into_parts();
                             match new.parse() {
@@ -392,6 +397,9 @@ fn request_info(
         classification_reason: "-".into(),
         trace: Vec::new(),
         tls_names: from.tls_names.unwrap_or(("-", "-")),
+        conn_trace: logging::conn_trace(from.peer, from.local, from.opened),
+        transformed_host: None,
+        transformed_uri: None,
     }
 }
 

@@ -88,6 +88,8 @@ pub struct Origin {
     pub mtls: Option<std::sync::Arc<[(&'static str, String)]>>,
     /// The listener's new names for the TLS fields (`crate::upstream::TlsFacts::renames`).
     pub renames: Option<std::sync::Arc<causeway_config::listener_headers::RequestRenames>>,
+    /// When the connection opened (its access log `conn_trace_id` comes from it).
+    pub opened: tokio::time::Instant,
 }
 
 /// A target's response body on its way to the client: from an h2 target (holding the
@@ -888,6 +890,7 @@ mod tests {
             tls_names: None,
             mtls: None,
             renames: None,
+            opened: tokio::time::Instant::now(),
         }
     }
 

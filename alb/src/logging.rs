@@ -112,6 +112,34 @@ pub struct RequestInfo {
     pub trace: Vec<u8>,
     /// `ssl_cipher` and `ssl_protocol` (`-` over cleartext).
     pub tls_names: (&'static str, &'static str),
+    /// `conn_trace_id`: the connection's id (`conn_trace`).
+    pub conn_trace: u128,
+    /// `transformed_host` and `transformed_uri`: what the matched rule's transforms made of
+    /// the Host and the request target (`None`: no transform changed it).
+    pub transformed_host: Option<String>,
+    pub transformed_uri: Option<String>,
+}
+
+/// ALB's `conn_trace_id` for a connection: opaque, the same on every request the connection
+/// carries, and different for each connection. It is a hash of the connection's addresses and
+/// the instant it opened, keyed at random once per process, so nothing is stored per
+/// connection to remember it.
+pub fn conn_trace(peer: SocketAddr, local: SocketAddr, opened: Instant) -> u128 {
+    use std::hash::{BuildHasher, RandomState};
+    static KEYS: std::sync::OnceLock<[RandomState; 2]> = std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(|| [RandomState::new(), RandomState::new()]);
+    let what = (peer, local, opened);
+    (u128::from(keys[0].hash_one(what)) << 64) | u128::from(keys[1].hash_one(what))
+}
+
+/// The connection a request came on, as its access log line needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// When it opened (`conn_trace`).
+    pub opened: Instant,
+    pub tls: bool,
 }
 
 impl RequestInfo {
@@ -119,11 +147,15 @@ impl RequestInfo {
         buf: &[u8],
         head: &causeway_dataplane::http1::RequestHead,
         classification: causeway_dataplane::desync::Classification,
-        client: SocketAddr,
-        listener: SocketAddr,
+        conn: Conn,
         received: Instant,
-        tls: bool,
     ) -> RequestInfo {
+        let Conn {
+            peer: client,
+            local: listener,
+            opened,
+            tls,
+        } = conn;
         let mut request = Vec::with_capacity(64 + head.target.len());
         request.extend_from_slice(head.method(buf));
         request.extend_from_slice(if tls { b" https://" } else { b" http://" });
@@ -163,6 +195,9 @@ impl RequestInfo {
             },
             trace: Vec::new(),
             tls_names: ("-", "-"),
+            conn_trace: conn_trace(client, listener, opened),
+            transformed_host: None,
+            transformed_uri: None,
         }
     }
 }
@@ -271,5 +306,14 @@ pub fn access_line(info: &RequestInfo, ended: Ended<'_>, priority: Option<u32>) 
         info.classification,
         info.classification_reason
     );
+    // conn_trace_id "transformed_host" "transformed_uri" "request_transform_status". AWS's
+    // values for the last are not documented where we could read them; it stays `-` here,
+    // and a transform that failed is in error_reason.
+    let _ = write!(l, " TID_{:032x} ", info.conn_trace);
+    for part in [&info.transformed_host, &info.transformed_uri] {
+        quote(&mut l, part.as_deref().map_or(b"-", str::as_bytes));
+        l.push(' ');
+    }
+    l.push_str("\"-\"");
     l
 }

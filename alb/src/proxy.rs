@@ -268,6 +268,7 @@ async fn serve_tls(
             tls_names: Some(names),
             mtls: cert_fields.map(std::sync::Arc::from),
             renames,
+            opened: Instant::now(),
         };
         let Client {
             stream, shutdown, ..
@@ -367,6 +368,7 @@ async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>) {
         tls_names: None,
         mtls: None,
         renames: None,
+        opened: Instant::now(),
     };
     crate::h2::serve(io, from, snaps.clone(), shutdown).await;
 }
@@ -398,6 +400,16 @@ fn admit(conn: &Client, snaps: &Snapshots<Alb>) -> Result<Option<Box<Slot>>, ()>
             }
             Err(())
         }
+    }
+}
+
+/// The client's connection, for its access log lines.
+fn conn<S: ClientStream>(client: &Client<S>, opened: Instant) -> logging::Conn {
+    logging::Conn {
+        peer: client.peer,
+        local: client.local,
+        opened,
+        tls: client.tls,
     }
 }
 
@@ -436,10 +448,8 @@ async fn serve_request<S: ClientStream>(
                     &client.buf,
                     &head,
                     c,
-                    client.peer,
-                    client.local,
+                    conn(client, opened),
                     received,
-                    client.tls,
                 );
                 log.log(logging::access_line(
                     &info,
@@ -457,10 +467,8 @@ async fn serve_request<S: ClientStream>(
             &client.buf,
             &head,
             req.classification,
-            client.peer,
-            client.local,
+            conn(client, opened),
             received,
-            client.tls,
         )
     });
     if let (Some(i), Some(names)) = (info.as_mut(), tls.names) {
@@ -509,6 +517,10 @@ async fn serve_request<S: ClientStream>(
                 Err((e, None))
             }
             Ok(rewrite) => {
+                if let (Some(i), Some(rw)) = (info.as_mut(), rewrite.as_ref()) {
+                    i.transformed_host.clone_from(&rw.host);
+                    i.transformed_uri.clone_from(&rw.target);
+                }
                 req.rewrite = rewrite;
                 match upstream::pick_group(
                     snap,

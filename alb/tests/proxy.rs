@@ -823,6 +823,13 @@ action = { type = "fixed-response", status_code = 404, message_body = "nope" }
     .await
     .unwrap();
     raw::get(alb.addr, "/fixed", &[]).await.unwrap();
+    // Two requests on one keep-alive connection.
+    let mut kept = TcpStream::connect(alb.addr).await.unwrap();
+    for path in ["/kept/1", "/kept/2"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        kept.write_all(req.as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut kept).await.status, 200);
+    }
     raw::exchange(
         alb.addr,
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
@@ -833,13 +840,44 @@ action = { type = "fixed-response", status_code = 404, message_body = "nope" }
     let mut text = String::new();
     for _ in 0..200 {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 3 {
+        if text.lines().count() >= 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
+    // The last six fields: classification, classification_reason, conn_trace_id,
+    // transformed_host, transformed_uri, request_transform_status.
+    let tail = |line: &str| -> Vec<String> {
+        let mut t: Vec<String> = line.rsplitn(7, ' ').take(6).map(str::to_owned).collect();
+        t.reverse();
+        t
+    };
+    let tid = |line: &str| tail(line)[2].clone();
+    for line in &lines {
+        let t = tid(line);
+        assert!(
+            t.len() == 36 && t.starts_with("TID_") && t[4..].bytes().all(|b| b.is_ascii_hexdigit()),
+            "conn_trace_id: {line}"
+        );
+        assert_eq!(
+            tail(line)[3..],
+            ["\"-\"", "\"-\"", "\"-\""],
+            "no transform: {line}"
+        );
+    }
+    assert_eq!(
+        tid(lines[2]),
+        tid(lines[3]),
+        "one connection, one conn_trace_id"
+    );
+    assert_ne!(tid(lines[0]), tid(lines[1]), "each connection its own");
+    assert_ne!(tid(lines[1]), tid(lines[2]));
+    assert!(
+        lines[2].contains("/kept/1 HTTP") && lines[3].contains("/kept/2 HTTP"),
+        "{text}"
+    );
     let f: Vec<&str> = lines[0].split(' ').collect();
     assert_eq!(f[0], "http");
     assert!(f[1].ends_with('Z') && f[1].contains('T'), "time: {}", f[1]);
@@ -867,7 +905,12 @@ action = { type = "fixed-response", status_code = 404, message_body = "nope" }
         "trace id logged: {}",
         lines[0]
     );
-    assert!(lines[0].ends_with("\"-\" \"-\""), "compliant: {}", lines[0]);
+    assert_eq!(
+        tail(lines[0])[..2],
+        ["\"-\"", "\"-\""],
+        "compliant: {}",
+        lines[0]
+    );
     assert!(
         lines[1].contains(" 404 - ")
             && lines[1].contains("\"fixed-response\"")
@@ -875,11 +918,12 @@ action = { type = "fixed-response", status_code = 404, message_body = "nope" }
         "{}",
         lines[1]
     );
-    assert!(lines[2].contains(" 400 - "), "{}", lines[2]);
-    assert!(
-        lines[2].ends_with("\"Severe\" \"MultipleContentLength\""),
+    assert!(lines[4].contains(" 400 - "), "{}", lines[4]);
+    assert_eq!(
+        tail(lines[4])[..2],
+        ["\"Severe\"", "\"MultipleContentLength\""],
         "classification logged: {}",
-        lines[2]
+        lines[4]
     );
 }
 

@@ -773,7 +773,13 @@ priority = 2
 conditions = [{ field = "path-pattern", values = ["/broken/*"] }]
 action = { type = "forward", target_group = "web" }
 transforms = [{ type = "url-rewrite", regex = "^/broken/", replace = "no-slash/" }]"#;
-    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", extra).await;
+    let dir = causeway_testkit::lifecycle::TempDir::new("transformlog");
+    let log = dir.path().join("access.log");
+    let extra = format!(
+        "{extra}\n[load_balancer]\naccess_logs.enabled = true\naccess_logs.path = \"{}\"\n",
+        log.display()
+    );
+    let (_s, addr) = start(&o, "ELBSecurityPolicy-TLS13-1-2-2021-06", &extra).await;
     let port = addr.port();
     for version in ["--http1.1", "--http2"] {
         let (out, err) =
@@ -799,5 +805,37 @@ transforms = [{ type = "url-rewrite", regex = "^/broken/", replace = "no-slash/"
             causeway_testkit::tls::curl(addr, "a.example.test", "/broken/x", &[version]).await;
         assert!(out.contains(" 500"), "{version}: {out}\n{err}");
         assert_eq!(o.seen().len(), before, "the 500 never reached the target");
+    }
+    // The access log's transformed_host and transformed_uri: what was sent, or `-` for a part
+    // no transform changed; request_transform_status stays `-`.
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 6 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    for (i, kind) in [(0, "https"), (3, "h2")] {
+        assert!(lines[i].starts_with(kind), "{}", lines[i]);
+        assert!(
+            lines[i].ends_with(&format!(
+                " \"internal.test:{port}\" \"/product.php?id=B09G3HRMW\" \"-\""
+            )),
+            "{}",
+            lines[i]
+        );
+        assert!(
+            lines[i + 1].ends_with(&format!(" \"internal.test:{port}\" \"-\" \"-\"")),
+            "the anchored URL pattern missed: {}",
+            lines[i + 1]
+        );
+        assert!(
+            lines[i + 2].contains(" 500 - ") && lines[i + 2].ends_with(" \"-\" \"-\" \"-\""),
+            "a failed transform changes nothing: {}",
+            lines[i + 2]
+        );
     }
 }
