@@ -78,6 +78,13 @@ else
   echo "not root: no network namespace, UDP flood skipped"
 fi
 
+step "client IP preservation across three network namespaces (the target sees the client)"
+if [ "$(id -u)" = 0 ]; then
+  python3 benches/reliability/client_ip_netns.py --bin-dir target/debug
+else
+  echo "not root: no network namespace, client IP preservation across hosts skipped"
+fi
+
 step "fuzz every parser target for 60 s (cargo-fuzz, libFuzzer)"
 bash scripts/fuzz.sh 60
 

@@ -43,6 +43,7 @@ fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
         algorithm,
         stickiness: None,
         proxy_protocol_v2: false,
+        preserve_client_ip: false,
         termination: causeway_config::common::Termination::NEVER,
         cross_zone: true,
         local_zone: None,

@@ -128,6 +128,8 @@ pub struct FileTargetGroup {
     #[serde(default)]
     pub proxy_protocol_v2: FileEnabled,
     #[serde(default)]
+    pub preserve_client_ip: FileEnabled,
+    #[serde(default)]
     pub target_group_health: FileTargetGroupHealth,
 }
 
@@ -445,6 +447,9 @@ pub struct TargetGroupConfig {
     pub outlier_detection: OutlierConfig,
     /// nlb: send a PROXY protocol v2 header to targets (and on health checks).
     pub proxy_protocol_v2: bool,
+    /// nlb: AWS's `preserve_client_ip.enabled`: a TCP flow's connection to its target leaves
+    /// from the client's IP address (a transparent socket), so the target sees the client.
+    pub preserve_client_ip: bool,
     pub termination: Termination,
     /// AWS's `load_balancing.cross_zone.enabled` (on by default for the alb, off for the nlb):
     /// when off, targets in `local_zone` are preferred while any is usable.
@@ -725,6 +730,22 @@ impl FileTargetGroup {
                 "PROXY protocol to targets is an nlb target group attribute",
             ));
         }
+        let pci_path = format!("{path}.preserve_client_ip.enabled");
+        let preserve_client_ip = self.preserve_client_ip.enabled.unwrap_or(false);
+        if preserve_client_ip && plane == Plane::Alb {
+            return Err(Violation::new(
+                pci_path,
+                "client IP preservation is an nlb target group attribute (the alb's targets \
+                 see the client in X-Forwarded-For)",
+            ));
+        }
+        if preserve_client_ip && protocol == "UDP" {
+            return Err(Violation::new(
+                pci_path,
+                "client IP preservation is for the TCP flows of TCP, TLS and TCP_UDP groups; \
+                 UDP flows leave from the nlb's own address",
+            ));
+        }
         let mut health_check = self.health_check.validate(
             &format!("{path}.health_check"),
             plane,
@@ -895,6 +916,7 @@ impl FileTargetGroup {
             minimum_healthy,
             termination,
             proxy_protocol_v2,
+            preserve_client_ip,
             outlier_detection,
             name: name.to_owned(),
             protocol,

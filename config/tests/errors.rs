@@ -417,6 +417,38 @@ fn nlb_udp_listeners_pair_with_udp_groups_as_on_nlb() {
     .contains(
         "target_groups.t.proxy_protocol_v2.enabled: PROXY protocol v2 is for TCP target groups"
     ));
+    // Client IP preservation is for TCP flows; a UDP group cannot ask for it.
+    assert!(nlb("", "preserve_client_ip.enabled = true").is_ok());
+    let both = nlb(
+        "protocol = \"TCP_UDP\"",
+        "protocol = \"TCP_UDP\"\npreserve_client_ip.enabled = true",
+    )
+    .unwrap();
+    assert!(both.target_groups["t"].preserve_client_ip);
+    assert!(
+        !nlb("", "").unwrap().target_groups["t"].preserve_client_ip,
+        "off by default"
+    );
+    let alb = BASE
+        .replace("  interval_seconds = 0", "interval_seconds = 5")
+        .replace(
+            "targets = [{ address = \"127.0.0.1:9001\" }]",
+            "targets = [{ address = \"127.0.0.1:9001\" }]\npreserve_client_ip.enabled = true",
+        );
+    assert!(parse::<FileAlb>("alb.toml", &alb, &cx())
+        .unwrap_err()
+        .to_string()
+        .contains(
+            "preserve_client_ip.enabled: client IP preservation is an nlb target group attribute"
+        ));
+    assert!(nlb(
+        "protocol = \"UDP\"",
+        "protocol = \"UDP\"\npreserve_client_ip.enabled = true"
+    )
+    .unwrap_err()
+    .contains(
+        "target_groups.t.preserve_client_ip.enabled: client IP preservation is for the TCP flows"
+    ));
     assert!(nlb(
         "protocol = \"UDP\"\nudp.idle_timeout.seconds = 0",
         "protocol = \"UDP\""

@@ -571,6 +571,7 @@ pub(crate) mod tests {
             algorithm,
             stickiness: None,
             proxy_protocol_v2: false,
+            preserve_client_ip: false,
             termination: Termination::NEVER,
             outlier_detection: causeway_config::common::OutlierConfig {
                 enabled: true,

@@ -1,7 +1,9 @@
 //! Connects a flow to its target: the Maglev choice first, then the rest of the flow's
 //! preference list when a target refuses or times out. Each failure counts against the target.
 
+use crate::transparent;
 use causeway_dataplane::target::{InFlight, TargetGroup};
+use std::net::IpAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -15,12 +17,16 @@ pub enum ConnectError {
     NoTargets,
     #[error("every target refused or timed out ({tried} tried)")]
     AllFailed { tried: usize },
+    #[error(transparent)]
+    Source(#[from] transparent::SourceError),
 }
 
-/// Opens a connection to a target for the flow with hash `flow`.
+/// Opens a connection to a target for the flow with hash `flow`; from the `client`'s address
+/// when the group preserves client IPs.
 pub async fn connect(
     group: &TargetGroup,
     flow: u64,
+    client: IpAddr,
 ) -> Result<(TcpStream, InFlight), ConnectError> {
     let first = group.select(flow).ok_or(ConnectError::NoTargets)?;
     let mut tried = Vec::new();
@@ -30,8 +36,27 @@ pub async fn connect(
             continue;
         }
         tried.push(t.cfg.address);
+        let source = group
+            .cfg
+            .preserve_client_ip
+            .then(|| transparent::source_for(client, t.cfg.address))
+            .flatten();
+        let socket = match source {
+            // A socket that cannot leave from the client's address is this host's failure, not
+            // the target's: NLB's PortAllocationErrorCount, and no other target is tried.
+            Some(ip) => Some(transparent::socket_from(ip).inspect_err(|_| {
+                metrics::counter!("causeway_nlb_port_allocation_error_count").increment(1);
+            })?),
+            None => None,
+        };
         let guard = t.begin();
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(t.cfg.address)).await {
+        let dial = async {
+            match socket {
+                Some(s) => s.connect(t.cfg.address).await,
+                None => TcpStream::connect(t.cfg.address).await,
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
             Ok(Ok(s)) => {
                 if let Err(e) = s.set_nodelay(true) {
                     tracing::debug!(error = %e, "set TCP_NODELAY failed");

@@ -8,6 +8,7 @@ pub mod flow_table;
 pub mod proxy;
 pub mod splice;
 pub mod tcp_relay;
+pub mod transparent;
 pub mod udp;
 
 use causeway_config::common::{ServerConfig, TargetGroupConfig};
@@ -54,6 +55,15 @@ impl Plane for Nlb {
     }
 
     fn compile(cfg: &NlbConfig, _previous: Option<&Compiled>) -> Result<Compiled, String> {
+        if let Some(g) = cfg.target_groups.values().find(|g| g.preserve_client_ip) {
+            transparent::available().map_err(|e| {
+                format!(
+                    "target_groups.{}.preserve_client_ip.enabled: this host refuses transparent \
+                     sockets ({e}); the nlb needs CAP_NET_ADMIN",
+                    g.name
+                )
+            })?;
+        }
         let mut tls = Vec::new();
         for l in &cfg.listeners {
             if let Some((settings, alpn)) = &l.tls {

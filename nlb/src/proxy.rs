@@ -157,14 +157,15 @@ pub fn handle(
             Some(Stickiness::SourceIp) => flow::hash_source(Proto::Tcp, accepted.client.ip()),
             _ => flow::hash(Proto::Tcp, accepted.client, accepted.dest),
         };
-        let (mut upstream, in_flight) = match connect::connect(group, hash).await {
-            Ok(x) => x,
-            Err(e) => {
-                metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(1);
-                tracing::warn!(peer = %conn.peer, target_group = %group.cfg.name, "{e}");
-                return;
-            }
-        };
+        let (mut upstream, in_flight) =
+            match connect::connect(group, hash, accepted.client.ip()).await {
+                Ok(x) => x,
+                Err(e) => {
+                    metrics::counter!("causeway_nlb_tcp_elb_reset_count", &labels).increment(1);
+                    tracing::warn!(peer = %conn.peer, target_group = %group.cfg.name, "{e}");
+                    return;
+                }
+            };
         if group.cfg.proxy_protocol_v2 {
             let tlvs: Vec<(u8, &[u8])> = accepted
                 .tlvs

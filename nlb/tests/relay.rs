@@ -323,3 +323,39 @@ async fn source_ip_stickiness_keeps_a_client_on_one_target() {
         "different clients spread over targets: {homes:?}"
     );
 }
+
+/// `preserve_client_ip.enabled`: the target's connection comes from the client's address (here
+/// 127.0.0.2, which the client binds); without it, from the nlb's own (127.0.0.1).
+#[tokio::test]
+async fn preserve_client_ip_shows_the_target_the_client_address() {
+    let os = origins(1).await;
+    let (_on, preserving) = start_nlb_full(
+        &[os[0].addr()],
+        300,
+        "",
+        "preserve_client_ip.enabled = true",
+    )
+    .await;
+    let (_off, plain) = start_nlb_full(&[os[0].addr()], 300, "", "").await;
+    for (nlb, want) in [(preserving, "127.0.0.2"), (plain, "127.0.0.1")] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut c = socket.connect(nlb).await.unwrap();
+        c.write_all(b"GET /who HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        let seen = os[0].seen().pop().unwrap();
+        assert_eq!(seen.path, "/who");
+        assert_eq!(seen.peer.ip().to_string(), want, "through {nlb}");
+    }
+}
