@@ -126,12 +126,13 @@ async fn serve_stream(req: Request<Incoming>, ctx: &Ctx) -> Response<Body> {
         .access_log
         .as_ref()
         .map(|_| std::sync::Mutex::new(request_info(&parts, &body, &ctx.from, received)));
+    let router = snap.compiled.router(ctx.from.local);
     let (mut response, ended_status) =
-        phases(parts, body, ctx, &snap, received, info.as_ref()).await;
+        phases(parts, body, ctx, &snap, router, received, info.as_ref()).await;
     if let Some(status) = ended_status {
         snap.compiled.elb_metrics.count(status);
     }
-    if let Some(router) = snap.compiled.router(ctx.from.local) {
+    if let Some(router) = router {
         modify(&mut response, &router.response_headers);
     }
     response
@@ -162,6 +163,7 @@ async fn phases(
     body: Incoming,
     ctx: &Ctx,
     snap: &Arc<Snapshot<Alb>>,
+    router: Option<&crate::route::Router>,
     received: Instant,
     info: Option<&std::sync::Mutex<logging::RequestInfo>>,
 ) -> (Response<Body>, Option<u16>) {
@@ -176,7 +178,7 @@ async fn phases(
         let status = e.status().unwrap_or(400);
         (error_response(status), Some(status))
     };
-    let Some(router) = snap.compiled.router(ctx.from.local) else {
+    let Some(router) = router else {
         return refused(ProxyError::NoTargets);
     };
     // check
