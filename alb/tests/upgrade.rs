@@ -72,6 +72,13 @@ health_check = {{ path = "/", interval_seconds = 30 }}
         body.contains(&format!("\"listeners\":[\"{listen}\"]")),
         "{body}"
     );
+    // Each target's ALB AnomalyDetection: clean targets are normal and unmitigated.
+    assert!(
+        body.contains(
+            "\"anomaly_detection\":{\"mitigation_in_effect\":\"no\",\"result\":\"normal\"}"
+        ),
+        "{body}"
+    );
     let (served, failed, errors) = clients.finish().await;
     assert!(served >= 400, "{served} requests");
     assert_eq!(failed, 0, "{served} served; failures: {errors:?}");

@@ -41,6 +41,7 @@ fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
         deregistration_delay: Duration::from_secs(300),
         slow_start: Duration::ZERO,
         algorithm,
+        anomaly_mitigation: false,
         stickiness: None,
         proxy_protocol_v2: false,
         preserve_client_ip: false,

@@ -74,6 +74,8 @@ pub struct FileDuration {
 pub struct FileAlgorithm {
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    /// ALB's `load_balancing.algorithm.anomaly_mitigation`: `on` or `off`.
+    pub anomaly_mitigation: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -443,6 +445,8 @@ pub struct TargetGroupConfig {
     pub deregistration_delay: Duration,
     pub slow_start: Duration,
     pub algorithm: Algorithm,
+    /// alb, `weighted_random` only: automatic target weights shrink anomalous targets' weights.
+    pub anomaly_mitigation: bool,
     pub stickiness: Option<Stickiness>,
     pub outlier_detection: OutlierConfig,
     /// nlb: send a PROXY protocol v2 header to targets (and on health checks).
@@ -850,7 +854,19 @@ impl FileTargetGroup {
         {
             return Err(Violation::new(
                 ss_path,
-                "slow start works with round_robin and weighted_random only (as on AWS)",
+                "slow start works with round_robin (as on AWS) and weighted_random (beyond AWS) only",
+            ));
+        }
+        let am_path = format!("{path}.load_balancing.algorithm.anomaly_mitigation");
+        let anomaly_mitigation = match self.load_balancing.algorithm.anomaly_mitigation.as_deref() {
+            None => false,
+            Some(v) => one_of(&am_path, v, &["on", "off"])? == "on",
+        };
+        if anomaly_mitigation && algorithm != Algorithm::WeightedRandom {
+            return Err(Violation::new(
+                am_path,
+                "anomaly mitigation works with load_balancing.algorithm.type = \"weighted_random\" \
+                 only (as on AWS)",
             ));
         }
         let stickiness = self
@@ -926,6 +942,7 @@ impl FileTargetGroup {
             deregistration_delay,
             slow_start,
             algorithm,
+            anomaly_mitigation,
             stickiness,
         })
     }

@@ -868,3 +868,33 @@ fn rule_transforms_are_checked() {
         assert!(err.contains(&want), "{transforms}: {err}");
     }
 }
+
+#[test]
+fn anomaly_mitigation_needs_weighted_random() {
+    let with = |lines: &str| {
+        let text = BASE
+            .replace("  interval_seconds = 0", "interval_seconds = 5")
+            .replace(
+                "targets = [{ address = \"127.0.0.1:9001\" }]",
+                &format!("targets = [{{ address = \"127.0.0.1:9001\" }}]\n{lines}"),
+            );
+        parse::<FileAlb>("alb.toml", &text, &cx()).map_err(|e| e.to_string())
+    };
+    let on = with(
+        "load_balancing.algorithm.type = \"weighted_random\"\nload_balancing.algorithm.anomaly_mitigation = \"on\"",
+    )
+    .unwrap();
+    assert!(on.target_groups["wordpress"].anomaly_mitigation);
+    assert!(
+        !with("").unwrap().target_groups["wordpress"].anomaly_mitigation,
+        "off by default"
+    );
+    assert!(with("load_balancing.algorithm.anomaly_mitigation = \"on\"")
+        .unwrap_err()
+        .ends_with("target_groups.wordpress.load_balancing.algorithm.anomaly_mitigation: anomaly mitigation works with load_balancing.algorithm.type = \"weighted_random\" only (as on AWS)"));
+    assert!(
+        with("load_balancing.algorithm.anomaly_mitigation = \"yes\"")
+            .unwrap_err()
+            .contains("load_balancing.algorithm.anomaly_mitigation")
+    );
+}

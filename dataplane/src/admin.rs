@@ -135,6 +135,7 @@ pub fn status<P: Plane>(server: &Server<P>) -> serde_json::Value {
                 .iter()
                 .chain(draining.iter())
                 .map(|t| {
+                    let (anomalous, mitigated) = t.anomaly();
                     json!({
                         "id": t.cfg.id,
                         "address": t.cfg.address.to_string(),
@@ -143,6 +144,11 @@ pub fn status<P: Plane>(server: &Server<P>) -> serde_json::Value {
                         "state": t.state(),
                         "reason": t.reason(),
                         "in_flight": t.in_flight(),
+                        // ALB's AnomalyDetection, with its values.
+                        "anomaly_detection": {
+                            "result": if anomalous { "anomalous" } else { "normal" },
+                            "mitigation_in_effect": if mitigated { "yes" } else { "no" },
+                        },
                     })
                 })
                 .collect();

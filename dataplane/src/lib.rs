@@ -8,6 +8,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod anomaly;
 pub mod buffers;
 pub mod check;
 pub mod cli;

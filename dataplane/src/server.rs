@@ -406,6 +406,11 @@ impl<P: Plane> Server<P> {
                 .set(healthy as f64);
             metrics::gauge!("causeway_unhealthy_host_count", "target_group" => name.clone())
                 .set(unhealthy as f64);
+            let (anomalous, mitigated) = g.anomaly_counts();
+            metrics::gauge!("causeway_anomalous_host_count", "target_group" => name.clone())
+                .set(anomalous as f64);
+            metrics::gauge!("causeway_mitigated_host_count", "target_group" => name.clone())
+                .set(mitigated as f64);
         }
     }
 
@@ -422,6 +427,7 @@ impl<P: Plane> Server<P> {
             let now = tokio::time::Instant::now();
             for g in server.snapshot().groups.values() {
                 g.cut_unhealthy(now);
+                g.anomaly_tick(now);
                 for t in g.reap_draining(now) {
                     tracing::info!(target_group = %g.cfg.name, target = %t.cfg.address,
                         in_flight = t.in_flight(), "target drained");

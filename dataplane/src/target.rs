@@ -7,7 +7,7 @@ use crate::select::{self, Maglev, PeakEwma, SmoothWrr};
 use causeway_config::common::{
     Algorithm, HealthCheckConfig, MinimumHealthy, TargetConfig, TargetGroupConfig, Termination,
 };
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -40,6 +40,12 @@ pub struct Target {
     termination: Mutex<Termination>,
     /// Turns true when open connections to this target must be cut.
     terminate_tx: tokio::sync::watch::Sender<bool>,
+    /// Automatic target weights: exchanges and errors since the last verdict, the verdict,
+    /// and the weight factor (`crate::anomaly::FULL` unless mitigated).
+    atw_exchanges: AtomicU64,
+    atw_errors: AtomicU64,
+    atw_anomalous: AtomicBool,
+    atw_factor: AtomicU32,
 }
 
 /// Counts one request or connection in flight on a target while it lives.
@@ -99,6 +105,10 @@ impl Target {
             ejected: AtomicBool::new(false),
             termination: Mutex::new(Termination::NEVER),
             terminate_tx: tokio::sync::watch::channel(false).0,
+            atw_exchanges: AtomicU64::new(0),
+            atw_errors: AtomicU64::new(0),
+            atw_anomalous: AtomicBool::new(false),
+            atw_factor: AtomicU32::new(crate::anomaly::FULL),
         })
     }
 
@@ -265,6 +275,15 @@ impl Target {
         false
     }
 
+    /// ALB's `AnomalyDetection` for this target: whether the last verdict found it anomalous,
+    /// and whether mitigation has its weight lowered now.
+    pub fn anomaly(&self) -> (bool, bool) {
+        (
+            self.atw_anomalous.load(Ordering::Acquire),
+            self.atw_factor.load(Ordering::Acquire) < crate::anomaly::FULL,
+        )
+    }
+
     /// Claims the right to run this target's health checker; true once.
     pub fn claim_checker(&self) -> bool {
         !self.checker_started.swap(true, Ordering::AcqRel)
@@ -291,6 +310,8 @@ pub struct TargetGroup {
     pub retry_budget: crate::retry::RetryBudget,
     /// Choices made while the group fails open (registered once: a hot path may count here).
     unhealthy_routing: metrics::Counter,
+    /// When automatic target weights last judged the targets.
+    atw_last: Mutex<Instant>,
 }
 
 impl TargetGroup {
@@ -358,6 +379,7 @@ impl TargetGroup {
             local,
             retry_budget: crate::retry::RetryBudget::default(),
             unhealthy_routing,
+            atw_last: Mutex::new(now),
         }
     }
 
@@ -394,6 +416,11 @@ impl TargetGroup {
     /// Records the outcome of one exchange with `t` for outlier ejection: `failed` for a 5xx
     /// or a connection failure. Returns true when this ejected the target.
     pub fn record_outcome(&self, t: &Target, failed: bool) -> bool {
+        // Anomaly detection counts every exchange, whatever the group's settings (as on AWS).
+        t.atw_exchanges.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            t.atw_errors.fetch_add(1, Ordering::Relaxed);
+        }
         let o = &self.cfg.outlier_detection;
         if !o.enabled {
             return false;
@@ -441,11 +468,18 @@ impl TargetGroup {
         } else {
             Some(Instant::now())
         };
+        let mitigated = self.cfg.anomaly_mitigation;
         let weight = |i: usize| {
             if usable(i) {
-                match now {
-                    None => self.targets[i].cfg.weight,
-                    Some(now) => self.targets[i].effective_weight(self.cfg.slow_start, now),
+                let t = &self.targets[i];
+                let w = match now {
+                    None => t.cfg.weight,
+                    Some(now) => t.effective_weight(self.cfg.slow_start, now),
+                };
+                if mitigated {
+                    w * t.atw_factor.load(Ordering::Relaxed)
+                } else {
+                    w
                 }
             } else {
                 0
@@ -516,6 +550,57 @@ impl TargetGroup {
         }
     }
 
+    /// Automatic target weights, once every `anomaly::PERIOD` (called more often, it does
+    /// nothing in between): judges the targets on the exchanges they had and, with
+    /// `anomaly_mitigation` on, adjusts their weight factors.
+    pub fn anomaly_tick(&self, now: Instant) {
+        {
+            let mut last = lock(&self.atw_last);
+            if now < *last + crate::anomaly::PERIOD {
+                return;
+            }
+            *last = now;
+        }
+        let inputs: Vec<crate::anomaly::Input> = self
+            .targets
+            .iter()
+            .map(|t| crate::anomaly::Input {
+                window: crate::anomaly::Window {
+                    exchanges: t.atw_exchanges.load(Ordering::Relaxed),
+                    errors: t.atw_errors.load(Ordering::Relaxed),
+                },
+                eligible: t.state().routable() && t.cfg.weight > 0,
+                anomalous: t.atw_anomalous.load(Ordering::Relaxed),
+                factor: t.atw_factor.load(Ordering::Relaxed),
+            })
+            .collect();
+        let mitigate = self.cfg.anomaly_mitigation;
+        let steps = crate::anomaly::evaluate(&inputs, mitigate);
+        for ((t, input), step) in self.targets.iter().zip(&inputs).zip(&steps) {
+            if step.consumed {
+                t.atw_exchanges
+                    .fetch_sub(input.window.exchanges, Ordering::Relaxed);
+                t.atw_errors
+                    .fetch_sub(input.window.errors, Ordering::Relaxed);
+            }
+            if step.anomalous != input.anomalous {
+                tracing::warn!(target_group = %self.cfg.name, target = %t.cfg.address,
+                    anomalous = step.anomalous, errors = input.window.errors,
+                    exchanges = input.window.exchanges, "anomaly detection");
+            }
+            t.atw_anomalous.store(step.anomalous, Ordering::Release);
+            t.atw_factor.store(step.factor, Ordering::Release);
+        }
+    }
+
+    /// (anomalous, mitigated) counts, as AWS's AnomalousHostCount and MitigatedHostCount.
+    pub fn anomaly_counts(&self) -> (usize, usize) {
+        self.targets.iter().fold((0, 0), |(a, m), t| {
+            let (anomalous, mitigated) = t.anomaly();
+            (a + usize::from(anomalous), m + usize::from(mitigated))
+        })
+    }
+
     /// (healthy, unhealthy) counts, as AWS's HealthyHostCount and UnHealthyHostCount.
     pub fn host_counts(&self) -> (usize, usize) {
         let healthy = self.targets.iter().filter(|t| t.state().routable()).count();
@@ -569,6 +654,7 @@ pub(crate) mod tests {
             deregistration_delay: Duration::from_secs(30),
             slow_start: Duration::ZERO,
             algorithm,
+            anomaly_mitigation: false,
             stickiness: None,
             proxy_protocol_v2: false,
             preserve_client_ip: false,
@@ -935,5 +1021,66 @@ pub(crate) mod tests {
             g.targets[1].effective_weight(g.cfg.slow_start, Instant::now()),
             50
         );
+    }
+
+    /// Automatic target weights on a paused clock: a target answering 5xx to half its requests,
+    /// beside two clean ones, is judged anomalous at the next period and its share of
+    /// weighted_random picks falls period by period to about 1/64 of its peers'; once clean, it
+    /// climbs back to an even share. Without `anomaly_mitigation` it is judged all the same, but
+    /// keeps its share.
+    #[tokio::test(start_paused = true)]
+    async fn automatic_target_weights_move_traffic_off_an_anomalous_target_and_back() {
+        for mitigation in [true, false] {
+            let mut cfg = tg(&[1, 2, 3], Algorithm::WeightedRandom);
+            cfg.anomaly_mitigation = mitigation;
+            cfg.outlier_detection.enabled = false;
+            let g = TargetGroup::build(cfg, None);
+            for t in &g.targets {
+                t.record_check(Outcome::Success);
+            }
+            // One period of traffic: target 1 fails every other exchange while it is bad.
+            let period = async |bad: bool| {
+                let mut picks = [0u32; 3];
+                for k in 0..3000 {
+                    let t = g.select(0).unwrap();
+                    let i = usize::from(port(&t)) - 1;
+                    picks[i] += 1;
+                    g.record_outcome(&t, bad && i == 0 && k % 2 == 0);
+                }
+                tokio::time::sleep(crate::anomaly::PERIOD).await;
+                g.anomaly_tick(Instant::now());
+                picks
+            };
+            let first = period(true).await;
+            assert!(
+                first[0] > 800,
+                "an even share before any verdict: {first:?}"
+            );
+            assert_eq!(g.targets[0].anomaly(), (true, mitigation));
+            assert_eq!(g.anomaly_counts(), (1, usize::from(mitigation)));
+            assert_eq!(g.targets[1].anomaly(), (false, false));
+            let mut shares = Vec::new();
+            for _ in 0..7 {
+                shares.push(period(true).await[0]);
+            }
+            if mitigation {
+                // Halved each period, to 1/64 of its weight: about 23 of 3000 picks.
+                assert!(shares[0] < 700 && shares[0] > 400, "{shares:?}");
+                assert!(shares[6] < 60, "{shares:?}");
+                assert!(shares.windows(2).take(4).all(|w| w[1] < w[0]), "{shares:?}");
+            } else {
+                assert!(shares.iter().all(|&s| s > 800), "{shares:?}");
+            }
+            // Recovered: the next verdicts find it normal, and its share grows back.
+            let mut back = Vec::new();
+            for _ in 0..9 {
+                back.push(period(false).await[0]);
+            }
+            assert_eq!(g.targets[0].anomaly(), (false, false), "{back:?}");
+            assert!(back[8] > 800, "an even share again: {back:?}");
+            if mitigation {
+                assert!(back[1] < back[4], "{back:?}");
+            }
+        }
     }
 }
