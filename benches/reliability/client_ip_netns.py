@@ -4,7 +4,7 @@
 
     client 10.98.1.2 --- 10.98.1.1 nlb 10.98.2.1 --- 10.98.2.2 target
 
-The target's route to the client goes through the nlb's host, as it must for a transparent
+Over TCP and over UDP. The target's route to the client goes through the nlb's host, as it must for a transparent
 proxy, and the nlb's host delivers what comes back from the targets' link to its own sockets
 (`ip rule add iif <targets' link> lookup 100` with `local 0.0.0.0/0` in table 100: the recipe in
 docs/operations.md). The target answers each request with the address it saw.
@@ -24,9 +24,18 @@ import time
 NS = {"client": "cw-ip-client", "nlb": "cw-ip-nlb", "target": "cw-ip-target"}
 TARGET = "10.98.2.2:8080"
 LISTENERS = {True: "10.98.1.1:7000", False: "10.98.1.1:7001"}
+UDP_TARGET = "10.98.2.2:8081"
+UDP_LISTENERS = {True: "10.98.1.1:7003", False: "10.98.1.1:7004"}
 
 TARGET_SERVER = r"""
-import socket
+import socket, threading
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("10.98.2.2", 8081))
+    while True:
+        data, peer = u.recvfrom(2048)
+        u.sendto(peer[0].encode(), peer)
+threading.Thread(target=udp, daemon=True).start()
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("10.98.2.2", 8080))
@@ -54,6 +63,18 @@ CLIENT = r"""
 import socket, sys, time
 host, port = sys.argv[1].split(":")
 deadline = time.monotonic() + 15
+while sys.argv[2] == "udp":
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(1)
+    try:
+        u.sendto(b"who", (host, int(port)))
+        print(u.recvfrom(2048)[0].decode())
+        sys.exit(0)
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        print("no answer")
+        sys.exit(0)
 while True:
     try:
         c = socket.create_connection((host, int(port)), timeout=3)
@@ -117,12 +138,15 @@ def main():
     conf = "/tmp/causeway-client-ip.toml"
     groups = ""
     listeners = ""
-    for preserve, addr in LISTENERS.items():
-        name = "kept" if preserve else "plain"
-        listeners += f'[[listeners]]\naddress = "{addr}"\ntarget_group = "{name}"\n'
-        groups += (f'[target_groups.{name}]\ntargets = [{{ address = "{TARGET}" }}]\n'
-                   f'preserve_client_ip.enabled = {"true" if preserve else "false"}\n'
-                   'health_check.enabled = false\n')
+    for proto, listen, target in (("TCP", LISTENERS, TARGET), ("UDP", UDP_LISTENERS, UDP_TARGET)):
+        for preserve, addr in listen.items():
+            name = ("kept" if preserve else "plain") + "_" + proto.lower()
+            listeners += (f'[[listeners]]\naddress = "{addr}"\nprotocol = "{proto}"\n'
+                          f'target_group = "{name}"\n')
+            groups += (f'[target_groups.{name}]\nprotocol = "{proto}"\n'
+                       f'targets = [{{ address = "{target}" }}]\n'
+                       f'preserve_client_ip.enabled = {"true" if preserve else "false"}\n'
+                       'health_check.enabled = false\n')
     open(conf, "w").write(f'[admin]\naddress = "127.0.0.1:7002"\n{listeners}{groups}')
     procs = []
     setup()
@@ -134,17 +158,18 @@ def main():
                                        os.path.join(args.bin_dir, "causeway-nlb"), "--config", conf],
                                       stdout=log, stderr=log))
         ok = True
-        print("| group | target saw | want | result |")
-        print("|---|---|---|---|")
-        for preserve, addr in LISTENERS.items():
-            out = subprocess.run(["ip", "netns", "exec", NS["client"], sys.executable, "-c",
-                                  CLIENT, addr], capture_output=True, text=True,
-                                 timeout=30).stdout.strip()
-            want = "10.98.1.2" if preserve else "10.98.2.1"
-            good = out == want
-            ok = ok and good
-            print(f"| preserve_client_ip = {str(preserve).lower()} | {out} | {want} | "
-                  f"{'pass' if good else 'FAIL'} |")
+        print("| protocol | group | target saw | want | result |")
+        print("|---|---|---|---|---|")
+        for proto, listen in (("tcp", LISTENERS), ("udp", UDP_LISTENERS)):
+            for preserve, addr in listen.items():
+                out = subprocess.run(["ip", "netns", "exec", NS["client"], sys.executable, "-c",
+                                      CLIENT, addr, proto], capture_output=True, text=True,
+                                     timeout=30).stdout.strip()
+                want = "10.98.1.2" if preserve else "10.98.2.1"
+                good = out == want
+                ok = ok and good
+                print(f"| {proto} | preserve_client_ip = {str(preserve).lower()} | {out} | "
+                      f"{want} | {'pass' if good else 'FAIL'} |")
         if not ok:
             print(open("/tmp/causeway-client-ip.log").read()[-3000:])
             raise SystemExit(1)

@@ -451,8 +451,9 @@ pub struct TargetGroupConfig {
     pub outlier_detection: OutlierConfig,
     /// nlb: send a PROXY protocol v2 header to targets (and on health checks).
     pub proxy_protocol_v2: bool,
-    /// nlb: AWS's `preserve_client_ip.enabled`: a TCP flow's connection to its target leaves
-    /// from the client's IP address (a transparent socket), so the target sees the client.
+    /// nlb: AWS's `preserve_client_ip.enabled`: a flow's connection (TCP) or socket (UDP) to
+    /// its target leaves from the client's IP address (a transparent socket), so the target
+    /// sees the client.
     pub preserve_client_ip: bool,
     pub termination: Termination,
     /// AWS's `load_balancing.cross_zone.enabled` (on by default for the alb, off for the nlb):
@@ -741,13 +742,6 @@ impl FileTargetGroup {
                 pci_path,
                 "client IP preservation is an nlb target group attribute (the alb's targets \
                  see the client in X-Forwarded-For)",
-            ));
-        }
-        if preserve_client_ip && protocol == "UDP" {
-            return Err(Violation::new(
-                pci_path,
-                "client IP preservation is for the TCP flows of TCP, TLS and TCP_UDP groups; \
-                 UDP flows leave from the nlb's own address",
             ));
         }
         let mut health_check = self.health_check.validate(

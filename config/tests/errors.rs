@@ -417,7 +417,7 @@ fn nlb_udp_listeners_pair_with_udp_groups_as_on_nlb() {
     .contains(
         "target_groups.t.proxy_protocol_v2.enabled: PROXY protocol v2 is for TCP target groups"
     ));
-    // Client IP preservation is for TCP flows; a UDP group cannot ask for it.
+    // Client IP preservation: TCP, TCP_UDP and UDP groups may ask for it.
     assert!(nlb("", "preserve_client_ip.enabled = true").is_ok());
     let both = nlb(
         "protocol = \"TCP_UDP\"",
@@ -441,14 +441,15 @@ fn nlb_udp_listeners_pair_with_udp_groups_as_on_nlb() {
         .contains(
             "preserve_client_ip.enabled: client IP preservation is an nlb target group attribute"
         ));
-    assert!(nlb(
-        "protocol = \"UDP\"",
-        "protocol = \"UDP\"\npreserve_client_ip.enabled = true"
-    )
-    .unwrap_err()
-    .contains(
-        "target_groups.t.preserve_client_ip.enabled: client IP preservation is for the TCP flows"
-    ));
+    assert!(
+        nlb(
+            "protocol = \"UDP\"",
+            "protocol = \"UDP\"\npreserve_client_ip.enabled = true"
+        )
+        .unwrap()
+        .target_groups["t"]
+            .preserve_client_ip
+    );
     assert!(nlb(
         "protocol = \"UDP\"\nudp.idle_timeout.seconds = 0",
         "protocol = \"UDP\""

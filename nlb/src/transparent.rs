@@ -1,12 +1,13 @@
-//! Client IP preservation (`preserve_client_ip.enabled`): a target connection that leaves from
-//! the client's IP address through a transparent socket, so the target sees the client as an
-//! NLB's targets do. The `unsafe` setsockopt calls it needs are here.
+//! Client IP preservation (`preserve_client_ip.enabled`): a target connection (TCP) or flow
+//! socket (UDP) that leaves from the client's IP address through a transparent socket, so the
+//! target sees the client as an NLB's targets do. The `unsafe` setsockopt calls it needs are
+//! here.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, UdpSocket};
 
 /// Why a connection could not leave from the client's address. None of these is the target's
 /// fault, so none counts against it.
@@ -51,13 +52,30 @@ pub fn socket_from(source: IpAddr) -> Result<TcpSocket, SourceError> {
     Ok(socket)
 }
 
+/// A UDP socket bound to `source` (any port) for one flow, to be connected to its target.
+pub fn udp_from(source: IpAddr) -> Result<UdpSocket, SourceError> {
+    let domain = if source.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, None)
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .map_err(SourceError::Socket)?;
+    set_transparent(&socket, source.is_ipv4()).map_err(SourceError::Transparent)?;
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .map_err(|e| SourceError::Bind(source, e))?;
+    UdpSocket::from_std(socket.into()).map_err(SourceError::Socket)
+}
+
 /// Whether this process may open transparent sockets: checked when a config asks for client
 /// IP preservation, so that a host that cannot do it refuses the config instead of every flow.
 pub fn available() -> io::Result<()> {
     set_transparent(&TcpSocket::new_v4()?, true)
 }
 
-fn set_transparent(socket: &TcpSocket, v4: bool) -> io::Result<()> {
+fn set_transparent(socket: &impl AsRawFd, v4: bool) -> io::Result<()> {
     if v4 {
         set(socket, libc::SOL_IP, libc::IP_TRANSPARENT)
     } else {
@@ -66,7 +84,7 @@ fn set_transparent(socket: &TcpSocket, v4: bool) -> io::Result<()> {
 }
 
 /// Sets an integer socket option to 1.
-fn set(socket: &TcpSocket, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
+fn set(socket: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes at the pointer, which points at
     // `one`, a live c_int for the whole call; the descriptor is borrowed from a live socket.

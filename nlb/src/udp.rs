@@ -263,7 +263,18 @@ async fn open(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let upstream = match UdpSocket::bind(local).await {
+    // With client IP preservation the flow's socket takes the client's address (a port of the
+    // kernel's choosing), so the target sees the client.
+    let source = group
+        .cfg
+        .preserve_client_ip
+        .then(|| crate::transparent::source_for(client.ip(), target.cfg.address))
+        .flatten();
+    let bound = match source {
+        Some(ip) => crate::transparent::udp_from(ip).map_err(|e| e.to_string()),
+        None => UdpSocket::bind(local).await.map_err(|e| e.to_string()),
+    };
+    let upstream = match bound {
         Ok(u) => u,
         Err(e) => {
             // NLB's PortAllocationErrorCount: no local port for a new flow.

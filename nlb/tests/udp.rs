@@ -310,3 +310,54 @@ async fn a_flood_of_sources_is_held_to_the_flow_cap_and_nothing_is_amplified() {
     }
     assert_eq!(answered, 99, "the flow table stops at max_flows");
 }
+
+/// A UDP target that answers each datagram with the source address it came from (and accepts
+/// TCP on the same port, for health checks).
+async fn who_target() -> SocketAddr {
+    let (tcp, udp) = loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(udp) = UdpSocket::bind(tcp.local_addr().unwrap()).await {
+            break (tcp, udp);
+        }
+    };
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            let (_, from) = udp.recv_from(&mut buf).await.unwrap();
+            udp.send_to(from.ip().to_string().as_bytes(), from)
+                .await
+                .unwrap();
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let _ = tcp.accept().await;
+        }
+    });
+    addr
+}
+
+/// `preserve_client_ip.enabled` on a UDP group: the flow's socket takes the client's address
+/// (127.0.0.2, which the client binds), so the target sees it; without it, the nlb's own.
+#[tokio::test]
+async fn preserve_client_ip_shows_a_udp_target_the_client_address() {
+    let target = who_target().await;
+    let on = Nlb1::start(
+        &[target],
+        UDP,
+        "protocol = \"UDP\"\npreserve_client_ip.enabled = true",
+    )
+    .await;
+    let off = Nlb1::start(&[target], UDP, UDP_GROUP).await;
+    for (nlb, want) in [(&on, "127.0.0.2"), (&off, "127.0.0.1")] {
+        let c = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        c.send_to(b"who", nlb.listen).await.unwrap();
+        assert_eq!(
+            recv(&c, Duration::from_secs(2)).await.as_deref(),
+            Some(want),
+            "through {}",
+            nlb.listen
+        );
+    }
+}
