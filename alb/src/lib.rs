@@ -34,6 +34,8 @@ pub struct Routers {
     pub sticky_key: sticky::StickyKey,
     /// Reopened on every load, so SIGHUP after a log rotation writes to the new file.
     pub access_log: Option<causeway_dataplane::accesslog::AccessLog>,
+    /// ALB's connection log, when enabled.
+    pub connection_log: Option<causeway_dataplane::accesslog::AccessLog>,
     /// Metric handles by target group, and for the alb's own responses.
     pub group_metrics: std::collections::HashMap<String, logging::GroupMetrics>,
     pub elb_metrics: logging::ElbMetrics,
@@ -102,6 +104,13 @@ impl Plane for Alb {
                     .map_err(|e| format!("cannot open access log {}: {e}", p.display()))?,
             ),
         };
+        let connection_log = match &cfg.load_balancer.connection_log {
+            None => None,
+            Some(p) => Some(
+                causeway_dataplane::accesslog::AccessLog::open(p)
+                    .map_err(|e| format!("cannot open connection log {}: {e}", p.display()))?,
+            ),
+        };
         let tls = tls_acceptors(cfg)?;
         let pools = previous.map(|p| p.pools.clone()).unwrap_or_default();
         pools.retain(|a| {
@@ -122,6 +131,7 @@ impl Plane for Alb {
                 None => sticky::StickyKey::process(),
             },
             access_log,
+            connection_log,
             group_metrics: cfg
                 .target_groups
                 .keys()

@@ -202,6 +202,91 @@ impl RequestInfo {
     }
 }
 
+/// What ALB's connection log says of a TLS connection.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConn {
+    /// `tls_protocol` and `tls_cipher`, OpenSSL's names.
+    pub names: (&'static str, &'static str),
+    /// `tls_handshake_latency`.
+    pub handshake: std::time::Duration,
+    /// The leaf client certificate, on a mutual TLS listener that got one.
+    pub leaf: Option<causeway_dataplane::x509::LeafInfo>,
+    /// `tls_keyexchange`.
+    pub key_exchange: String,
+}
+
+/// How a connection attempt ended, for its connection log line.
+#[derive(Debug, Clone)]
+pub enum Handshake {
+    /// Cleartext: nothing to negotiate.
+    None,
+    Done(TlsConn),
+    /// The handshake failed: ALB's `Failed:` code.
+    Failed(&'static str),
+}
+
+/// One line in ALB's connection log format: `timestamp client_ip client_port listener_port
+/// tls_protocol tls_cipher tls_handshake_latency leaf_client_cert_subject
+/// leaf_client_cert_validity leaf_client_cert_serial_number tls_verify_status conn_trace_id
+/// tls_keyexchange elb ip_address`, `-` where a field does not apply. After a failed handshake
+/// the negotiated names and the certificate are not known here, so they are `-` too.
+pub fn connection_line(
+    at: std::time::SystemTime,
+    peer: SocketAddr,
+    local: SocketAddr,
+    conn_trace: u128,
+    handshake: &Handshake,
+) -> String {
+    use causeway_dataplane::accesslog::{iso8601, quote};
+    use std::fmt::Write;
+    let mut l = String::with_capacity(256);
+    let _ = write!(
+        l,
+        "{} {} {} {} ",
+        iso8601(at),
+        peer.ip(),
+        peer.port(),
+        local.port()
+    );
+    match handshake {
+        Handshake::Done(t) => {
+            let _ = write!(
+                l,
+                "{} {} {:.3} ",
+                t.names.1,
+                t.names.0,
+                t.handshake.as_secs_f64()
+            );
+            match &t.leaf {
+                Some(leaf) => {
+                    quote(&mut l, leaf.subject.as_bytes());
+                    let _ = write!(
+                        l,
+                        " NotBefore={};NotAfter={} {} ",
+                        leaf.not_before, leaf.not_after, leaf.serial
+                    );
+                }
+                None => l.push_str("- - - "),
+            }
+            l.push_str("Success");
+        }
+        Handshake::Failed(code) => {
+            let _ = write!(l, "- - - - - - Failed:{code}");
+        }
+        Handshake::None => l.push_str("- - - - - - -"),
+    }
+    let kx = match handshake {
+        Handshake::Done(t) => t.key_exchange.as_str(),
+        _ => "-",
+    };
+    let _ = write!(
+        l,
+        " TID_{conn_trace:032x} {kx} app/causeway-alb/{local} {}",
+        local.ip()
+    );
+    l
+}
+
 /// How a request ended, for its access log line.
 #[derive(Debug, Clone, Copy)]
 pub enum Ended<'a> {

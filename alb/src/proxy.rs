@@ -69,16 +69,35 @@ async fn open(conn: Conn<Parked>, snaps: Snapshots<Alb>) -> Option<Plain> {
         serve_tls(client, acceptor, mtls, &snaps).await;
         return None;
     }
+    let opened = Instant::now();
+    let (peer, local) = (client.peer, client.local);
+    connection_log(&snaps, peer, local, opened, &logging::Handshake::None);
     Some(Plain {
         client,
         kept: Kept {
             snaps,
             parker,
-            opened: Instant::now(),
+            opened,
             _slot: slot,
             _active: active,
         },
     })
+}
+
+/// Writes the connection's line to ALB's connection log, when it is on. `opened` gives the
+/// connection's `conn_trace_id`, the one its requests' access log lines carry.
+fn connection_log(
+    snaps: &Snapshots<Alb>,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    opened: Instant,
+    handshake: &logging::Handshake,
+) {
+    if let Some(log) = snaps.load().compiled.connection_log.as_ref() {
+        let trace = logging::conn_trace(peer, local, opened);
+        let at = std::time::SystemTime::now();
+        log.log(logging::connection_line(at, peer, local, trace, handshake));
+    }
 }
 
 /// Counts a connection in `ActiveConnectionCount` while it lives, parked or not. No handle
@@ -132,7 +151,7 @@ impl Plain {
                         Sniffed::Park { until } => return me.park(until),
                         Sniffed::H2 => {
                             let Plain { client, kept } = me;
-                            return Box::pin(serve_h2c(client, &kept.snaps)).await;
+                            return Box::pin(serve_h2c(client, &kept.snaps, kept.opened)).await;
                         }
                     }
                 }
@@ -224,6 +243,7 @@ async fn serve_tls(
     mtls: causeway_dataplane::tls::Mtls,
     snaps: &Snapshots<Alb>,
 ) {
+    let started = Instant::now();
     let Client {
         stream,
         peer,
@@ -234,22 +254,42 @@ async fn serve_tls(
     // Boxed, as the h2 server below: neither is kept in an HTTP/1.1 connection's state for
     // its life (inline, they made every idle HTTPS connection's state 9.4 KB).
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let failed = |code: &'static str| {
+        metrics::counter!("causeway_alb_client_tls_negotiation_error_count").increment(1);
+        let handshake = logging::Handshake::Failed(code);
+        connection_log(snaps, peer, local, Instant::now(), &handshake);
+    };
     let tls = match Box::pin(handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            metrics::counter!("causeway_alb_client_tls_negotiation_error_count").increment(1);
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            failed(causeway_dataplane::tls::failure_code(&e));
             return;
         }
         Err(_) => {
-            metrics::counter!("causeway_alb_client_tls_negotiation_error_count").increment(1);
+            failed("UnmappedConnectionError");
             return;
         }
     };
     // Into the client at once: a stream borrowed before it is moved keeps its place in this
     // future's state for good, and it is 1.2 KB.
     let mut client = Client::over(tls, peer, local, shutdown, true);
+    let opened = Instant::now();
     let names = causeway_dataplane::tls::log_names(client.stream.get_ref().1);
+    if snaps.load().compiled.connection_log.is_some() {
+        let conn = client.stream.get_ref().1;
+        let leaf = (mtls != causeway_dataplane::tls::Mtls::Off)
+            .then(|| conn.peer_certificates().and_then(|c| c.first()))
+            .flatten()
+            .and_then(|c| causeway_dataplane::x509::leaf_info(c));
+        let done = logging::TlsConn {
+            names,
+            handshake: opened - started,
+            leaf,
+            key_exchange: causeway_dataplane::tls::key_exchange_name(conn),
+        };
+        connection_log(snaps, peer, local, opened, &logging::Handshake::Done(done));
+    }
     // The client certificate's fields, read once per connection (mutual TLS listeners only).
     let cert_fields = causeway_dataplane::tls::client_cert_fields(mtls, client.stream.get_ref().1)
         .map(Vec::into_boxed_slice);
@@ -268,7 +308,7 @@ async fn serve_tls(
             tls_names: Some(names),
             mtls: cert_fields.map(std::sync::Arc::from),
             renames,
-            opened: Instant::now(),
+            opened,
         };
         let Client {
             stream, shutdown, ..
@@ -276,7 +316,6 @@ async fn serve_tls(
         Box::pin(crate::h2::serve(stream, from, snaps.clone(), shutdown)).await;
         return;
     }
-    let opened = Instant::now();
     loop {
         if client.requests > 0 && client.buf.is_empty() {
             // Idle between requests, outside the request's boxed state, as over cleartext.
@@ -350,7 +389,7 @@ async fn sniff_preface(client: &mut Client, snaps: &Snapshots<Alb>, opened: Inst
 
 /// A cleartext connection that opened with the h2 preface: HTTP/2 over it, the bytes already
 /// read replayed first.
-async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>) {
+async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>, opened: Instant) {
     let Client {
         stream,
         peer,
@@ -368,7 +407,7 @@ async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>) {
         tls_names: None,
         mtls: None,
         renames: None,
-        opened: Instant::now(),
+        opened,
     };
     crate::h2::serve(io, from, snaps.clone(), shutdown).await;
 }

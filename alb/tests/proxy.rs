@@ -798,9 +798,12 @@ async fn access_log_lines_follow_alb_field_order() {
     let os = origins(&["a"]).await;
     let dir = causeway_testkit::lifecycle::TempDir::new("accesslog");
     let log = dir.path().join("access.log");
+    let conn_log = dir.path().join("connection.log");
     let groups = format!(
-        "[load_balancer]\naccess_logs.enabled = true\naccess_logs.path = \"{}\"\n{}",
+        "[load_balancer]\naccess_logs.enabled = true\naccess_logs.path = \"{}\"\n\
+         connection_logs.enabled = true\nconnection_logs.path = \"{}\"\n{}",
         log.display(),
+        conn_log.display(),
         group("web", &[&os[0]])
     );
     let rules = r#"
@@ -878,6 +881,31 @@ action = { type = "fixed-response", status_code = 404, message_body = "nope" }
         lines[2].contains("/kept/1 HTTP") && lines[3].contains("/kept/2 HTTP"),
         "{text}"
     );
+    // The connection log: one line per connection (four), cleartext, whose conn_trace_id is
+    // the one its requests carry.
+    let mut conns = String::new();
+    for _ in 0..200 {
+        conns = std::fs::read_to_string(&conn_log).unwrap_or_default();
+        if conns.lines().count() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let conns: Vec<&str> = conns.lines().collect();
+    assert_eq!(conns.len(), 4, "{conns:?}");
+    for (c, request) in conns.iter().zip([0, 1, 2, 4]) {
+        assert!(
+            c.contains(&format!(
+                " {} - - - - - - - {} - app/causeway-alb/{} {}",
+                alb.addr.port(),
+                tid(lines[request]),
+                alb.addr,
+                alb.addr.ip()
+            )),
+            "{c}\n{}",
+            lines[request]
+        );
+    }
     let f: Vec<&str> = lines[0].split(' ').collect();
     assert_eq!(f[0], "http");
     assert!(f[1].ends_with('Z') && f[1].contains('T'), "time: {}", f[1]);

@@ -839,3 +839,118 @@ transforms = [{ type = "url-rewrite", regex = "^/broken/", replace = "no-slash/"
         );
     }
 }
+
+/// ALB's connection log: one line per connection in AWS's field order. A handshake that
+/// succeeds logs the TLS names, its latency and, on a mutual TLS listener, the leaf
+/// certificate, and its `conn_trace_id` is the one its request's access log line carries; one
+/// that fails logs AWS's reason code (a revoked, an untrusted, an expired certificate).
+#[tokio::test]
+async fn the_connection_log_has_a_line_per_connection_with_alb_reasons() {
+    use causeway_testkit::tls::cert;
+    let dir = causeway_testkit::lifecycle::TempDir::new("connlog");
+    let store = two_ca_store(dir.path());
+    let crl = cert("client-ca-2.crl.pem");
+    let conn_log = dir.path().join("conn.log");
+    let access_log = dir.path().join("access.log");
+    let o = Origin::start().await;
+    let table = format!(
+        "{{ mode = \"verify\", trust_store = \"{store}\", revocation_lists = [\"{crl}\"] }}\n\
+         [load_balancer]\nconnection_logs.enabled = true\nconnection_logs.path = \"{}\"\n\
+         access_logs.enabled = true\naccess_logs.path = \"{}\"\n",
+        conn_log.display(),
+        access_log.display()
+    );
+    let (_s, addr) = start_mtls(&o, &table).await;
+    for who in [
+        "client-1",
+        "client-revoked",
+        "rogue-client",
+        "client-expired",
+    ] {
+        let c = client_cert(who);
+        let args: Vec<&str> = c.iter().map(String::as_str).collect();
+        let (out, err) = curl(addr, "a.example.test", "/x", &args).await;
+        assert_eq!(
+            out.starts_with("HTTP/1.1 200"),
+            who == "client-1",
+            "{who}: {out}\n{err}"
+        );
+    }
+    let read = |path: &Path, n: usize| {
+        let path = path.to_owned();
+        async move {
+            for _ in 0..200 {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.lines().count() >= n {
+                    return text;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("fewer than {n} lines in {}", path.display());
+        }
+    };
+    let text = read(&conn_log, 4).await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let f: Vec<&str> = lines[0].split(' ').collect();
+    assert!(
+        f[0].ends_with('Z') && f[0].contains('T'),
+        "timestamp: {}",
+        lines[0]
+    );
+    assert_eq!(
+        (f[1], f[3]),
+        ("127.0.0.1", addr.port().to_string().as_str())
+    );
+    assert!(f[2].parse::<u16>().is_ok(), "client port: {}", lines[0]);
+    assert_eq!(f[4], "TLSv1.3", "{}", lines[0]);
+    assert!(f[5].starts_with("TLS_AES_"), "{}", lines[0]);
+    let latency: f64 = f[6].parse().unwrap();
+    assert!(
+        f[6].split('.').nth(1).map(str::len) == Some(3) && latency < 5.0,
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(" \"CN=client-1,OU=Fleet,O=Causeway Test\\\\, Inc.,C=US\" NotBefore="),
+        "the leaf's subject: {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("Z;NotAfter=") && lines[0].contains("Z 0A1B2C3D4E5F Success TID_"),
+        "validity, serial, status: {}",
+        lines[0]
+    );
+    let tail = format!(" app/causeway-alb/{addr} 127.0.0.1");
+    assert!(lines.iter().all(|l| l.ends_with(&tail)), "{text}");
+    let kx = |l: &str| l.rsplit(' ').nth(2).unwrap().to_owned();
+    assert!(
+        ["X25519", "secp256r1", "X25519MLKEM768"].contains(&kx(lines[0]).as_str()),
+        "key exchange: {}",
+        lines[0]
+    );
+    for (line, code) in lines[1..].iter().zip([
+        "ClientCertCrlHit",
+        "ClientCertUntrusted",
+        "ClientCertExpired",
+    ]) {
+        assert!(
+            line.contains(&format!(" - - - - - - Failed:{code} TID_")) && kx(line) == "-",
+            "{code}: {line}"
+        );
+    }
+    // The successful connection's id is on its request's access log line.
+    let tid = |l: &str| {
+        l.split(' ')
+            .find(|f| f.starts_with("TID_"))
+            .unwrap()
+            .to_owned()
+    };
+    let access = read(&access_log, 1).await;
+    assert_eq!(
+        tid(access.lines().next().unwrap()),
+        tid(lines[0]),
+        "{access}"
+    );
+    assert!(lines.iter().skip(1).all(|l| tid(l) != tid(lines[0])));
+}

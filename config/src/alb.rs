@@ -43,6 +43,9 @@ pub struct FileLoadBalancer {
     pub stickiness_secret: Option<String>,
     #[serde(default)]
     pub access_logs: FileAccessLogs,
+    /// ALB's connection logs (`connection_logs.s3.enabled` on AWS): one line per connection.
+    #[serde(default)]
+    pub connection_logs: FileAccessLogs,
 }
 
 /// Access logs in ALB's format, to a local file (AWS writes them to S3).
@@ -135,23 +138,26 @@ pub struct LoadBalancerAttributes {
     pub stickiness_secret: Option<String>,
     /// Where access logs go, when enabled.
     pub access_log: Option<std::path::PathBuf>,
+    /// Where connection logs go, when enabled.
+    pub connection_log: Option<std::path::PathBuf>,
+}
+
+/// A log's file: `None` when it is off; a path is required when it is on.
+fn log_path(key: &str, logs: FileAccessLogs, cx: &Context) -> Check<Option<std::path::PathBuf>> {
+    match (logs.enabled.unwrap_or(false), logs.path) {
+        (false, _) => Ok(None),
+        (true, Some(p)) if !p.is_empty() => Ok(Some(cx.resolve(&p))),
+        (true, _) => Err(Violation::new(
+            format!("load_balancer.{key}.path"),
+            format!("required when {key}.enabled = true"),
+        )),
+    }
 }
 
 impl FileLoadBalancer {
     fn validate(self, cx: &Context) -> Check<LoadBalancerAttributes> {
-        let access_log = match (
-            self.access_logs.enabled.unwrap_or(false),
-            self.access_logs.path,
-        ) {
-            (false, _) => None,
-            (true, Some(p)) if !p.is_empty() => Some(cx.resolve(&p)),
-            (true, _) => {
-                return Err(Violation::new(
-                    "load_balancer.access_logs.path",
-                    "required when access_logs.enabled = true",
-                ))
-            }
-        };
+        let access_log = log_path("access_logs", self.access_logs, cx)?;
+        let connection_log = log_path("connection_logs", self.connection_logs, cx)?;
         let secs =
             |p: &str, v: Option<i64>, d: i64, lo: i64, hi: i64| -> Check<std::time::Duration> {
                 Ok(std::time::Duration::from_secs(
@@ -223,6 +229,7 @@ impl FileLoadBalancer {
                 other => other,
             },
             access_log,
+            connection_log,
         })
     }
 }

@@ -175,6 +175,35 @@ pub fn log_names(conn: &rustls::ServerConnection) -> (&'static str, &'static str
     (cipher, protocol)
 }
 
+/// The key exchange group a TLS connection used, by its IANA name (`X25519`, `secp256r1`,
+/// `X25519MLKEM768`), for ALB's connection log.
+pub fn key_exchange_name(conn: &rustls::ServerConnection) -> String {
+    conn.negotiated_key_exchange_group()
+        .map_or_else(|| "-".to_owned(), |g| format!("{:?}", g.name()))
+}
+
+/// ALB's connection log code for a handshake that failed (`Failed:` and this), from the error
+/// the TLS acceptor returned.
+pub fn failure_code(e: &std::io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    let Some(rustls::Error::InvalidCertificate(c)) =
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+    else {
+        return "UnmappedConnectionError";
+    };
+    match c {
+        C::UnknownIssuer => "ClientCertUntrusted",
+        C::Revoked => "ClientCertCrlHit",
+        C::Expired | C::ExpiredContext { .. } => "ClientCertExpired",
+        C::NotValidYet | C::NotValidYetContext { .. } => "ClientCertNotYetValid",
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => "ClientCertPurposeInvalid",
+        C::UnknownRevocationStatus
+        | C::ExpiredRevocationList
+        | C::ExpiredRevocationListContext { .. } => "ClientCertCrlProcessingError",
+        _ => "ClientCertInvalid",
+    }
+}
+
 /// The verifier of `mutual_authentication = { mode = "verify" }`: a client certificate is
 /// required and must chain to a CA of the trust store (webpki: signatures, validity, the
 /// `clientAuth` usage), and no certificate of the chain may be on a revocation list of its
