@@ -840,14 +840,7 @@ action = { type = "fixed-response", status_code = 404, message_body = "nope" }
     )
     .await
     .unwrap();
-    let mut text = String::new();
-    for _ in 0..200 {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let text = causeway_testkit::lifecycle::log_lines(&log, 5).await;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
     // The last six fields: classification, classification_reason, conn_trace_id,
@@ -883,14 +876,7 @@ action = { type = "fixed-response", status_code = 404, message_body = "nope" }
     );
     // The connection log: one line per connection (four), cleartext, whose conn_trace_id is
     // the one its requests carry.
-    let mut conns = String::new();
-    for _ in 0..200 {
-        conns = std::fs::read_to_string(&conn_log).unwrap_or_default();
-        if conns.lines().count() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let conns = causeway_testkit::lifecycle::log_lines(&conn_log, 4).await;
     let conns: Vec<&str> = conns.lines().collect();
     assert_eq!(conns.len(), 4, "{conns:?}");
     for (c, request) in conns.iter().zip([0, 1, 2, 4]) {
@@ -1082,14 +1068,7 @@ async fn killing_one_of_three_targets_under_post_load_fails_only_what_reached_it
         .map(|(p, _)| p)
         .collect();
     let dead = os[1].addr().to_string();
-    let mut text = String::new();
-    for _ in 0..200 {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 800 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let text = causeway_testkit::lifecycle::log_lines(&log, 800).await;
     for path in &failed {
         let needle = format!("{path} HTTP/1.1\"");
         let line = text

@@ -143,14 +143,7 @@ async fn the_access_log_names_the_cipher_and_protocol_over_h1_and_h2() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{err}");
     let (out, err) = causeway_testkit::tls::curl(addr, "a.example.test", "/h2", &["--http2"]).await;
     assert!(out.starts_with("HTTP/2 200"), "{out}\n{err}");
-    let mut text = String::new();
-    for _ in 0..200 {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let text = causeway_testkit::lifecycle::log_lines(&log, 2).await;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     let h1: Vec<&str> = lines[0].split(' ').collect();
@@ -808,14 +801,7 @@ transforms = [{ type = "url-rewrite", regex = "^/broken/", replace = "no-slash/"
     }
     // The access log's transformed_host and transformed_uri: what was sent, or `-` for a part
     // no transform changed; request_transform_status stays `-`.
-    let mut text = String::new();
-    for _ in 0..200 {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 6 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let text = causeway_testkit::lifecycle::log_lines(&log, 6).await;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 6, "{text}");
     for (i, kind) in [(0, "https"), (3, "h2")] {
@@ -876,20 +862,7 @@ async fn the_connection_log_has_a_line_per_connection_with_alb_reasons() {
             "{who}: {out}\n{err}"
         );
     }
-    let read = |path: &Path, n: usize| {
-        let path = path.to_owned();
-        async move {
-            for _ in 0..200 {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                if text.lines().count() >= n {
-                    return text;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            panic!("fewer than {n} lines in {}", path.display());
-        }
-    };
-    let text = read(&conn_log, 4).await;
+    let text = causeway_testkit::lifecycle::log_lines(&conn_log, 4).await;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     let f: Vec<&str> = lines[0].split(' ').collect();
@@ -946,7 +919,7 @@ async fn the_connection_log_has_a_line_per_connection_with_alb_reasons() {
             .unwrap()
             .to_owned()
     };
-    let access = read(&access_log, 1).await;
+    let access = causeway_testkit::lifecycle::log_lines(&access_log, 1).await;
     assert_eq!(
         tid(access.lines().next().unwrap()),
         tid(lines[0]),

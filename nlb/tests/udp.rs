@@ -17,16 +17,21 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
+/// A TCP listener and a UDP socket on one loopback port (an ephemeral UDP socket may hold a
+/// port that is free for TCP, so it is tried until one is free for both).
+async fn tcp_and_udp() -> (TcpListener, UdpSocket) {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(udp) = UdpSocket::bind(tcp.local_addr().unwrap()).await {
+            return (tcp, udp);
+        }
+    }
+}
+
 /// A target: answers each datagram with one datagram `NAME PORT PAYLOAD` (PORT: the source port
 /// it saw, i.e. the nlb's upstream socket for that flow), and on TCP echoes `NAME ` + bytes.
 async fn echo_target(name: &'static str) -> SocketAddr {
-    // A port free for both TCP and UDP (an ephemeral UDP socket may hold a free TCP port).
-    let (tcp, udp) = loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        if let Ok(udp) = UdpSocket::bind(tcp.local_addr().unwrap()).await {
-            break (tcp, udp);
-        }
-    };
+    let (tcp, udp) = tcp_and_udp().await;
     let addr = tcp.local_addr().unwrap();
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
@@ -314,12 +319,7 @@ async fn a_flood_of_sources_is_held_to_the_flow_cap_and_nothing_is_amplified() {
 /// A UDP target that answers each datagram with the source address it came from (and accepts
 /// TCP on the same port, for health checks).
 async fn who_target() -> SocketAddr {
-    let (tcp, udp) = loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        if let Ok(udp) = UdpSocket::bind(tcp.local_addr().unwrap()).await {
-            break (tcp, udp);
-        }
-    };
+    let (tcp, udp) = tcp_and_udp().await;
     let addr = tcp.local_addr().unwrap();
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];

@@ -23,6 +23,20 @@ pub fn eventually<T>(wait: Duration, mut f: impl FnMut() -> Option<T>) -> Option
     }
 }
 
+/// The text of a log file once it has at least `n` lines (an async writer fills it), or what
+/// it has after four seconds.
+pub async fn log_lines(path: &Path, n: usize) -> String {
+    let mut text = String::new();
+    for _ in 0..400 {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    text
+}
+
 /// The current value of a metric on an admin server.
 pub fn scrape(admin: SocketAddr, series: &str) -> Option<f64> {
     let (status, body) = http_get(admin, "/metrics").ok()?;
