@@ -36,6 +36,8 @@ pub struct Routers {
     pub access_log: Option<causeway_dataplane::accesslog::AccessLog>,
     /// ALB's connection log, when enabled.
     pub connection_log: Option<causeway_dataplane::accesslog::AccessLog>,
+    /// ALB's health check log, when enabled.
+    pub health_log: Option<std::sync::Arc<causeway_dataplane::healthlog::HealthLog>>,
     /// Metric handles by target group, and for the alb's own responses.
     pub group_metrics: std::collections::HashMap<String, logging::GroupMetrics>,
     pub elb_metrics: logging::ElbMetrics,
@@ -111,6 +113,25 @@ impl Plane for Alb {
                     .map_err(|e| format!("cannot open connection log {}: {e}", p.display()))?,
             ),
         };
+        let health_log = match &cfg.load_balancer.health_check_log {
+            None => None,
+            Some(p) => {
+                let log = causeway_dataplane::accesslog::AccessLog::open(p)
+                    .map_err(|e| format!("cannot open health check log {}: {e}", p.display()))?;
+                // The load balancer, as its other logs name it: by its first listener.
+                let first = cfg.listeners.first().map(|l| l.address);
+                Some(std::sync::Arc::new(
+                    causeway_dataplane::healthlog::HealthLog {
+                        log,
+                        elb: first.map_or_else(
+                            || "app/causeway-alb".to_owned(),
+                            |a| format!("app/causeway-alb/{a}"),
+                        ),
+                        ip: first.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip()),
+                    },
+                ))
+            }
+        };
         let tls = tls_acceptors(cfg)?;
         let pools = previous.map(|p| p.pools.clone()).unwrap_or_default();
         pools.retain(|a| {
@@ -132,6 +153,7 @@ impl Plane for Alb {
             },
             access_log,
             connection_log,
+            health_log,
             group_metrics: cfg
                 .target_groups
                 .keys()
@@ -162,6 +184,12 @@ impl Plane for Alb {
         snaps: Snapshots<Self>,
     ) -> impl std::future::Future<Output = ()> + Send {
         proxy::handle(conn, snaps)
+    }
+
+    fn health_log(
+        compiled: &Routers,
+    ) -> Option<std::sync::Arc<causeway_dataplane::healthlog::HealthLog>> {
+        compiled.health_log.clone()
     }
 }
 

@@ -1495,3 +1495,44 @@ action = { type = "fixed-response", status_code = 403, message_body = "host" }
     }
     assert_eq!(os[0].total(), 2);
 }
+
+/// ALB's health check logs: a line per active check with AWS's fields, `PASS` and the status
+/// for a target that answers, `FAIL` and AWS's reason for one that refuses connections.
+#[tokio::test]
+async fn health_check_logs_have_a_line_per_check() {
+    let os = origins(&["a"]).await;
+    let dir = causeway_testkit::lifecycle::TempDir::new("hclog");
+    let log = dir.path().join("health.log");
+    let dead = free_port();
+    let groups = format!(
+        "[load_balancer]\nhealth_check_logs.enabled = true\nhealth_check_logs.path = \"{}\"\n\
+         [target_groups.web]\ntargets = [{{ address = \"{}\" }}, {{ address = \"127.0.0.1:{dead}\" }}]\n\
+         health_check.interval_seconds = 5\n",
+        log.display(),
+        os[0].addr()
+    );
+    let alb = start(&groups, r#"{ type = "forward", target_group = "web" }"#, "").await;
+    // The first checks come within a tenth of the interval.
+    let text = causeway_testkit::lifecycle::log_lines(&log, 2).await;
+    let tail = format!(" app/causeway-alb/{} {}", alb.addr, alb.addr.ip());
+    let find = |target: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!(" {target} web ")))
+            .unwrap_or_else(|| panic!("no check of {target}: {text}"))
+            .to_owned()
+    };
+    let live = find(&os[0].addr().to_string());
+    let f: Vec<&str> = live.split(' ').collect();
+    assert_eq!(f[0], "http", "{live}");
+    assert!(f[1].ends_with('Z') && f[1].contains('T'), "{live}");
+    assert!(
+        f[2].split('.').nth(1).map(str::len) == Some(9),
+        "latency: {live}"
+    );
+    assert!(live.ends_with(&format!(" web PASS 200 -{tail}")), "{live}");
+    let gone = find(&format!("127.0.0.1:{dead}"));
+    assert!(
+        gone.ends_with(&format!(" web FAIL - ConnectionReset{tail}")),
+        "{gone}"
+    );
+}

@@ -46,6 +46,9 @@ pub struct FileLoadBalancer {
     /// ALB's connection logs (`connection_logs.s3.enabled` on AWS): one line per connection.
     #[serde(default)]
     pub connection_logs: FileAccessLogs,
+    /// ALB's health check logs (`health_check_logs.s3.enabled`): one line per active check.
+    #[serde(default)]
+    pub health_check_logs: FileAccessLogs,
 }
 
 /// Access logs in ALB's format, to a local file (AWS writes them to S3).
@@ -140,6 +143,8 @@ pub struct LoadBalancerAttributes {
     pub access_log: Option<std::path::PathBuf>,
     /// Where connection logs go, when enabled.
     pub connection_log: Option<std::path::PathBuf>,
+    /// Where health check logs go, when enabled.
+    pub health_check_log: Option<std::path::PathBuf>,
 }
 
 /// A log's file: `None` when it is off; a path is required when it is on.
@@ -158,6 +163,7 @@ impl FileLoadBalancer {
     fn validate(self, cx: &Context) -> Check<LoadBalancerAttributes> {
         let access_log = log_path("access_logs", self.access_logs, cx)?;
         let connection_log = log_path("connection_logs", self.connection_logs, cx)?;
+        let health_check_log = log_path("health_check_logs", self.health_check_logs, cx)?;
         let secs =
             |p: &str, v: Option<i64>, d: i64, lo: i64, hi: i64| -> Check<std::time::Duration> {
                 Ok(std::time::Duration::from_secs(
@@ -230,6 +236,7 @@ impl FileLoadBalancer {
             },
             access_log,
             connection_log,
+            health_check_log,
         })
     }
 }

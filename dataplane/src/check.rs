@@ -122,7 +122,7 @@ where
             }
         };
         Some(if matcher.matches(status) {
-            Outcome::Success
+            Outcome::Answered(status)
         } else {
             Outcome::BadStatus(status)
         })
@@ -155,7 +155,7 @@ async fn http_probe<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
     }
     match parse_status(&buf[..n]) {
-        Some(code) if matcher.matches(code) => Outcome::Success,
+        Some(code) if matcher.matches(code) => Outcome::Answered(code),
         Some(code) => Outcome::BadStatus(code),
         None => Outcome::Failed,
     }
@@ -189,23 +189,29 @@ pub fn jittered(interval: Duration, rng: &mut fastrand::Rng) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// Where each check's result is logged, if anywhere: the plane's health check log as the
+/// current config has it (swapped on reload).
+pub type HealthLogs = Arc<arc_swap::ArcSwapOption<crate::healthlog::HealthLog>>;
+
 /// Starts the checker of `target` unless it has one. The loop holds only a weak reference.
 pub fn spawn_checker(
     target: &Arc<Target>,
     prober: Arc<dyn Prober>,
     shutdown: watch::Receiver<bool>,
+    logs: HealthLogs,
 ) {
     if !target.health_check.enabled || !target.claim_checker() {
         return;
     }
     let weak = Arc::downgrade(target);
-    tokio::spawn(check_loop(weak, prober, shutdown));
+    tokio::spawn(check_loop(weak, prober, shutdown, logs));
 }
 
 async fn check_loop(
     weak: Weak<Target>,
     prober: Arc<dyn Prober>,
     mut shutdown: watch::Receiver<bool>,
+    logs: HealthLogs,
 ) {
     let mut rng = fastrand::Rng::new();
     // The first check comes soon, spread over a tenth of the interval.
@@ -224,9 +230,13 @@ async fn check_loop(
         if t.is_retired() || !t.state().checked() {
             return;
         }
+        let (started, clock) = (std::time::SystemTime::now(), tokio::time::Instant::now());
         let outcome = prober.probe(check_addr(&t), &t.health_check).await;
         if t.is_retired() {
             return;
+        }
+        if let Some(log) = logs.load_full() {
+            log.record(&t, started, clock.elapsed(), outcome);
         }
         t.record_check(outcome);
         wait = jittered(t.health_check.interval, &mut rng);
@@ -318,7 +328,7 @@ mod tests {
         let (_tx, rx) = watch::channel(false);
         let p = scripted(0);
         let t = target();
-        spawn_checker(&t, p.clone(), rx);
+        spawn_checker(&t, p.clone(), rx, HealthLogs::default());
         // Healthy threshold 3: initial after two successes, healthy after the third.
         let first = until_calls(&p, 1).await;
         assert!(
@@ -359,8 +369,8 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         let p = scripted(1);
         let t = target();
-        spawn_checker(&t, p.clone(), rx.clone());
-        spawn_checker(&t, p.clone(), rx); // a second call starts nothing
+        spawn_checker(&t, p.clone(), rx.clone(), HealthLogs::default());
+        spawn_checker(&t, p.clone(), rx, HealthLogs::default()); // a second call starts nothing
         until_calls(&p, 1).await;
         t.drain(tokio::time::Instant::now() + Duration::from_secs(60));
         run_for(50).await;
@@ -372,7 +382,7 @@ mod tests {
         assert_eq!(t.state(), State::Draining);
 
         let t2 = target();
-        spawn_checker(&t2, p.clone(), tx.subscribe());
+        spawn_checker(&t2, p.clone(), tx.subscribe(), HealthLogs::default());
         until_calls(&p, 2).await;
         tx.send(true).unwrap();
         run_for(50).await;
@@ -428,7 +438,7 @@ mod tests {
             None,
         );
         for t in &group.targets {
-            spawn_checker(t, p.clone(), rx.clone());
+            spawn_checker(t, p.clone(), rx.clone(), HealthLogs::default());
         }
         // One virtual hour, sampled every 100 ms.
         let mut changes = 0;
@@ -500,7 +510,10 @@ mod tests {
             path: "/healthz".into(),
             matcher: StatusMatcher::parse("200-399").unwrap(),
         };
-        assert_eq!(NetProber.probe(origin.addr(), &hc).await, Outcome::Success);
+        assert_eq!(
+            NetProber.probe(origin.addr(), &hc).await,
+            Outcome::Answered(200)
+        );
         hc.kind = HealthCheckKind::Http {
             path: "/bad".into(),
             matcher: StatusMatcher::parse("200").unwrap(),
@@ -523,7 +536,10 @@ mod tests {
         hc.tls = true;
         assert_eq!(NetProber.probe(origin.addr(), &hc).await, Outcome::Failed);
         let secure = causeway_testkit::Origin::builder().tls().start().await;
-        assert_eq!(NetProber.probe(secure.addr(), &hc).await, Outcome::Success);
+        assert_eq!(
+            NetProber.probe(secure.addr(), &hc).await,
+            Outcome::Answered(200)
+        );
         assert_eq!(secure.health_check_hits("/tls"), 1);
         // gRPC over h2 (the testkit origin answers grpc-status 0 in trailers), cleartext and
         // TLS; AWS's default matcher (12) calls that unhealthy.
@@ -532,10 +548,16 @@ mod tests {
             path: "/AWS.ALB/healthcheck".into(),
             matcher: StatusMatcher::parse_grpc("0").unwrap(),
         };
-        assert_eq!(NetProber.probe(origin.addr(), &hc).await, Outcome::Success);
+        assert_eq!(
+            NetProber.probe(origin.addr(), &hc).await,
+            Outcome::Answered(0)
+        );
         assert_eq!(origin.health_check_hits("/AWS.ALB/healthcheck"), 1);
         hc.tls = true;
-        assert_eq!(NetProber.probe(secure.addr(), &hc).await, Outcome::Success);
+        assert_eq!(
+            NetProber.probe(secure.addr(), &hc).await,
+            Outcome::Answered(0)
+        );
         hc.kind = HealthCheckKind::Grpc {
             path: "/AWS.ALB/healthcheck".into(),
             matcher: StatusMatcher::parse_grpc("12").unwrap(),

@@ -75,7 +75,10 @@ pub enum Reason {
 /// The result of one active check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// It answered (a TCP check: it accepted the connection).
     Success,
+    /// An HTTP or gRPC answer with a status the matcher accepts: this status.
+    Answered(u16),
     /// No answer within the check's timeout.
     Timeout,
     /// The connection was refused or reset, or the answer was not HTTP.
@@ -85,9 +88,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the check passed.
+    pub fn passed(self) -> bool {
+        matches!(self, Outcome::Success | Outcome::Answered(_))
+    }
+
     fn reason(self) -> Reason {
         match self {
-            Outcome::Success => Reason::None,
+            Outcome::Success | Outcome::Answered(_) => Reason::None,
             Outcome::Timeout => Reason::Timeout,
             Outcome::Failed => Reason::FailedHealthChecks,
             Outcome::BadStatus(_) => Reason::ResponseCodeMismatch,
@@ -176,7 +184,7 @@ impl HealthMachine {
         ) {
             return None;
         }
-        if outcome == Outcome::Success {
+        if outcome.passed() {
             self.failures = 0;
             self.successes += 1;
             if self.state != State::Healthy && self.successes >= self.healthy_threshold {

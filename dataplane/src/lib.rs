@@ -17,6 +17,7 @@ pub mod desync;
 pub mod drain;
 pub mod h2conn;
 pub mod health;
+pub mod healthlog;
 pub mod http1;
 pub mod limits;
 pub mod listener;

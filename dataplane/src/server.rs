@@ -60,6 +60,12 @@ pub trait Plane: Send + Sync + Sized + 'static {
     /// called once after start, with the live snapshots and the drain signal.
     fn started(_snaps: Snapshots<Self>, _shutdown: watch::Receiver<bool>) {}
 
+    /// Where the plane logs each active health check (the alb's health check logs), if it
+    /// does: read again after every load.
+    fn health_log(_compiled: &Self::Compiled) -> Option<Arc<crate::healthlog::HealthLog>> {
+        None
+    }
+
     /// Admin endpoints of this plane beyond the shared ones (the edge's invalidation API):
     /// method, path and body in, status and JSON out. `None`: not handled (404).
     fn admin_extra(
@@ -217,6 +223,8 @@ pub struct Server<P: Plane> {
     prober: Arc<dyn Prober>,
     conns: Tracker,
     parker: Parker<P::Parked>,
+    /// The current config's health check log, shared with every checker.
+    health_logs: crate::check::HealthLogs,
 }
 
 impl<P: Plane> std::fmt::Debug for Server<P> {
@@ -290,6 +298,8 @@ impl<P: Plane> Server<P> {
             groups,
             loaded_at: SystemTime::now(),
         };
+        let health_logs = crate::check::HealthLogs::default();
+        health_logs.store(P::health_log(&snap.compiled));
         let (shutdown, _) = watch::channel(false);
         let conns = Tracker::default();
         let parker =
@@ -303,6 +313,7 @@ impl<P: Plane> Server<P> {
             prober,
             conns,
             parker,
+            health_logs,
         });
         metrics::counter!("causeway_config_reloads_total").absolute(0);
         metrics::counter!("causeway_config_reload_failures_total").absolute(0);
@@ -392,7 +403,12 @@ impl<P: Plane> Server<P> {
         let snap = self.snapshot();
         for g in snap.groups.values() {
             for t in &g.targets {
-                spawn_checker(t, self.prober.clone(), self.shutdown.subscribe());
+                spawn_checker(
+                    t,
+                    self.prober.clone(),
+                    self.shutdown.subscribe(),
+                    self.health_logs.clone(),
+                );
             }
         }
     }
@@ -508,6 +524,7 @@ impl<P: Plane> Server<P> {
                 g.retire_all();
             }
         }
+        self.health_logs.store(P::health_log(&compiled));
         self.current.0.store(Arc::new(Snapshot {
             generation: summary.generation,
             compiled,
