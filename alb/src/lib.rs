@@ -99,39 +99,21 @@ impl Plane for Alb {
     }
 
     fn compile(cfg: &AlbConfig, previous: Option<&Routers>) -> Result<Routers, String> {
-        let access_log = match &cfg.load_balancer.access_log {
-            None => None,
-            Some(p) => Some(
-                causeway_dataplane::accesslog::AccessLog::open(p)
-                    .map_err(|e| format!("cannot open access log {}: {e}", p.display()))?,
-            ),
-        };
-        let connection_log = match &cfg.load_balancer.connection_log {
-            None => None,
-            Some(p) => Some(
-                causeway_dataplane::accesslog::AccessLog::open(p)
-                    .map_err(|e| format!("cannot open connection log {}: {e}", p.display()))?,
-            ),
-        };
-        let health_log = match &cfg.load_balancer.health_check_log {
-            None => None,
-            Some(p) => {
-                let log = causeway_dataplane::accesslog::AccessLog::open(p)
-                    .map_err(|e| format!("cannot open health check log {}: {e}", p.display()))?;
-                // The load balancer, as its other logs name it: by its first listener.
-                let first = cfg.listeners.first().map(|l| l.address);
-                Some(std::sync::Arc::new(
-                    causeway_dataplane::healthlog::HealthLog {
-                        log,
-                        elb: first.map_or_else(
-                            || "app/causeway-alb".to_owned(),
-                            |a| format!("app/causeway-alb/{a}"),
-                        ),
-                        ip: first.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip()),
-                    },
-                ))
-            }
-        };
+        let lb = &cfg.load_balancer;
+        let access_log = open_log("access", lb.access_log.as_deref())?;
+        let connection_log = open_log("connection", lb.connection_log.as_deref())?;
+        let health_log = open_log("health check", lb.health_check_log.as_deref())?.map(|log| {
+            // The load balancer, as its other logs name it: by its first listener.
+            let first = cfg.listeners.first().map(|l| l.address);
+            std::sync::Arc::new(causeway_dataplane::healthlog::HealthLog {
+                log,
+                elb: first.map_or_else(
+                    || "app/causeway-alb".to_owned(),
+                    |a| format!("app/causeway-alb/{a}"),
+                ),
+                ip: first.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip()),
+            })
+        });
         let tls = tls_acceptors(cfg)?;
         let pools = previous.map(|p| p.pools.clone()).unwrap_or_default();
         pools.retain(|a| {
@@ -191,6 +173,18 @@ impl Plane for Alb {
     ) -> Option<std::sync::Arc<causeway_dataplane::healthlog::HealthLog>> {
         compiled.health_log.clone()
     }
+}
+
+/// Opens one of the alb's logs (`what`: access, connection, health check) when it is on.
+fn open_log(
+    what: &str,
+    path: Option<&std::path::Path>,
+) -> Result<Option<causeway_dataplane::accesslog::AccessLog>, String> {
+    path.map(|p| {
+        causeway_dataplane::accesslog::AccessLog::open(p)
+            .map_err(|e| format!("cannot open {what} log {}: {e}", p.display()))
+    })
+    .transpose()
 }
 
 /// The HTTPS listeners' TLS acceptors (certificates, keys and trust stores loaded), with their
