@@ -355,11 +355,20 @@ pub fn access_line(info: &RequestInfo, ended: Ended<'_>, priority: Option<u32>) 
             0,
         ),
     };
+    // A WebSocket (a 101 and its tunnel) is ALB's type `ws` or `wss`, logged when it closes,
+    // with the bytes its whole connection carried each way.
+    let (kind, received) = match ended {
+        Ended::Forwarded { outcome: Ok(o), .. } if o.status == 101 => (
+            if info.kind == "https" { "wss" } else { "ws" },
+            info.received_bytes + o.tunnel_received,
+        ),
+        _ => (info.kind, info.received_bytes),
+    };
     let mut l = String::with_capacity(512);
     let _ = write!(
         l,
         "{} {} app/causeway-alb/{} {} {} 0.000 {} {:.3} {} {} {} {} ",
-        info.kind,
+        kind,
         iso8601(std::time::SystemTime::now()),
         info.listener,
         info.client,
@@ -368,7 +377,7 @@ pub fn access_line(info: &RequestInfo, ended: Ended<'_>, priority: Option<u32>) 
         elapsed,
         elb_status,
         target_status,
-        info.received_bytes,
+        received,
         sent
     );
     quote(&mut l, &info.request);

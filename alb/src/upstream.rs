@@ -75,8 +75,12 @@ pub struct Outcome {
     pub close: bool,
     pub target_time: Duration,
     pub attempts: usize,
-    /// Bytes written to the client for this response.
+    /// Bytes written to the client for this response (after a 101, all the tunnel carried
+    /// to the client).
     pub sent_bytes: u64,
+    /// After a 101: the bytes the tunnel carried from the client (the request's own are
+    /// counted apart).
+    pub tunnel_received: u64,
 }
 
 impl Outcome {
@@ -95,6 +99,7 @@ impl Outcome {
             target_time,
             attempts,
             sent_bytes,
+            tunnel_received: 0,
         }
     }
 }
@@ -904,6 +909,7 @@ async fn exchange<S: ClientStream>(
         target_time,
         attempts: 1,
         sent_bytes,
+        tunnel_received: 0,
     };
     let reusable = clean && upstream_reusable && framing != Framing::Close;
     Ok((outcome, reusable.then_some(up)))
@@ -1028,8 +1034,9 @@ async fn tunnel<S: ClientStream>(
         up.flush().await.map_err(|_| ProxyError::ResponseCut)?;
         client.consume(client.buf.len());
     }
+    let early = client.buf.len() as u64;
     let never = std::future::pending();
-    let (_, ended) = causeway_dataplane::relay::relay(&mut client.stream, up, idle, never).await;
+    let (n, ended) = causeway_dataplane::relay::relay(&mut client.stream, up, idle, never).await;
     if let Err(e) = ended {
         tracing::debug!(error = %e, "websocket tunnel ended");
     }
@@ -1039,7 +1046,8 @@ async fn tunnel<S: ClientStream>(
         close: true,
         target_time,
         attempts: 1,
-        sent_bytes: ubuf.len() as u64,
+        sent_bytes: ubuf.len() as u64 + n.target_to_client,
+        tunnel_received: early + n.client_to_target,
     })
 }
 

@@ -380,3 +380,36 @@ async fn an_idle_websocket_is_closed_after_the_idle_timeout_over_http1_and_h2() 
         "h2: the tunnel ended with the connection, not by its own timeout: {took:?}"
     );
 }
+
+/// ALB's access log for a WebSocket: type `ws`, written when the tunnel closes, with the bytes
+/// the whole connection carried each way (here a 200 KB message each way).
+#[tokio::test]
+async fn a_websocket_is_logged_as_ws_with_the_tunnel_bytes() {
+    let (ws, _seen) = ws_target().await;
+    let other = Origin::start().await;
+    let dir = causeway_testkit::lifecycle::TempDir::new("wslog");
+    let log = dir.path().join("access.log");
+    let lb = format!(
+        "access_logs.enabled = true\naccess_logs.path = \"{}\"",
+        log.display()
+    );
+    let (_s, addr) = alb_with(ws, other.addr(), &lb).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://a.example.test:{}/ws/chat", addr.port());
+    let (mut client, resp) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    converse(&mut client).await;
+    // The client's socket closes; the tunnel ends when the target's side has closed too.
+    drop(client);
+    let text = causeway_testkit::lifecycle::log_lines(&log, 1).await;
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no line: {text}"));
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!(f[0], "ws", "{line}");
+    assert_eq!((f[8], f[9]), ("101", "101"), "{line}");
+    let (received, sent): (u64, u64) = (f[10].parse().unwrap(), f[11].parse().unwrap());
+    assert!(received > 200_000 && sent > 200_000, "{line}");
+    assert!(line.contains(" \"GET http://a.example.test:"), "{line}");
+}
