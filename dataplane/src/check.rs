@@ -114,17 +114,19 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u16>().ok())
         };
+        // In the head of a trailers-only answer, or else in the trailers; an answer that
+        // ends without one is malformed, not a connection failure.
         let status = match code(resp.headers()) {
-            Some(c) => c,
+            Some(c) => Some(c),
             None => {
                 let body = resp.into_body().collect().await.ok()?;
-                code(body.trailers()?)?
+                body.trailers().and_then(code)
             }
         };
-        Some(if matcher.matches(status) {
-            Outcome::Answered(status)
-        } else {
-            Outcome::BadStatus(status)
+        Some(match status {
+            Some(c) if matcher.matches(c) => Outcome::Answered(c),
+            Some(c) => Outcome::BadGrpcStatus(c),
+            None => Outcome::GrpcStatusMissing,
         })
     }
     .await;
@@ -564,7 +566,7 @@ mod tests {
         };
         assert_eq!(
             NetProber.probe(secure.addr(), &hc).await,
-            Outcome::BadStatus(0)
+            Outcome::BadGrpcStatus(0)
         );
         hc.tls = false;
         assert_eq!(
@@ -572,5 +574,60 @@ mod tests {
             Outcome::Failed,
             "nothing listening"
         );
+    }
+
+    /// An h2c server that answers every gRPC call the same way: `mode` 0, HTTP 503; 1, 200
+    /// with a message and no grpc-status anywhere; 2, a trailers-only answer with
+    /// grpc-status 14 in its head.
+    async fn grpc_server(mode: u8) -> SocketAddr {
+        use http_body_util::Full;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    let mut resp =
+                        hyper::Response::new(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")));
+                    match mode {
+                        0 => *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE,
+                        1 => {}
+                        _ => {
+                            *resp.body_mut() = Full::new(bytes::Bytes::new());
+                            resp.headers_mut()
+                                .insert("grpc-status", "14".parse().unwrap());
+                        }
+                    }
+                    resp.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_grpc_check_tells_its_http_status_from_its_grpc_status_and_from_none() {
+        let hc = HealthCheckConfig {
+            kind: HealthCheckKind::Grpc {
+                path: "/AWS.ALB/healthcheck".into(),
+                matcher: StatusMatcher::parse_grpc("0").unwrap(),
+            },
+            ..hc()
+        };
+        let cases = [
+            (0, Outcome::BadStatus(503)),
+            (1, Outcome::GrpcStatusMissing),
+            (2, Outcome::BadGrpcStatus(14)),
+        ];
+        for (mode, want) in cases {
+            let addr = grpc_server(mode).await;
+            assert_eq!(NetProber.probe(addr, &hc).await, want, "mode {mode}");
+            assert!(!want.passed());
+        }
     }
 }

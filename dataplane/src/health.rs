@@ -83,8 +83,13 @@ pub enum Outcome {
     Timeout,
     /// The connection was refused or reset, or the answer was not HTTP.
     Failed,
-    /// An HTTP answer with a status the matcher rejects.
+    /// An HTTP answer with a status the matcher rejects (for a gRPC check, an HTTP status
+    /// other than 200).
     BadStatus(u16),
+    /// A gRPC answer whose `grpc-status` the matcher rejects: this status.
+    BadGrpcStatus(u16),
+    /// A gRPC answer with no `grpc-status`, in its head or its trailers.
+    GrpcStatusMissing,
 }
 
 impl Outcome {
@@ -98,7 +103,9 @@ impl Outcome {
             Outcome::Success | Outcome::Answered(_) => Reason::None,
             Outcome::Timeout => Reason::Timeout,
             Outcome::Failed => Reason::FailedHealthChecks,
-            Outcome::BadStatus(_) => Reason::ResponseCodeMismatch,
+            Outcome::BadStatus(_) | Outcome::BadGrpcStatus(_) => Reason::ResponseCodeMismatch,
+            // A malformed answer, as AWS's Target.FailedHealthChecks says.
+            Outcome::GrpcStatusMissing => Reason::FailedHealthChecks,
         }
     }
 }

@@ -47,14 +47,13 @@ fn kind(hc: &HealthCheckConfig) -> &'static str {
 }
 
 /// `reason_code` of a failed check, with AWS's codes (`-` when it passed).
-fn reason(hc: &HealthCheckConfig, o: Outcome) -> &'static str {
+fn reason(o: Outcome) -> &'static str {
     match o {
         Outcome::Success | Outcome::Answered(_) => "-",
         Outcome::Timeout => "TimedOut",
         Outcome::Failed => "ConnectionReset",
-        Outcome::BadStatus(_) if matches!(hc.kind, HealthCheckKind::Grpc { .. }) => {
-            "GRPCUnexpectedStatus"
-        }
+        Outcome::BadGrpcStatus(_) => "GRPCUnexpectedStatus",
+        Outcome::GrpcStatusMissing => "GRPCStatusHeaderEmpty",
         Outcome::BadStatus(500..=599) => "TargetError",
         Outcome::BadStatus(_) => "ResponseCodeMismatch",
     }
@@ -73,7 +72,7 @@ pub fn line(
     ip: IpAddr,
 ) -> String {
     let status = match o {
-        Outcome::Answered(c) | Outcome::BadStatus(c) => c.to_string(),
+        Outcome::Answered(c) | Outcome::BadStatus(c) | Outcome::BadGrpcStatus(c) => c.to_string(),
         _ => "-".to_owned(),
     };
     format!(
@@ -82,7 +81,7 @@ pub fn line(
         iso8601(started),
         latency.as_secs_f64(),
         if o.passed() { "PASS" } else { "FAIL" },
-        reason(hc, o),
+        reason(o),
     )
 }
 
@@ -144,7 +143,13 @@ mod tests {
             },
             ..http(false)
         };
-        assert!(l(&grpc, Outcome::BadStatus(14)).starts_with("grpc "));
-        assert!(l(&grpc, Outcome::BadStatus(14)).contains(" FAIL 14 GRPCUnexpectedStatus "));
+        assert!(l(&grpc, Outcome::BadGrpcStatus(14)).starts_with("grpc "));
+        assert!(l(&grpc, Outcome::BadGrpcStatus(14)).contains(" FAIL 14 GRPCUnexpectedStatus "));
+        assert!(l(&grpc, Outcome::Answered(12)).contains(" PASS 12 - "));
+        // A gRPC check's HTTP status is judged as an HTTP check's; a missing grpc-status is
+        // its own code.
+        assert!(l(&grpc, Outcome::BadStatus(503)).contains(" FAIL 503 TargetError "));
+        assert!(l(&grpc, Outcome::BadStatus(404)).contains(" FAIL 404 ResponseCodeMismatch "));
+        assert!(l(&grpc, Outcome::GrpcStatusMissing).contains(" FAIL - GRPCStatusHeaderEmpty "));
     }
 }
