@@ -56,22 +56,27 @@ async fn open(conn: Conn<Parked>, snaps: Snapshots<Alb>) -> Option<Plain> {
         parker,
     } = conn;
     let client = Client::over(stream, peer, local, shutdown, false);
+    // One snapshot for the connection's opening: its caps, whether it is HTTPS, its log line.
+    let snap = snaps.load();
     // listener: connection caps, counted for the process across reloads.
-    let slot = admit(&client, &snaps).ok()?;
+    let slot = admit(&client, &snap).ok()?;
     metrics::counter!("causeway_alb_new_connection_count").increment(1);
     let active = Active::new();
-    let tls = {
-        let snap = snaps.load();
-        snap.compiled.tls(client.local)
-    };
-    if let Some((acceptor, mtls)) = tls {
+    if let Some((acceptor, mtls)) = snap.compiled.tls(client.local) {
         // HTTPS: the handshake, then the same engine over TLS.
+        drop(snap);
         serve_tls(client, acceptor, mtls, &snaps).await;
         return None;
     }
     let opened = Instant::now();
-    let (peer, local) = (client.peer, client.local);
-    connection_log(&snaps, peer, local, opened, &logging::Handshake::None);
+    connection_log(
+        &snap,
+        client.peer,
+        client.local,
+        opened,
+        &logging::Handshake::None,
+    );
+    drop(snap);
     Some(Plain {
         client,
         kept: Kept {
@@ -87,13 +92,13 @@ async fn open(conn: Conn<Parked>, snaps: Snapshots<Alb>) -> Option<Plain> {
 /// Writes the connection's line to ALB's connection log, when it is on. `opened` gives the
 /// connection's `conn_trace_id`, the one its requests' access log lines carry.
 fn connection_log(
-    snaps: &Snapshots<Alb>,
+    snap: &Snapshot<Alb>,
     peer: std::net::SocketAddr,
     local: std::net::SocketAddr,
     opened: Instant,
     handshake: &logging::Handshake,
 ) {
-    if let Some(log) = snaps.load().compiled.connection_log.as_ref() {
+    if let Some(log) = snap.compiled.connection_log.as_ref() {
         let trace = logging::conn_trace(peer, local, opened);
         let at = std::time::SystemTime::now();
         log.log(logging::connection_line(at, peer, local, trace, handshake));
@@ -251,24 +256,28 @@ async fn serve_tls(
         shutdown,
         ..
     } = client;
-    // Boxed, as the h2 server below: neither is kept in an HTTP/1.1 connection's state for
-    // its life (inline, they made every idle HTTPS connection's state 9.4 KB).
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-    let failed = |code: &'static str| {
-        metrics::counter!("causeway_alb_client_tls_negotiation_error_count").increment(1);
-        let handshake = logging::Handshake::Failed(code);
-        connection_log(snaps, peer, local, Instant::now(), &handshake);
-    };
-    let tls = match Box::pin(handshake).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            failed(causeway_dataplane::tls::failure_code(&e));
-            return;
-        }
-        Err(_) => {
-            failed("UnmappedConnectionError");
-            return;
+    // In a block: what only the handshake needs (its start, the failure closure) is not kept
+    // in the state of the connection's keep-alive loop.
+    let (tls, handshake_time) = {
+        // Boxed, as the h2 server below: neither is kept in an HTTP/1.1 connection's state
+        // for its life (inline, they made every idle HTTPS connection's state 9.4 KB).
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+        let failed = |code: &'static str| {
+            metrics::counter!("causeway_alb_client_tls_negotiation_error_count").increment(1);
+            let handshake = logging::Handshake::Failed(code);
+            connection_log(&snaps.load(), peer, local, Instant::now(), &handshake);
+        };
+        match Box::pin(handshake).await {
+            Ok(Ok(s)) => (s, started.elapsed()),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                failed(causeway_dataplane::tls::failure_code(&e));
+                return;
+            }
+            Err(_) => {
+                failed("UnmappedConnectionError");
+                return;
+            }
         }
     };
     // Into the client at once: a stream borrowed before it is moved keeps its place in this
@@ -276,30 +285,32 @@ async fn serve_tls(
     let mut client = Client::over(tls, peer, local, shutdown, true);
     let opened = Instant::now();
     let names = causeway_dataplane::tls::log_names(client.stream.get_ref().1);
-    if snaps.load().compiled.connection_log.is_some() {
-        let conn = client.stream.get_ref().1;
-        let leaf = (mtls != causeway_dataplane::tls::Mtls::Off)
-            .then(|| conn.peer_certificates().and_then(|c| c.first()))
-            .flatten()
-            .and_then(|c| causeway_dataplane::x509::leaf_info(c));
-        let done = logging::TlsConn {
-            names,
-            handshake: opened - started,
-            leaf,
-            key_exchange: causeway_dataplane::tls::key_exchange_name(conn),
-        };
-        connection_log(snaps, peer, local, opened, &logging::Handshake::Done(done));
-    }
     // The client certificate's fields, read once per connection (mutual TLS listeners only).
     let cert_fields = causeway_dataplane::tls::client_cert_fields(mtls, client.stream.get_ref().1)
         .map(Vec::into_boxed_slice);
-    // The listener's names for those fields, as it is configured now, for this connection.
-    let renames = snaps
-        .load()
-        .compiled
-        .router(local)
-        .map(|r| r.request_renames.clone())
-        .filter(|r| !r.0.is_empty());
+    // One snapshot after the handshake: the connection log line, and the listener's names for
+    // the certificate's fields as it is configured now, for this connection.
+    let renames = {
+        let snap = snaps.load();
+        if snap.compiled.connection_log.is_some() {
+            let conn = client.stream.get_ref().1;
+            let leaf = (mtls != causeway_dataplane::tls::Mtls::Off)
+                .then(|| conn.peer_certificates().and_then(|c| c.first()))
+                .flatten()
+                .and_then(|c| causeway_dataplane::x509::leaf_info(c));
+            let done = logging::TlsConn {
+                names,
+                handshake: handshake_time,
+                leaf,
+                key_exchange: causeway_dataplane::tls::key_exchange_name(conn),
+            };
+            connection_log(&snap, peer, local, opened, &logging::Handshake::Done(done));
+        }
+        snap.compiled
+            .router(local)
+            .map(|r| r.request_renames.clone())
+            .filter(|r| !r.0.is_empty())
+    };
     if client.stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let from = crate::hyper_upstream::Origin {
             peer,
@@ -413,8 +424,7 @@ async fn serve_h2c(client: Client, snaps: &Snapshots<Alb>, opened: Instant) {
 }
 
 /// Counts a new connection against its listener's caps; `Err` means it was refused (and reset).
-fn admit(conn: &Client, snaps: &Snapshots<Alb>) -> Result<Option<Box<Slot>>, ()> {
-    let snap = snaps.load();
+fn admit(conn: &Client, snap: &Snapshot<Alb>) -> Result<Option<Box<Slot>>, ()> {
     let Some(l) = snap
         .config
         .listeners
