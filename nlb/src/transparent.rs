@@ -1,12 +1,12 @@
 //! Client IP preservation (`preserve_client_ip.enabled`): a target connection (TCP) or flow
 //! socket (UDP) that leaves from the client's IP address through a transparent socket, so the
-//! target sees the client as an NLB's targets do. The `unsafe` setsockopt calls it needs are
-//! here.
+//! target sees the client as an NLB's targets do. Its one `unsafe` setsockopt
+//! (IP_BIND_ADDRESS_NO_PORT, which socket2 lacks) is here.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use tokio::net::{TcpSocket, UdpSocket};
 
 /// Why a connection could not leave from the client's address. None of these is the target's
@@ -75,15 +75,16 @@ pub fn available() -> io::Result<()> {
     set_transparent(&TcpSocket::new_v4()?, true)
 }
 
-fn set_transparent(socket: &impl AsRawFd, v4: bool) -> io::Result<()> {
+fn set_transparent(socket: &impl AsFd, v4: bool) -> io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
     if v4 {
-        set(socket, libc::SOL_IP, libc::IP_TRANSPARENT)
+        socket.set_ip_transparent_v4(true)
     } else {
-        set(socket, libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
+        socket.set_ip_transparent_v6(true)
     }
 }
 
-/// Sets an integer socket option to 1.
+/// Sets an integer socket option to 1 (socket2 has no IP_BIND_ADDRESS_NO_PORT).
 fn set(socket: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes at the pointer, which points at
