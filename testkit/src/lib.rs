@@ -3,6 +3,7 @@
 
 pub mod h2raw;
 pub mod h3client;
+pub mod idp;
 pub mod lifecycle;
 pub mod load;
 pub mod moto;
