@@ -1,6 +1,6 @@
 //! HTTP/2 from clients: h2c with prior knowledge on HTTP listeners, h2 by ALPN on HTTPS ones.
 //! hyper's h2 server, with ALB's limits, hands each stream to [`serve_stream`], which calls
-//! the same phases as HTTP/1.1 in order: check → `route` → `action` (forward through
+//! the same phases as HTTP/1.1 in order: check → `route` → `auth` → `action` (forward through
 //! `hyper_upstream`, redirect, fixed-response) → `logging`.
 
 use crate::action::{self, RedirectInput};
@@ -157,7 +157,7 @@ fn modify(response: &mut Response<Body>, mods: &ResponseHeaders) {
     }
 }
 
-/// check → route → action. Returns the response, and the status when we generated it.
+/// check → route → auth → action. Returns the response, and the status when we generated it.
 async fn phases(
     parts: hyper::http::request::Parts,
     body: Incoming,
@@ -202,6 +202,26 @@ async fn phases(
         };
         router.route_with_transforms(&view)
     };
+    // authenticate: the matched rule's authenticate-oidc action, or a sign-in's callback.
+    // Boxed, and only on a listener with authenticate actions (as over HTTP/1.1).
+    let (signed_in, answer) = if router.authenticates() {
+        Box::pin(authenticate(&parts, &authority, snap, router, priority)).await
+    } else {
+        (None, None)
+    };
+    if let Some(a) = answer {
+        log(
+            logging::Ended::Authenticate {
+                status: a.status,
+                reason: a.reason,
+            },
+            priority,
+        );
+        return (answer_response(&a), Some(a.status));
+    }
+    if let (Some(i), true) = (info, signed_in.is_some()) {
+        i.lock().unwrap_or_else(|e| e.into_inner()).authenticated = true;
+    }
     // action
     match action {
         Action::FixedResponse { status, .. }
@@ -286,6 +306,19 @@ async fn phases(
                         if let Some(new) = rw.host {
                             authority = new;
                         }
+                    }
+                }
+            }
+            // A rule that authenticates: the client's own user fields go, the alb's come.
+            if let Some(fields) = &signed_in {
+                for name in crate::auth::FIELDS {
+                    parts.headers.remove(name);
+                }
+                for (name, value) in fields {
+                    if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+                        parts
+                            .headers
+                            .insert(hyper::header::HeaderName::from_static(name), v);
                     }
                 }
             }
@@ -402,6 +435,7 @@ fn request_info(
         conn_trace: logging::conn_trace(from.peer, from.local, from.opened),
         transformed_host: None,
         transformed_uri: None,
+        authenticated: false,
     }
 }
 
@@ -421,6 +455,77 @@ fn local(status: u16, content_type: &str, body: Bytes, location: Option<&[u8]>) 
         *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
         r
     })
+}
+
+/// Phase `authenticate` for an h2 request (as `proxy::authenticate` for HTTP/1.1): the
+/// user's fields for the target, or the alb's own answer.
+async fn authenticate(
+    parts: &hyper::http::request::Parts,
+    authority: &str,
+    snap: &Snapshot<Alb>,
+    router: &crate::route::Router,
+    priority: Option<u32>,
+) -> (
+    Option<Vec<(&'static str, String)>>,
+    Option<crate::auth::Answer>,
+) {
+    use crate::auth::{self, Verdict};
+    let Some(keys) = snap.compiled.auth_keys.as_deref() else {
+        return (None, None);
+    };
+    if !router.authenticates() {
+        return (None, None);
+    }
+    let cookies: smallvec::SmallVec<[&[u8]; 2]> = parts
+        .headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if parts.uri.path().as_bytes() == auth::CALLBACK {
+        let query = parts.uri.query().unwrap_or("").as_bytes();
+        let providers = |p| router.provider_at(p);
+        let a = crate::idp::callback(keys, providers, authority.as_bytes(), query, &cookies).await;
+        return (None, Some(a));
+    }
+    let Some(p) = router.provider(priority) else {
+        return (None, None);
+    };
+    let view = auth::View {
+        target: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+        host: authority.as_bytes(),
+        cookies: &cookies,
+    };
+    match auth::check(keys, p, priority.unwrap_or(0), &view, auth::unix_now()) {
+        Verdict::Pass(fields) => (Some(fields), None),
+        Verdict::Answer(a) => (None, Some(a)),
+    }
+}
+
+/// An authenticate action's own answer as an h2 response.
+fn answer_response(a: &crate::auth::Answer) -> Response<Body> {
+    let body = Bytes::from(crate::auth::body(a.status));
+    let mut resp = local(a.status, "text/plain", body, None);
+    for (name, value) in &a.fields {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+            resp.headers_mut()
+                .append(hyper::header::HeaderName::from_static(lower(name)), v);
+        }
+    }
+    resp
+}
+
+/// A field name of an authentication answer, as h2 needs it (lower case).
+fn lower(name: &'static str) -> &'static str {
+    match name {
+        "Location" => "location",
+        "Set-Cookie" => "set-cookie",
+        other => other,
+    }
 }
 
 fn error_response(status: u16) -> Response<Body> {

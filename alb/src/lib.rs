@@ -2,11 +2,13 @@
 //! (`h2.rs` for HTTP/2 streams); each phase has its own file.
 
 pub mod action;
+pub mod auth;
 pub use causeway_dataplane::client;
 pub mod error;
 pub mod h2;
 pub mod h2_to_h1;
 pub mod hyper_upstream;
+pub mod idp;
 pub mod logging;
 pub mod proxy;
 pub mod request_filter;
@@ -49,6 +51,8 @@ pub struct Routers {
     )>,
     /// Upstream connections for requests that came over HTTP/2, kept across reloads.
     pub pools: std::sync::Arc<hyper_upstream::Pools>,
+    /// The keys of the authenticate actions, when a listener has one.
+    pub auth_keys: Option<std::sync::Arc<auth::Keys>>,
 }
 
 impl Routers {
@@ -95,7 +99,22 @@ impl Plane for Alb {
     type Parked = proxy::Parked;
 
     fn check(cfg: &AlbConfig) -> Result<(), String> {
-        tls_acceptors(cfg).map(drop)
+        tls_acceptors(cfg)?;
+        // The authenticate actions' CA files and the signing key file, read as a load would.
+        let mut authenticates = false;
+        for l in &cfg.listeners {
+            authenticates |= route::Router::compile(l)?.authenticates();
+        }
+        if authenticates {
+            let lb = &cfg.load_balancer;
+            auth::Keys::new(
+                lb.authentication_secret.as_deref(),
+                lb.authentication_signing_key.as_deref(),
+                elb_name(cfg),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn compile(cfg: &AlbConfig, previous: Option<&Routers>) -> Result<Routers, String> {
@@ -107,10 +126,7 @@ impl Plane for Alb {
             let first = cfg.listeners.first().map(|l| l.address);
             std::sync::Arc::new(causeway_dataplane::healthlog::HealthLog {
                 log,
-                elb: first.map_or_else(
-                    || "app/causeway-alb".to_owned(),
-                    |a| format!("app/causeway-alb/{a}"),
-                ),
+                elb: elb_name(cfg),
                 ip: first.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip()),
             })
         });
@@ -121,14 +137,27 @@ impl Plane for Alb {
                 .values()
                 .any(|g| g.targets.iter().any(|t| t.address == *a))
         });
+        let routers = cfg
+            .listeners
+            .iter()
+            .map(|l| Ok((l.address, route::Router::compile(l)?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let auth_keys = if routers.iter().any(|(_, r)| r.authenticates()) {
+            let keys = auth::Keys::new(
+                lb.authentication_secret.as_deref(),
+                lb.authentication_signing_key.as_deref(),
+                elb_name(cfg),
+            )
+            .map_err(|e| e.to_string())?;
+            Some(std::sync::Arc::new(keys))
+        } else {
+            None
+        };
         Ok(Routers {
             pools,
             tls,
-            routers: cfg
-                .listeners
-                .iter()
-                .map(|l| (l.address, route::Router::compile(l)))
-                .collect(),
+            routers,
+            auth_keys,
             sticky_key: match &cfg.load_balancer.stickiness_secret {
                 Some(s) => sticky::StickyKey::from_secret(s),
                 None => sticky::StickyKey::process(),
@@ -173,6 +202,33 @@ impl Plane for Alb {
     ) -> Option<std::sync::Arc<causeway_dataplane::healthlog::HealthLog>> {
         compiled.health_log.clone()
     }
+
+    /// `GET /oidc/keys/<kid>`: the public key that verifies `x-amzn-oidc-data`, as PEM (what
+    /// AWS serves at `https://public-keys.auth.elb.<region>.amazonaws.com/<kid>`).
+    fn admin_extra(
+        method: &str,
+        path: &str,
+        _body: &[u8],
+        snap: &std::sync::Arc<causeway_dataplane::Snapshot<Self>>,
+    ) -> Option<(u16, serde_json::Value)> {
+        let kid = path.strip_prefix("/oidc/keys/")?;
+        if method != "GET" {
+            return Some((405, serde_json::json!({ "error": "method not allowed" })));
+        }
+        match snap.compiled.auth_keys.as_deref() {
+            Some(k) if k.kid == kid => Some((200, serde_json::Value::String(k.public_pem.clone()))),
+            _ => Some((404, serde_json::json!({ "error": "no such key" }))),
+        }
+    }
+}
+
+/// The load balancer's name in its logs and signed claims: `app/causeway-alb/<first
+/// listener>`.
+fn elb_name(cfg: &AlbConfig) -> String {
+    cfg.listeners.first().map_or_else(
+        || "app/causeway-alb".to_owned(),
+        |l| format!("app/causeway-alb/{}", l.address),
+    )
 }
 
 /// Opens one of the alb's logs (`what`: access, connection, health check) when it is on.

@@ -118,6 +118,9 @@ pub struct RequestInfo {
     /// the Host and the request target (`None`: no transform changed it).
     pub transformed_host: Option<String>,
     pub transformed_uri: Option<String>,
+    /// An authenticate action let the request through: `actions_executed` starts with
+    /// `authenticate,`.
+    pub authenticated: bool,
 }
 
 /// ALB's `conn_trace_id` for a connection: opaque, the same on every request the connection
@@ -198,6 +201,7 @@ impl RequestInfo {
             conn_trace: conn_trace(client, listener, opened),
             transformed_host: None,
             transformed_uri: None,
+            authenticated: false,
         }
     }
 }
@@ -298,6 +302,12 @@ pub enum Ended<'a> {
         status: u16,
         action: &'static str,
     },
+    /// An authenticate action answered (a redirect to or from the IdP, or a refusal), with
+    /// ALB's `Auth*` error reason (`-` for a redirect).
+    Authenticate {
+        status: u16,
+        reason: &'static str,
+    },
     Refused(ProxyError),
 }
 
@@ -332,6 +342,16 @@ pub fn access_line(info: &RequestInfo, ended: Ended<'_>, priority: Option<u32>) 
             group.to_owned(),
             "forward",
             format!("{e:?}"),
+            0,
+        ),
+        Ended::Authenticate { status, reason } => (
+            "-".into(),
+            status.to_string(),
+            "-".into(),
+            "-1".into(),
+            "-".into(),
+            "authenticate",
+            reason.to_owned(),
             0,
         ),
         Ended::Local { status, action } => (
@@ -392,9 +412,14 @@ pub fn access_line(info: &RequestInfo, ended: Ended<'_>, priority: Option<u32>) 
             &info.trace
         },
     );
+    let auth = if info.authenticated && actions != "authenticate" {
+        "authenticate,"
+    } else {
+        ""
+    };
     let _ = write!(
         l,
-        " \"-\" \"-\" {} {} \"{actions}\" \"-\" \"{error}\" \"{target}\" \"{target_status}\" \"{}\" \"{}\"",
+        " \"-\" \"-\" {} {} \"{auth}{actions}\" \"-\" \"{error}\" \"{target}\" \"{target_status}\" \"{}\" \"{}\"",
         priority.map_or("0".into(), |p| p.to_string()),
         iso8601(info.created),
         info.classification,

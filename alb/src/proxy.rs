@@ -1,7 +1,8 @@
 //! The alb's request path. One function calls the phases in order, once per request on a
 //! keep-alive connection:
 //!
-//! listener (runtime) → `request_filter` → `route` → `action` (forward / redirect /
+//! listener (runtime) → `request_filter` → `route` → `auth` (rules that authenticate) →
+//! `action` (forward / redirect /
 //! fixed-response) → `upstream_peer` + `upstream_request` → `response_filter` → `logging`.
 
 use crate::action::{self, RedirectInput};
@@ -343,6 +344,7 @@ async fn serve_tls(
             names: Some(names),
             mtls: cert_fields.as_deref(),
             renames: renames.as_deref(),
+            oidc: None,
         };
         if !Box::pin(serve_request(&mut client, &snap, router, opened, tls)).await {
             break;
@@ -551,14 +553,51 @@ async fn serve_request<S: ClientStream>(
             .map(Some),
         None => Ok(None),
     };
+    // authenticate: the matched rule's authenticate-oidc action, or a sign-in's callback.
+    let (signed_in, answered) = if router.authenticates() {
+        let phase = authenticate(
+            client,
+            &head,
+            &req,
+            &mut scratch,
+            snap,
+            router,
+            priority,
+            keep_alive_over,
+        );
+        match Box::pin(phase).await {
+            Authenticated::Pass(fields) => (fields, None),
+            Authenticated::Answered(status, reason, written) => {
+                (None, Some((status, reason, written)))
+            }
+        }
+    } else {
+        (None, None)
+    };
+    if signed_in.is_some() {
+        if let Some(i) = info.as_mut() {
+            i.authenticated = true;
+        }
+    }
+    let tls = TlsFacts {
+        oidc: signed_in.as_deref(),
+        ..tls
+    };
     // The access log line is written once the request has ended, however it ended.
     let mut ended: Option<logging::Ended<'_>> = None;
     // action
-    let result = match action {
-        Action::Forward {
-            target_groups,
-            group_stickiness,
-        } => match transformed {
+    let result = match (answered, action) {
+        (Some((status, reason, written)), _) => {
+            ended = Some(logging::Ended::Authenticate { status, reason });
+            written
+        }
+        (
+            None,
+            Action::Forward {
+                target_groups,
+                group_stickiness,
+            },
+        ) => match transformed {
             Err(te) => {
                 let e = ProxyError::Transform(te);
                 snap.compiled.elb_metrics.error(&e);
@@ -631,11 +670,14 @@ async fn serve_request<S: ClientStream>(
                 }
             }
         },
-        Action::FixedResponse {
-            status,
-            content_type,
-            body,
-        } => {
+        (
+            None,
+            Action::FixedResponse {
+                status,
+                content_type,
+                body,
+            },
+        ) => {
             let close = req.close || keep_alive_over || body_left(client, &head, &req);
             scratch.ready();
             scratch.out.clear();
@@ -663,7 +705,7 @@ async fn serve_request<S: ClientStream>(
             )
             .await
         }
-        Action::Redirect(r) => {
+        (None, Action::Redirect(r)) => {
             let (path, query) = split_target(head.target(&client.buf));
             let input = RedirectInput {
                 protocol: client.scheme(),
@@ -740,6 +782,88 @@ async fn serve_request<S: ClientStream>(
         }
     }
     true
+}
+
+/// What phase `authenticate` decided.
+enum Authenticated {
+    /// The action runs; these are the user's fields for the target (empty: `allow` let an
+    /// unauthenticated request through; `None`: the rule does not authenticate).
+    Pass(Option<Vec<(&'static str, String)>>),
+    /// The alb answered (a sign-in's redirect, a refusal, or the end of a sign-in): the status
+    /// and ALB's reason for the access log, and how writing it went.
+    Answered(
+        u16,
+        &'static str,
+        Result<bool, (ProxyError, Option<std::net::SocketAddr>)>,
+    ),
+}
+
+/// Phase `authenticate` for a request routed to `priority`'s rule, called (boxed) only on a
+/// listener with authenticate actions, so that other listeners' requests neither carry its
+/// state nor call it. A callback to `/oauth2/idpresponse` is answered whatever the rule.
+#[allow(clippy::too_many_arguments)]
+async fn authenticate<S: ClientStream>(
+    client: &mut Client<S>,
+    head: &RequestHead,
+    req: &Prepared,
+    scratch: &mut Scratch,
+    snap: &Snapshot<Alb>,
+    router: &crate::route::Router,
+    priority: Option<u32>,
+    keep_alive_over: bool,
+) -> Authenticated {
+    use crate::auth::{self, Verdict};
+    let Some(keys) = snap.compiled.auth_keys.as_deref() else {
+        return Authenticated::Pass(None);
+    };
+    let answer = {
+        let buf = &client.buf;
+        let cookies: smallvec::SmallVec<[&[u8]; 2]> = head
+            .headers
+            .iter()
+            .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"cookie"))
+            .map(|h| h.value.get(buf))
+            .collect();
+        let host = head.header(buf, "host").unwrap_or_default();
+        let (path, query) = split_target(head.target(buf));
+        if path == auth::CALLBACK {
+            let providers = |p| router.provider_at(p);
+            crate::idp::callback(keys, providers, host, query, &cookies).await
+        } else {
+            let Some(p) = router.provider(priority) else {
+                return Authenticated::Pass(None);
+            };
+            let view = auth::View {
+                target: head.target(buf),
+                host,
+                cookies: &cookies,
+            };
+            match auth::check(keys, p, priority.unwrap_or(0), &view, auth::unix_now()) {
+                Verdict::Pass(fields) => return Authenticated::Pass(Some(fields)),
+                Verdict::Answer(a) => a,
+            }
+        }
+    };
+    let close = req.close || keep_alive_over || body_left(client, head, req);
+    scratch.ready();
+    scratch.out.clear();
+    let fields: smallvec::SmallVec<[(&str, &[u8]); 8]> = answer
+        .fields
+        .iter()
+        .map(|(n, v)| (*n, v.as_bytes()))
+        .collect();
+    action::render(
+        &mut scratch.out,
+        answer.status,
+        "text/plain",
+        auth::body(answer.status).as_bytes(),
+        close,
+        &fields,
+        &router.response_headers,
+    );
+    let elb = &snap.compiled.elb_metrics;
+    let written = finish_local(client, head, req, &scratch.out, close, answer.status, elb).await;
+    Authenticated::Answered(answer.status, answer.reason, written)
 }
 
 /// Whether a request body is still unread (a local answer then closes the connection rather

@@ -133,15 +133,51 @@ pub struct Router {
     pub response_headers: ResponseHeaders,
     /// The listener's new names for the TLS fields requests carry to targets.
     pub request_renames: std::sync::Arc<RequestRenames>,
+    /// The authenticate actions, by their rule's priority (0 for the default action's).
+    providers: Vec<(u32, std::sync::Arc<crate::auth::Provider>)>,
 }
 
 impl Router {
-    pub fn compile(l: &Listener) -> Router {
-        Router {
+    /// A listener's router; `Err` when an authenticate action's IdP CA file cannot be read.
+    pub fn compile(l: &Listener) -> Result<Router, String> {
+        let mut providers = Vec::new();
+        let auths = l.default_authenticate.iter().map(|a| (0, a)).chain(
+            l.rules
+                .iter()
+                .filter_map(|r| Some((r.priority, r.authenticate.as_ref()?))),
+        );
+        for (priority, a) in auths {
+            let tls = crate::idp::client_config(a.trusted_ca_file.as_deref())?;
+            let p = crate::auth::Provider::new(a.clone(), tls);
+            providers.push((priority, std::sync::Arc::new(p)));
+        }
+        Ok(Router {
             response_headers: l.response_headers.clone(),
             request_renames: std::sync::Arc::new(l.request_renames.clone()),
+            providers,
             ..Self::from_rules(&l.rules, l.default_action.clone())
+        })
+    }
+
+    /// Whether any of this listener's actions authenticates.
+    pub fn authenticates(&self) -> bool {
+        !self.providers.is_empty()
+    }
+
+    /// The authenticate action of the rule at `priority` (0: the default action).
+    pub fn provider_at(&self, priority: u32) -> Option<&crate::auth::Provider> {
+        self.providers
+            .iter()
+            .find(|(p, _)| *p == priority)
+            .map(|(_, a)| &**a)
+    }
+
+    /// The authenticate action of a routed request's rule (`None`: the default action).
+    pub fn provider(&self, priority: Option<u32>) -> Option<&crate::auth::Provider> {
+        if self.providers.is_empty() {
+            return None;
         }
+        self.provider_at(priority.unwrap_or(0))
     }
 
     pub fn from_rules(rules: &[Rule], default: Action) -> Router {
@@ -160,6 +196,7 @@ impl Router {
             default,
             response_headers: ResponseHeaders::default(),
             request_renames: Default::default(),
+            providers: Vec::new(),
         }
     }
 
@@ -224,6 +261,7 @@ mod tests {
             conditions,
             action: fwd(tg),
             transforms: Default::default(),
+            authenticate: None,
         }
     }
 

@@ -234,6 +234,10 @@ pub struct TlsFacts<'a> {
     /// The listener's new names for these fields, as when the connection opened; a client's
     /// own fields of those names are dropped too.
     pub renames: Option<&'a RequestRenames>,
+    /// On a rule that authenticates (`authenticate_oidc`), the user's fields for the target
+    /// (`auth::FIELDS`; empty for a request let through unauthenticated). There a client's
+    /// own fields of those names are dropped.
+    pub oidc: Option<&'a [(&'static str, String)]>,
 }
 
 /// Whether a field name is one ALB forwards under `drop_invalid_header_fields`: letters,
@@ -300,6 +304,7 @@ pub fn build_request_head<S: ClientStream>(
             || name.eq_ignore_ascii_case(trace::HEADER.as_bytes())
             || (req.expect_continue && name.eq_ignore_ascii_case(b"expect"))
             || attribute_drops(lb, name, tls.mtls.is_some(), tls.renames)
+            || (tls.oidc.is_some() && crate::auth::is_oidc_field(name))
         {
             continue;
         }
@@ -365,6 +370,12 @@ pub fn build_request_head<S: ClientStream>(
     for (name, value) in tls.mtls.unwrap_or_default() {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(renamed(name).as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+    }
+    for (name, value) in tls.oidc.unwrap_or_default() {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
     }

@@ -41,6 +41,12 @@ pub struct FileLoadBalancer {
     /// Ours: the key that signs sticky cookies; replicas that share it honour each other's
     /// cookies. Without it each process signs with a random key of its own.
     pub stickiness_secret: Option<String>,
+    /// Ours: the key that encrypts `authenticate_oidc` session cookies; replicas that share it
+    /// honour each other's sessions. Without it each process uses a random key of its own.
+    pub authentication_secret: Option<String>,
+    /// Ours: a PKCS#8 PEM P-256 private key that signs `x-amzn-oidc-data`, so that replicas
+    /// sign with one key. Without it each process makes one at start.
+    pub authentication_signing_key_file: Option<String>,
     #[serde(default)]
     pub access_logs: FileAccessLogs,
     /// ALB's connection logs (`connection_logs.s3.enabled` on AWS): one line per connection.
@@ -139,6 +145,10 @@ pub struct LoadBalancerAttributes {
     /// `routing.http2.enabled`: HTTP/2 is offered (ALPN `h2` over TLS, h2c by prior knowledge).
     pub http2: bool,
     pub stickiness_secret: Option<String>,
+    /// `authentication_secret`: the session cookies' key material.
+    pub authentication_secret: Option<String>,
+    /// `authentication_signing_key_file`, resolved.
+    pub authentication_signing_key: Option<std::path::PathBuf>,
     /// Where access logs go, when enabled.
     pub access_log: Option<std::path::PathBuf>,
     /// Where connection logs go, when enabled.
@@ -234,6 +244,18 @@ impl FileLoadBalancer {
                 }
                 other => other,
             },
+            authentication_secret: match self.authentication_secret {
+                Some(s) if s.len() < 16 => {
+                    return Err(Violation::new(
+                        "load_balancer.authentication_secret",
+                        "must be at least 16 bytes",
+                    ))
+                }
+                other => other,
+            },
+            authentication_signing_key: self
+                .authentication_signing_key_file
+                .map(|f| cx.resolve(&f)),
             access_log,
             connection_log,
             health_check_log,
@@ -258,6 +280,8 @@ pub struct FileListener {
     pub mutual_authentication: Option<crate::tls::FileMutualAuthentication>,
     /// Listener attributes under `routing.` (ALB's header modification).
     pub routing: Option<crate::listener_headers::FileListenerRouting>,
+    /// ALB's `authenticate-oidc` action before the default action (HTTPS listeners only).
+    pub default_authenticate_oidc: Option<crate::oidc::FileAuthenticateOidc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +292,8 @@ pub struct FileRule {
     pub action: FileAction,
     #[serde(default)]
     pub transforms: Vec<FileTransform>,
+    /// ALB's `authenticate-oidc` action before this rule's action (HTTPS listeners only).
+    pub authenticate_oidc: Option<crate::oidc::FileAuthenticateOidc>,
 }
 
 /// A rule transform (ALB's `Transforms`, one rewrite each).
@@ -374,6 +400,8 @@ pub struct Listener {
     pub response_headers: crate::listener_headers::ResponseHeaders,
     /// Header modification: new names for the TLS fields added to requests.
     pub request_renames: crate::listener_headers::RequestRenames,
+    /// `authenticate-oidc` before the default action.
+    pub default_authenticate: Option<std::sync::Arc<crate::oidc::AuthenticateOidc>>,
 }
 
 /// A listener rule: every condition must match.
@@ -383,6 +411,8 @@ pub struct Rule {
     pub conditions: Vec<Condition>,
     pub action: Action,
     pub transforms: Transforms,
+    /// `authenticate-oidc` before the action.
+    pub authenticate: Option<std::sync::Arc<crate::oidc::AuthenticateOidc>>,
 }
 
 /// ALB's rule transforms: rewrites of a forwarded request's Host and URL, after routing.
@@ -820,7 +850,12 @@ impl FileCondition {
 }
 
 impl FileRule {
-    fn validate(self, path: &str, groups: &BTreeMap<String, TargetGroupConfig>) -> Check<Rule> {
+    fn validate(
+        self,
+        path: &str,
+        groups: &BTreeMap<String, TargetGroupConfig>,
+        cx: &Context,
+    ) -> Check<Rule> {
         let priority = in_range(&format!("{path}.priority"), self.priority, 1, 50_000)? as u32;
         if self.conditions.is_empty() {
             return Err(Violation::new(
@@ -870,11 +905,18 @@ impl FileRule {
                 replace: t.replace,
             });
         }
+        let authenticate = match self.authenticate_oidc {
+            Some(a) => Some(std::sync::Arc::new(
+                a.validate(&format!("{path}.authenticate_oidc"), cx)?,
+            )),
+            None => None,
+        };
         Ok(Rule {
             priority,
             conditions,
             action,
             transforms,
+            authenticate,
         })
     }
 }
@@ -950,10 +992,30 @@ impl ConfigFile for FileAlb {
             let default_action = l
                 .default_action
                 .validate(&format!("{path}.default_action"), &target_groups)?;
+            let default_authenticate = match l.default_authenticate_oidc {
+                Some(_) if tls.is_none() => {
+                    return Err(Violation::new(
+                        format!("{path}.default_authenticate_oidc"),
+                        "authenticate actions work on HTTPS listeners only",
+                    )
+                    .into())
+                }
+                Some(a) => Some(std::sync::Arc::new(
+                    a.validate(&format!("{path}.default_authenticate_oidc"), cx)?,
+                )),
+                None => None,
+            };
             let mut rules: Vec<Rule> = Vec::new();
             for (j, r) in l.rules.into_iter().enumerate() {
                 let rp = format!("{path}.rules[{j}]");
-                let rule = r.validate(&rp, &target_groups)?;
+                let rule = r.validate(&rp, &target_groups, cx)?;
+                if rule.authenticate.is_some() && tls.is_none() {
+                    return Err(Violation::new(
+                        format!("{rp}.authenticate_oidc"),
+                        "authenticate actions work on HTTPS listeners only",
+                    )
+                    .into());
+                }
                 if rules.iter().any(|o| o.priority == rule.priority) {
                     return Err(Violation::new(
                         format!("{rp}.priority"),
@@ -976,6 +1038,7 @@ impl ConfigFile for FileAlb {
                 .validate(&path, tls.is_some())?;
             listeners.push(Listener {
                 address,
+                default_authenticate,
                 tls,
                 response_headers,
                 request_renames,

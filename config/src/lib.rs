@@ -11,6 +11,7 @@ pub mod edge;
 pub mod error;
 pub mod listener_headers;
 pub mod nlb;
+pub mod oidc;
 pub mod source;
 pub mod targets;
 pub mod tls;

@@ -108,6 +108,12 @@ async fn handle<P: Plane>(req: Request<Incoming>, server: Arc<Server<P>>) -> Res
                 }
             };
             match P::admin_extra(&method, &path, &body, &server.snapshot()) {
+                // A bare string is a document of its own (the alb's PEM keys), sent as text.
+                Some((status, serde_json::Value::String(text))) => reply(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    "text/plain",
+                    text,
+                ),
                 Some((status, v)) => json_reply(
                     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                     v,

@@ -1,0 +1,1065 @@
+//! Phase `authenticate`: ALB's `authenticate-oidc` action, run after `route` and before the
+//! rule's own action. The session cookie, the sign-in state and the signed claims for targets
+//! are here, as pure code; the calls to the identity provider are in `idp`.
+//!
+//! A request without a valid session is sent to the IdP's authorization endpoint (or refused
+//! with 401, or let through without claims, as `on_unauthenticated_request` says). The IdP
+//! sends the browser back to `/oauth2/idpresponse` with a code; the alb trades it for tokens,
+//! reads the user's claims, sets the session cookie (AES-256-GCM, split into 4,000-byte
+//! shards) and redirects to the page first asked for. Requests with a session reach the
+//! target with `x-amzn-oidc-accesstoken`, `x-amzn-oidc-identity` and `x-amzn-oidc-data` (the
+//! claims as an ES256 JWT whose public key the admin server publishes by its `kid`).
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine;
+use causeway_config::oidc::{AuthenticateOidc, OnUnauthenticated};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Where the IdP sends the browser back (ALB's fixed redirect path).
+pub const CALLBACK: &[u8] = b"/oauth2/idpresponse";
+/// The cookie that binds a sign-in's state to the browser that started it.
+pub const NONCE_COOKIE: &str = "AWSALBAuthNonce";
+/// The fields a target gets, which a client's own request may not carry on these rules.
+pub const FIELDS: [&str; 3] = [
+    "x-amzn-oidc-accesstoken",
+    "x-amzn-oidc-identity",
+    "x-amzn-oidc-data",
+];
+/// How long a sign-in may take, from the redirect to the IdP to the callback.
+const STATE_SECONDS: u64 = 900;
+/// Bytes of session per cookie: most browsers keep at most 4 KB per cookie.
+const SHARD: usize = 4000;
+/// ALB's limit on the user's claims and access token together: beyond it, 500.
+pub const CLAIMS_LIMIT: usize = 11 * 1024;
+/// How many shards a session may take: 11 KB of claims and token, with the user's `sub`,
+/// sealed and in base64, fits in four; the fifth is room for a long `sub`.
+const MAX_SHARDS: usize = 5;
+/// How long an `x-amzn-oidc-data` token is valid, and reused for one session.
+const DATA_SECONDS: u64 = 120;
+
+/// Whether a (lower-case or not) field name is one of [`FIELDS`].
+pub fn is_oidc_field(name: &[u8]) -> bool {
+    FIELDS
+        .iter()
+        .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The keys every authenticating rule shares: the one that seals sessions and sign-in states,
+/// and the one that signs the claims for targets.
+pub struct Keys {
+    seal: LessSafeKey,
+    rng: SystemRandom,
+    signer: EcdsaKeyPair,
+    /// The signing key's id, as targets look it up.
+    pub kid: String,
+    /// The public key, a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
+    pub public_pem: String,
+    /// `signer` in the token header: the load balancer's name.
+    pub signer_name: String,
+    /// Signed claims per session, reused while fresh (signing costs more than the request).
+    signed: Mutex<HashMap<u64, (String, u64)>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the keys could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}: {1}")]
+    File(String, std::io::Error),
+    #[error("{0}: not a PKCS#8 P-256 private key in PEM")]
+    NotP256(String),
+    #[error("no randomness for a key")]
+    Random,
+}
+
+/// The DER prefix of a P-256 SubjectPublicKeyInfo, before the 65-byte uncompressed point.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+impl Keys {
+    /// The keys from the config's secret and signing key file, or this process's own (made
+    /// once, so a reload keeps every session and the published key).
+    pub fn new(
+        secret: Option<&str>,
+        signing_key: Option<&std::path::Path>,
+        signer_name: String,
+    ) -> Result<Keys, KeyError> {
+        let rng = SystemRandom::new();
+        let seal_bytes: [u8; 32] = match secret {
+            Some(s) => {
+                let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"causeway-alb-oidc");
+                let prk = salt.extract(s.as_bytes());
+                let info = [b"session".as_slice()];
+                let okm = prk
+                    .expand(&info, ring::hkdf::HKDF_SHA256)
+                    .map_err(|_| KeyError::Random)?;
+                let mut out = [0u8; 32];
+                okm.fill(&mut out).map_err(|_| KeyError::Random)?;
+                out
+            }
+            None => *process_secret(),
+        };
+        let seal = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &seal_bytes).map_err(|_| KeyError::Random)?,
+        );
+        let pkcs8 = match signing_key {
+            Some(path) => {
+                let name = path.display().to_string();
+                let pem =
+                    std::fs::read_to_string(path).map_err(|e| KeyError::File(name.clone(), e))?;
+                pem_body(&pem, "PRIVATE KEY").ok_or_else(|| KeyError::NotP256(name.clone()))?
+            }
+            None => process_signing_key().clone(),
+        };
+        let signer = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
+            .map_err(|_| {
+                KeyError::NotP256(
+                    signing_key.map_or_else(|| "generated key".into(), |p| p.display().to_string()),
+                )
+            })?;
+        let mut spki = P256_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(signer.public_key().as_ref());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &spki);
+        let h: String = digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let kid = format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        );
+        Ok(Keys {
+            seal,
+            rng,
+            signer,
+            kid,
+            public_pem: pem("PUBLIC KEY", &spki),
+            signer_name,
+            signed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// `plain` sealed for `purpose`, as URL-safe base64 of nonce, ciphertext and tag.
+    fn seal(&self, purpose: &[u8], plain: &[u8]) -> Option<String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut buf = plain.to_vec();
+        self.seal
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(purpose),
+                &mut buf,
+            )
+            .ok()?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Some(URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// What [`Self::seal`] sealed for `purpose`, or `None` for anything else.
+    fn open(&self, purpose: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let mut raw = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        if raw.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return None;
+        }
+        let mut body = raw.split_off(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(&raw).ok()?;
+        let plain = self
+            .seal
+            .open_in_place(nonce, Aad::from(purpose), &mut body)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+
+    fn random(&self) -> Option<[u8; 16]> {
+        let mut b = [0u8; 16];
+        self.rng.fill(&mut b).ok()?;
+        Some(b)
+    }
+
+    /// `x-amzn-oidc-data` as ALB writes it: a JWT signed with ES256, whose segments are
+    /// URL-safe base64 with padding (ALB's own quirk, kept so targets written for ALB verify
+    /// it).
+    pub fn data_token(&self, p: &Provider, claims: &str, now: u64, expires: u64) -> Option<String> {
+        let header = serde_json::json!({
+            "typ": "JWT",
+            "alg": "ES256",
+            "kid": self.kid,
+            "signer": self.signer_name,
+            "iss": p.cfg.issuer,
+            "client": p.cfg.client_id,
+            "exp": expires.min(now + DATA_SECONDS),
+        });
+        let mut token = URL_SAFE.encode(header.to_string());
+        token.push('.');
+        token.push_str(&URL_SAFE.encode(claims));
+        let sig = self.signer.sign(&self.rng, token.as_bytes()).ok()?;
+        token.push('.');
+        token.push_str(&URL_SAFE.encode(sig.as_ref()));
+        Some(token)
+    }
+
+    /// [`Self::data_token`] for a session, reused while it has a minute left.
+    fn data_for(&self, p: &Provider, s: &Session, now: u64) -> Option<String> {
+        let key = cache_key(p.binding, &s.access_token, &s.claims);
+        let mut cache = self.signed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, exp)) = cache.get(&key) {
+            if *exp > now + DATA_SECONDS / 2 {
+                return Some(t.clone());
+            }
+        }
+        let t = self.data_token(p, &s.claims, now, s.expires)?;
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(key, (t.clone(), s.expires.min(now + DATA_SECONDS)));
+        Some(t)
+    }
+}
+
+/// A cache key for a session's signed claims.
+fn cache_key(binding: u64, access_token: &str, claims: &str) -> u64 {
+    use siphasher::sip::SipHasher13;
+    use std::hash::Hasher;
+    let mut h = SipHasher13::new_with_keys(binding, 0x6f69_6463);
+    h.write(access_token.as_bytes());
+    h.write_u8(0);
+    h.write(claims.as_bytes());
+    h.finish()
+}
+
+/// This process's session key when the config gives no secret.
+fn process_secret() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut k = [0u8; 32];
+        if SystemRandom::new().fill(&mut k).is_err() {
+            k.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        }
+        k
+    })
+}
+
+/// This process's signing key (PKCS#8) when the config names none.
+fn process_signing_key() -> &'static Vec<u8> {
+    static KEY: OnceLock<Vec<u8>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map(|d| d.as_ref().to_vec())
+            .unwrap_or_default()
+    })
+}
+
+/// The DER inside a PEM block of `label`.
+fn pem_body(text: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text.find(&begin)? + begin.len();
+    let stop = start + text[start..].find(&end)?;
+    let b64: String = text[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    STANDARD.decode(b64).ok()
+}
+
+/// DER as a PEM block of `label`, 64 characters a line.
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// An authenticate action as compiled at load: its config, the TLS client settings for its
+/// IdP, and a value that ties its sessions to its issuer and client.
+pub struct Provider {
+    pub cfg: Arc<AuthenticateOidc>,
+    pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    binding: u64,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("issuer", &self.cfg.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Provider {
+    pub fn new(cfg: Arc<AuthenticateOidc>, tls: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
+        let binding = cache_key(0x6361_7573, &cfg.issuer, &cfg.client_id);
+        Provider { cfg, tls, binding }
+    }
+}
+
+/// A signed-in user, as the session cookie carries them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// Unix seconds at which the session ends.
+    pub expires: u64,
+    pub sub: String,
+    pub access_token: String,
+    /// The user info endpoint's answer, a JSON object.
+    pub claims: String,
+}
+
+impl Session {
+    /// Binary, not JSON: claims are JSON already, and escaping them again could double them.
+    /// Version 1, expiry, then `sub` and the access token with their lengths, then the claims.
+    fn encode(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(16 + self.sub.len() + self.access_token.len() + self.claims.len());
+        out.push(1);
+        out.extend_from_slice(&self.expires.to_be_bytes());
+        out.extend_from_slice(&(self.sub.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.sub.as_bytes());
+        out.extend_from_slice(&(self.access_token.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.access_token.as_bytes());
+        out.extend_from_slice(self.claims.as_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Session> {
+        let (&1, rest) = b.split_first()? else {
+            return None;
+        };
+        let (exp, rest) = rest.split_at_checked(8)?;
+        fn field(rest: &[u8]) -> Option<(String, &[u8])> {
+            let (len, rest) = rest.split_at_checked(4)?;
+            let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+            let (v, rest) = rest.split_at_checked(len)?;
+            Some((String::from_utf8(v.to_vec()).ok()?, rest))
+        }
+        let (sub, rest) = field(rest)?;
+        let (access_token, rest) = field(rest)?;
+        Some(Session {
+            expires: u64::from_be_bytes(exp.try_into().ok()?),
+            sub,
+            access_token,
+            claims: String::from_utf8(rest.to_vec()).ok()?,
+        })
+    }
+}
+
+/// The request's parts that authentication reads.
+pub struct View<'a> {
+    /// The path and query as received.
+    pub target: &'a [u8],
+    /// The Host (or :authority) as sent, with its port.
+    pub host: &'a [u8],
+    /// Every `Cookie` field value.
+    pub cookies: &'a [&'a [u8]],
+}
+
+/// A local answer: the status, the fields to add (`Location`, `Set-Cookie`), and a body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    pub fields: Vec<(&'static str, String)>,
+    /// The access log's `error_reason` (ALB's `Auth*` codes).
+    pub reason: &'static str,
+}
+
+impl Answer {
+    fn bare(status: u16, reason: &'static str) -> Answer {
+        Answer {
+            status,
+            fields: Vec::new(),
+            reason,
+        }
+    }
+}
+
+/// What the rule's action goes on with.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Run the action; a target gets these fields (none for an unauthenticated request that
+    /// `allow` lets through). The client's own fields of these names are dropped either way.
+    Pass(Vec<(&'static str, String)>),
+    /// Answer here instead.
+    Answer(Answer),
+}
+
+/// The value of cookie `name` among `Cookie` field values.
+pub fn cookie<'a>(values: &[&'a [u8]], name: &str) -> Option<&'a [u8]> {
+    values.iter().find_map(|v| {
+        v.split(|&b| b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (n, val) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+            (n == name.as_bytes()).then_some(&val[1..])
+        })
+    })
+}
+
+/// The session the request's cookies carry for `p`, if it is sound and has not ended.
+pub fn session(keys: &Keys, p: &Provider, cookies: &[&[u8]], now: u64) -> Option<Session> {
+    let name = &p.cfg.session_cookie_name;
+    let mut sealed = Vec::new();
+    for i in 0..MAX_SHARDS {
+        match cookie(cookies, &format!("{name}-{i}")) {
+            Some(v) => sealed.extend_from_slice(v),
+            None => break,
+        }
+    }
+    if sealed.is_empty() {
+        return None;
+    }
+    let plain = keys.open(&session_aad(p), &sealed)?;
+    let s = Session::decode(&plain)?;
+    (s.expires > now).then_some(s)
+}
+
+fn session_aad(p: &Provider) -> Vec<u8> {
+    let mut aad = b"session:".to_vec();
+    aad.extend_from_slice(&p.binding.to_le_bytes());
+    aad.extend_from_slice(p.cfg.session_cookie_name.as_bytes());
+    aad
+}
+
+/// The `Set-Cookie` values that store `s`: its shards, then the clearing of shards it no
+/// longer needs. `None` when it cannot be sealed.
+pub fn session_cookies(keys: &Keys, p: &Provider, s: &Session, now: u64) -> Option<Vec<String>> {
+    let sealed = keys.seal(&session_aad(p), &s.encode())?;
+    let name = &p.cfg.session_cookie_name;
+    let age = s.expires.saturating_sub(now);
+    let shards: Vec<&[u8]> = sealed.as_bytes().chunks(SHARD).collect();
+    if shards.len() > MAX_SHARDS {
+        return None;
+    }
+    let mut out: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                "{name}-{i}={}; Path=/; Max-Age={age}; Secure; HttpOnly",
+                std::str::from_utf8(c).unwrap_or_default()
+            )
+        })
+        .collect();
+    for i in shards.len()..MAX_SHARDS {
+        out.push(format!("{name}-{i}=; Path=/; Max-Age=-1; Secure; HttpOnly"));
+    }
+    Some(out)
+}
+
+/// What authentication does with a request that matched `p`'s rule (`priority`, 0 for the
+/// listener's default action), at `now` (Unix seconds). A callback is [`callback`]'s.
+pub fn check(keys: &Keys, p: &Provider, priority: u32, req: &View<'_>, now: u64) -> Verdict {
+    if let Some(s) = session(keys, p, req.cookies, now) {
+        let data = match keys.data_for(p, &s, now) {
+            Some(d) => d,
+            None => return Verdict::Answer(Answer::bare(500, "AuthInternalError")),
+        };
+        return Verdict::Pass(vec![
+            (FIELDS[0], s.access_token),
+            (FIELDS[1], s.sub),
+            (FIELDS[2], data),
+        ]);
+    }
+    match p.cfg.on_unauthenticated {
+        OnUnauthenticated::Allow => Verdict::Pass(Vec::new()),
+        OnUnauthenticated::Deny => Verdict::Answer(Answer::bare(401, "AuthUnauthenticated")),
+        OnUnauthenticated::Authenticate => match sign_in(keys, p, priority, req, now) {
+            Some(a) => Verdict::Answer(a),
+            None => Verdict::Answer(Answer::bare(500, "AuthInternalError")),
+        },
+    }
+}
+
+/// The redirect URI the IdP sends the browser back to, on the host the request named.
+pub fn redirect_uri(host: &[u8]) -> String {
+    format!(
+        "https://{}{}",
+        String::from_utf8_lossy(host),
+        std::str::from_utf8(CALLBACK).unwrap_or_default()
+    )
+}
+
+/// A sign-in's state as sealed into the `state` parameter.
+#[derive(Debug, Clone, PartialEq)]
+struct State {
+    expires: u64,
+    priority: u32,
+    nonce: String,
+    /// The path and query first asked for.
+    target: String,
+}
+
+impl State {
+    fn seal(&self, keys: &Keys) -> Option<String> {
+        let body = serde_json::json!({
+            "e": self.expires, "p": self.priority, "n": self.nonce, "t": self.target,
+        })
+        .to_string();
+        keys.seal(b"state", body.as_bytes())
+    }
+
+    fn open(keys: &Keys, sealed: &[u8]) -> Option<State> {
+        let v: serde_json::Value = serde_json::from_slice(&keys.open(b"state", sealed)?).ok()?;
+        Some(State {
+            expires: v.get("e")?.as_u64()?,
+            priority: u32::try_from(v.get("p")?.as_u64()?).ok()?,
+            nonce: v.get("n")?.as_str()?.to_owned(),
+            target: v.get("t")?.as_str()?.to_owned(),
+        })
+    }
+}
+
+/// The page to return to after signing in, as a path on this site: a target that a browser
+/// would read as another host (`//evil.example/`, `/\\evil.example/`) or that is not a path
+/// becomes `/`, so the sign-in cannot be turned into an open redirect.
+fn same_site(target: String) -> String {
+    let b = target.as_bytes();
+    if b.first() == Some(&b'/') && !matches!(b.get(1), Some(b'/' | b'\\')) {
+        target
+    } else {
+        "/".into()
+    }
+}
+
+/// The redirect to the IdP's authorization endpoint, with the nonce cookie.
+fn sign_in(keys: &Keys, p: &Provider, priority: u32, req: &View<'_>, now: u64) -> Option<Answer> {
+    let nonce = URL_SAFE_NO_PAD.encode(keys.random()?);
+    let target = String::from_utf8_lossy(req.target).into_owned();
+    let state = State {
+        expires: now + STATE_SECONDS,
+        priority,
+        nonce: nonce.clone(),
+        target: same_site(target),
+    }
+    .seal(keys)?;
+    let cfg = &p.cfg;
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("client_id", &cfg.client_id)
+        .append_pair("redirect_uri", &redirect_uri(req.host))
+        .append_pair("response_type", "code")
+        .append_pair("scope", &cfg.scope)
+        .append_pair("state", &state)
+        .append_pair("nonce", &nonce);
+    for (k, v) in &cfg.extra_params {
+        q.append_pair(k, v);
+    }
+    let base = &cfg.authorization_endpoint.raw;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(Answer {
+        status: 302,
+        fields: vec![
+            ("Location", format!("{base}{sep}{}", q.finish())),
+            (
+                "Set-Cookie",
+                format!(
+                    "{NONCE_COOKIE}={nonce}; Path=/; Max-Age={STATE_SECONDS}; Secure; HttpOnly"
+                ),
+            ),
+        ],
+        reason: "-",
+    })
+}
+
+/// A callback's query, read.
+#[derive(Debug, PartialEq)]
+pub struct Callback {
+    pub code: String,
+    state: State,
+}
+
+/// Reads a callback to `/oauth2/idpresponse`: the provider it is for and its code, or the
+/// answer that ends it (401 for a missing or forged state, 561 for an IdP's error).
+pub fn read_callback<'p>(
+    keys: &Keys,
+    providers: impl Fn(u32) -> Option<&'p Provider>,
+    query: &[u8],
+    cookies: &[&[u8]],
+    now: u64,
+) -> Result<(&'p Provider, Callback), Answer> {
+    let mut code = None;
+    let mut state = None;
+    let mut error = false;
+    for (k, v) in form_urlencoded::parse(query) {
+        match &*k {
+            "code" => code = Some(v.into_owned()),
+            "state" => state = Some(v.into_owned()),
+            "error" => error = true,
+            _ => {}
+        }
+    }
+    if error {
+        return Err(Answer::bare(561, "AuthIdPError"));
+    }
+    let state = state.ok_or(Answer::bare(401, "AuthMissingStateParam"))?;
+    let code = code.ok_or(Answer::bare(401, "AuthMissingCodeParam"))?;
+    let invalid = Answer::bare(401, "AuthInvalidStateParam");
+    let state = State::open(keys, state.as_bytes()).ok_or(invalid.clone())?;
+    let browser = cookie(cookies, NONCE_COOKIE).ok_or(invalid.clone())?;
+    if state.expires <= now || browser != state.nonce.as_bytes() {
+        return Err(invalid);
+    }
+    let p = providers(state.priority).ok_or(invalid)?;
+    Ok((p, Callback { code, state }))
+}
+
+/// The tokens a token endpoint answered with, read.
+#[derive(Debug, PartialEq)]
+pub struct Tokens {
+    pub access_token: String,
+    /// The ID token's subject, once checked.
+    pub sub: String,
+}
+
+/// Reads a token endpoint's JSON answer and checks its ID token against `p` and the
+/// sign-in's nonce (OpenID Connect Core 3.1.3.7: the token came straight from the token
+/// endpoint over TLS, so its issuer, audience, expiry and nonce are checked, not its
+/// signature). `Err` is the access log's reason.
+pub fn read_tokens(
+    p: &Provider,
+    cb: &Callback,
+    body: &[u8],
+    now: u64,
+) -> Result<Tokens, &'static str> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "AuthTokenEpResponseInvalid")?;
+    let access_token = v
+        .get("access_token")
+        .and_then(|t| t.as_str())
+        .ok_or("AuthTokenEpResponseInvalid")?
+        .to_owned();
+    let id = v
+        .get("id_token")
+        .and_then(|t| t.as_str())
+        .ok_or("AuthInvalidIdToken")?;
+    let payload = id.split('.').nth(1).ok_or("AuthInvalidIdToken")?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| "AuthInvalidIdToken")?;
+    let c: serde_json::Value =
+        serde_json::from_slice(&payload).map_err(|_| "AuthInvalidIdToken")?;
+    let aud_ok = match c.get("aud") {
+        Some(serde_json::Value::String(a)) => *a == p.cfg.client_id,
+        Some(serde_json::Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(&p.cfg.client_id)),
+        _ => false,
+    };
+    let iss_ok = c.get("iss").and_then(|i| i.as_str()) == Some(p.cfg.issuer.as_str());
+    let exp_ok = c
+        .get("exp")
+        .and_then(|e| e.as_u64())
+        .is_some_and(|e| e > now);
+    let nonce_ok = c
+        .get("nonce")
+        .is_none_or(|n| n.as_str() == Some(cb.state.nonce.as_str()));
+    let sub = c.get("sub").and_then(|s| s.as_str()).unwrap_or_default();
+    if !(aud_ok && iss_ok && exp_ok && nonce_ok) || sub.is_empty() {
+        return Err("AuthInvalidIdToken");
+    }
+    Ok(Tokens {
+        access_token,
+        sub: sub.to_owned(),
+    })
+}
+
+/// Ends a sign-in: the user info endpoint's answer `info` (a JSON object whose `sub` must be
+/// the ID token's) becomes the session, set by the redirect to the page first asked for.
+pub fn finish(
+    keys: &Keys,
+    p: &Provider,
+    cb: &Callback,
+    tokens: Tokens,
+    info: &[u8],
+    now: u64,
+) -> Answer {
+    let claims: serde_json::Value = match serde_json::from_slice(info) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => return Answer::bare(500, "AuthUserinfoResponseInvalid"),
+    };
+    if claims.get("sub").and_then(|s| s.as_str()) != Some(tokens.sub.as_str()) {
+        return Answer::bare(500, "AuthUserinfoResponseInvalid");
+    }
+    let claims = claims.to_string();
+    if claims.len() + tokens.access_token.len() > CLAIMS_LIMIT {
+        return Answer::bare(500, "AuthUserinfoResponseSizeExceeded");
+    }
+    let s = Session {
+        expires: now + p.cfg.session_timeout.as_secs(),
+        sub: tokens.sub,
+        access_token: tokens.access_token,
+        claims,
+    };
+    let Some(cookies) = session_cookies(keys, p, &s, now) else {
+        return Answer::bare(500, "AuthInternalError");
+    };
+    let mut fields = vec![("Location", cb.state.target.clone())];
+    fields.extend(cookies.into_iter().map(|c| ("Set-Cookie", c)));
+    fields.push((
+        "Set-Cookie",
+        format!("{NONCE_COOKIE}=; Path=/; Max-Age=-1; Secure; HttpOnly"),
+    ));
+    Answer {
+        status: 302,
+        fields,
+        reason: "-",
+    }
+}
+
+/// The body of a local answer: none for a redirect, else the status's reason.
+pub fn body(status: u16) -> String {
+    if status == 302 {
+        String::new()
+    } else {
+        format!("{}\n", crate::action::reason(status))
+    }
+}
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use causeway_config::oidc::HttpsUrl;
+
+    fn cfg(on: OnUnauthenticated) -> AuthenticateOidc {
+        let url = |p: &str| HttpsUrl::parse(&format!("https://idp.example.com{p}")).unwrap();
+        AuthenticateOidc {
+            issuer: "https://idp.example.com".into(),
+            authorization_endpoint: url("/authorize?tenant=1"),
+            token_endpoint: url("/token"),
+            user_info_endpoint: url("/userinfo"),
+            client_id: "client".into(),
+            client_secret: "secret".into(),
+            scope: "openid".into(),
+            session_cookie_name: "AWSELBAuthSessionCookie".into(),
+            session_timeout: std::time::Duration::from_secs(3600),
+            on_unauthenticated: on,
+            extra_params: vec![("prompt".into(), "login".into())],
+            trusted_ca_file: None,
+        }
+    }
+
+    fn provider(c: AuthenticateOidc) -> Provider {
+        Provider::new(Arc::new(c), crate::idp::client_config(None).unwrap())
+    }
+
+    fn keys() -> Keys {
+        Keys::new(
+            Some("a shared secret of 16+ bytes"),
+            None,
+            "app/causeway-alb/test".into(),
+        )
+        .unwrap()
+    }
+
+    fn a_session(claims: &str) -> Session {
+        Session {
+            expires: 1_000_000 + 3600,
+            sub: "user-1".into(),
+            access_token: "at".into(),
+            claims: claims.into(),
+        }
+    }
+
+    /// The `Cookie` value a browser sends back for these `Set-Cookie` values.
+    fn returned(set: &[String]) -> String {
+        set.iter()
+            .filter(|c| !c.contains("Max-Age=-1"))
+            .map(|c| c.split(';').next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    #[test]
+    fn a_session_round_trips_and_ends_at_its_expiry_or_under_another_provider() {
+        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+        let s = a_session(r#"{"sub":"user-1"}"#);
+        let set = session_cookies(&k, &p, &s, 1_000_000).unwrap();
+        assert!(set[0].starts_with("AWSELBAuthSessionCookie-0="));
+        assert!(set[0].ends_with("; Path=/; Max-Age=3600; Secure; HttpOnly"));
+        // The unused shards are cleared.
+        assert_eq!(set.len(), MAX_SHARDS);
+        assert!(set[1].starts_with("AWSELBAuthSessionCookie-1=; Path=/; Max-Age=-1"));
+        let back = returned(&set);
+        let cookies = [back.as_bytes()];
+        assert_eq!(session(&k, &p, &cookies, 1_000_000), Some(s.clone()));
+        assert_eq!(session(&k, &p, &cookies, 1_000_000 + 3600), None, "expired");
+        // Another replica with the same secret reads it; another secret does not.
+        let same = Keys::new(Some("a shared secret of 16+ bytes"), None, "x".into()).unwrap();
+        assert!(session(&same, &p, &cookies, 1_000_000).is_some());
+        let other = Keys::new(Some("another secret, 16+ bytes"), None, "x".into()).unwrap();
+        assert!(session(&other, &p, &cookies, 1_000_000).is_none());
+        // A session of one IdP or client is no session for another.
+        let mut c2 = cfg(OnUnauthenticated::Authenticate);
+        c2.client_id = "other-client".into();
+        assert!(session(&k, &provider(c2), &cookies, 1_000_000).is_none());
+        // One changed byte and the seal breaks.
+        let mut forged = back.clone().into_bytes();
+        let i = forged.len() - 5;
+        forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+        assert!(session(&k, &p, &[forged.as_slice()], 1_000_000).is_none());
+    }
+
+    #[test]
+    fn large_claims_are_split_into_shards_and_joined_again() {
+        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+        let claims = format!(r#"{{"sub":"user-1","groups":"{}"}}"#, "g".repeat(8000));
+        let s = a_session(&claims);
+        let set = session_cookies(&k, &p, &s, 1_000_000).unwrap();
+        let live: Vec<&String> = set.iter().filter(|c| !c.contains("Max-Age=-1")).collect();
+        assert_eq!(live.len(), 3, "8 KB of claims in base64: 10.7 KB");
+        assert!(live
+            .iter()
+            .all(|c| c.split(';').next().unwrap().len() <= SHARD + 30));
+        let back = returned(&set);
+        assert_eq!(session(&k, &p, &[back.as_bytes()], 1_000_000), Some(s));
+    }
+
+    #[test]
+    fn claims_at_alb_s_limit_still_fit_in_the_shards() {
+        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+        let token = "t".repeat(1000);
+        let claims = format!(
+            r#"{{"sub":"user-1","q":"{}"}}"#,
+            "\\\"".repeat((CLAIMS_LIMIT - 1000 - 30) / 2)
+        );
+        assert!(claims.len() + token.len() <= CLAIMS_LIMIT);
+        let s = Session {
+            access_token: token,
+            ..a_session(&claims)
+        };
+        let set = session_cookies(&k, &p, &s, 1_000_000).expect("fits");
+        let back = returned(&set);
+        assert_eq!(session(&k, &p, &[back.as_bytes()], 1_000_000), Some(s));
+    }
+
+    #[test]
+    fn an_unauthenticated_request_is_redirected_refused_or_let_through() {
+        let k = keys();
+        let view = View {
+            target: b"/wp-admin/edit.php?post=7",
+            host: b"www.example.com",
+            cookies: &[],
+        };
+        let p = provider(cfg(OnUnauthenticated::Deny));
+        assert!(
+            matches!(check(&k, &p, 10, &view, 1_000_000), Verdict::Answer(a) if a.status == 401)
+        );
+        let p = provider(cfg(OnUnauthenticated::Allow));
+        assert!(matches!(check(&k, &p, 10, &view, 1_000_000), Verdict::Pass(f) if f.is_empty()));
+        let p = provider(cfg(OnUnauthenticated::Authenticate));
+        let Verdict::Answer(a) = check(&k, &p, 10, &view, 1_000_000) else {
+            panic!("a redirect")
+        };
+        assert_eq!(a.status, 302);
+        let location = &a.fields[0].1;
+        assert!(
+            location.starts_with("https://idp.example.com/authorize?tenant=1&client_id=client&")
+        );
+        let q: HashMap<String, String> =
+            form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+                .into_owned()
+                .collect();
+        assert_eq!(
+            q["redirect_uri"],
+            "https://www.example.com/oauth2/idpresponse"
+        );
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["prompt"], "login");
+        let nonce_cookie = &a.fields[1].1;
+        assert!(nonce_cookie.starts_with(&format!("{NONCE_COOKIE}={}; ", q["nonce"])));
+        // The callback with that state and the browser's nonce cookie names the rule and the
+        // page first asked for; without the cookie, or late, it is refused.
+        let jar = format!("{NONCE_COOKIE}={}", q["nonce"]);
+        let query = format!("code=abc&state={}", q["state"]);
+        let find = |prio| (prio == 10).then_some(&p);
+        let (found, cb) =
+            read_callback(&k, find, query.as_bytes(), &[jar.as_bytes()], 1_000_100).unwrap();
+        assert!(std::ptr::eq(found, &p));
+        assert_eq!(cb.code, "abc");
+        assert_eq!(cb.state.target, "/wp-admin/edit.php?post=7");
+        let refused = |cookies: &[&[u8]], now| {
+            read_callback(&k, find, query.as_bytes(), cookies, now)
+                .unwrap_err()
+                .reason
+        };
+        assert_eq!(refused(&[], 1_000_100), "AuthInvalidStateParam");
+        assert_eq!(
+            refused(&[jar.as_bytes()], 1_000_000 + STATE_SECONDS),
+            "AuthInvalidStateParam"
+        );
+        assert_eq!(
+            read_callback(&k, find, b"error=access_denied&state=x", &[], 0)
+                .unwrap_err()
+                .status,
+            561
+        );
+        assert_eq!(
+            read_callback(&k, find, b"state=x", &[], 0)
+                .unwrap_err()
+                .reason,
+            "AuthMissingCodeParam"
+        );
+    }
+
+    fn id_token(claims: serde_json::Value) -> String {
+        format!(
+            "{}.{}.sig",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn the_id_token_must_name_the_issuer_the_client_the_nonce_and_be_current() {
+        let p = provider(cfg(OnUnauthenticated::Authenticate));
+        let cb = Callback {
+            code: "c".into(),
+            state: State {
+                expires: 0,
+                priority: 1,
+                nonce: "n1".into(),
+                target: "/".into(),
+            },
+        };
+        let good = serde_json::json!({
+            "iss": "https://idp.example.com", "aud": ["x", "client"], "sub": "user-1",
+            "exp": 2_000, "nonce": "n1",
+        });
+        let answer = |idt: serde_json::Value| {
+            let body = serde_json::json!({ "access_token": "at", "id_token": id_token(idt) });
+            read_tokens(&p, &cb, body.to_string().as_bytes(), 1_000)
+        };
+        assert_eq!(
+            answer(good.clone()).unwrap(),
+            Tokens {
+                access_token: "at".into(),
+                sub: "user-1".into()
+            }
+        );
+        for (field, value) in [
+            ("iss", serde_json::json!("https://evil.example.com")),
+            ("aud", serde_json::json!("other")),
+            ("exp", serde_json::json!(999)),
+            ("nonce", serde_json::json!("n2")),
+            ("sub", serde_json::json!("")),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value;
+            assert_eq!(answer(bad), Err("AuthInvalidIdToken"), "{field}");
+        }
+        let no_id = serde_json::json!({ "access_token": "at" }).to_string();
+        assert_eq!(
+            read_tokens(&p, &cb, no_id.as_bytes(), 1_000),
+            Err("AuthInvalidIdToken")
+        );
+    }
+
+    #[test]
+    fn claims_over_the_limit_end_the_sign_in_with_500() {
+        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+        let cb = Callback {
+            code: "c".into(),
+            state: State {
+                expires: 0,
+                priority: 1,
+                nonce: "n".into(),
+                target: "/after".into(),
+            },
+        };
+        let tokens = || Tokens {
+            access_token: "at".into(),
+            sub: "user-1".into(),
+        };
+        let big = format!(r#"{{"sub":"user-1","x":"{}"}}"#, "y".repeat(CLAIMS_LIMIT));
+        let a = finish(&k, &p, &cb, tokens(), big.as_bytes(), 1_000);
+        assert_eq!(
+            (a.status, a.reason),
+            (500, "AuthUserinfoResponseSizeExceeded")
+        );
+        let a = finish(&k, &p, &cb, tokens(), br#"{"sub":"someone-else"}"#, 1_000);
+        assert_eq!(a.status, 500, "the user info must be the ID token's user");
+        let a = finish(&k, &p, &cb, tokens(), br#"{"sub":"user-1"}"#, 1_000);
+        assert_eq!(a.status, 302);
+        assert_eq!(a.fields[0], ("Location", "/after".to_owned()));
+        assert!(a
+            .fields
+            .iter()
+            .any(|(_, v)| v.starts_with("AWSELBAuthSessionCookie-0=")));
+        assert!(a
+            .fields
+            .iter()
+            .any(|(_, v)| v.starts_with(&format!("{NONCE_COOKIE}=; Path=/; Max-Age=-1"))));
+    }
+
+    #[test]
+    fn the_claims_token_is_es256_over_padded_segments_and_names_its_key() {
+        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+        let t = k
+            .data_token(&p, r#"{"sub":"user-1"}"#, 1_000, 5_000)
+            .unwrap();
+        let parts: Vec<&str> = t.split('.').collect();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["kid"], k.kid);
+        assert_eq!(header["exp"], 1_000 + DATA_SECONDS);
+        assert_eq!(header["signer"], "app/causeway-alb/test");
+        let der = pem_body(&k.public_pem, "PUBLIC KEY").unwrap();
+        let key = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            &der[P256_SPKI_PREFIX.len()..],
+        );
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        key.verify(signed.as_bytes(), &URL_SAFE.decode(parts[2]).unwrap())
+            .unwrap();
+        assert!(key
+            .verify(b"something else", &URL_SAFE.decode(parts[2]).unwrap())
+            .is_err());
+    }
+
+    #[test]
+    fn the_page_to_return_to_stays_on_this_site() {
+        assert_eq!(same_site("/wp-admin/?a=1".into()), "/wp-admin/?a=1");
+        for evil in [
+            "//evil.example/x",
+            "/\\evil.example/x",
+            "https://evil.example/",
+            "",
+        ] {
+            assert_eq!(same_site(evil.into()), "/", "{evil}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name_across_fields() {
+        let fields: [&[u8]; 2] = [b"a=1; AWSALBAuthNonce=xyz", b"AWSALBAuthNonceX=no; b=2"];
+        assert_eq!(cookie(&fields, NONCE_COOKIE), Some(&b"xyz"[..]));
+        assert_eq!(cookie(&fields, "b"), Some(&b"2"[..]));
+        assert_eq!(cookie(&fields, "c"), None);
+        assert!(is_oidc_field(b"X-Amzn-Oidc-Data"));
+        assert!(!is_oidc_field(b"x-amzn-oidc"));
+    }
+}

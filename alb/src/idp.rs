@@ -1,0 +1,213 @@
+//! The alb's calls to an OpenID Connect identity provider for phase `authenticate`: the token
+//! endpoint (an authorization code traded for tokens) and the user info endpoint, over HTTPS
+//! with the IdP's certificate verified, each bounded by a timeout and a size.
+
+use crate::auth::{self, Answer, Callback, Keys, Provider};
+use bytes::Bytes;
+use causeway_config::oidc::HttpsUrl;
+use http_body_util::{BodyExt, Full, Limited};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+
+/// How long one call to the IdP may take, connection and answer together.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer read from the IdP.
+const MAX_BODY: usize = 64 * 1024;
+/// Where Debian (and most Linux hosts) keep the system's CA certificates.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Why a call to the IdP failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdpError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0}: {1}")]
+    Http(String, hyper::Error),
+    #[error("{0}: timed out")]
+    Timeout(String),
+    #[error("{0}: answered {1}")]
+    Status(String, u16),
+    #[error("{0}: the answer is over 64 KiB or broken")]
+    Body(String),
+    #[error("{0}: {1}")]
+    Request(String, String),
+}
+
+/// The TLS client settings for an IdP: the system's CAs, plus those of `trusted` (a PEM
+/// file, which must hold at least one). Built at load, so a bad file refuses the config.
+pub fn client_config(trusted: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Ok(iter) = CertificateDer::pem_file_iter(SYSTEM_ROOTS) {
+        roots.add_parsable_certificates(iter.flatten());
+    }
+    if let Some(file) = trusted {
+        let name = file.display();
+        let before = roots.len();
+        for cert in CertificateDer::pem_file_iter(file).map_err(|e| format!("{name}: {e}"))? {
+            let cert = cert.map_err(|e| format!("{name}: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{name}: not a CA certificate: {e}"))?;
+        }
+        if roots.len() == before {
+            return Err(format!("{name}: no certificate"));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// One HTTP/1.1 exchange with `url` over a fresh TLS connection: the status and body.
+async fn call(
+    tls: &Arc<rustls::ClientConfig>,
+    url: &HttpsUrl,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<Bytes, IdpError> {
+    let what = url.raw.clone();
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| IdpError::Io(what.clone(), e))?;
+        let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+            .map_err(|e| IdpError::Request(what.clone(), e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| IdpError::Io(what.clone(), e))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| IdpError::Http(what.clone(), e))?;
+        let driver = tokio::spawn(conn);
+        let resp = send.send_request(req).await;
+        let out = match resp {
+            Err(e) => Err(IdpError::Http(what.clone(), e)),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                match Limited::new(resp.into_body(), MAX_BODY).collect().await {
+                    Ok(_) if !(200..300).contains(&status) => {
+                        Err(IdpError::Status(what.clone(), status))
+                    }
+                    Ok(b) => Ok(b.to_bytes()),
+                    Err(_) => Err(IdpError::Body(what.clone())),
+                }
+            }
+        };
+        driver.abort();
+        out
+    };
+    match tokio::time::timeout(TIMEOUT, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(IdpError::Timeout(url.raw.clone())),
+    }
+}
+
+/// A request to `url` with the Host and Accept every IdP call carries.
+fn request(method: &str, url: &HttpsUrl) -> hyper::http::request::Builder {
+    let host = if url.port == 443 {
+        url.host.clone()
+    } else if url.host.contains(':') {
+        format!("[{}]:{}", url.host, url.port)
+    } else {
+        format!("{}:{}", url.host, url.port)
+    };
+    hyper::Request::builder()
+        .method(method)
+        .uri(url.path_and_query.as_str())
+        .header("host", host)
+        .header("accept", "application/json")
+        .header("user-agent", "causeway-alb")
+}
+
+/// The token endpoint's answer to the callback's code, with the client's credentials in
+/// HTTP Basic (`client_secret_basic`, OpenID Connect's default).
+async fn redeem(p: &Provider, cb: &Callback, redirect_uri: &str) -> Result<Bytes, IdpError> {
+    let cfg = &p.cfg;
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{}:{}", enc(&cfg.client_id), enc(&cfg.client_secret)),
+    );
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "authorization_code")
+        .append_pair("code", &cb.code)
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("client_id", &cfg.client_id)
+        .finish();
+    let req = request("POST", &cfg.token_endpoint)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", format!("Basic {basic}"))
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| IdpError::Request(cfg.token_endpoint.raw.clone(), e.to_string()))?;
+    call(&p.tls, &cfg.token_endpoint, req).await
+}
+
+/// The user info endpoint's answer for an access token.
+async fn user_info(p: &Provider, access_token: &str) -> Result<Bytes, IdpError> {
+    let url = &p.cfg.user_info_endpoint;
+    let req = request("GET", url)
+        .header("authorization", format!("Bearer {access_token}"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| IdpError::Request(url.raw.clone(), e.to_string()))?;
+    call(&p.tls, url, req).await
+}
+
+/// Serves a callback to `/oauth2/idpresponse` on a listener whose rules authenticate: reads
+/// the state, redeems the code, reads the user's claims, and answers with the session and
+/// the redirect to the page first asked for (or the error that ends the sign-in).
+pub async fn callback<'p>(
+    keys: &Keys,
+    providers: impl Fn(u32) -> Option<&'p Provider>,
+    host: &[u8],
+    query: &[u8],
+    cookies: &[&[u8]],
+) -> Answer {
+    let now = auth::unix_now();
+    let (p, cb) = match auth::read_callback(keys, providers, query, cookies, now) {
+        Ok(x) => x,
+        Err(a) => return a,
+    };
+    let fail = |status, reason, e: IdpError| {
+        tracing::warn!(error = %e, issuer = %p.cfg.issuer, "sign-in failed");
+        Answer {
+            status,
+            fields: Vec::new(),
+            reason,
+        }
+    };
+    let body = match redeem(p, &cb, &auth::redirect_uri(host)).await {
+        Ok(b) => b,
+        Err(e @ IdpError::Timeout(_)) => return fail(500, "AuthTokenEpRequestTimeout", e),
+        Err(e) => return fail(500, "AuthTokenEpRequestFailed", e),
+    };
+    let tokens = match auth::read_tokens(p, &cb, &body, now) {
+        Ok(t) => t,
+        Err(reason) => {
+            let status = if reason == "AuthInvalidIdToken" {
+                401
+            } else {
+                500
+            };
+            tracing::warn!(reason, issuer = %p.cfg.issuer, "sign-in refused");
+            return Answer {
+                status,
+                fields: Vec::new(),
+                reason,
+            };
+        }
+    };
+    let info = match user_info(p, &tokens.access_token).await {
+        Ok(b) => b,
+        Err(e @ IdpError::Timeout(_)) => return fail(500, "AuthUserinfoEpRequestTimeout", e),
+        Err(e) => return fail(500, "AuthUserinfoEpRequestFailed", e),
+    };
+    auth::finish(keys, p, &cb, tokens, &info, now)
+}

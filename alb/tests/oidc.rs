@@ -1,0 +1,495 @@
+//! `authenticate_oidc`: a browser (curl, following redirects with a cookie jar) signs in
+//! through a real OpenID Connect flow against the testkit IdP over HTTPS, and the target gets
+//! the user's claims signed with ES256; `deny`, `allow` and the sign-in's failures answer as
+//! ALB does.
+
+use causeway_alb::Alb;
+use causeway_config::alb::FileAlb;
+use causeway_config::{parse, Context};
+use causeway_dataplane::check::NetProber;
+use causeway_dataplane::Server;
+use causeway_testkit::idp::{Idp, Mode};
+use causeway_testkit::{free_port, Origin};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+struct Stack {
+    _server: Arc<Server<Alb>>,
+    _stop_admin: tokio::sync::watch::Sender<bool>,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+async fn start(origin: &Origin, idp: &Idp, lb_extra: &str) -> Stack {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let certs = causeway_testkit::tls::certificates_toml();
+    let auth = idp.toml();
+    let text = format!(
+        r#"
+[admin]
+address = "{admin}"
+[load_balancer]
+{lb_extra}
+[[listeners]]
+address = "{addr}"
+protocol = "HTTPS"
+certificates = [{certs}]
+default_action = {{ type = "forward", target_group = "web" }}
+
+[[listeners.rules]]
+priority = 10
+conditions = [{{ field = "path-pattern", values = ["/wp-admin/*"] }}]
+action = {{ type = "forward", target_group = "web" }}
+[listeners.rules.authenticate_oidc]
+{auth}scope = "openid email"
+authentication_request_extra_params = {{ prompt = "login" }}
+
+[[listeners.rules]]
+priority = 20
+conditions = [{{ field = "path-pattern", values = ["/api/*"] }}]
+action = {{ type = "forward", target_group = "web" }}
+[listeners.rules.authenticate_oidc]
+{auth}on_unauthenticated_request = "deny"
+
+[[listeners.rules]]
+priority = 30
+conditions = [{{ field = "path-pattern", values = ["/public/*"] }}]
+action = {{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "public\n" }}
+[listeners.rules.authenticate_oidc]
+{auth}on_unauthenticated_request = "allow"
+
+[[listeners.rules]]
+priority = 40
+conditions = [{{ field = "path-pattern", values = ["/open/*"] }}]
+action = {{ type = "forward", target_group = "web" }}
+[listeners.rules.authenticate_oidc]
+{auth}on_unauthenticated_request = "allow"
+
+[target_groups.web]
+targets = [{{ address = "{origin}" }}]
+health_check.interval_seconds = 300
+"#,
+        origin = origin.addr()
+    );
+    let cfg = parse::<FileAlb>("alb.toml", &text, &Context { dir: ".".into() })
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(admin).await.unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(causeway_dataplane::admin::serve(
+        listener,
+        server.clone(),
+        stop_rx,
+    ));
+    let dir = std::env::temp_dir().join(format!("causeway-oidc-{}", addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // curl trusts the listener's CA and the IdP's.
+    let bundle = [
+        causeway_testkit::tls::cert("ca.pem"),
+        causeway_testkit::tls::cert("idp-ca.pem"),
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(f).unwrap())
+    .collect::<String>();
+    std::fs::write(dir.join("cas.pem"), bundle).unwrap();
+    Stack {
+        _server: server,
+        _stop_admin: stop,
+        addr,
+        admin,
+        dir,
+    }
+}
+
+/// What curl saw: the status and redirect count of the last response, its headers, and body.
+#[derive(Debug)]
+struct Seen {
+    status: u16,
+    redirects: u32,
+    out: String,
+}
+
+impl Stack {
+    /// curl to `path` on the listener (as a.example.test), following redirects (`follow`)
+    /// with the cookie jar `jar`; `extra` are more arguments.
+    async fn curl(&self, path: &str, jar: &str, follow: bool, extra: &[&str]) -> Seen {
+        let jar = self.dir.join(jar).display().to_string();
+        let mut args: Vec<String> = [
+            "-s",
+            "-i",
+            "--max-time",
+            "10",
+            "--cacert",
+            &self.dir.join("cas.pem").display().to_string(),
+            "--resolve",
+            &format!("a.example.test:{}:127.0.0.1", self.addr.port()),
+            "-c",
+            &jar,
+            "-b",
+            &jar,
+            "-w",
+            "\n%{http_code} %{num_redirects}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if follow {
+            args.push("-L".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("https://a.example.test:{}{path}", self.addr.port()));
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl").args(&args).output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let last = out.lines().last().unwrap_or_default().to_owned();
+        let (status, redirects) = last.split_once(' ').unwrap_or(("0", "0"));
+        Seen {
+            status: status.parse().unwrap_or(0),
+            redirects: redirects.trim().parse().unwrap_or(99),
+            out,
+        }
+    }
+}
+
+fn claims() -> serde_json::Value {
+    serde_json::json!({ "sub": "user-1", "email": "editor@example.com", "name": "Ed Itor" })
+}
+
+/// URL-safe base64 with or without padding.
+fn unb64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_browser_signs_in_and_the_target_gets_the_users_claims_signed() {
+    let origin = Origin::builder().name("web-1").start().await;
+    let idp = Idp::start("wp-client", "s3cret", claims()).await;
+    let key = causeway_testkit::tls::cert("oidc-signing.key");
+    let s = start(
+        &origin,
+        &idp,
+        &format!("authentication_signing_key_file = \"{key}\""),
+    )
+    .await;
+    for (proto, jar) in [("--http1.1", "h1.jar"), ("--http2", "h2.jar")] {
+        let before = idp.asked().len();
+        // Signed out: the alb sends the browser to the IdP, the IdP back with a code, and the
+        // alb (once it has traded the code and read the claims) to the page first asked for.
+        let seen = s
+            .curl("/wp-admin/edit.php?post=7", jar, true, &[proto])
+            .await;
+        assert_eq!(
+            (seen.status, seen.redirects),
+            (200, 3),
+            "{proto}: {}",
+            seen.out
+        );
+        assert!(
+            seen.out.contains("origin web-1 /wp-admin/edit.php"),
+            "{}",
+            seen.out
+        );
+        let asked = idp.asked()[before..].to_vec();
+        let paths: Vec<&str> = asked.iter().map(|a| a.path.as_str()).collect();
+        assert_eq!(paths, ["/authorize", "/token", "/userinfo"], "{proto}");
+        let q = &asked[0].query;
+        let redirect_uri = format!(
+            "https://a.example.test:{}/oauth2/idpresponse",
+            s.addr.port()
+        );
+        assert_eq!(q["client_id"], "wp-client");
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["scope"], "openid email");
+        assert_eq!(q["prompt"], "login", "the extra parameters ride along");
+        assert_eq!(q["redirect_uri"], redirect_uri);
+        assert!(!q["state"].is_empty() && !q["nonce"].is_empty());
+        assert_eq!(
+            asked[1].authorization.as_deref(),
+            Some("Basic d3AtY2xpZW50OnMzY3JldA=="),
+            "client_secret_basic"
+        );
+        assert_eq!(asked[1].form["grant_type"], "authorization_code");
+        assert_eq!(asked[1].form["redirect_uri"], redirect_uri);
+        assert!(asked[2]
+            .authorization
+            .as_deref()
+            .unwrap()
+            .starts_with("Bearer access-"));
+        // The session cookie was set, sharded by name, Secure and HttpOnly.
+        assert!(
+            seen.out
+                .to_ascii_lowercase()
+                .contains("set-cookie: awselbauthsessioncookie-0="),
+            "{}",
+            seen.out
+        );
+        // The target saw the user.
+        let got = origin
+            .seen()
+            .into_iter()
+            .rev()
+            .find(|r| r.path.starts_with("/wp-admin/edit.php"))
+            .unwrap();
+        assert_eq!(got.header("x-amzn-oidc-identity"), Some("user-1"));
+        assert!(got
+            .header("x-amzn-oidc-accesstoken")
+            .is_some_and(|t| t.starts_with("access-")));
+        let data = got.header("x-amzn-oidc-data").unwrap().to_owned();
+        let parts: Vec<&str> = data.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        assert!(
+            parts.iter().all(|p| p.len().is_multiple_of(4)),
+            "ALB pads its segments: {data}"
+        );
+        let header: serde_json::Value = serde_json::from_slice(&unb64(parts[0])).unwrap();
+        assert_eq!(header["alg"], "ES256");
+        assert_eq!(header["client"], "wp-client");
+        assert_eq!(header["iss"], idp.issuer());
+        assert!(header["signer"]
+            .as_str()
+            .unwrap()
+            .starts_with("app/causeway-alb/"));
+        let payload: serde_json::Value = serde_json::from_slice(&unb64(parts[1])).unwrap();
+        assert_eq!(payload, claims());
+        // The signature verifies with the key the admin server publishes under the kid.
+        let kid = header["kid"].as_str().unwrap();
+        let pem = reqwest_text(s.admin, &format!("/oidc/keys/{kid}")).await;
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap()
+        };
+        let point = &der[der.len() - 65..];
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
+            .verify(signed.as_bytes(), &unb64(parts[2]))
+            .expect("x-amzn-oidc-data verifies");
+        assert_eq!(
+            reqwest_text(s.admin, "/oidc/keys/not-a-kid").await,
+            "{\"error\":\"no such key\"}"
+        );
+
+        // Signed in: the next request goes straight through, and a client's own user fields
+        // are replaced by the alb's.
+        let before = idp.asked().len();
+        let seen = s
+            .curl(
+                "/wp-admin/",
+                jar,
+                false,
+                &[proto, "-H", "x-amzn-oidc-identity: admin"],
+            )
+            .await;
+        assert_eq!((seen.status, seen.redirects), (200, 0), "{}", seen.out);
+        assert_eq!(idp.asked().len(), before, "the session holds");
+        let got = origin.seen().into_iter().next_back().unwrap();
+        assert_eq!(got.header("x-amzn-oidc-identity"), Some("user-1"));
+    }
+    // A session cookie that was tampered with is no session: back to the IdP.
+    let jar = s.dir.join("h1.jar");
+    let text = std::fs::read_to_string(&jar).unwrap();
+    let forged = text
+        .lines()
+        .map(|l| {
+            if l.contains("AWSELBAuthSessionCookie-0") {
+                let (head, value) = l.rsplit_once('\t').unwrap();
+                let mut v = value.as_bytes().to_vec();
+                let i = v.len() / 2;
+                v[i] = if v[i] == b'A' { b'B' } else { b'A' };
+                format!("{head}\t{}", String::from_utf8(v).unwrap())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&jar, forged).unwrap();
+    let seen = s.curl("/wp-admin/", "h1.jar", false, &["--http1.1"]).await;
+    assert_eq!(seen.status, 302, "{}", seen.out);
+    assert!(
+        seen.out
+            .contains(&format!("location: {}/authorize?", idp.issuer()))
+            || seen
+                .out
+                .contains(&format!("Location: {}/authorize?", idp.issuer())),
+        "{}",
+        seen.out
+    );
+}
+
+/// A GET to the admin server: the body.
+async fn reqwest_text(admin: SocketAddr, path: &str) -> String {
+    let out = tokio::task::spawn_blocking({
+        let url = format!("http://{admin}{path}");
+        move || {
+            std::process::Command::new("curl")
+                .args(["-s", "--max-time", "5", &url])
+                .output()
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn deny_allow_and_the_ways_a_sign_in_fails() {
+    let origin = Origin::builder().name("web-1").start().await;
+    let idp = Idp::start("wp-client", "s3cret", claims()).await;
+    let log = std::env::temp_dir().join(format!("causeway-oidc-access-{}.log", free_port()));
+    let _ = std::fs::remove_file(&log);
+    let lb = format!(
+        "access_logs.enabled = true\naccess_logs.path = \"{}\"",
+        log.display()
+    );
+    let s = start(&origin, &idp, &lb).await;
+
+    // deny: 401, no redirect.
+    let seen = s.curl("/api/posts", "a.jar", false, &[]).await;
+    assert_eq!(seen.status, 401, "{}", seen.out);
+    // allow: the action runs without claims, and a client cannot forge them.
+    let seen = s.curl("/public/x", "a.jar", false, &[]).await;
+    assert_eq!(seen.status, 200, "{}", seen.out);
+    assert!(seen.out.contains("public"));
+    let seen = s
+        .curl(
+            "/open/x",
+            "a.jar",
+            false,
+            &["-H", "x-amzn-oidc-identity: admin"],
+        )
+        .await;
+    assert_eq!(seen.status, 200, "{}", seen.out);
+    let got = origin.seen().into_iter().next_back().unwrap();
+    assert_eq!(got.path, "/open/x");
+    assert_eq!(got.header("x-amzn-oidc-identity"), None, "dropped");
+    assert!(idp.asked().is_empty(), "deny and allow never ask the IdP");
+    // The access log: the alb's own answer is `authenticate` with ALB's reason; a request
+    // let through ran `authenticate,forward`.
+    let lines = causeway_testkit::lifecycle::log_lines(&log, 3).await;
+    let lines: Vec<&str> = lines.lines().collect();
+    assert!(
+        lines[0].contains(" 401 - ")
+            && lines[0].contains("\"authenticate\" \"-\" \"AuthUnauthenticated\""),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[2].contains("\"authenticate,forward\""),
+        "{}",
+        lines[2]
+    );
+
+    // The IdP refuses the user: ALB's 561.
+    idp.set_mode(Mode::Deny);
+    let seen = s.curl("/wp-admin/", "b.jar", true, &[]).await;
+    assert_eq!((seen.status, seen.redirects), (561, 2), "{}", seen.out);
+    // An ID token for another client: 401.
+    idp.set_mode(Mode::WrongAudience);
+    let seen = s.curl("/wp-admin/", "c.jar", true, &[]).await;
+    assert_eq!((seen.status, seen.redirects), (401, 2), "{}", seen.out);
+    // The token endpoint fails: 500.
+    idp.set_mode(Mode::TokenFails);
+    let seen = s.curl("/wp-admin/", "d.jar", true, &[]).await;
+    assert_eq!((seen.status, seen.redirects), (500, 2), "{}", seen.out);
+    // A callback whose state is missing, forged, or not this browser's: 401.
+    idp.set_mode(Mode::Normal);
+    for query in ["?code=x", "?code=x&state=forged"] {
+        let seen = s
+            .curl(&format!("/oauth2/idpresponse{query}"), "e.jar", false, &[])
+            .await;
+        assert_eq!(seen.status, 401, "{query}: {}", seen.out);
+    }
+    let first = s.curl("/wp-admin/", "f.jar", false, &[]).await;
+    assert_eq!(first.status, 302);
+    let location = first
+        .out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .unwrap()
+        .trim()
+        .to_owned();
+    let state = location
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("state="))
+        .unwrap()
+        .to_owned();
+    // Another browser (no nonce cookie) presenting this state.
+    let seen = s
+        .curl(
+            &format!("/oauth2/idpresponse?code=x&state={state}"),
+            "g.jar",
+            false,
+            &[],
+        )
+        .await;
+    assert_eq!(seen.status, 401, "{}", seen.out);
+}
+
+#[test]
+fn authenticate_needs_an_https_listener_and_https_endpoints() {
+    let base = |listener: &str, endpoint: &str| {
+        format!(
+            r#"
+[admin]
+address = "127.0.0.1:18081"
+[[listeners]]
+address = "127.0.0.1:18080"
+{listener}
+default_action = {{ type = "forward", target_group = "web" }}
+[[listeners.rules]]
+priority = 1
+conditions = [{{ field = "path-pattern", values = ["/a"] }}]
+action = {{ type = "forward", target_group = "web" }}
+[listeners.rules.authenticate_oidc]
+issuer = "https://idp.example.com"
+authorization_endpoint = "{endpoint}"
+token_endpoint = "https://idp.example.com/token"
+user_info_endpoint = "https://idp.example.com/userinfo"
+client_id = "c"
+client_secret = "s"
+[target_groups.web]
+targets = [{{ address = "127.0.0.1:9001" }}]
+"#
+        )
+    };
+    let https = format!(
+        "protocol = \"HTTPS\"\ncertificates = [{}]",
+        causeway_testkit::tls::certificates_toml()
+    );
+    let cx = Context { dir: ".".into() };
+    let e = parse::<FileAlb>("alb.toml", &base("", "https://idp.example.com/a"), &cx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("listeners[0].rules[0].authenticate_oidc") && e.contains("HTTPS listeners"),
+        "{e}"
+    );
+    let e = parse::<FileAlb>("alb.toml", &base(&https, "http://idp.example.com/a"), &cx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("alb.toml:") && e.contains("authenticate_oidc.authorization_endpoint"),
+        "{e}"
+    );
+    parse::<FileAlb>("alb.toml", &base(&https, "https://idp.example.com/a"), &cx).unwrap();
+}

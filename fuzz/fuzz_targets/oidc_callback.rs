@@ -1,0 +1,69 @@
+//! Fuzzes the alb's authenticate-oidc parsing of what a client sends: the Cookie lookup, the
+//! session cookies, and the `/oauth2/idpresponse` query with its state. No panic; nothing a
+//! client makes up opens a session or a sign-in; a session the alb sealed opens again, and a
+//! changed byte never does.
+#![no_main]
+
+use causeway_alb::auth::{self, Keys, Provider, Session};
+use causeway_config::oidc::{AuthenticateOidc, HttpsUrl, OnUnauthenticated};
+use libfuzzer_sys::fuzz_target;
+use std::sync::{Arc, OnceLock};
+
+fn fixture() -> &'static (Keys, Provider) {
+    static F: OnceLock<(Keys, Provider)> = OnceLock::new();
+    F.get_or_init(|| {
+        let url = |p: &str| HttpsUrl::parse(&format!("https://idp.example.com{p}")).unwrap();
+        let cfg = AuthenticateOidc {
+            issuer: "https://idp.example.com".into(),
+            authorization_endpoint: url("/authorize"),
+            token_endpoint: url("/token"),
+            user_info_endpoint: url("/userinfo"),
+            client_id: "client".into(),
+            client_secret: "secret".into(),
+            scope: "openid".into(),
+            session_cookie_name: "AWSELBAuthSessionCookie".into(),
+            session_timeout: std::time::Duration::from_secs(3600),
+            on_unauthenticated: OnUnauthenticated::Authenticate,
+            extra_params: Vec::new(),
+            trusted_ca_file: None,
+        };
+        let keys = Keys::new(Some("fuzzing secret, 16+ bytes"), None, "fuzz".into()).unwrap();
+        let tls = causeway_alb::idp::client_config(None).unwrap();
+        (keys, Provider::new(Arc::new(cfg), tls))
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (keys, p) = fixture();
+    let fields = [data];
+    let _ = auth::cookie(&fields, auth::NONCE_COOKIE);
+    assert!(auth::session(keys, p, &fields, 1_000).is_none(), "a made-up session");
+    let found = |prio| (prio == 1).then_some(p);
+    if let Ok((_, cb)) = auth::read_callback(keys, found, data, &fields, 1_000) {
+        panic!("a made-up state opened: {cb:?}");
+    }
+    // Round trip of a session with these bytes as its claims.
+    let s = Session {
+        expires: 5_000,
+        sub: "user-1".into(),
+        access_token: "at".into(),
+        claims: String::from_utf8_lossy(&data[..data.len().min(2048)]).into_owned(),
+    };
+    let set = auth::session_cookies(keys, p, &s, 1_000).unwrap();
+    let back: Vec<String> = set
+        .iter()
+        .filter(|c| !c.contains("Max-Age=-1"))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .collect();
+    let joined = back.join("; ");
+    assert_eq!(auth::session(keys, p, &[joined.as_bytes()], 1_000), Some(s));
+    if let Some(&flip) = data.last() {
+        let mut bad = joined.clone().into_bytes();
+        let at = bad.iter().position(|&b| b == b'=').unwrap() + 1;
+        let i = at + flip as usize % (bad.len() - at);
+        if bad[i] != b';' && bad[i] != b' ' {
+            bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+            assert!(auth::session(keys, p, &[bad.as_slice()], 1_000).is_none());
+        }
+    }
+});
