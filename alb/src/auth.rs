@@ -41,11 +41,13 @@ const MAX_SHARDS: usize = 5;
 /// How long an `x-amzn-oidc-data` token is valid, and reused for one session.
 const DATA_SECONDS: u64 = 120;
 
-/// Whether a (lower-case or not) field name is one of [`FIELDS`].
+/// Whether a field name is one of [`FIELDS`], in any case and with `_` for `-` (a CGI, PHP
+/// or WSGI target reads `x_amzn_oidc_identity` as `x-amzn-oidc-identity`).
 pub fn is_oidc_field(name: &[u8]) -> bool {
+    let same = |a: &u8, b: &u8| a.eq_ignore_ascii_case(b) || (*a == b'-' && *b == b'_');
     FIELDS
         .iter()
-        .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
+        .any(|f| f.len() == name.len() && f.as_bytes().iter().zip(name).all(|(a, b)| same(a, b)))
 }
 
 /// The keys every authenticating rule shares: the one that seals sessions and sign-in states,
@@ -110,7 +112,7 @@ impl Keys {
                 okm.fill(&mut out).map_err(|_| KeyError::Random)?;
                 out
             }
-            None => *process_secret(),
+            None => *process_secret()?,
         };
         let seal = LessSafeKey::new(
             UnboundKey::new(&AES_256_GCM, &seal_bytes).map_err(|_| KeyError::Random)?,
@@ -246,15 +248,16 @@ fn cache_key(binding: u64, access_token: &str, claims: &str) -> u64 {
 }
 
 /// This process's session key when the config gives no secret.
-fn process_secret() -> &'static [u8; 32] {
+fn process_secret() -> Result<&'static [u8; 32], KeyError> {
     static KEY: OnceLock<[u8; 32]> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let mut k = [0u8; 32];
-        if SystemRandom::new().fill(&mut k).is_err() {
-            k.iter_mut().for_each(|b| *b = fastrand::u8(..));
-        }
-        k
-    })
+    if let Some(k) = KEY.get() {
+        return Ok(k);
+    }
+    let mut k = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut k)
+        .map_err(|_| KeyError::Random)?;
+    Ok(KEY.get_or_init(|| k))
 }
 
 /// This process's signing key (PKCS#8) when the config names none.
@@ -298,7 +301,13 @@ pub struct Provider {
     pub cfg: Arc<AuthenticateOidc>,
     pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
     binding: u64,
+    /// Sign-ins being finished with the IdP at once, at most [`IDP_CALLS`]: a replayed
+    /// callback costs the alb a TLS connection to the IdP, so their number is bounded.
+    pub calls: tokio::sync::Semaphore,
 }
+
+/// How many sign-ins one authenticate action finishes with its IdP at once.
+pub const IDP_CALLS: usize = 64;
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -311,7 +320,12 @@ impl std::fmt::Debug for Provider {
 impl Provider {
     pub fn new(cfg: Arc<AuthenticateOidc>, tls: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
         let binding = cache_key(0x6361_7573, &cfg.issuer, &cfg.client_id);
-        Provider { cfg, tls, binding }
+        Provider {
+            cfg,
+            tls,
+            binding,
+            calls: tokio::sync::Semaphore::new(IDP_CALLS),
+        }
     }
 }
 
@@ -502,6 +516,8 @@ pub fn redirect_uri(host: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq)]
 struct State {
     expires: u64,
+    /// The provider's [`Provider::binding`]: a state is good only for the IdP it went to.
+    binding: u64,
     priority: u32,
     nonce: String,
     /// The path and query first asked for.
@@ -511,7 +527,8 @@ struct State {
 impl State {
     fn seal(&self, keys: &Keys) -> Option<String> {
         let body = serde_json::json!({
-            "e": self.expires, "p": self.priority, "n": self.nonce, "t": self.target,
+            "e": self.expires, "b": self.binding, "p": self.priority, "n": self.nonce,
+            "t": self.target,
         })
         .to_string();
         keys.seal(b"state", body.as_bytes())
@@ -521,6 +538,7 @@ impl State {
         let v: serde_json::Value = serde_json::from_slice(&keys.open(b"state", sealed)?).ok()?;
         Some(State {
             expires: v.get("e")?.as_u64()?,
+            binding: v.get("b")?.as_u64()?,
             priority: u32::try_from(v.get("p")?.as_u64()?).ok()?,
             nonce: v.get("n")?.as_str()?.to_owned(),
             target: v.get("t")?.as_str()?.to_owned(),
@@ -546,6 +564,7 @@ fn sign_in(keys: &Keys, p: &Provider, priority: u32, req: &View<'_>, now: u64) -
     let target = String::from_utf8_lossy(req.target).into_owned();
     let state = State {
         expires: now + STATE_SECONDS,
+        binding: p.binding,
         priority,
         nonce: nonce.clone(),
         target: same_site(target),
@@ -617,7 +636,10 @@ pub fn read_callback<'p>(
     if state.expires <= now || browser != state.nonce.as_bytes() {
         return Err(invalid);
     }
-    let p = providers(state.priority).ok_or(invalid)?;
+    // The rule at that priority must still authenticate with the IdP the state went to.
+    let p = providers(state.priority)
+        .filter(|p| p.binding == state.binding)
+        .ok_or(invalid)?;
     Ok((p, Callback { code, state }))
 }
 
@@ -666,11 +688,17 @@ pub fn read_tokens(
         .get("exp")
         .and_then(|e| e.as_u64())
         .is_some_and(|e| e > now);
-    let nonce_ok = c
-        .get("nonce")
-        .is_none_or(|n| n.as_str() == Some(cb.state.nonce.as_str()));
+    // The alb sent a nonce, so the token must carry it (OpenID Connect Core 3.1.3.7).
+    let nonce_ok = c.get("nonce").and_then(|n| n.as_str()) == Some(cb.state.nonce.as_str());
     let sub = c.get("sub").and_then(|s| s.as_str()).unwrap_or_default();
-    if !(aud_ok && iss_ok && exp_ok && nonce_ok) || sub.is_empty() {
+    // Both go to targets as field values: visible ASCII only, so nothing an IdP sends can
+    // split a request head or be dropped on the way.
+    let visible = |v: &str| !v.is_empty() && v.bytes().all(|b| (b'!'..=b'~').contains(&b));
+    if !visible(&access_token) {
+        return Err("AuthTokenEpResponseInvalid");
+    }
+    let sub_ok = visible(sub) && sub.len() <= 255;
+    if !(aud_ok && iss_ok && exp_ok && nonce_ok && sub_ok) {
         return Err("AuthInvalidIdToken");
     }
     Ok(Tokens {
@@ -906,6 +934,30 @@ mod tests {
                 .reason
         };
         assert_eq!(refused(&[], 1_000_100), "AuthInvalidStateParam");
+        let another = format!("{NONCE_COOKIE}=another-sign-in");
+        assert_eq!(
+            refused(&[another.as_bytes()], 1_000_100),
+            "AuthInvalidStateParam",
+            "the nonce cookie of another sign-in"
+        );
+        // A state is good only for the IdP it went to (a reload that gave the priority to a
+        // rule with another IdP).
+        let mut c2 = cfg(OnUnauthenticated::Authenticate);
+        c2.issuer = "https://other-idp.example.com".into();
+        let other = provider(c2);
+        let elsewhere = |prio| (prio == 10).then_some(&other);
+        assert_eq!(
+            read_callback(
+                &k,
+                elsewhere,
+                query.as_bytes(),
+                &[jar.as_bytes()],
+                1_000_100
+            )
+            .unwrap_err()
+            .reason,
+            "AuthInvalidStateParam"
+        );
         assert_eq!(
             refused(&[jar.as_bytes()], 1_000_000 + STATE_SECONDS),
             "AuthInvalidStateParam"
@@ -939,6 +991,7 @@ mod tests {
             code: "c".into(),
             state: State {
                 expires: 0,
+                binding: 0,
                 priority: 1,
                 nonce: "n1".into(),
                 target: "/".into(),
@@ -970,6 +1023,20 @@ mod tests {
             bad[field] = value;
             assert_eq!(answer(bad), Err("AuthInvalidIdToken"), "{field}");
         }
+        for field in ["iss", "aud", "exp", "nonce", "sub"] {
+            let mut bad = good.clone();
+            bad.as_object_mut().unwrap().remove(field);
+            assert_eq!(answer(bad), Err("AuthInvalidIdToken"), "without {field}");
+        }
+        // What goes to targets as a field value must be visible ASCII.
+        let mut bad = good.clone();
+        bad["sub"] = serde_json::json!("user\r\nx-amzn-oidc-identity: admin");
+        assert_eq!(answer(bad), Err("AuthInvalidIdToken"));
+        let body = serde_json::json!({ "access_token": "a\nb", "id_token": id_token(good) });
+        assert_eq!(
+            read_tokens(&p, &cb, body.to_string().as_bytes(), 1_000),
+            Err("AuthTokenEpResponseInvalid")
+        );
         let no_id = serde_json::json!({ "access_token": "at" }).to_string();
         assert_eq!(
             read_tokens(&p, &cb, no_id.as_bytes(), 1_000),
@@ -984,6 +1051,7 @@ mod tests {
             code: "c".into(),
             state: State {
                 expires: 0,
+                binding: 0,
                 priority: 1,
                 nonce: "n".into(),
                 target: "/after".into(),
@@ -1060,6 +1128,10 @@ mod tests {
         assert_eq!(cookie(&fields, "b"), Some(&b"2"[..]));
         assert_eq!(cookie(&fields, "c"), None);
         assert!(is_oidc_field(b"X-Amzn-Oidc-Data"));
+        assert!(
+            is_oidc_field(b"x_amzn_oidc_identity"),
+            "what CGI reads as the same"
+        );
         assert!(!is_oidc_field(b"x-amzn-oidc"));
     }
 }

@@ -311,7 +311,13 @@ async fn phases(
             }
             // A rule that authenticates: the client's own user fields go, the alb's come.
             if let Some(fields) = &signed_in {
-                for name in crate::auth::FIELDS {
+                let forged: Vec<hyper::header::HeaderName> = parts
+                    .headers
+                    .keys()
+                    .filter(|n| crate::auth::is_oidc_field(n.as_str().as_bytes()))
+                    .cloned()
+                    .collect();
+                for name in forged {
                     parts.headers.remove(name);
                 }
                 for (name, value) in fields {
@@ -511,21 +517,14 @@ fn answer_response(a: &crate::auth::Answer) -> Response<Body> {
     let body = Bytes::from(crate::auth::body(a.status));
     let mut resp = local(a.status, "text/plain", body, None);
     for (name, value) in &a.fields {
-        if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
-            resp.headers_mut()
-                .append(hyper::header::HeaderName::from_static(lower(name)), v);
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().append(n, v);
         }
     }
     resp
-}
-
-/// A field name of an authentication answer, as h2 needs it (lower case).
-fn lower(name: &'static str) -> &'static str {
-    match name {
-        "Location" => "location",
-        "Set-Cookie" => "set-cookie",
-        other => other,
-    }
 }
 
 fn error_response(status: u16) -> Response<Body> {

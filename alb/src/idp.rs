@@ -175,6 +175,14 @@ pub async fn callback<'p>(
         Ok(x) => x,
         Err(a) => return a,
     };
+    let Ok(_permit) = p.calls.try_acquire() else {
+        tracing::warn!(issuer = %p.cfg.issuer, "too many sign-ins in flight with this IdP");
+        return Answer {
+            status: 500,
+            fields: Vec::new(),
+            reason: "AuthTokenEpRequestFailed",
+        };
+    };
     let fail = |status, reason, e: IdpError| {
         tracing::warn!(error = %e, issuer = %p.cfg.issuer, "sign-in failed");
         Answer {

@@ -287,18 +287,31 @@ async fn a_browser_signs_in_and_the_target_gets_the_users_claims_signed() {
         // Signed in: the next request goes straight through, and a client's own user fields
         // are replaced by the alb's.
         let before = idp.asked().len();
-        let seen = s
-            .curl(
-                "/wp-admin/",
-                jar,
-                false,
-                &[proto, "-H", "x-amzn-oidc-identity: admin"],
-            )
-            .await;
+        let forged = [
+            proto,
+            "-H",
+            "x-amzn-oidc-identity: admin",
+            "-H",
+            "x-amzn-oidc-data: forged",
+            "-H",
+            "x_amzn_oidc_accesstoken: forged",
+        ];
+        let seen = s.curl("/wp-admin/", jar, false, &forged).await;
         assert_eq!((seen.status, seen.redirects), (200, 0), "{}", seen.out);
         assert_eq!(idp.asked().len(), before, "the session holds");
         let got = origin.seen().into_iter().next_back().unwrap();
         assert_eq!(got.header("x-amzn-oidc-identity"), Some("user-1"));
+        assert_eq!(got.header("x-amzn-oidc-data"), Some(data.as_str()));
+        assert_eq!(got.header("x_amzn_oidc_accesstoken"), None, "{proto}");
+        let fields: Vec<&str> = got.headers.iter().map(|(n, _)| n.as_str()).collect();
+        for f in [
+            "x-amzn-oidc-identity",
+            "x-amzn-oidc-data",
+            "x-amzn-oidc-accesstoken",
+        ] {
+            let n = fields.iter().filter(|n| n.eq_ignore_ascii_case(f)).count();
+            assert_eq!(n, 1, "{proto}: one {f}: {fields:?}");
+        }
     }
     // A session cookie that was tampered with is no session: back to the IdP.
     let jar = s.dir.join("h1.jar");
@@ -367,18 +380,26 @@ async fn deny_allow_and_the_ways_a_sign_in_fails() {
     let seen = s.curl("/public/x", "a.jar", false, &[]).await;
     assert_eq!(seen.status, 200, "{}", seen.out);
     assert!(seen.out.contains("public"));
-    let seen = s
-        .curl(
-            "/open/x",
-            "a.jar",
-            false,
-            &["-H", "x-amzn-oidc-identity: admin"],
-        )
-        .await;
-    assert_eq!(seen.status, 200, "{}", seen.out);
-    let got = origin.seen().into_iter().next_back().unwrap();
-    assert_eq!(got.path, "/open/x");
-    assert_eq!(got.header("x-amzn-oidc-identity"), None, "dropped");
+    for proto in ["--http1.1", "--http2"] {
+        let forged = [
+            proto,
+            "-H",
+            "x-amzn-oidc-identity: admin",
+            "-H",
+            "x_amzn_oidc_identity: admin",
+        ];
+        let seen = s.curl("/open/x", "a.jar", false, &forged).await;
+        assert_eq!(seen.status, 200, "{}", seen.out);
+        let got = origin.seen().into_iter().next_back().unwrap();
+        assert_eq!(got.path, "/open/x");
+        assert!(
+            !got.headers
+                .iter()
+                .any(|(n, _)| n.to_ascii_lowercase().contains("oidc")),
+            "{proto}: dropped, both spellings: {:?}",
+            got.headers
+        );
+    }
     assert!(idp.asked().is_empty(), "deny and allow never ask the IdP");
     // The access log: the alb's own answer is `authenticate` with ALB's reason; a request
     // let through ran `authenticate,forward`.
@@ -492,4 +513,17 @@ targets = [{{ address = "127.0.0.1:9001" }}]
         "{e}"
     );
     parse::<FileAlb>("alb.toml", &base(&https, "https://idp.example.com/a"), &cx).unwrap();
+    // The listener's default action: HTTPS listeners only, too.
+    let default = base("", "https://idp.example.com/a").replace(
+        "[[listeners.rules]]",
+        "[listeners.default_authenticate_oidc]\nissuer = \"https://idp.example.com\"\n\
+         authorization_endpoint = \"https://idp.example.com/a\"\n\
+         token_endpoint = \"https://idp.example.com/t\"\n\
+         user_info_endpoint = \"https://idp.example.com/u\"\n\
+         client_id = \"c\"\nclient_secret = \"s\"\n[[listeners.rules]]",
+    );
+    let e = parse::<FileAlb>("alb.toml", &default, &cx)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("listeners[0].default_authenticate_oidc"), "{e}");
 }
