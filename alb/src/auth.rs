@@ -984,19 +984,24 @@ mod tests {
         )
     }
 
-    #[test]
-    fn the_id_token_must_name_the_issuer_the_client_the_nonce_and_be_current() {
-        let p = provider(cfg(OnUnauthenticated::Authenticate));
-        let cb = Callback {
+    /// A callback that has been read: its sign-in's nonce and page to return to.
+    fn callback_for(nonce: &str, target: &str) -> Callback {
+        Callback {
             code: "c".into(),
             state: State {
                 expires: 0,
                 binding: 0,
                 priority: 1,
-                nonce: "n1".into(),
-                target: "/".into(),
+                nonce: nonce.into(),
+                target: target.into(),
             },
-        };
+        }
+    }
+
+    #[test]
+    fn the_id_token_must_name_the_issuer_the_client_the_nonce_and_be_current() {
+        let p = provider(cfg(OnUnauthenticated::Authenticate));
+        let cb = callback_for("n1", "/");
         let good = serde_json::json!({
             "iss": "https://idp.example.com", "aud": ["x", "client"], "sub": "user-1",
             "exp": 2_000, "nonce": "n1",
@@ -1047,16 +1052,7 @@ mod tests {
     #[test]
     fn claims_over_the_limit_end_the_sign_in_with_500() {
         let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
-        let cb = Callback {
-            code: "c".into(),
-            state: State {
-                expires: 0,
-                binding: 0,
-                priority: 1,
-                nonce: "n".into(),
-                target: "/after".into(),
-            },
-        };
+        let cb = callback_for("n", "/after");
         let tokens = || Tokens {
             access_token: "at".into(),
             sub: "user-1".into(),

@@ -83,25 +83,6 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(crate::tls::cert("idp.pem"))
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-    let key = PrivateKeyDer::from_pem_file(crate::tls::cert("idp.key")).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
-}
-
 impl Idp {
     /// An IdP on 127.0.0.1 for one client, signing in a user with these claims (which must
     /// hold `sub`).
@@ -118,7 +99,7 @@ impl Idp {
             asked: Vec::new(),
             next: 0,
         }));
-        let acceptor = tls_acceptor();
+        let acceptor = crate::tls::acceptor("idp", &[b"http/1.1"]);
         let st = state.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {

@@ -13,6 +13,27 @@ pub fn cert(name: &str) -> String {
         .to_string()
 }
 
+/// A TLS acceptor with the test certificate `name` (`name.pem`, `name.key`) offering `alpn`.
+pub fn acceptor(name: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert(&format!("{name}.pem")))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(cert(&format!("{name}.key"))).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg))
+}
+
 /// The test certificates as a listener's `certificates` array items (TOML): `default` first
 /// (the default), then `a.example.test` and `*.b.example.test`.
 pub fn certificates_toml() -> String {
