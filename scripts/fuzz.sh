@@ -12,8 +12,13 @@ for t in $(cargo fuzz list 2>/dev/null); do
   mkdir -p "corpus/$t"
   seeds=()
   [ -d "seeds/$t" ] && seeds=("seeds/$t")
-  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" "${seeds[@]}" -- -max_total_time="$secs" 2>&1 | grep -E "^Done|panicked|ERROR|crash-" || true
+  out=$(RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "corpus/$t" "${seeds[@]}" -- -max_total_time="$secs" 2>&1 || true)
+  echo "$out" | grep -E "^Done|panicked|ERROR|crash-" || true
   if ls "artifacts/$t"/crash-* >/dev/null 2>&1; then
     echo "fuzz: $t found a crash:"; ls "artifacts/$t"; exit 1
+  fi
+  # A target that does not build (or never ran) must fail the step, not pass unseen.
+  if ! echo "$out" | grep -q "^Done"; then
+    echo "fuzz: $t did not run:"; echo "$out" | grep -E "^error" -A6 | head -40; exit 1
   fi
 done

@@ -36,12 +36,14 @@ fuzz_target!(|data: &[u8]| {
             conditions: vec![Condition::HostHeader(vec![p.to_owned()])],
             action: fwd("host"),
             transforms: Default::default(),
+            authenticate: None,
         },
         Rule {
             priority: 2,
             conditions: vec![Condition::PathPattern(vec![p.to_owned()])],
             action: fwd("path"),
             transforms: Default::default(),
+            authenticate: None,
         },
     ];
     let router = Router::from_rules(&rules, fwd("default"));
