@@ -8,7 +8,10 @@
 //! reads the user's claims, sets the session cookie (AES-256-GCM, split into 4,000-byte
 //! shards) and redirects to the page first asked for. Requests with a session reach the
 //! target with `x-amzn-oidc-accesstoken`, `x-amzn-oidc-identity` and `x-amzn-oidc-data` (the
-//! claims as an ES256 JWT whose public key the admin server publishes by its `kid`).
+//! claims as an ES256 JWT whose public key the admin server publishes by its `kid`). When the
+//! access token ends and the IdP gave a refresh token, the claims are renewed with it (in
+//! `idp`) and the new session rides on the target's answer; if renewal fails, the request is
+//! treated as unauthenticated.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -64,6 +67,10 @@ pub struct Keys {
     pub signer_name: String,
     /// Signed claims per session, reused while fresh (signing costs more than the request).
     signed: Mutex<HashMap<u64, (String, u64)>>,
+    /// Renewals in flight or just ended, by IdP and refresh token, with the Unix second each
+    /// began (see [`Keys::renewal`]). Here rather than per rule: rules that authenticate with
+    /// the same IdP share its sessions.
+    renewals: Mutex<HashMap<u64, (u64, Arc<Renewal>)>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -155,6 +162,7 @@ impl Keys {
             public_pem: pem("PUBLIC KEY", &spki),
             signer_name,
             signed: Mutex::new(HashMap::new()),
+            renewals: Mutex::new(HashMap::new()),
         })
     }
 
@@ -216,6 +224,21 @@ impl Keys {
         token.push('.');
         token.push_str(&URL_SAFE.encode(sig.as_ref()));
         Some(token)
+    }
+
+    /// The renewal of session `s` (of `p`'s IdP) that requests carrying it share. A browser
+    /// sends several requests at once with the same cookie, and many IdPs take a refresh
+    /// token only once, so they wait for one renewal and share its result; requests sent
+    /// with the old cookie within [`RENEWAL_SECONDS`] get the same answer.
+    pub fn renewal(&self, p: &Provider, s: &Session, now: u64) -> Arc<Renewal> {
+        let key = cache_key(p.binding, &s.refresh_token, "renewal");
+        let mut map = self.renewals.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (began, _)| *began + RENEWAL_SECONDS > now);
+        if map.len() >= 4096 {
+            map.clear();
+        }
+        let (_, r) = map.entry(key).or_insert_with(|| (now, Arc::default()));
+        r.clone()
     }
 
     /// [`Self::data_token`] for a session, reused while it has a minute left.
@@ -306,8 +329,13 @@ pub struct Provider {
     pub calls: tokio::sync::Semaphore,
 }
 
-/// How many sign-ins one authenticate action finishes with its IdP at once.
+/// How many sign-ins and renewals one authenticate action runs with its IdP at once.
 pub const IDP_CALLS: usize = 64;
+/// How long a renewal's result answers the requests that carry the session it renewed.
+const RENEWAL_SECONDS: u64 = 60;
+/// One renewal of a session's claims: once done, the renewed session and the `Set-Cookie`
+/// values that store it, or `None` if the IdP refused or failed.
+pub type Renewal = tokio::sync::OnceCell<Option<(Session, Vec<String>)>>;
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -336,45 +364,73 @@ pub struct Session {
     pub expires: u64,
     pub sub: String,
     pub access_token: String,
+    /// The IdP's refresh token, empty when it gave none (the claims then last the session).
+    pub refresh_token: String,
+    /// Unix seconds at which the access token ends (the token endpoint's `expires_in`), 0 when
+    /// the IdP did not say.
+    pub access_expires: u64,
     /// The user info endpoint's answer, a JSON object.
     pub claims: String,
 }
 
 impl Session {
     /// Binary, not JSON: claims are JSON already, and escaping them again could double them.
-    /// Version 1, expiry, then `sub` and the access token with their lengths, then the claims.
+    /// Version 2: the session's and the access token's expiry, then `sub`, the access token
+    /// and the refresh token with their lengths, then the claims. Version 1 (no refresh token,
+    /// no access token expiry) is still read.
     fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(16 + self.sub.len() + self.access_token.len() + self.claims.len());
-        out.push(1);
+        let strings = [&self.sub, &self.access_token, &self.refresh_token];
+        let len = 29 + strings.iter().map(|f| f.len()).sum::<usize>() + self.claims.len();
+        let mut out = Vec::with_capacity(len);
+        out.push(2);
         out.extend_from_slice(&self.expires.to_be_bytes());
-        out.extend_from_slice(&(self.sub.len() as u32).to_be_bytes());
-        out.extend_from_slice(self.sub.as_bytes());
-        out.extend_from_slice(&(self.access_token.len() as u32).to_be_bytes());
-        out.extend_from_slice(self.access_token.as_bytes());
+        out.extend_from_slice(&self.access_expires.to_be_bytes());
+        for f in strings {
+            out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            out.extend_from_slice(f.as_bytes());
+        }
         out.extend_from_slice(self.claims.as_bytes());
         out
     }
 
     fn decode(b: &[u8]) -> Option<Session> {
-        let (&1, rest) = b.split_first()? else {
-            return None;
-        };
-        let (exp, rest) = rest.split_at_checked(8)?;
+        fn u64_at(rest: &[u8]) -> Option<(u64, &[u8])> {
+            let (v, rest) = rest.split_at_checked(8)?;
+            Some((u64::from_be_bytes(v.try_into().ok()?), rest))
+        }
         fn field(rest: &[u8]) -> Option<(String, &[u8])> {
             let (len, rest) = rest.split_at_checked(4)?;
             let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
             let (v, rest) = rest.split_at_checked(len)?;
             Some((String::from_utf8(v.to_vec()).ok()?, rest))
         }
+        let (&version, rest) = b.split_first()?;
+        let (expires, rest) = u64_at(rest)?;
+        let (access_expires, rest) = match version {
+            1 => (0, rest),
+            2 => u64_at(rest)?,
+            _ => return None,
+        };
         let (sub, rest) = field(rest)?;
         let (access_token, rest) = field(rest)?;
+        let (refresh_token, rest) = match version {
+            1 => (String::new(), rest),
+            _ => field(rest)?,
+        };
         Some(Session {
-            expires: u64::from_be_bytes(exp.try_into().ok()?),
+            expires,
             sub,
             access_token,
+            refresh_token,
+            access_expires,
             claims: String::from_utf8(rest.to_vec()).ok()?,
         })
+    }
+
+    /// Whether the claims are due for renewal: the access token has ended and the IdP gave a
+    /// refresh token to renew them with.
+    pub fn due(&self, now: u64) -> bool {
+        !self.refresh_token.is_empty() && self.access_expires != 0 && self.access_expires <= now
     }
 }
 
@@ -412,7 +468,12 @@ impl Answer {
 pub enum Verdict {
     /// Run the action; a target gets these fields (none for an unauthenticated request that
     /// `allow` lets through). The client's own fields of these names are dropped either way.
-    Pass(Vec<(&'static str, String)>),
+    /// The second part is `Set-Cookie` values for the answer (a renewed session), most often
+    /// none.
+    Pass(Vec<(&'static str, String)>, Vec<String>),
+    /// The session's access token has ended and it holds a refresh token: renew its claims
+    /// with the IdP (`idp::renew`), then pass or treat the request as unauthenticated.
+    Renew(Session),
     /// Answer here instead.
     Answer(Answer),
 }
@@ -473,28 +534,54 @@ pub fn session_cookies(keys: &Keys, p: &Provider, s: &Session, now: u64) -> Opti
             )
         })
         .collect();
-    for i in shards.len()..MAX_SHARDS {
-        out.push(format!("{name}-{i}=; Path=/; Max-Age=-1; Secure; HttpOnly"));
-    }
+    out.extend(clear_session(p).into_iter().skip(shards.len()));
     Some(out)
+}
+
+/// The `Set-Cookie` values that remove `p`'s session from the browser.
+pub fn clear_session(p: &Provider) -> Vec<String> {
+    let name = &p.cfg.session_cookie_name;
+    (0..MAX_SHARDS)
+        .map(|i| format!("{name}-{i}=; Path=/; Max-Age=-1; Secure; HttpOnly"))
+        .collect()
 }
 
 /// What authentication does with a request that matched `p`'s rule (`priority`, 0 for the
 /// listener's default action), at `now` (Unix seconds). A callback is [`callback`]'s.
 pub fn check(keys: &Keys, p: &Provider, priority: u32, req: &View<'_>, now: u64) -> Verdict {
-    if let Some(s) = session(keys, p, req.cookies, now) {
-        let data = match keys.data_for(p, &s, now) {
-            Some(d) => d,
-            None => return Verdict::Answer(Answer::bare(500, "AuthInternalError")),
-        };
-        return Verdict::Pass(vec![
+    match session(keys, p, req.cookies, now) {
+        Some(s) if s.due(now) => Verdict::Renew(s),
+        Some(s) => pass(keys, p, s, Vec::new(), now),
+        None => unauthenticated(keys, p, priority, req, now),
+    }
+}
+
+/// The action runs for session `s`'s user; `cookies` go on the answer.
+pub fn pass(keys: &Keys, p: &Provider, s: Session, cookies: Vec<String>, now: u64) -> Verdict {
+    let Some(data) = keys.data_for(p, &s, now) else {
+        return Verdict::Answer(Answer::bare(500, "AuthInternalError"));
+    };
+    Verdict::Pass(
+        vec![
             (FIELDS[0], s.access_token),
             (FIELDS[1], s.sub),
             (FIELDS[2], data),
-        ]);
-    }
+        ],
+        cookies,
+    )
+}
+
+/// What `on_unauthenticated_request` does with a request without a session (or whose claims
+/// could not be renewed).
+pub fn unauthenticated(
+    keys: &Keys,
+    p: &Provider,
+    priority: u32,
+    req: &View<'_>,
+    now: u64,
+) -> Verdict {
     match p.cfg.on_unauthenticated {
-        OnUnauthenticated::Allow => Verdict::Pass(Vec::new()),
+        OnUnauthenticated::Allow => Verdict::Pass(Vec::new(), Vec::new()),
         OnUnauthenticated::Deny => Verdict::Answer(Answer::bare(401, "AuthUnauthenticated")),
         OnUnauthenticated::Authenticate => match sign_in(keys, p, priority, req, now) {
             Some(a) => Verdict::Answer(a),
@@ -649,18 +736,15 @@ pub struct Tokens {
     pub access_token: String,
     /// The ID token's subject, once checked.
     pub sub: String,
+    /// The refresh token, empty when the IdP gave none.
+    pub refresh_token: String,
+    /// Unix seconds at which the access token ends, 0 when the IdP did not say.
+    pub access_expires: u64,
 }
 
-/// Reads a token endpoint's JSON answer and checks its ID token against `p` and the
-/// sign-in's nonce (OpenID Connect Core 3.1.3.7: the token came straight from the token
-/// endpoint over TLS, so its issuer, audience, expiry and nonce are checked, not its
-/// signature). `Err` is the access log's reason.
-pub fn read_tokens(
-    p: &Provider,
-    cb: &Callback,
-    body: &[u8],
-    now: u64,
-) -> Result<Tokens, &'static str> {
+/// A token endpoint's JSON answer, read: its tokens, its `expires_in` as a time, and the
+/// claims of its ID token, if it has one. `Err` is the access log's reason.
+fn read_grant(body: &[u8], now: u64) -> Result<(Tokens, Option<serde_json::Value>), &'static str> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| "AuthTokenEpResponseInvalid")?;
     let access_token = v
@@ -668,16 +752,52 @@ pub fn read_tokens(
         .and_then(|t| t.as_str())
         .ok_or("AuthTokenEpResponseInvalid")?
         .to_owned();
-    let id = v
-        .get("id_token")
-        .and_then(|t| t.as_str())
-        .ok_or("AuthInvalidIdToken")?;
-    let payload = id.split('.').nth(1).ok_or("AuthInvalidIdToken")?;
-    let payload = URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .map_err(|_| "AuthInvalidIdToken")?;
-    let c: serde_json::Value =
-        serde_json::from_slice(&payload).map_err(|_| "AuthInvalidIdToken")?;
+    // It goes to targets as a field value: visible ASCII only, so nothing an IdP sends can
+    // split a request head or be dropped on the way.
+    if !visible(&access_token) {
+        return Err("AuthTokenEpResponseInvalid");
+    }
+    let refresh_token = match v.get("refresh_token") {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(t)) if !t.is_empty() => t.clone(),
+        Some(_) => return Err("AuthTokenEpResponseInvalid"),
+    };
+    // A number, or (from some IdPs) a number in a string.
+    let lifetime = match v.get("expires_in") {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(n)) => n.parse().ok(),
+        _ => None,
+    };
+    let id = match v.get("id_token") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(t) => {
+            let payload = t
+                .as_str()
+                .and_then(|t| t.split('.').nth(1))
+                .ok_or("AuthInvalidIdToken")?;
+            let payload = URL_SAFE_NO_PAD
+                .decode(payload.trim_end_matches('='))
+                .map_err(|_| "AuthInvalidIdToken")?;
+            Some(serde_json::from_slice(&payload).map_err(|_| "AuthInvalidIdToken")?)
+        }
+    };
+    let tokens = Tokens {
+        access_token,
+        sub: String::new(),
+        refresh_token,
+        access_expires: lifetime.map_or(0, |l| now.saturating_add(l)),
+    };
+    Ok((tokens, id))
+}
+
+/// Visible ASCII, not empty: what may go into a target's field value.
+fn visible(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| (b'!'..=b'~').contains(&b))
+}
+
+/// Whether an ID token's claims name `p`'s issuer and client, are current, and carry a
+/// subject that may go to targets.
+fn id_token_ok(p: &Provider, c: &serde_json::Value, now: u64) -> bool {
     let aud_ok = match c.get("aud") {
         Some(serde_json::Value::String(a)) => *a == p.cfg.client_id,
         Some(serde_json::Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(&p.cfg.client_id)),
@@ -688,23 +808,95 @@ pub fn read_tokens(
         .get("exp")
         .and_then(|e| e.as_u64())
         .is_some_and(|e| e > now);
+    let sub = c.get("sub").and_then(|s| s.as_str()).unwrap_or_default();
+    aud_ok && iss_ok && exp_ok && visible(sub) && sub.len() <= 255
+}
+
+/// Reads a token endpoint's JSON answer to a sign-in's code and checks its ID token against
+/// `p` and the sign-in's nonce (OpenID Connect Core 3.1.3.7: the token came straight from the
+/// token endpoint over TLS, so its issuer, audience, expiry and nonce are checked, not its
+/// signature). `Err` is the access log's reason.
+pub fn read_tokens(
+    p: &Provider,
+    cb: &Callback,
+    body: &[u8],
+    now: u64,
+) -> Result<Tokens, &'static str> {
+    let (mut tokens, id) = read_grant(body, now)?;
+    let c = id.ok_or("AuthInvalidIdToken")?;
     // The alb sent a nonce, so the token must carry it (OpenID Connect Core 3.1.3.7).
     let nonce_ok = c.get("nonce").and_then(|n| n.as_str()) == Some(cb.state.nonce.as_str());
-    let sub = c.get("sub").and_then(|s| s.as_str()).unwrap_or_default();
-    // Both go to targets as field values: visible ASCII only, so nothing an IdP sends can
-    // split a request head or be dropped on the way.
-    let visible = |v: &str| !v.is_empty() && v.bytes().all(|b| (b'!'..=b'~').contains(&b));
-    if !visible(&access_token) {
-        return Err("AuthTokenEpResponseInvalid");
-    }
-    let sub_ok = visible(sub) && sub.len() <= 255;
-    if !(aud_ok && iss_ok && exp_ok && nonce_ok && sub_ok) {
+    if !(id_token_ok(p, &c, now) && nonce_ok) {
         return Err("AuthInvalidIdToken");
     }
-    Ok(Tokens {
-        access_token,
-        sub: sub.to_owned(),
-    })
+    tokens.sub = c["sub"].as_str().unwrap_or_default().to_owned();
+    Ok(tokens)
+}
+
+/// Reads a token endpoint's answer to session `s`'s refresh token (OpenID Connect Core 12.2):
+/// a new access token; a new refresh token, or the old one kept; and, if it sent an ID token,
+/// one for the same issuer, client and user (with no nonce: a refresh is no sign-in).
+pub fn read_renewal(
+    p: &Provider,
+    s: &Session,
+    body: &[u8],
+    now: u64,
+) -> Result<Tokens, &'static str> {
+    let (mut tokens, id) = read_grant(body, now)?;
+    if let Some(c) = id {
+        if !id_token_ok(p, &c, now) || c["sub"].as_str() != Some(s.sub.as_str()) {
+            return Err("AuthInvalidIdToken");
+        }
+    }
+    tokens.sub.clone_from(&s.sub);
+    if tokens.refresh_token.is_empty() {
+        tokens.refresh_token.clone_from(&s.refresh_token);
+    }
+    Ok(tokens)
+}
+
+/// The session for `tokens` and the user info endpoint's answer `info` (a JSON object whose
+/// `sub` must be the ID token's), ending at `expires`, and the `Set-Cookie` values that store
+/// it. A refresh token that would not fit in the cookies is left out (the claims then last
+/// the session). `Err` is the answer that ends the request.
+fn store(
+    keys: &Keys,
+    p: &Provider,
+    tokens: Tokens,
+    info: &[u8],
+    expires: u64,
+    now: u64,
+) -> Result<(Session, Vec<String>), Answer> {
+    let claims: serde_json::Value = match serde_json::from_slice(info) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => return Err(Answer::bare(500, "AuthUserinfoResponseInvalid")),
+    };
+    if claims.get("sub").and_then(|s| s.as_str()) != Some(tokens.sub.as_str()) {
+        return Err(Answer::bare(500, "AuthUserinfoResponseInvalid"));
+    }
+    let claims = claims.to_string();
+    if claims.len() + tokens.access_token.len() > CLAIMS_LIMIT {
+        return Err(Answer::bare(500, "AuthUserinfoResponseSizeExceeded"));
+    }
+    let mut s = Session {
+        expires,
+        sub: tokens.sub,
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        access_expires: tokens.access_expires,
+        claims,
+    };
+    if let Some(cookies) = session_cookies(keys, p, &s, now) {
+        return Ok((s, cookies));
+    }
+    if s.refresh_token.is_empty() {
+        return Err(Answer::bare(500, "AuthInternalError"));
+    }
+    s.refresh_token.clear();
+    match session_cookies(keys, p, &s, now) {
+        Some(cookies) => Ok((s, cookies)),
+        None => Err(Answer::bare(500, "AuthInternalError")),
+    }
 }
 
 /// Ends a sign-in: the user info endpoint's answer `info` (a JSON object whose `sub` must be
@@ -717,25 +909,10 @@ pub fn finish(
     info: &[u8],
     now: u64,
 ) -> Answer {
-    let claims: serde_json::Value = match serde_json::from_slice(info) {
-        Ok(v @ serde_json::Value::Object(_)) => v,
-        _ => return Answer::bare(500, "AuthUserinfoResponseInvalid"),
-    };
-    if claims.get("sub").and_then(|s| s.as_str()) != Some(tokens.sub.as_str()) {
-        return Answer::bare(500, "AuthUserinfoResponseInvalid");
-    }
-    let claims = claims.to_string();
-    if claims.len() + tokens.access_token.len() > CLAIMS_LIMIT {
-        return Answer::bare(500, "AuthUserinfoResponseSizeExceeded");
-    }
-    let s = Session {
-        expires: now + p.cfg.session_timeout.as_secs(),
-        sub: tokens.sub,
-        access_token: tokens.access_token,
-        claims,
-    };
-    let Some(cookies) = session_cookies(keys, p, &s, now) else {
-        return Answer::bare(500, "AuthInternalError");
+    let expires = now + p.cfg.session_timeout.as_secs();
+    let cookies = match store(keys, p, tokens, info, expires, now) {
+        Ok((_, cookies)) => cookies,
+        Err(a) => return a,
     };
     let mut fields = vec![("Location", cb.state.target.clone())];
     fields.extend(cookies.into_iter().map(|c| ("Set-Cookie", c)));
@@ -748,6 +925,19 @@ pub fn finish(
         fields,
         reason: "-",
     }
+}
+
+/// Ends a renewal of session `old`: the renewed session (which ends when `old` does) and the
+/// `Set-Cookie` values that store it, or the reason it failed.
+pub fn renewed(
+    keys: &Keys,
+    p: &Provider,
+    old: &Session,
+    tokens: Tokens,
+    info: &[u8],
+    now: u64,
+) -> Result<(Session, Vec<String>), &'static str> {
+    store(keys, p, tokens, info, old.expires, now).map_err(|a| a.reason)
 }
 
 /// The body of a local answer: none for a redirect, else the status's reason.
@@ -807,6 +997,8 @@ mod tests {
             expires: 1_000_000 + 3600,
             sub: "user-1".into(),
             access_token: "at".into(),
+            refresh_token: String::new(),
+            access_expires: 0,
             claims: claims.into(),
         }
     }
@@ -848,6 +1040,167 @@ mod tests {
         let i = forged.len() - 5;
         forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
         assert!(session(&k, &p, &[forged.as_slice()], 1_000_000).is_none());
+    }
+
+    #[test]
+    fn a_session_is_renewed_once_its_access_token_ends_if_it_has_a_refresh_token() {
+        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+        let mut s = a_session(r#"{"sub":"user-1"}"#);
+        s.refresh_token = "rt-1".into();
+        s.access_expires = 1_000_100;
+        let back = returned(&session_cookies(&k, &p, &s, 1_000_000).unwrap());
+        let cookies = [back.as_bytes()];
+        let view = View {
+            target: b"/",
+            host: b"www.example.com",
+            cookies: &cookies,
+        };
+        assert!(
+            matches!(check(&k, &p, 10, &view, 1_000_099), Verdict::Pass(f, c)
+            if f[0].1 == "at" && c.is_empty())
+        );
+        assert!(matches!(check(&k, &p, 10, &view, 1_000_100), Verdict::Renew(r) if r == s));
+        // Without a refresh token, or without a known lifetime, the claims last the session.
+        for (refresh, lifetime) in [("", 1_000_100), ("rt-1", 0)] {
+            let mut t = s.clone();
+            t.refresh_token = refresh.into();
+            t.access_expires = lifetime;
+            let back = returned(&session_cookies(&k, &p, &t, 1_000_000).unwrap());
+            let cookies = [back.as_bytes()];
+            let view = View {
+                cookies: &cookies,
+                ..view
+            };
+            assert!(matches!(
+                check(&k, &p, 10, &view, 1_000_200),
+                Verdict::Pass(..)
+            ));
+        }
+        // A session sealed in version 1 (no refresh token) is still read.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&(1_000_000u64 + 3600).to_be_bytes());
+        for f in ["user-1", "at"] {
+            v1.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            v1.extend_from_slice(f.as_bytes());
+        }
+        v1.extend_from_slice(br#"{"sub":"user-1"}"#);
+        assert_eq!(Session::decode(&v1), Some(a_session(r#"{"sub":"user-1"}"#)));
+        assert_eq!(Session::decode(&[3, 0, 0]), None);
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_user_and_the_session_s_end() {
+        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+        let mut old = a_session(r#"{"sub":"user-1","group":"a"}"#);
+        old.refresh_token = "rt-1".into();
+        old.access_expires = 1_000;
+        let id = |sub: &str, aud: &str| {
+            id_token(serde_json::json!({
+                "iss": "https://idp.example.com", "aud": aud, "sub": sub, "exp": 2_000,
+            }))
+        };
+        let read =
+            |body: serde_json::Value| read_renewal(&p, &old, body.to_string().as_bytes(), 1_000);
+        // No new refresh token: the old one is kept; no ID token is needed.
+        let t = read(serde_json::json!({ "access_token": "at-2", "expires_in": 60 })).unwrap();
+        assert_eq!(
+            (
+                t.access_token.as_str(),
+                t.sub.as_str(),
+                t.refresh_token.as_str(),
+                t.access_expires
+            ),
+            ("at-2", "user-1", "rt-1", 1_060)
+        );
+        let t = read(serde_json::json!({
+            "access_token": "at-2", "refresh_token": "rt-2", "id_token": id("user-1", "client"),
+        }))
+        .unwrap();
+        assert_eq!((t.refresh_token.as_str(), t.access_expires), ("rt-2", 0));
+        // An ID token for another user or client ends it; so does an answer without a token.
+        for idt in [id("user-2", "client"), id("user-1", "other")] {
+            let body = serde_json::json!({ "access_token": "at-2", "id_token": idt });
+            assert_eq!(read(body), Err("AuthInvalidIdToken"));
+        }
+        let body = serde_json::json!({ "error": "invalid_grant" });
+        assert_eq!(read(body), Err("AuthTokenEpResponseInvalid"));
+        // The renewed session: new token and claims, the old session's end.
+        let t = read(serde_json::json!({ "access_token": "at-2", "expires_in": 60 })).unwrap();
+        let info = br#"{"sub":"user-1","group":"b"}"#;
+        let (new, set) = renewed(&k, &p, &old, t, info, 1_000).unwrap();
+        assert_eq!(new.expires, old.expires);
+        assert_eq!(
+            (
+                new.access_token.as_str(),
+                new.claims.as_str(),
+                new.access_expires
+            ),
+            ("at-2", r#"{"group":"b","sub":"user-1"}"#, 1_060)
+        );
+        let back = returned(&set);
+        assert_eq!(session(&k, &p, &[back.as_bytes()], 1_000), Some(new));
+        let t = read(serde_json::json!({ "access_token": "at-2" })).unwrap();
+        assert_eq!(
+            renewed(&k, &p, &old, t, br#"{"sub":"user-2"}"#, 1_000).map(|_| ()),
+            Err("AuthUserinfoResponseInvalid")
+        );
+    }
+
+    #[test]
+    fn a_refresh_token_that_does_not_fit_is_left_out_of_the_session() {
+        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+        let claims = format!(
+            r#"{{"sub":"user-1","x":"{}"}}"#,
+            "y".repeat(CLAIMS_LIMIT - 100)
+        );
+        let tokens = Tokens {
+            access_token: "at".into(),
+            sub: "user-1".into(),
+            refresh_token: "r".repeat(8_000),
+            access_expires: 1_060,
+        };
+        let (s, set) = store(&k, &p, tokens, claims.as_bytes(), 5_000, 1_000).unwrap();
+        assert_eq!(s.refresh_token, "");
+        assert!(!s.due(2_000), "without it the claims last the session");
+        assert_eq!(
+            session(&k, &p, &[returned(&set).as_bytes()], 1_000),
+            Some(s)
+        );
+    }
+
+    #[test]
+    fn requests_with_one_session_share_its_renewal_for_a_minute() {
+        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+        let mut s = a_session(r#"{"sub":"user-1"}"#);
+        s.refresh_token = "rt-1".into();
+        let first = k.renewal(&p, &s, 1_000);
+        assert!(Arc::ptr_eq(&first, &k.renewal(&p, &s, 1_059)));
+        // Another rule with the same IdP and client shares it; another client does not.
+        let same = provider(cfg(OnUnauthenticated::Deny));
+        assert!(Arc::ptr_eq(&first, &k.renewal(&same, &s, 1_059)));
+        let mut c2 = cfg(OnUnauthenticated::Authenticate);
+        c2.client_id = "other-client".into();
+        assert!(!Arc::ptr_eq(&first, &k.renewal(&provider(c2), &s, 1_059)));
+        let mut other = s.clone();
+        other.refresh_token = "rt-2".into();
+        assert!(!Arc::ptr_eq(&first, &k.renewal(&p, &other, 1_059)));
+        assert!(
+            !Arc::ptr_eq(&first, &k.renewal(&p, &s, 1_060)),
+            "a minute later, a new one"
+        );
+    }
+
+    #[test]
+    fn cookies_clear_every_shard_of_a_session() {
+        let p = provider(cfg(OnUnauthenticated::Authenticate));
+        let clear = clear_session(&p);
+        assert_eq!(clear.len(), MAX_SHARDS);
+        for (i, c) in clear.iter().enumerate() {
+            assert_eq!(
+                *c,
+                format!("AWSELBAuthSessionCookie-{i}=; Path=/; Max-Age=-1; Secure; HttpOnly")
+            );
+        }
     }
 
     #[test]
@@ -896,7 +1249,9 @@ mod tests {
             matches!(check(&k, &p, 10, &view, 1_000_000), Verdict::Answer(a) if a.status == 401)
         );
         let p = provider(cfg(OnUnauthenticated::Allow));
-        assert!(matches!(check(&k, &p, 10, &view, 1_000_000), Verdict::Pass(f) if f.is_empty()));
+        assert!(
+            matches!(check(&k, &p, 10, &view, 1_000_000), Verdict::Pass(f, c) if f.is_empty() && c.is_empty())
+        );
         let p = provider(cfg(OnUnauthenticated::Authenticate));
         let Verdict::Answer(a) = check(&k, &p, 10, &view, 1_000_000) else {
             panic!("a redirect")
@@ -1014,9 +1369,20 @@ mod tests {
             answer(good.clone()).unwrap(),
             Tokens {
                 access_token: "at".into(),
-                sub: "user-1".into()
+                sub: "user-1".into(),
+                refresh_token: String::new(),
+                access_expires: 0,
             }
         );
+        // A refresh token and the access token's lifetime (a number, or a number in a string).
+        for lifetime in [serde_json::json!(300), serde_json::json!("300")] {
+            let body = serde_json::json!({
+                "access_token": "at", "id_token": id_token(good.clone()),
+                "refresh_token": "rt", "expires_in": lifetime,
+            });
+            let t = read_tokens(&p, &cb, body.to_string().as_bytes(), 1_000).unwrap();
+            assert_eq!((t.refresh_token.as_str(), t.access_expires), ("rt", 1_300));
+        }
         for (field, value) in [
             ("iss", serde_json::json!("https://evil.example.com")),
             ("aud", serde_json::json!("other")),
@@ -1056,6 +1422,8 @@ mod tests {
         let tokens = || Tokens {
             access_token: "at".into(),
             sub: "user-1".into(),
+            refresh_token: String::new(),
+            access_expires: 0,
         };
         let big = format!(r#"{{"sub":"user-1","x":"{}"}}"#, "y".repeat(CLAIMS_LIMIT));
         let a = finish(&k, &p, &cb, tokens(), big.as_bytes(), 1_000);

@@ -204,10 +204,10 @@ async fn phases(
     };
     // authenticate: the matched rule's authenticate-oidc action, or a sign-in's callback.
     // Boxed, and only on a listener with authenticate actions (as over HTTP/1.1).
-    let (signed_in, answer) = if router.authenticates() {
+    let (signed_in, renewed, answer) = if router.authenticates() {
         Box::pin(authenticate(&parts, &authority, snap, router, priority)).await
     } else {
-        (None, None)
+        (None, Vec::new(), None)
     };
     if let Some(a) = answer {
         log(
@@ -223,7 +223,7 @@ async fn phases(
         i.lock().unwrap_or_else(|e| e.into_inner()).authenticated = true;
     }
     // action
-    match action {
+    let (mut resp, status) = match action {
         Action::FixedResponse { status, .. }
             if *status < 300 && crate::ws_h2::is_websocket(&parts) =>
         {
@@ -390,7 +390,14 @@ async fn phases(
                 Err((e, _)) => (error_response(e.status().unwrap_or(502)), None),
             }
         }
+    };
+    // A renewed session's cookies (or its removal) ride on whatever answers the request.
+    for c in renewed {
+        if let Ok(v) = hyper::header::HeaderValue::try_from(c) {
+            resp.headers_mut().append(hyper::header::SET_COOKIE, v);
+        }
     }
+    (resp, status)
 }
 
 /// What the access log needs of an h2 request.
@@ -473,14 +480,15 @@ async fn authenticate(
     priority: Option<u32>,
 ) -> (
     Option<Vec<(&'static str, String)>>,
+    Vec<String>,
     Option<crate::auth::Answer>,
 ) {
-    use crate::auth::{self, Verdict};
+    use crate::auth;
     let Some(keys) = snap.compiled.auth_keys.as_deref() else {
-        return (None, None);
+        return (None, Vec::new(), None);
     };
     if !router.authenticates() {
-        return (None, None);
+        return (None, Vec::new(), None);
     }
     let cookies: smallvec::SmallVec<[&[u8]; 2]> = parts
         .headers
@@ -492,10 +500,10 @@ async fn authenticate(
         let query = parts.uri.query().unwrap_or("").as_bytes();
         let providers = |p| router.provider_at(p);
         let a = crate::idp::callback(keys, providers, authority.as_bytes(), query, &cookies).await;
-        return (None, Some(a));
+        return (None, Vec::new(), Some(a));
     }
     let Some(p) = router.provider(priority) else {
-        return (None, None);
+        return (None, Vec::new(), None);
     };
     let view = auth::View {
         target: parts
@@ -506,9 +514,9 @@ async fn authenticate(
         host: authority.as_bytes(),
         cookies: &cookies,
     };
-    match auth::check(keys, p, priority.unwrap_or(0), &view, auth::unix_now()) {
-        Verdict::Pass(fields) => (Some(fields), None),
-        Verdict::Answer(a) => (None, Some(a)),
+    match crate::idp::verdict(keys, p, priority.unwrap_or(0), &view).await {
+        Ok((fields, cookies)) => (Some(fields), cookies, None),
+        Err(a) => (None, Vec::new(), Some(a)),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The alb's calls to an OpenID Connect identity provider for phase `authenticate`: the token
-//! endpoint (an authorization code traded for tokens) and the user info endpoint, over HTTPS
-//! with the IdP's certificate verified, each bounded by a timeout and a size.
+//! endpoint (an authorization code, or a refresh token, traded for tokens) and the user info
+//! endpoint, over HTTPS with the IdP's certificate verified, each bounded by a timeout and a
+//! size.
 
-use crate::auth::{self, Answer, Callback, Keys, Provider};
+use crate::auth::{self, Answer, Callback, Keys, Provider, Session, Verdict, View};
 use bytes::Bytes;
 use causeway_config::oidc::HttpsUrl;
 use http_body_util::{BodyExt, Full, Limited};
@@ -127,9 +128,9 @@ fn request(method: &str, url: &HttpsUrl) -> hyper::http::request::Builder {
         .header("user-agent", "causeway-alb")
 }
 
-/// The token endpoint's answer to the callback's code, with the client's credentials in
-/// HTTP Basic (`client_secret_basic`, OpenID Connect's default).
-async fn redeem(p: &Provider, cb: &Callback, redirect_uri: &str) -> Result<Bytes, IdpError> {
+/// The token endpoint's answer to a grant (`form`, without the client id), with the client's
+/// credentials in HTTP Basic (`client_secret_basic`, OpenID Connect's default).
+async fn token(p: &Provider, form: &[(&str, &str)]) -> Result<Bytes, IdpError> {
     let cfg = &p.cfg;
     let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let basic = base64::Engine::encode(
@@ -137,9 +138,7 @@ async fn redeem(p: &Provider, cb: &Callback, redirect_uri: &str) -> Result<Bytes
         format!("{}:{}", enc(&cfg.client_id), enc(&cfg.client_secret)),
     );
     let body = form_urlencoded::Serializer::new(String::new())
-        .append_pair("grant_type", "authorization_code")
-        .append_pair("code", &cb.code)
-        .append_pair("redirect_uri", redirect_uri)
+        .extend_pairs(form)
         .append_pair("client_id", &cfg.client_id)
         .finish();
     let req = request("POST", &cfg.token_endpoint)
@@ -148,6 +147,16 @@ async fn redeem(p: &Provider, cb: &Callback, redirect_uri: &str) -> Result<Bytes
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| IdpError::Request(cfg.token_endpoint.raw.clone(), e.to_string()))?;
     call(&p.tls, &cfg.token_endpoint, req).await
+}
+
+/// The token endpoint's answer to the callback's code.
+async fn redeem(p: &Provider, cb: &Callback, redirect_uri: &str) -> Result<Bytes, IdpError> {
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", cb.code.as_str()),
+        ("redirect_uri", redirect_uri),
+    ];
+    token(p, &form).await
 }
 
 /// The user info endpoint's answer for an access token.
@@ -218,4 +227,99 @@ pub async fn callback<'p>(
         Err(e) => return fail(500, "AuthUserinfoEpRequestFailed", e),
     };
     auth::finish(keys, p, &cb, tokens, &info, now)
+}
+
+/// Phase `authenticate` for a request that matched `p`'s rule (`priority`, 0 for the default
+/// action): the user's fields for the target and the `Set-Cookie` values for the answer, or
+/// the alb's own answer. A session whose access token has ended is renewed first.
+pub async fn verdict(
+    keys: &Keys,
+    p: &Provider,
+    priority: u32,
+    req: &View<'_>,
+) -> Result<(Vec<(&'static str, String)>, Vec<String>), Answer> {
+    let v = match auth::check(keys, p, priority, req, auth::unix_now()) {
+        Verdict::Renew(s) => renew(keys, p, priority, req, s).await,
+        v => v,
+    };
+    match v {
+        Verdict::Pass(fields, cookies) => Ok((fields, cookies)),
+        Verdict::Answer(a) => Err(a),
+        // `renew` settles a renewal itself.
+        Verdict::Renew(_) => Err(Answer {
+            status: 500,
+            fields: Vec::new(),
+            reason: "AuthInternalError",
+        }),
+    }
+}
+
+/// Renews session `s`'s claims with its refresh token (after [`Verdict::Renew`]): the action
+/// runs with the renewed claims, whose cookies go on the answer. If the IdP refuses or fails,
+/// the session is removed from the browser and the request is treated as unauthenticated.
+/// Requests carrying the same session share one renewal ([`Keys::renewal`]).
+pub async fn renew(
+    keys: &Keys,
+    p: &Provider,
+    priority: u32,
+    req: &View<'_>,
+    s: Session,
+) -> Verdict {
+    let now = auth::unix_now();
+    let renewal = keys.renewal(p, &s, now);
+    let done = renewal
+        .get_or_init(|| async {
+            let Ok(_permit) = p.calls.try_acquire() else {
+                tracing::warn!(issuer = %p.cfg.issuer, "too many calls in flight with this IdP");
+                return None;
+            };
+            match renew_with_idp(keys, p, &s, now).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, issuer = %p.cfg.issuer, "renewal failed");
+                    None
+                }
+            }
+        })
+        .await;
+    if let Some((renewed, cookies)) = done {
+        return auth::pass(keys, p, renewed.clone(), cookies.clone(), now);
+    }
+    let clear = auth::clear_session(p);
+    match auth::unauthenticated(keys, p, priority, req, now) {
+        Verdict::Pass(fields, _) => Verdict::Pass(fields, clear),
+        Verdict::Answer(mut a) => {
+            a.fields
+                .extend(clear.into_iter().map(|c| ("Set-Cookie", c)));
+            Verdict::Answer(a)
+        }
+        v @ Verdict::Renew(_) => v,
+    }
+}
+
+/// Why a renewal failed.
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    #[error(transparent)]
+    Idp(#[from] IdpError),
+    #[error("{0}")]
+    Refused(&'static str),
+}
+
+/// One renewal with the IdP: the refresh token traded for tokens, then the user info read with
+/// the new access token.
+async fn renew_with_idp(
+    keys: &Keys,
+    p: &Provider,
+    s: &Session,
+    now: u64,
+) -> Result<(Session, Vec<String>), RenewError> {
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", s.refresh_token.as_str()),
+    ];
+    let body = token(p, &form).await?;
+    let tokens = auth::read_renewal(p, s, &body, now).map_err(RenewError::Refused)?;
+    let info = user_info(p, &tokens.access_token).await?;
+    auth::renewed(keys, p, s, tokens, &info, now).map_err(RenewError::Refused)
 }

@@ -554,7 +554,7 @@ async fn serve_request<S: ClientStream>(
         None => Ok(None),
     };
     // authenticate: the matched rule's authenticate-oidc action, or a sign-in's callback.
-    let (signed_in, answered) = if router.authenticates() {
+    let (signed_in, renewed, answered) = if router.authenticates() {
         let phase = authenticate(
             client,
             &head,
@@ -566,14 +566,19 @@ async fn serve_request<S: ClientStream>(
             keep_alive_over,
         );
         match Box::pin(phase).await {
-            Authenticated::Pass(fields) => (fields, None),
+            Authenticated::Pass(fields, cookies) => (fields, cookies, None),
             Authenticated::Answered(status, reason, written) => {
-                (None, Some((status, reason, written)))
+                (None, Vec::new(), Some((status, reason, written)))
             }
         }
     } else {
-        (None, None)
+        (None, Vec::new(), None)
     };
+    // A renewed session's cookies, for whatever answers the request.
+    let renewed: smallvec::SmallVec<[(&str, &[u8]); 1]> = renewed
+        .iter()
+        .map(|c| ("Set-Cookie", c.as_bytes()))
+        .collect();
     if signed_in.is_some() {
         if let Some(i) = info.as_mut() {
             i.authenticated = true;
@@ -629,6 +634,13 @@ async fn serve_request<S: ClientStream>(
                         Err((e, None))
                     }
                     Some((group, group_cookie)) => {
+                        let mut cookies: smallvec::SmallVec<[&str; 1]> =
+                            group_cookie.as_deref().into_iter().collect();
+                        cookies.extend(
+                            renewed
+                                .iter()
+                                .filter_map(|(_, c)| std::str::from_utf8(c).ok()),
+                        );
                         let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
                         let key = &snap.compiled.sticky_key;
                         let trace = crate::trace::TraceId::now();
@@ -645,7 +657,7 @@ async fn serve_request<S: ClientStream>(
                             &mut scratch,
                             hash,
                             key,
-                            group_cookie.as_deref(),
+                            &cookies,
                             &trace,
                             tls,
                             &router.response_headers,
@@ -687,7 +699,7 @@ async fn serve_request<S: ClientStream>(
                 content_type,
                 body.as_bytes(),
                 close,
-                &[],
+                &renewed,
                 &router.response_headers,
             );
             ended = Some(logging::Ended::Local {
@@ -728,13 +740,16 @@ async fn serve_request<S: ClientStream>(
                     let close = req.close || keep_alive_over || body_left(client, &head, &req);
                     scratch.ready();
                     scratch.out.clear();
+                    let mut fields: smallvec::SmallVec<[(&str, &[u8]); 2]> =
+                        smallvec::smallvec![("Location", loc.as_slice())];
+                    fields.extend_from_slice(&renewed);
                     action::render(
                         &mut scratch.out,
                         r.status,
                         "text/plain",
                         b"",
                         close,
-                        &[("Location", &loc)],
+                        &fields,
                         &router.response_headers,
                     );
                     ended = Some(logging::Ended::Local {
@@ -787,8 +802,9 @@ async fn serve_request<S: ClientStream>(
 /// What phase `authenticate` decided.
 enum Authenticated {
     /// The action runs; these are the user's fields for the target (empty: `allow` let an
-    /// unauthenticated request through; `None`: the rule does not authenticate).
-    Pass(Option<Vec<(&'static str, String)>>),
+    /// unauthenticated request through; `None`: the rule does not authenticate), and the
+    /// `Set-Cookie` values for its answer (a renewed session, or its removal).
+    Pass(Option<Vec<(&'static str, String)>>, Vec<String>),
     /// The alb answered (a sign-in's redirect, a refusal, or the end of a sign-in): the status
     /// and ALB's reason for the access log, and how writing it went.
     Answered(
@@ -812,9 +828,9 @@ async fn authenticate<S: ClientStream>(
     priority: Option<u32>,
     keep_alive_over: bool,
 ) -> Authenticated {
-    use crate::auth::{self, Verdict};
+    use crate::auth;
     let Some(keys) = snap.compiled.auth_keys.as_deref() else {
-        return Authenticated::Pass(None);
+        return Authenticated::Pass(None, Vec::new());
     };
     let answer = {
         let buf = &client.buf;
@@ -831,16 +847,16 @@ async fn authenticate<S: ClientStream>(
             crate::idp::callback(keys, providers, host, query, &cookies).await
         } else {
             let Some(p) = router.provider(priority) else {
-                return Authenticated::Pass(None);
+                return Authenticated::Pass(None, Vec::new());
             };
             let view = auth::View {
                 target: head.target(buf),
                 host,
                 cookies: &cookies,
             };
-            match auth::check(keys, p, priority.unwrap_or(0), &view, auth::unix_now()) {
-                Verdict::Pass(fields) => return Authenticated::Pass(Some(fields)),
-                Verdict::Answer(a) => a,
+            match crate::idp::verdict(keys, p, priority.unwrap_or(0), &view).await {
+                Ok((fields, cookies)) => return Authenticated::Pass(Some(fields), cookies),
+                Err(a) => a,
             }
         }
     };

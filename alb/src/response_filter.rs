@@ -6,15 +6,19 @@ use causeway_config::listener_headers::ResponseHeaders;
 use causeway_dataplane::http1::head::ConnectionList;
 use causeway_dataplane::http1::{Framing, ResponseHead};
 
-/// Writes the client's response head into `out`. The listener's header modification (`mods`)
-/// replaces the target's fields of the names it sets.
+/// Writes the client's response head into `out`, with the target stickiness cookie
+/// (`sticky`) and the alb's other cookies (`cookies`: group stickiness, a renewed session).
+/// The listener's header modification (`mods`) replaces the target's fields of the names it
+/// sets.
+#[allow(clippy::too_many_arguments)]
 pub fn build_response_head(
     out: &mut Vec<u8>,
     ubuf: &[u8],
     resp: &ResponseHead,
     framing: Framing,
     close: bool,
-    set_cookies: [Option<&str>; 2],
+    sticky: Option<&str>,
+    cookies: &[&str],
     mods: &ResponseHeaders,
 ) {
     out.clear();
@@ -38,7 +42,7 @@ pub fn build_response_head(
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     crate::action::push_set_fields(out, mods);
-    for c in set_cookies.into_iter().flatten() {
+    for c in sticky.iter().chain(cookies) {
         out.extend_from_slice(b"Set-Cookie: ");
         out.extend_from_slice(c.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -66,7 +70,8 @@ mod tests {
             &h,
             Framing::Chunked,
             true,
-            [Some("AWSALB=x; Path=/"), Some("AWSALBTG=y; Path=/")],
+            Some("AWSALB=x; Path=/"),
+            &["AWSALBTG=y; Path=/"],
             &ResponseHeaders::default(),
         );
         assert_eq!(
@@ -87,7 +92,8 @@ mod tests {
             &h,
             Framing::Length(0),
             false,
-            [None, None],
+            None,
+            &[],
             &ResponseHeaders::default(),
         );
         assert_eq!(
@@ -115,7 +121,8 @@ mod tests {
             &h,
             Framing::Length(0),
             false,
-            [Some("AWSALB=x; Path=/"), None],
+            Some("AWSALB=x; Path=/"),
+            &[],
             &mods,
         );
         assert_eq!(

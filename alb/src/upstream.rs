@@ -604,7 +604,7 @@ pub async fn forward<S: ClientStream>(
     scratch: &mut Scratch,
     hash: u64,
     key: &StickyKey,
-    group_cookie: Option<&str>,
+    cookies: &[&str],
     trace: &TraceId,
     tls: TlsFacts<'_>,
     mods: &ResponseHeaders,
@@ -715,7 +715,7 @@ pub async fn forward<S: ClientStream>(
                     &target,
                     started,
                     set_cookie.as_ref().map(|(l, app)| (l.as_str(), *app)),
-                    group_cookie,
+                    cookies,
                     mods,
                 )
                 .await
@@ -778,7 +778,7 @@ async fn exchange<S: ClientStream>(
     target: &Target,
     started: Instant,
     set_cookie: Option<(&str, Option<&str>)>,
-    group_cookie: Option<&str>,
+    cookies: &[&str],
     mods: &ResponseHeaders,
 ) -> Result<(Outcome, Option<Up>), ProxyError> {
     let idle = lb.idle_timeout;
@@ -867,7 +867,8 @@ async fn exchange<S: ClientStream>(
         resp,
         framing,
         close,
-        [set_cookie, group_cookie],
+        set_cookie,
+        cookies,
         mods,
     );
     let head_len = resp.len;

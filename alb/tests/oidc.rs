@@ -466,6 +466,124 @@ async fn deny_allow_and_the_ways_a_sign_in_fails() {
     assert_eq!(seen.status, 401, "{}", seen.out);
 }
 
+/// The last response's head in curl's `-i` output (which prints every response followed).
+fn last_head(out: &str) -> String {
+    let start = out.rfind("HTTP/").unwrap_or(0);
+    out[start..]
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// The user's claims the target got in `x-amzn-oidc-data`, and its access token.
+fn target_saw(origin: &Origin) -> (serde_json::Value, String) {
+    let got = origin.seen().into_iter().next_back().unwrap();
+    let data = got.header("x-amzn-oidc-data").expect("signed claims");
+    let payload = data.split('.').nth(1).unwrap();
+    let claims = serde_json::from_slice(&unb64(payload)).unwrap();
+    let token = got.header("x-amzn-oidc-accesstoken").unwrap().to_owned();
+    (claims, token)
+}
+
+#[tokio::test]
+async fn claims_are_renewed_with_the_refresh_token_once_the_access_token_ends() {
+    let origin = Origin::builder().name("web-1").start().await;
+    let idp = Idp::start("wp-client", "s3cret", claims()).await;
+    let s = start(&origin, &idp, "").await;
+    for (proto, jar) in [("--http1.1", "r1.jar"), ("--http2", "r2.jar")] {
+        // Access tokens that end as they are issued: the page the sign-in returns to already
+        // finds the access token ended, and the alb renews the claims before forwarding.
+        idp.set_access_seconds(0);
+        idp.set_claims(claims());
+        let before = idp.asked().len();
+        let seen = s.curl("/wp-admin/", jar, true, &[proto]).await;
+        assert_eq!((seen.status, seen.redirects), (200, 3), "{}", seen.out);
+        let asked = idp.asked()[before..].to_vec();
+        let paths: Vec<&str> = asked.iter().map(|a| a.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/authorize", "/token", "/userinfo", "/token", "/userinfo"],
+            "{proto}"
+        );
+        assert_eq!(asked[3].form["grant_type"], "refresh_token");
+        assert!(asked[3].form["refresh_token"].starts_with("refresh-"));
+        assert_eq!(
+            asked[3].authorization.as_deref(),
+            Some("Basic d3AtY2xpZW50OnMzY3JldA=="),
+            "client_secret_basic"
+        );
+        let renewed = asked[4].authorization.clone().unwrap();
+        assert_ne!(Some(renewed.clone()), asked[2].authorization, "a new token");
+        let (_, token) = target_saw(&origin);
+        assert_eq!(
+            format!("Bearer {token}"),
+            renewed,
+            "the target got the new token"
+        );
+        let head = last_head(&seen.out);
+        assert!(
+            head.contains("set-cookie: awselbauthsessioncookie-0="),
+            "the renewed session rides on the target's answer: {head}"
+        );
+
+        // The user's claims change at the IdP: the next renewal brings them, with the refresh
+        // token the last renewal stored (the IdP takes each once).
+        idp.set_access_seconds(3600);
+        let mut changed = claims();
+        changed["email"] = "chief-editor@example.com".into();
+        idp.set_claims(changed.clone());
+        let before = idp.asked().len();
+        let seen = s.curl("/wp-admin/", jar, false, &[proto]).await;
+        assert_eq!(seen.status, 200, "{}", seen.out);
+        let paths: Vec<String> = idp.asked()[before..]
+            .iter()
+            .map(|a| a.path.clone())
+            .collect();
+        assert_eq!(paths, ["/token", "/userinfo"], "{proto}");
+        assert_eq!(target_saw(&origin).0, changed);
+        // The new access token lasts an hour: no more calls.
+        let before = idp.asked().len();
+        let seen = s.curl("/wp-admin/", jar, false, &[proto]).await;
+        assert_eq!(seen.status, 200, "{}", seen.out);
+        assert_eq!(idp.asked().len(), before, "{proto}");
+        assert!(!last_head(&seen.out).contains("set-cookie"), "{}", seen.out);
+    }
+
+    // The IdP refuses the refresh token (the user signed out there): the session is removed
+    // and the request is unauthenticated: a sign-in for `authenticate`, 401 for `deny`, no
+    // claims for `allow`. Requests carrying that session share the one refusal.
+    idp.set_access_seconds(0);
+    idp.set_claims(claims());
+    let seen = s.curl("/wp-admin/", "f.jar", true, &[]).await;
+    assert_eq!(seen.status, 200, "{}", seen.out);
+    idp.set_mode(Mode::RefreshFails);
+    let signed_in = std::fs::read(s.dir.join("f.jar")).unwrap();
+    let before = idp.asked().len();
+    for (path, status) in [("/wp-admin/", 302), ("/api/posts", 401), ("/open/x", 200)] {
+        std::fs::write(s.dir.join("f2.jar"), &signed_in).unwrap();
+        let seen = s.curl(path, "f2.jar", false, &[]).await;
+        assert_eq!(seen.status, status, "{path}: {}", seen.out);
+        let head = last_head(&seen.out);
+        assert!(
+            head.contains("set-cookie: awselbauthsessioncookie-0=; path=/; max-age=-1"),
+            "{path}: the session is removed: {head}"
+        );
+        if status == 302 {
+            assert!(head.contains(&format!("location: {}/authorize?", idp.issuer())));
+        }
+    }
+    let got = origin.seen().into_iter().next_back().unwrap();
+    assert_eq!(got.path, "/open/x");
+    assert_eq!(got.header("x-amzn-oidc-identity"), None, "allow: no claims");
+    let paths: Vec<String> = idp.asked()[before..]
+        .iter()
+        .map(|a| a.path.clone())
+        .collect();
+    assert_eq!(paths, ["/token"], "one refusal, shared");
+    idp.set_mode(Mode::Normal);
+}
+
 #[test]
 fn authenticate_needs_an_https_listener_and_https_endpoints() {
     let base = |listener: &str, endpoint: &str| {

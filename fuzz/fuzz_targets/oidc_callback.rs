@@ -47,8 +47,15 @@ fuzz_target!(|data: &[u8]| {
         expires: 5_000,
         sub: "user-1".into(),
         access_token: "at".into(),
+        refresh_token: String::from_utf8_lossy(&data[..data.len().min(64)]).into_owned(),
+        access_expires: 900,
         claims: String::from_utf8_lossy(&data[..data.len().min(2048)]).into_owned(),
     };
+    // These bytes as a token endpoint's answer to the session's refresh token: a renewal
+    // keeps the user.
+    if let Ok(t) = auth::read_renewal(p, &s, data, 1_000) {
+        assert_eq!(t.sub, s.sub);
+    }
     let set = auth::session_cookies(keys, p, &s, 1_000).unwrap();
     let back: Vec<String> = set
         .iter()

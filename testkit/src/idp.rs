@@ -1,8 +1,9 @@
 //! A test OpenID Connect identity provider over HTTPS on loopback (`idp.pem`: `localhost` and
 //! 127.0.0.1, under `idp-ca.pem`). Its authorization endpoint signs one user in at once and
-//! redirects back with a code; its token endpoint trades a code for tokens, checking the
-//! client's HTTP Basic credentials and the redirect URI; its user info endpoint answers the
-//! user's claims for a token it issued. It records every request it was asked.
+//! redirects back with a code; its token endpoint trades a code (or a refresh token, which it
+//! takes once and replaces) for tokens, checking the client's HTTP Basic credentials and the
+//! redirect URI; its user info endpoint answers the user's claims for a token it issued. It
+//! records every request it was asked.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -22,6 +23,9 @@ pub enum Mode {
     WrongAudience,
     /// The token endpoint answers 500.
     TokenFails,
+    /// The token endpoint refuses refresh tokens (`invalid_grant`), as when the user signed
+    /// out at the IdP.
+    RefreshFails,
 }
 
 /// One request the IdP got.
@@ -45,6 +49,10 @@ struct State {
     /// Issued codes: the nonce and redirect URI they were issued for.
     codes: HashMap<String, (String, String)>,
     tokens: Vec<String>,
+    /// Refresh tokens not yet used.
+    refresh: Vec<String>,
+    /// The `expires_in` of the access tokens it issues.
+    access_seconds: u64,
     asked: Vec<Asked>,
     next: u64,
 }
@@ -96,6 +104,8 @@ impl Idp {
             mode: Mode::Normal,
             codes: HashMap::new(),
             tokens: Vec::new(),
+            refresh: Vec::new(),
+            access_seconds: 3600,
             asked: Vec::new(),
             next: 0,
         }));
@@ -128,6 +138,17 @@ impl Idp {
 
     pub fn set_mode(&self, mode: Mode) {
         self.state.lock().unwrap().mode = mode;
+    }
+
+    /// The lifetime (`expires_in`) of the access tokens issued from now on: 0 makes each
+    /// one end as it is issued.
+    pub fn set_access_seconds(&self, seconds: u64) {
+        self.state.lock().unwrap().access_seconds = seconds;
+    }
+
+    /// The user's claims from now on (they must hold the same `sub`).
+    pub fn set_claims(&self, claims: serde_json::Value) {
+        self.state.lock().unwrap().claims = claims;
     }
 
     /// Every request so far, in order.
@@ -221,41 +242,61 @@ async fn serve(
                 return reply(401, "{\"error\":\"invalid_client\"}".into());
             }
             let f = &asked.form;
-            let code = f.get("code").cloned().unwrap_or_default();
-            let Some((nonce, redirect)) = st.codes.remove(&code) else {
-                return reply(400, "{\"error\":\"invalid_grant\"}".into());
+            let invalid = || reply(400, "{\"error\":\"invalid_grant\"}".into());
+            let nonce = match f.get("grant_type").map(String::as_str) {
+                Some("authorization_code") => {
+                    let code = f.get("code").cloned().unwrap_or_default();
+                    match st.codes.remove(&code) {
+                        Some((nonce, redirect)) if f.get("redirect_uri") == Some(&redirect) => {
+                            Some(nonce)
+                        }
+                        _ => return invalid(),
+                    }
+                }
+                Some("refresh_token") => {
+                    let token = f.get("refresh_token").cloned().unwrap_or_default();
+                    let Some(i) = st.refresh.iter().position(|t| *t == token) else {
+                        return invalid();
+                    };
+                    st.refresh.remove(i);
+                    if st.mode == Mode::RefreshFails {
+                        return invalid();
+                    }
+                    // A refreshed ID token carries no nonce (OpenID Connect Core 12.2).
+                    None
+                }
+                _ => return invalid(),
             };
-            if f.get("grant_type").map(String::as_str) != Some("authorization_code")
-                || f.get("redirect_uri") != Some(&redirect)
-            {
-                return reply(400, "{\"error\":\"invalid_grant\"}".into());
-            }
             let aud = if st.mode == Mode::WrongAudience {
                 "someone-else".to_owned()
             } else {
                 st.client_id.clone()
             };
-            let payload = serde_json::json!({
+            let mut payload = serde_json::json!({
                 "iss": format!("https://127.0.0.1:{}", addr.port()),
                 "aud": aud,
                 "sub": st.claims["sub"],
                 "exp": now() + 3600,
                 "iat": now(),
-                "nonce": nonce,
             });
+            if let Some(nonce) = nonce {
+                payload["nonce"] = nonce.into();
+            }
             let id_token = format!(
                 "{}.{}.{}",
                 b64url(br#"{"alg":"RS256","typ":"JWT"}"#),
                 b64url(payload.to_string().as_bytes()),
                 b64url(b"not checked: the token came straight from the token endpoint")
             );
-            let access = format!("access-{n}");
+            let (access, refresh) = (format!("access-{n}"), format!("refresh-{n}"));
             st.tokens.push(access.clone());
+            st.refresh.push(refresh.clone());
             reply(
                 200,
                 serde_json::json!({
-                    "access_token": access, "token_type": "Bearer", "expires_in": 3600,
-                    "id_token": id_token,
+                    "access_token": access, "token_type": "Bearer",
+                    "expires_in": st.access_seconds, "id_token": id_token,
+                    "refresh_token": refresh,
                 })
                 .to_string(),
             )
