@@ -476,6 +476,14 @@ fn last_head(out: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// The paths the IdP was asked for since its `before`th request.
+fn paths_since(idp: &Idp, before: usize) -> Vec<String> {
+    idp.asked()[before..]
+        .iter()
+        .map(|a| a.path.clone())
+        .collect()
+}
+
 /// The user's claims the target got in `x-amzn-oidc-data`, and its access token.
 fn target_saw(origin: &Origin) -> (serde_json::Value, String) {
     let got = origin.seen().into_iter().next_back().unwrap();
@@ -525,6 +533,19 @@ async fn claims_are_renewed_with_the_refresh_token_once_the_access_token_ends() 
         assert!(
             head.contains("set-cookie: awselbauthsessioncookie-0="),
             "the renewed session rides on the target's answer: {head}"
+        );
+
+        // A fixed response (`allow`, with a session) carries the renewed session too.
+        let before = idp.asked().len();
+        let seen = s.curl("/public/x", jar, false, &[proto]).await;
+        assert_eq!(seen.status, 200, "{}", seen.out);
+        assert!(seen.out.contains("public"));
+        let paths = paths_since(&idp, before);
+        assert_eq!(paths, ["/token", "/userinfo"], "{proto}");
+        let head = last_head(&seen.out);
+        assert!(
+            head.contains("set-cookie: awselbauthsessioncookie-0="),
+            "{head}"
         );
 
         // The user's claims change at the IdP: the next renewal brings them, with the refresh
