@@ -557,10 +557,7 @@ async fn claims_are_renewed_with_the_refresh_token_once_the_access_token_ends() 
         let before = idp.asked().len();
         let seen = s.curl("/wp-admin/", jar, false, &[proto]).await;
         assert_eq!(seen.status, 200, "{}", seen.out);
-        let paths: Vec<String> = idp.asked()[before..]
-            .iter()
-            .map(|a| a.path.clone())
-            .collect();
+        let paths = paths_since(&idp, before);
         assert_eq!(paths, ["/token", "/userinfo"], "{proto}");
         assert_eq!(target_saw(&origin).0, changed);
         // The new access token lasts an hour: no more calls.
@@ -597,10 +594,7 @@ async fn claims_are_renewed_with_the_refresh_token_once_the_access_token_ends() 
     let got = origin.seen().into_iter().next_back().unwrap();
     assert_eq!(got.path, "/open/x");
     assert_eq!(got.header("x-amzn-oidc-identity"), None, "allow: no claims");
-    let paths: Vec<String> = idp.asked()[before..]
-        .iter()
-        .map(|a| a.path.clone())
-        .collect();
+    let paths = paths_since(&idp, before);
     assert_eq!(paths, ["/token"], "one refusal, shared");
     idp.set_mode(Mode::Normal);
 }
