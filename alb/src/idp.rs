@@ -40,9 +40,7 @@ pub enum IdpError {
 /// file, which must hold at least one). Built at load, so a bad file refuses the config.
 pub fn client_config(trusted: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    if let Ok(iter) = CertificateDer::pem_file_iter(SYSTEM_ROOTS) {
-        roots.add_parsable_certificates(iter.flatten());
-    }
+    roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(file) = trusted {
         let name = file.display();
         let before = roots.len();
@@ -64,6 +62,17 @@ pub fn client_config(trusted: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// The system's CA certificates, read once per process: every authenticate action on every
+/// load would otherwise parse the same bundle of a hundred-odd certificates again.
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        CertificateDer::pem_file_iter(SYSTEM_ROOTS)
+            .map(|iter| iter.flatten().collect())
+            .unwrap_or_default()
+    })
 }
 
 /// One HTTP/1.1 exchange with `url` over a fresh TLS connection: the status and body.
