@@ -79,13 +79,9 @@ health_check.interval_seconds = 300
     let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind(admin).await.unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(causeway_dataplane::admin::serve(
-        listener,
-        server.clone(),
-        stop_rx,
-    ));
+    let stop = causeway_dataplane::admin::spawn(admin, server.clone())
+        .await
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("causeway-oidc-{}", addr.port()));
     std::fs::create_dir_all(&dir).unwrap();
     // curl trusts the listener's CA and the IdP's.

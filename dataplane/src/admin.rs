@@ -47,6 +47,18 @@ pub async fn serve<P: Plane>(
     }
 }
 
+/// Binds `addr` and serves the admin API there in a task of its own, until the returned
+/// sender sends `true` or is dropped.
+pub async fn spawn<P: Plane>(
+    addr: SocketAddr,
+    server: Arc<Server<P>>,
+) -> std::io::Result<watch::Sender<bool>> {
+    let listener = TcpListener::bind(addr).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(serve(listener, server, stop_rx));
+    Ok(stop)
+}
+
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;

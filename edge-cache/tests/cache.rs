@@ -53,13 +53,9 @@ async fn launch(text: &str, addr: SocketAddr, admin: SocketAddr) -> Edge1 {
     let server = Server::<Edge>::start(&path, cfg, Arc::new(NetProber))
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind(admin).await.unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(causeway_dataplane::admin::serve(
-        listener,
-        server.clone(),
-        stop_rx,
-    ));
+    let stop = causeway_dataplane::admin::spawn(admin, server.clone())
+        .await
+        .unwrap();
     Edge1 {
         server,
         addr,
