@@ -67,10 +67,6 @@ pub struct Keys {
     pub signer_name: String,
     /// Signed claims per session, reused while fresh (signing costs more than the request).
     signed: Mutex<HashMap<u64, (String, u64)>>,
-    /// Renewals in flight or just ended, by IdP and refresh token, with the Unix second each
-    /// began (see [`Keys::renewal`]). Here rather than per rule: rules that authenticate with
-    /// the same IdP share its sessions.
-    renewals: Mutex<HashMap<u64, (u64, Arc<Renewal>)>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -162,7 +158,6 @@ impl Keys {
             public_pem: pem("PUBLIC KEY", &spki),
             signer_name,
             signed: Mutex::new(HashMap::new()),
-            renewals: Mutex::new(HashMap::new()),
         })
     }
 
@@ -224,21 +219,6 @@ impl Keys {
         token.push('.');
         token.push_str(&URL_SAFE.encode(sig.as_ref()));
         Some(token)
-    }
-
-    /// The renewal of session `s` (of `p`'s IdP) that requests carrying it share. A browser
-    /// sends several requests at once with the same cookie, and many IdPs take a refresh
-    /// token only once, so they wait for one renewal and share its result; requests sent
-    /// with the old cookie within [`RENEWAL_SECONDS`] get the same answer.
-    pub fn renewal(&self, p: &Provider, s: &Session, now: u64) -> Arc<Renewal> {
-        let key = cache_key(p.binding, &s.refresh_token, "renewal");
-        let mut map = self.renewals.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (began, _)| *began + RENEWAL_SECONDS > now);
-        if map.len() >= 4096 {
-            map.clear();
-        }
-        let (_, r) = map.entry(key).or_insert_with(|| (now, Arc::default()));
-        r.clone()
     }
 
     /// [`Self::data_token`] for a session, reused while it has a minute left.
@@ -327,15 +307,89 @@ pub struct Provider {
     /// Sign-ins being finished with the IdP at once, at most [`IDP_CALLS`]: a replayed
     /// callback costs the alb a TLS connection to the IdP, so their number is bounded.
     pub calls: tokio::sync::Semaphore,
+    /// Renewals being run with the IdP at once, at most [`IDP_CALLS`], apart from sign-ins:
+    /// replayed callbacks must not starve the renewals of users already signed in.
+    pub renewal_calls: tokio::sync::Semaphore,
 }
 
-/// How many sign-ins and renewals one authenticate action runs with its IdP at once.
+/// How many sign-ins, and apart from them how many renewals, one authenticate action runs
+/// with its IdP at once.
 pub const IDP_CALLS: usize = 64;
-/// How long a renewal's result answers the requests that carry the session it renewed.
-const RENEWAL_SECONDS: u64 = 60;
-/// One renewal of a session's claims: once done, the renewed session and the `Set-Cookie`
-/// values that store it, or `None` if the IdP refused or failed.
-pub type Renewal = tokio::sync::OnceCell<Option<(Session, Vec<String>)>>;
+/// How long a finished renewal's result answers requests that still carry the session it
+/// renewed (a browser's requests sent before the new cookie arrived). Short: past it, an old
+/// cookie goes to the IdP again, which may refuse a refresh token it has replaced.
+const RENEWAL_SECONDS: u64 = 10;
+/// The most a sealed session with a refresh token may take: what a session at ALB's claims
+/// limit takes without one (about 15 KB), so that the `Cookie` line stays within the 16 KB a
+/// request field may take with room for the site's own cookies.
+const ROOM_WITH_REFRESH: usize = 15_500;
+/// At most this many renewals are shared at once; beyond, a renewal runs on its own.
+const RENEWALS_SHARED: usize = 4096;
+
+/// How a renewal of a session's claims ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Renewed {
+    /// New claims: the renewed session and the `Set-Cookie` values that store it.
+    Claims(Session, Vec<String>),
+    /// The IdP refused the refresh token, or answered what cannot be used: the user must
+    /// sign in again.
+    Refused,
+    /// The IdP could not be reached, failed, or too many calls were in flight: the current
+    /// claims stand, and a later request tries again.
+    Unavailable,
+}
+
+/// A renewal's result as the requests sharing it wait for it: `None` until it ends.
+pub type RenewalResult = tokio::sync::watch::Receiver<Option<Renewed>>;
+
+/// Renewals in flight or just ended, process-wide (a reload keeps them), by IdP binding and
+/// refresh token: the Unix second each ended (0 while in flight), and its result.
+type Renewals = HashMap<(u64, String), (Arc<std::sync::atomic::AtomicU64>, RenewalResult)>;
+
+fn renewals() -> &'static Mutex<Renewals> {
+    static RENEWALS: OnceLock<Mutex<Renewals>> = OnceLock::new();
+    RENEWALS.get_or_init(Default::default)
+}
+
+/// The renewal of session `s` (of `p`'s IdP) that requests carrying it share, and, for the
+/// request that must run it, where to send its result. A browser sends several requests at
+/// once with the same cookie, and many IdPs take a refresh token only once, so they wait for
+/// one renewal and share its result; requests sent with the old cookie within
+/// [`RENEWAL_SECONDS`] of its end get the same answer.
+pub fn renewal(p: &Provider, s: &Session, now: u64) -> (RenewalResult, Option<RenewalSender>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let key = (p.binding, s.refresh_token.clone());
+    let mut map = renewals().lock().unwrap_or_else(|e| e.into_inner());
+    // Ended ones go after their grace; one whose runner went away without a result, at once.
+    map.retain(|_, (ended, rx)| match ended.load(Ordering::Relaxed) {
+        0 => rx.has_changed().is_ok(),
+        ended => ended + RENEWAL_SECONDS > now,
+    });
+    if let Some((_, rx)) = map.get(&key) {
+        return (rx.clone(), None);
+    }
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let ended = Arc::new(AtomicU64::new(0));
+    if map.len() < RENEWALS_SHARED {
+        map.insert(key, (ended.clone(), rx.clone()));
+    }
+    (rx, Some(RenewalSender { tx, ended }))
+}
+
+/// Where the request that runs a renewal sends its result.
+pub struct RenewalSender {
+    tx: tokio::sync::watch::Sender<Option<Renewed>>,
+    ended: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RenewalSender {
+    /// Ends the renewal at `now` with `r`, for every request waiting on it.
+    pub fn send(self, r: Renewed, now: u64) {
+        self.ended
+            .store(now.max(1), std::sync::atomic::Ordering::Relaxed);
+        self.tx.send_replace(Some(r));
+    }
+}
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -353,6 +407,7 @@ impl Provider {
             tls,
             binding,
             calls: tokio::sync::Semaphore::new(IDP_CALLS),
+            renewal_calls: tokio::sync::Semaphore::new(IDP_CALLS),
         }
     }
 }
@@ -517,13 +572,24 @@ fn session_aad(p: &Provider) -> Vec<u8> {
 /// The `Set-Cookie` values that store `s`: its shards, then the clearing of shards it no
 /// longer needs. `None` when it cannot be sealed.
 pub fn session_cookies(keys: &Keys, p: &Provider, s: &Session, now: u64) -> Option<Vec<String>> {
+    session_cookies_within(keys, p, s, now, MAX_SHARDS * SHARD)
+}
+
+/// [`session_cookies`], if the sealed session takes at most `room` bytes.
+fn session_cookies_within(
+    keys: &Keys,
+    p: &Provider,
+    s: &Session,
+    now: u64,
+    room: usize,
+) -> Option<Vec<String>> {
     let sealed = keys.seal(&session_aad(p), &s.encode())?;
+    if sealed.len() > room {
+        return None;
+    }
     let name = &p.cfg.session_cookie_name;
     let age = s.expires.saturating_sub(now);
     let shards: Vec<&[u8]> = sealed.as_bytes().chunks(SHARD).collect();
-    if shards.len() > MAX_SHARDS {
-        return None;
-    }
     let mut out: Vec<String> = shards
         .iter()
         .enumerate()
@@ -731,7 +797,7 @@ pub fn read_callback<'p>(
 }
 
 /// The tokens a token endpoint answered with, read.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tokens {
     pub access_token: String,
     /// The ID token's subject, once checked.
@@ -757,10 +823,10 @@ fn read_grant(body: &[u8], now: u64) -> Result<(Tokens, Option<serde_json::Value
     if !visible(&access_token) {
         return Err("AuthTokenEpResponseInvalid");
     }
+    // Anything but a non-empty string counts as no refresh token.
     let refresh_token = match v.get("refresh_token") {
-        None | Some(serde_json::Value::Null) => String::new(),
-        Some(serde_json::Value::String(t)) if !t.is_empty() => t.clone(),
-        Some(_) => return Err("AuthTokenEpResponseInvalid"),
+        Some(serde_json::Value::String(t)) => t.clone(),
+        _ => String::new(),
     };
     // A number, or (from some IdPs) a number in a string.
     let lifetime = match v.get("expires_in") {
@@ -886,13 +952,12 @@ fn store(
         access_expires: tokens.access_expires,
         claims,
     };
-    if let Some(cookies) = session_cookies(keys, p, &s, now) {
-        return Ok((s, cookies));
+    if !s.refresh_token.is_empty() {
+        if let Some(cookies) = session_cookies_within(keys, p, &s, now, ROOM_WITH_REFRESH) {
+            return Ok((s, cookies));
+        }
+        s.refresh_token.clear();
     }
-    if s.refresh_token.is_empty() {
-        return Err(Answer::bare(500, "AuthInternalError"));
-    }
-    s.refresh_token.clear();
     match session_cookies(keys, p, &s, now) {
         Some(cookies) => Ok((s, cookies)),
         None => Err(Answer::bare(500, "AuthInternalError")),
@@ -1085,7 +1150,8 @@ mod tests {
         }
         v1.extend_from_slice(br#"{"sub":"user-1"}"#);
         assert_eq!(Session::decode(&v1), Some(a_session(r#"{"sub":"user-1"}"#)));
-        assert_eq!(Session::decode(&[3, 0, 0]), None);
+        v1[0] = 3;
+        assert_eq!(Session::decode(&v1), None, "an unknown version");
     }
 
     #[test]
@@ -1156,38 +1222,60 @@ mod tests {
         let tokens = Tokens {
             access_token: "at".into(),
             sub: "user-1".into(),
-            refresh_token: "r".repeat(8_000),
+            refresh_token: "r".repeat(1_000),
             access_expires: 1_060,
+        };
+        let small = Tokens {
+            refresh_token: "r".repeat(1_000),
+            ..tokens.clone()
         };
         let (s, set) = store(&k, &p, tokens, claims.as_bytes(), 5_000, 1_000).unwrap();
         assert_eq!(s.refresh_token, "");
         assert!(!s.due(2_000), "without it the claims last the session");
-        assert_eq!(
-            session(&k, &p, &[returned(&set).as_bytes()], 1_000),
-            Some(s)
+        let line = returned(&set);
+        assert!(
+            line.len() < 15_600,
+            "the Cookie line keeps room: {}",
+            line.len()
         );
+        assert_eq!(session(&k, &p, &[line.as_bytes()], 1_000), Some(s));
+        // Beside smaller claims it fits, and stays.
+        let (s, _) = store(&k, &p, small, br#"{"sub":"user-1"}"#, 5_000, 1_000).unwrap();
+        assert_eq!(s.refresh_token.len(), 1_000);
+        assert!(s.due(2_000));
     }
 
     #[test]
-    fn requests_with_one_session_share_its_renewal_for_a_minute() {
-        let (k, p) = (keys(), provider(cfg(OnUnauthenticated::Authenticate)));
+    fn requests_with_one_session_share_its_renewal_until_shortly_after_it_ends() {
+        let p = provider(cfg(OnUnauthenticated::Authenticate));
         let mut s = a_session(r#"{"sub":"user-1"}"#);
-        s.refresh_token = "rt-1".into();
-        let first = k.renewal(&p, &s, 1_000);
-        assert!(Arc::ptr_eq(&first, &k.renewal(&p, &s, 1_059)));
+        s.refresh_token = "rt-shared-1".into();
+        let (first, runner) = renewal(&p, &s, 1_000);
+        let runner = runner.expect("the first request runs it");
+        let (second, none) = renewal(&p, &s, 1_001);
+        assert!(none.is_none(), "the second waits for the first");
         // Another rule with the same IdP and client shares it; another client does not.
         let same = provider(cfg(OnUnauthenticated::Deny));
-        assert!(Arc::ptr_eq(&first, &k.renewal(&same, &s, 1_059)));
+        assert!(renewal(&same, &s, 1_001).1.is_none());
         let mut c2 = cfg(OnUnauthenticated::Authenticate);
         c2.client_id = "other-client".into();
-        assert!(!Arc::ptr_eq(&first, &k.renewal(&provider(c2), &s, 1_059)));
+        assert!(renewal(&provider(c2), &s, 1_001).1.is_some());
         let mut other = s.clone();
-        other.refresh_token = "rt-2".into();
-        assert!(!Arc::ptr_eq(&first, &k.renewal(&p, &other, 1_059)));
-        assert!(
-            !Arc::ptr_eq(&first, &k.renewal(&p, &s, 1_060)),
-            "a minute later, a new one"
-        );
+        other.refresh_token = "rt-shared-2".into();
+        assert!(renewal(&p, &other, 1_001).1.is_some());
+        // In flight, it stays shared however long it takes; once ended, for the grace only.
+        assert!(renewal(&p, &s, 1_500).1.is_none());
+        runner.send(Renewed::Refused, 1_500);
+        assert_eq!(*first.borrow(), Some(Renewed::Refused));
+        assert_eq!(*second.borrow(), Some(Renewed::Refused));
+        let (late, none) = renewal(&p, &s, 1_500 + RENEWAL_SECONDS - 1);
+        assert!(none.is_none());
+        assert_eq!(*late.borrow(), Some(Renewed::Refused));
+        assert!(renewal(&p, &s, 1_500 + RENEWAL_SECONDS).1.is_some());
+        // A runner that went away without a result is not waited for again.
+        s.refresh_token = "rt-shared-3".into();
+        drop(renewal(&p, &s, 2_000).1);
+        assert!(renewal(&p, &s, 2_000).1.is_some());
     }
 
     #[test]
@@ -1382,6 +1470,18 @@ mod tests {
             });
             let t = read_tokens(&p, &cb, body.to_string().as_bytes(), 1_000).unwrap();
             assert_eq!((t.refresh_token.as_str(), t.access_expires), ("rt", 1_300));
+        }
+        // An empty or odd refresh token is none, not a failed sign-in.
+        for odd in [
+            serde_json::json!(""),
+            serde_json::json!(5),
+            serde_json::json!(null),
+        ] {
+            let body = serde_json::json!({
+                "access_token": "at", "id_token": id_token(good.clone()), "refresh_token": odd,
+            });
+            let t = read_tokens(&p, &cb, body.to_string().as_bytes(), 1_000).unwrap();
+            assert_eq!(t.refresh_token, "");
         }
         for (field, value) in [
             ("iss", serde_json::json!("https://evil.example.com")),

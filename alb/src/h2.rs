@@ -223,176 +223,196 @@ async fn phases(
         i.lock().unwrap_or_else(|e| e.into_inner()).authenticated = true;
     }
     // action
-    let (mut resp, status) = match action {
-        Action::FixedResponse { status, .. }
-            if *status < 300 && crate::ws_h2::is_websocket(&parts) =>
-        {
-            // A 2xx to an extended CONNECT opens a tunnel: there is nothing behind this one.
-            refused(ProxyError::Client(
-                501,
-                "a WebSocket routed to a fixed response",
-            ))
-        }
-        Action::FixedResponse {
-            status,
-            content_type,
-            body,
-        } => {
-            log(
-                logging::Ended::Local {
-                    status: *status,
-                    action: "fixed-response",
-                },
-                priority,
-            );
-            let r = local(*status, content_type, Bytes::from(body.clone()), None);
-            (r, Some(*status))
-        }
-        Action::Redirect(r) => {
-            let input = RedirectInput {
-                protocol: ctx.from.scheme,
-                host: host_without_port(authority.as_bytes()),
-                port: ctx.from.local.port(),
-                path: parts.uri.path().as_bytes(),
-                query: parts.uri.query().unwrap_or("").as_bytes(),
-            };
-            match action::location(r, &input) {
-                None => refused(ProxyError::Client(400, "Host cannot be redirected")),
-                Some(loc) => {
-                    log(
-                        logging::Ended::Local {
-                            status: r.status,
-                            action: "redirect",
-                        },
-                        priority,
-                    );
-                    let resp = local(r.status, "text/plain", Bytes::new(), Some(&loc));
-                    (resp, Some(r.status))
-                }
+    let (mut resp, status) = 'action: {
+        match action {
+            Action::FixedResponse { status, .. }
+                if *status < 300 && crate::ws_h2::is_websocket(&parts) =>
+            {
+                // A 2xx to an extended CONNECT opens a tunnel: there is nothing behind this one.
+                refused(ProxyError::Client(
+                    501,
+                    "a WebSocket routed to a fixed response",
+                ))
             }
-        }
-        Action::Forward {
-            target_groups,
-            group_stickiness,
-        } => {
-            // The matched rule's transforms (the routing decision stands).
-            let mut parts = parts;
-            let mut authority = authority;
-            if let Some(t) = transforms {
-                let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                match t.apply(target.as_bytes(), Some(authority.as_bytes())) {
-                    Err(te) => return refused(ProxyError::Transform(te)),
-                    Ok(rw) => {
-                        if let Some(info) = info {
-                            let mut i = info.lock().unwrap_or_else(|e| e.into_inner());
-                            i.transformed_host.clone_from(&rw.host);
-                            i.transformed_uri.clone_from(&rw.target);
-                        }
-                        if let Some(new) = rw.target {
-                            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-                            match new.parse() {
-                                Ok(pq) => uri.path_and_query = Some(pq),
-                                Err(_) => {
-                                    return refused(ProxyError::Transform(TransformError::Url))
-                                }
-                            }
-                            match hyper::Uri::from_parts(uri) {
-                                Ok(u) => parts.uri = u,
-                                Err(_) => {
-                                    return refused(ProxyError::Transform(TransformError::Url))
-                                }
-                            }
-                        }
-                        if let Some(new) = rw.host {
-                            authority = new;
-                        }
-                    }
-                }
-            }
-            // A rule that authenticates: the client's own user fields go, the alb's come.
-            if let Some(fields) = &signed_in {
-                let forged: Vec<hyper::header::HeaderName> = parts
-                    .headers
-                    .keys()
-                    .filter(|n| crate::auth::is_oidc_field(n.as_str().as_bytes()))
-                    .cloned()
-                    .collect();
-                for name in forged {
-                    parts.headers.remove(name);
-                }
-                for (name, value) in fields {
-                    if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
-                        parts
-                            .headers
-                            .insert(hyper::header::HeaderName::from_static(name), v);
-                    }
-                }
-            }
-            let tg_cookie = parts
-                .headers
-                .get_all(hyper::header::COOKIE)
-                .iter()
-                .find_map(|v| sticky::find_cookie(v.as_bytes(), sticky::TG_COOKIE));
-            let key = &snap.compiled.sticky_key;
-            let Some((group, group_cookie)) =
-                upstream::pick_group(snap, target_groups, *group_stickiness, tg_cookie, key)
-            else {
-                return refused(ProxyError::NoTargets);
-            };
-            let hash = hash64(
-                received.elapsed().subsec_nanos() as u64 ^ fastrand::u64(..),
-                &ctx.from.peer.port().to_le_bytes(),
-            );
-            let trace = crate::trace::TraceId::now();
-            if let Some(i) = info {
-                let theirs = parts
-                    .headers
-                    .get(crate::trace::HEADER)
-                    .map(|v| v.as_bytes());
-                trace.write(
-                    theirs,
-                    &mut i.lock().unwrap_or_else(|e| e.into_inner()).trace,
-                );
-            }
-            let r = hyper_upstream::forward(
-                parts,
+            Action::FixedResponse {
+                status,
+                content_type,
                 body,
-                &authority,
-                group,
-                &ctx.from,
-                &snap.config.load_balancer,
-                key,
-                &snap.compiled.pools,
-                hash,
-                group_cookie.as_deref(),
-                &trace,
-            )
-            .await;
-            let name = &group.cfg.name;
-            let outcome = r.as_ref().map(|(_, o)| *o).map_err(|e| *e);
-            logging::forwarded(
-                name,
-                snap.compiled.group_metrics.get(name),
-                &snap.compiled.elb_metrics,
-                received,
-                &outcome,
-            );
-            log(
-                logging::Ended::Forwarded {
-                    group: name,
-                    outcome: &outcome,
-                },
-                priority,
-            );
-            match r {
-                Ok((resp, _)) => (resp.map(Either::Right), None),
-                // `forwarded` counted the ELB status.
-                Err((e, _)) => (error_response(e.status().unwrap_or(502)), None),
+            } => {
+                log(
+                    logging::Ended::Local {
+                        status: *status,
+                        action: "fixed-response",
+                    },
+                    priority,
+                );
+                let r = local(*status, content_type, Bytes::from(body.clone()), None);
+                (r, Some(*status))
+            }
+            Action::Redirect(r) => {
+                let input = RedirectInput {
+                    protocol: ctx.from.scheme,
+                    host: host_without_port(authority.as_bytes()),
+                    port: ctx.from.local.port(),
+                    path: parts.uri.path().as_bytes(),
+                    query: parts.uri.query().unwrap_or("").as_bytes(),
+                };
+                match action::location(r, &input) {
+                    None => refused(ProxyError::Client(400, "Host cannot be redirected")),
+                    Some(loc) => {
+                        log(
+                            logging::Ended::Local {
+                                status: r.status,
+                                action: "redirect",
+                            },
+                            priority,
+                        );
+                        let resp = local(r.status, "text/plain", Bytes::new(), Some(&loc));
+                        (resp, Some(r.status))
+                    }
+                }
+            }
+            Action::Forward {
+                target_groups,
+                group_stickiness,
+            } => {
+                // The matched rule's transforms (the routing decision stands).
+                let mut parts = parts;
+                let mut authority = authority;
+                if let Some(t) = transforms {
+                    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    match t.apply(target.as_bytes(), Some(authority.as_bytes())) {
+                        Err(te) => break 'action refused(ProxyError::Transform(te)),
+                        Ok(rw) => {
+                            if let Some(info) = info {
+                                let mut i = info.lock().unwrap_or_else(|e| e.into_inner());
+                                i.transformed_host.clone_from(&rw.host);
+                                i.transformed_uri.clone_from(&rw.target);
+                            }
+                            if let Some(new) = rw.target {
+                                let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                                match new.parse() {
+                                    Ok(pq) => uri.path_and_query = Some(pq),
+                                    Err(_) => {
+                                        break 'action refused(ProxyError::Transform(
+                                            TransformError::Url,
+                                        ))
+                                    }
+                                }
+                                match hyper::Uri::from_parts(uri) {
+                                    Ok(u) => parts.uri = u,
+                                    Err(_) => {
+                                        break 'action refused(ProxyError::Transform(
+                                            TransformError::Url,
+                                        ))
+                                    }
+                                }
+                            }
+                            if let Some(new) = rw.host {
+                                authority = new;
+                            }
+                        }
+                    }
+                }
+                // A rule that authenticates: the client's own user fields go, the alb's come.
+                if let Some(fields) = &signed_in {
+                    let forged: Vec<hyper::header::HeaderName> = parts
+                        .headers
+                        .keys()
+                        .filter(|n| crate::auth::is_oidc_field(n.as_str().as_bytes()))
+                        .cloned()
+                        .collect();
+                    for name in forged {
+                        parts.headers.remove(name);
+                    }
+                    for (name, value) in fields {
+                        if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+                            parts
+                                .headers
+                                .insert(hyper::header::HeaderName::from_static(name), v);
+                        }
+                    }
+                }
+                let tg_cookie = parts
+                    .headers
+                    .get_all(hyper::header::COOKIE)
+                    .iter()
+                    .find_map(|v| sticky::find_cookie(v.as_bytes(), sticky::TG_COOKIE));
+                let key = &snap.compiled.sticky_key;
+                let Some((group, group_cookie)) =
+                    upstream::pick_group(snap, target_groups, *group_stickiness, tg_cookie, key)
+                else {
+                    break 'action refused(ProxyError::NoTargets);
+                };
+                let hash = hash64(
+                    received.elapsed().subsec_nanos() as u64 ^ fastrand::u64(..),
+                    &ctx.from.peer.port().to_le_bytes(),
+                );
+                let trace = crate::trace::TraceId::now();
+                if let Some(i) = info {
+                    let theirs = parts
+                        .headers
+                        .get(crate::trace::HEADER)
+                        .map(|v| v.as_bytes());
+                    trace.write(
+                        theirs,
+                        &mut i.lock().unwrap_or_else(|e| e.into_inner()).trace,
+                    );
+                }
+                let r = hyper_upstream::forward(
+                    parts,
+                    body,
+                    &authority,
+                    group,
+                    &ctx.from,
+                    &snap.config.load_balancer,
+                    key,
+                    &snap.compiled.pools,
+                    hash,
+                    group_cookie.as_deref(),
+                    &trace,
+                )
+                .await;
+                let name = &group.cfg.name;
+                let outcome = r.as_ref().map(|(_, o)| *o).map_err(|e| *e);
+                logging::forwarded(
+                    name,
+                    snap.compiled.group_metrics.get(name),
+                    &snap.compiled.elb_metrics,
+                    received,
+                    &outcome,
+                );
+                log(
+                    logging::Ended::Forwarded {
+                        group: name,
+                        outcome: &outcome,
+                    },
+                    priority,
+                );
+                match r {
+                    Ok((resp, _)) => (resp.map(Either::Right), None),
+                    // `forwarded` counted the ELB status.
+                    Err((e, _)) => (error_response(e.status().unwrap_or(502)), None),
+                }
             }
         }
     };
-    // A renewed session's cookies (or its removal) ride on whatever answers the request.
+    // A renewed session's cookies (or its removal) ride on the answer, unless the target's
+    // answer sets a cookie of that name (an application logging its user out).
+    let theirs: Vec<hyper::header::HeaderValue> = if renewed.is_empty() {
+        Vec::new()
+    } else {
+        resp.headers()
+            .get_all(hyper::header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect()
+    };
     for c in renewed {
+        let name = c.split('=').next().unwrap_or_default();
+        if sticky::sets_cookie(theirs.iter().map(|v| v.as_bytes()), name) {
+            continue;
+        }
         if let Ok(v) = hyper::header::HeaderValue::try_from(c) {
             resp.headers_mut().append(hyper::header::SET_COOKIE, v);
         }
@@ -484,7 +504,7 @@ async fn authenticate(
     Option<crate::auth::Answer>,
 ) {
     use crate::auth;
-    let Some(keys) = snap.compiled.auth_keys.as_deref() else {
+    let Some(keys) = snap.compiled.auth_keys.as_ref() else {
         return (None, Vec::new(), None);
     };
     if !router.authenticates() {
@@ -498,7 +518,7 @@ async fn authenticate(
         .collect();
     if parts.uri.path().as_bytes() == auth::CALLBACK {
         let query = parts.uri.query().unwrap_or("").as_bytes();
-        let providers = |p| router.provider_at(p);
+        let providers = |p| router.provider_at(p).map(|a| &**a);
         let a = crate::idp::callback(keys, providers, authority.as_bytes(), query, &cookies).await;
         return (None, Vec::new(), Some(a));
     }

@@ -3,7 +3,7 @@
 //! endpoint, over HTTPS with the IdP's certificate verified, each bounded by a timeout and a
 //! size.
 
-use crate::auth::{self, Answer, Callback, Keys, Provider, Session, Verdict, View};
+use crate::auth::{self, Answer, Callback, Keys, Provider, Renewed, Session, Verdict, View};
 use bytes::Bytes;
 use causeway_config::oidc::HttpsUrl;
 use http_body_util::{BodyExt, Full, Limited};
@@ -242,8 +242,8 @@ pub async fn callback<'p>(
 /// action): the user's fields for the target and the `Set-Cookie` values for the answer, or
 /// the alb's own answer. A session whose access token has ended is renewed first.
 pub async fn verdict(
-    keys: &Keys,
-    p: &Provider,
+    keys: &Arc<Keys>,
+    p: &Arc<Provider>,
     priority: u32,
     req: &View<'_>,
 ) -> Result<(Vec<(&'static str, String)>, Vec<String>), Answer> {
@@ -263,72 +263,95 @@ pub async fn verdict(
     }
 }
 
-/// Renews session `s`'s claims with its refresh token (after [`Verdict::Renew`]): the action
-/// runs with the renewed claims, whose cookies go on the answer. If the IdP refuses or fails,
-/// the session is removed from the browser and the request is treated as unauthenticated.
-/// Requests carrying the same session share one renewal ([`Keys::renewal`]).
-pub async fn renew(
-    keys: &Keys,
-    p: &Provider,
+/// Renews session `s`'s claims with its refresh token (after [`Verdict::Renew`]). New claims:
+/// the action runs with them, and their cookies go on the answer. The IdP refused: the
+/// session is removed from the browser and the request is treated as unauthenticated. The
+/// IdP is unreachable or failing: the current claims stand, and a later request tries again.
+/// Requests carrying the same session share one renewal ([`auth::renewal`]), run in a task of
+/// its own so that a request cancelled by its client does not cancel it halfway (the IdP may
+/// have taken the refresh token already).
+async fn renew(
+    keys: &Arc<Keys>,
+    p: &Arc<Provider>,
     priority: u32,
     req: &View<'_>,
     s: Session,
 ) -> Verdict {
     let now = auth::unix_now();
-    let renewal = keys.renewal(p, &s, now);
-    let done = renewal
-        .get_or_init(|| async {
-            let Ok(_permit) = p.calls.try_acquire() else {
-                tracing::warn!(issuer = %p.cfg.issuer, "too many calls in flight with this IdP");
-                return None;
-            };
-            match renew_with_idp(keys, p, &s, now).await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(error = %e, issuer = %p.cfg.issuer, "renewal failed");
-                    None
+    let (mut result, runner) = auth::renewal(p, &s, now);
+    if let Some(runner) = runner {
+        let (keys, p, s) = (keys.clone(), p.clone(), s.clone());
+        tokio::spawn(async move {
+            let r = match p.renewal_calls.try_acquire() {
+                Err(_) => {
+                    tracing::warn!(issuer = %p.cfg.issuer, "too many renewals in flight with this IdP");
+                    Renewed::Unavailable
                 }
+                Ok(_permit) => renew_with_idp(&keys, &p, &s).await,
+            };
+            runner.send(r, auth::unix_now());
+        });
+    }
+    let renewed = match result.wait_for(Option::is_some).await {
+        Ok(r) => r.clone().unwrap_or(Renewed::Unavailable),
+        Err(_) => Renewed::Unavailable,
+    };
+    match renewed {
+        Renewed::Claims(new, cookies) if new.sub == s.sub => auth::pass(keys, p, new, cookies, now),
+        Renewed::Unavailable => auth::pass(keys, p, s, Vec::new(), now),
+        Renewed::Claims(..) | Renewed::Refused => {
+            let clear = auth::clear_session(p);
+            match auth::unauthenticated(keys, p, priority, req, now) {
+                Verdict::Pass(fields, _) => Verdict::Pass(fields, clear),
+                Verdict::Answer(mut a) => {
+                    a.fields
+                        .extend(clear.into_iter().map(|c| ("Set-Cookie", c)));
+                    Verdict::Answer(a)
+                }
+                v @ Verdict::Renew(_) => v,
             }
-        })
-        .await;
-    if let Some((renewed, cookies)) = done {
-        return auth::pass(keys, p, renewed.clone(), cookies.clone(), now);
-    }
-    let clear = auth::clear_session(p);
-    match auth::unauthenticated(keys, p, priority, req, now) {
-        Verdict::Pass(fields, _) => Verdict::Pass(fields, clear),
-        Verdict::Answer(mut a) => {
-            a.fields
-                .extend(clear.into_iter().map(|c| ("Set-Cookie", c)));
-            Verdict::Answer(a)
         }
-        v @ Verdict::Renew(_) => v,
     }
-}
-
-/// Why a renewal failed.
-#[derive(Debug, thiserror::Error)]
-enum RenewError {
-    #[error(transparent)]
-    Idp(#[from] IdpError),
-    #[error("{0}")]
-    Refused(&'static str),
 }
 
 /// One renewal with the IdP: the refresh token traded for tokens, then the user info read with
-/// the new access token.
-async fn renew_with_idp(
-    keys: &Keys,
-    p: &Provider,
-    s: &Session,
-    now: u64,
-) -> Result<(Session, Vec<String>), RenewError> {
+/// the new access token. An answer of 400 or 401 from the token endpoint (`invalid_grant`: the
+/// token was revoked, or the user signed out), of 401 or 403 from the user info endpoint, or
+/// one that cannot be used is a refusal; anything else (no connection, a timeout, a 5xx) is
+/// the IdP being unavailable.
+async fn renew_with_idp(keys: &Keys, p: &Provider, s: &Session) -> Renewed {
+    let now = auth::unix_now();
+    let outcome = |e: IdpError, refusals: &[u16]| {
+        let refused = matches!(&e, IdpError::Status(_, code) if refusals.contains(code));
+        tracing::warn!(error = %e, issuer = %p.cfg.issuer, refused, "renewal failed");
+        if refused {
+            Renewed::Refused
+        } else {
+            Renewed::Unavailable
+        }
+    };
     let form = [
         ("grant_type", "refresh_token"),
         ("refresh_token", s.refresh_token.as_str()),
     ];
-    let body = token(p, &form).await?;
-    let tokens = auth::read_renewal(p, s, &body, now).map_err(RenewError::Refused)?;
-    let info = user_info(p, &tokens.access_token).await?;
-    auth::renewed(keys, p, s, tokens, &info, now).map_err(RenewError::Refused)
+    let body = match token(p, &form).await {
+        Ok(b) => b,
+        Err(e) => return outcome(e, &[400, 401]),
+    };
+    let refused = |reason: &str| {
+        tracing::warn!(reason, issuer = %p.cfg.issuer, "renewal refused");
+        Renewed::Refused
+    };
+    let tokens = match auth::read_renewal(p, s, &body, now) {
+        Ok(t) => t,
+        Err(reason) => return refused(reason),
+    };
+    let info = match user_info(p, &tokens.access_token).await {
+        Ok(b) => b,
+        Err(e) => return outcome(e, &[401, 403]),
+    };
+    match auth::renewed(keys, p, s, tokens, &info, now) {
+        Ok((new, cookies)) => Renewed::Claims(new, cookies),
+        Err(reason) => refused(reason),
+    }
 }

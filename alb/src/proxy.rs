@@ -482,7 +482,7 @@ async fn serve_request<S: ClientStream>(
         Ok(None) => return false,
         Err(e) => {
             snap.compiled.elb_metrics.error(&e);
-            refuse(client, e, &router.response_headers).await;
+            refuse(client, e, &[], &router.response_headers).await;
             return false;
         }
     }
@@ -508,7 +508,7 @@ async fn serve_request<S: ClientStream>(
                     None,
                 ));
             }
-            refuse(client, e, &router.response_headers).await;
+            refuse(client, e, &[], &router.response_headers).await;
             return false;
         }
     };
@@ -574,7 +574,8 @@ async fn serve_request<S: ClientStream>(
     } else {
         (None, Vec::new(), None)
     };
-    // A renewed session's cookies, for whatever answers the request.
+    // A renewed session's cookies (or its removal), for whatever answers the request but a
+    // WebSocket's 101, whose head is the target's own.
     let renewed: smallvec::SmallVec<[(&str, &[u8]); 1]> = renewed
         .iter()
         .map(|c| ("Set-Cookie", c.as_bytes()))
@@ -792,7 +793,7 @@ async fn serve_request<S: ClientStream>(
         }
         Ok(_) => return false,
         Err((e, _)) => {
-            refuse(client, e, &router.response_headers).await;
+            refuse(client, e, &renewed, &router.response_headers).await;
             return false;
         }
     }
@@ -829,7 +830,7 @@ async fn authenticate<S: ClientStream>(
     keep_alive_over: bool,
 ) -> Authenticated {
     use crate::auth;
-    let Some(keys) = snap.compiled.auth_keys.as_deref() else {
+    let Some(keys) = snap.compiled.auth_keys.as_ref() else {
         return Authenticated::Pass(None, Vec::new());
     };
     let answer = {
@@ -843,7 +844,7 @@ async fn authenticate<S: ClientStream>(
         let host = head.header(buf, "host").unwrap_or_default();
         let (path, query) = split_target(head.target(buf));
         if path == auth::CALLBACK {
-            let providers = |p| router.provider_at(p);
+            let providers = |p| router.provider_at(p).map(|a| &**a);
             crate::idp::callback(keys, providers, host, query, &cookies).await
         } else {
             let Some(p) = router.provider(priority) else {
@@ -919,6 +920,7 @@ async fn finish_local<S: ClientStream>(
 async fn refuse<S: ClientStream>(
     client: &mut Client<S>,
     e: ProxyError,
+    fields: &[(&str, &[u8])],
     mods: &causeway_config::listener_headers::ResponseHeaders,
 ) {
     let Some(status) = e.status() else { return };
@@ -931,7 +933,7 @@ async fn refuse<S: ClientStream>(
         "text/plain",
         body.as_bytes(),
         true,
-        &[],
+        fields,
         mods,
     );
     if let Err(err) = client.write_all(&out).await {

@@ -7,7 +7,8 @@ use causeway_dataplane::http1::head::ConnectionList;
 use causeway_dataplane::http1::{Framing, ResponseHead};
 
 /// Writes the client's response head into `out`, with the target stickiness cookie
-/// (`sticky`) and the alb's other cookies (`cookies`: group stickiness, a renewed session).
+/// (`sticky`) and the alb's other cookies (`cookies`: group stickiness, a renewed session;
+/// each unless the target's answer sets a cookie of its name).
 /// The listener's header modification (`mods`) replaces the target's fields of the names it
 /// sets.
 #[allow(clippy::too_many_arguments)]
@@ -42,7 +43,18 @@ pub fn build_response_head(
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     crate::action::push_set_fields(out, mods);
-    for c in sticky.iter().chain(cookies) {
+    // The target's own cookie of a name wins over the alb's: an application that logs its user
+    // out by expiring the session cookie must not see a renewal set it again.
+    let theirs = |c: &&str| {
+        let name = c.split('=').next().unwrap_or_default();
+        let sets = resp
+            .headers
+            .iter()
+            .filter(|h| h.name.get(ubuf).eq_ignore_ascii_case(b"set-cookie"))
+            .map(|h| h.value.get(ubuf));
+        crate::sticky::sets_cookie(sets, name)
+    };
+    for c in sticky.iter().chain(cookies.iter().filter(|c| !theirs(c))) {
         out.extend_from_slice(b"Set-Cookie: ");
         out.extend_from_slice(c.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -77,6 +89,29 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nSet-Cookie: AWSALB=x; Path=/\r\nSet-Cookie: AWSALBTG=y; Path=/\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn the_targets_own_cookie_of_a_name_wins_over_the_albs() {
+        // The application logs its user out by expiring shard 0 while the alb renewed.
+        let raw = b"HTTP/1.1 200 OK\r\nSet-Cookie: S-0=; Max-Age=-1\r\nContent-Length: 0\r\n\r\n";
+        let mut h = ResponseHead::default();
+        assert!(parse_response(raw, 65536, &mut h).unwrap());
+        let mut out = Vec::new();
+        build_response_head(
+            &mut out,
+            raw,
+            &h,
+            Framing::Length(0),
+            false,
+            None,
+            &["S-0=renewed; Secure", "S-1=; Max-Age=-1", "S-00=other"],
+            &ResponseHeaders::default(),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nSet-Cookie: S-0=; Max-Age=-1\r\nContent-Length: 0\r\nSet-Cookie: S-1=; Max-Age=-1\r\nSet-Cookie: S-00=other\r\n\r\n"
         );
     }
 

@@ -165,15 +165,18 @@ impl Router {
     }
 
     /// The authenticate action of the rule at `priority` (0: the default action).
-    pub fn provider_at(&self, priority: u32) -> Option<&crate::auth::Provider> {
+    pub fn provider_at(&self, priority: u32) -> Option<&std::sync::Arc<crate::auth::Provider>> {
         self.providers
             .iter()
             .find(|(p, _)| *p == priority)
-            .map(|(_, a)| &**a)
+            .map(|(_, a)| a)
     }
 
     /// The authenticate action of a routed request's rule (`None`: the default action).
-    pub fn provider(&self, priority: Option<u32>) -> Option<&crate::auth::Provider> {
+    pub fn provider(
+        &self,
+        priority: Option<u32>,
+    ) -> Option<&std::sync::Arc<crate::auth::Provider>> {
         if self.providers.is_empty() {
             return None;
         }

@@ -492,7 +492,15 @@ fn target_saw(origin: &Origin) -> (serde_json::Value, String) {
 
 #[tokio::test]
 async fn claims_are_renewed_with_the_refresh_token_once_the_access_token_ends() {
-    let origin = Origin::builder().name("web-1").start().await;
+    // The application's own logout: it expires the session cookie (AWS's advice).
+    let origin = Origin::builder()
+        .name("web-1")
+        .set_cookie_for(
+            "/wp-admin/logout",
+            "AWSELBAuthSessionCookie-0=; Path=/; Max-Age=0; Secure",
+        )
+        .start()
+        .await;
     let idp = Idp::start("wp-client", "s3cret", claims()).await;
     let s = start(&origin, &idp, "").await;
     for (proto, jar) in [("--http1.1", "r1.jar"), ("--http2", "r2.jar")] {
@@ -593,6 +601,49 @@ async fn claims_are_renewed_with_the_refresh_token_once_the_access_token_ends() 
     let paths = paths_since(&idp, before);
     assert_eq!(paths, ["/token"], "one refusal, shared");
     idp.set_mode(Mode::Normal);
+
+    // The IdP fails (500) rather than refusing: the current claims stand, the session is
+    // kept, and for a few seconds the same session does not ask again.
+    let seen = s.curl("/wp-admin/", "u.jar", true, &["--http1.1"]).await;
+    assert_eq!(seen.status, 200, "{}", seen.out);
+    let (_, token) = target_saw(&origin);
+    idp.set_mode(Mode::TokenFails);
+    let before = idp.asked().len();
+    for _ in 0..2 {
+        let seen = s.curl("/wp-admin/", "u.jar", false, &["--http1.1"]).await;
+        assert_eq!(seen.status, 200, "{}", seen.out);
+        assert!(!last_head(&seen.out).contains("set-cookie"), "{}", seen.out);
+        assert_eq!(target_saw(&origin).1, token, "the current claims");
+    }
+    assert_eq!(paths_since(&idp, before), ["/token"], "asked once");
+    idp.set_mode(Mode::Normal);
+
+    // The application logs the user out on the very request that renews the claims: its
+    // expiring cookie wins over the renewed one. (What the browser then sends is not checked
+    // here: curl 7.88 keeps a cookie expired by one Set-Cookie when later ones in the same
+    // answer expire cookies it does not have.)
+    for (proto, jar) in [("--http1.1", "l1.jar"), ("--http2", "l2.jar")] {
+        let seen = s.curl("/wp-admin/", jar, true, &[proto]).await;
+        assert_eq!(seen.status, 200, "{}", seen.out);
+        let before = idp.asked().len();
+        let seen = s.curl("/wp-admin/logout", jar, false, &[proto]).await;
+        assert_eq!(seen.status, 200, "{}", seen.out);
+        assert_eq!(
+            paths_since(&idp, before),
+            ["/token", "/userinfo"],
+            "{proto}"
+        );
+        let head = last_head(&seen.out);
+        let shard0: Vec<&str> = head
+            .lines()
+            .filter(|l| l.starts_with("set-cookie: awselbauthsessioncookie-0="))
+            .collect();
+        assert_eq!(
+            shard0,
+            ["set-cookie: awselbauthsessioncookie-0=; path=/; max-age=0; secure"],
+            "{proto}: only the target's: {head}"
+        );
+    }
 }
 
 #[test]
