@@ -574,12 +574,8 @@ async fn serve_request<S: ClientStream>(
     } else {
         (None, Vec::new(), None)
     };
-    // A renewed session's cookies (or its removal), for whatever answers the request but a
-    // WebSocket's 101, whose head is the target's own.
-    let renewed: smallvec::SmallVec<[(&str, &[u8]); 1]> = renewed
-        .iter()
-        .map(|c| ("Set-Cookie", c.as_bytes()))
-        .collect();
+    // `renewed`: a renewed session's cookies (or its removal), for whatever answers the
+    // request but a WebSocket's 101, whose head is the target's own. Most often none.
     if signed_in.is_some() {
         if let Some(i) = info.as_mut() {
             i.authenticated = true;
@@ -635,13 +631,22 @@ async fn serve_request<S: ClientStream>(
                         Err((e, None))
                     }
                     Some((group, group_cookie)) => {
-                        let mut cookies: smallvec::SmallVec<[&str; 1]> =
-                            group_cookie.as_deref().into_iter().collect();
-                        cookies.extend(
-                            renewed
-                                .iter()
-                                .filter_map(|(_, c)| std::str::from_utf8(c).ok()),
-                        );
+                        let (group_line, joined): ([&str; 1], Vec<&str>);
+                        let cookies: &[&str] = match group_cookie.as_deref() {
+                            _ if !renewed.is_empty() => {
+                                joined = group_cookie
+                                    .as_deref()
+                                    .into_iter()
+                                    .chain(renewed.iter().map(String::as_str))
+                                    .collect();
+                                &joined
+                            }
+                            Some(c) => {
+                                group_line = [c];
+                                &group_line
+                            }
+                            None => &[],
+                        };
                         let hash = hash64(client.requests, &client.peer.port().to_le_bytes());
                         let key = &snap.compiled.sticky_key;
                         let trace = crate::trace::TraceId::now();
@@ -658,7 +663,7 @@ async fn serve_request<S: ClientStream>(
                             &mut scratch,
                             hash,
                             key,
-                            &cookies,
+                            cookies,
                             &trace,
                             tls,
                             &router.response_headers,
@@ -700,7 +705,7 @@ async fn serve_request<S: ClientStream>(
                 content_type,
                 body.as_bytes(),
                 close,
-                &renewed,
+                &set_cookie_fields(&renewed),
                 &router.response_headers,
             );
             ended = Some(logging::Ended::Local {
@@ -743,7 +748,7 @@ async fn serve_request<S: ClientStream>(
                     scratch.out.clear();
                     let mut fields: smallvec::SmallVec<[(&str, &[u8]); 2]> =
                         smallvec::smallvec![("Location", loc.as_slice())];
-                    fields.extend_from_slice(&renewed);
+                    fields.extend(set_cookie_fields(&renewed));
                     action::render(
                         &mut scratch.out,
                         r.status,
@@ -793,11 +798,25 @@ async fn serve_request<S: ClientStream>(
         }
         Ok(_) => return false,
         Err((e, _)) => {
-            refuse(client, e, &renewed, &router.response_headers).await;
+            refuse(
+                client,
+                e,
+                &set_cookie_fields(&renewed),
+                &router.response_headers,
+            )
+            .await;
             return false;
         }
     }
     true
+}
+
+/// `Set-Cookie` fields for a local answer.
+fn set_cookie_fields(cookies: &[String]) -> smallvec::SmallVec<[(&str, &[u8]); 1]> {
+    cookies
+        .iter()
+        .map(|c| ("Set-Cookie", c.as_bytes()))
+        .collect()
 }
 
 /// What phase `authenticate` decided.
