@@ -74,7 +74,12 @@ health_check.interval_seconds = 300
 "#,
         origin = origin.addr()
     );
-    let cfg = parse::<FileAlb>("alb.toml", &text, &Context { dir: ".".into() })
+    launch(addr, admin, &text).await
+}
+
+/// Starts the alb with config `text` (listening on `addr`, its admin server on `admin`).
+async fn launch(addr: SocketAddr, admin: SocketAddr, text: &str) -> Stack {
+    let cfg = parse::<FileAlb>("alb.toml", text, &Context { dir: ".".into() })
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
     let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
         .await
@@ -646,6 +651,64 @@ async fn claims_are_renewed_with_the_refresh_token_once_the_access_token_ends() 
     }
 }
 
+#[tokio::test]
+async fn a_cognito_user_pool_signs_a_browser_in_through_its_oauth2_endpoints() {
+    let origin = Origin::builder().name("web-1").start().await;
+    let idp = Idp::start("pool-client", "s3cret", claims()).await;
+    // The pool's custom domain is the test IdP; it names itself as a user pool does.
+    let pool = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC12";
+    idp.set_issuer(pool);
+    let domain = idp.issuer().trim_start_matches("https://").to_owned();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        r#"
+[admin]
+address = "{admin}"
+[[listeners]]
+address = "{addr}"
+protocol = "HTTPS"
+certificates = [{certs}]
+default_action = {{ type = "forward", target_group = "web" }}
+[listeners.default_authenticate_cognito]
+user_pool_arn = "arn:aws:cognito-idp:eu-west-1:123456789012:userpool/eu-west-1_AbC12"
+user_pool_client_id = "pool-client"
+user_pool_domain = "{domain}"
+client_secret = "s3cret"
+trusted_ca_file = "{ca}"
+[target_groups.web]
+targets = [{{ address = "{origin}" }}]
+health_check.interval_seconds = 300
+"#,
+        certs = causeway_testkit::tls::certificates_toml(),
+        ca = causeway_testkit::tls::cert("idp-ca.pem"),
+        origin = origin.addr()
+    );
+    let s = launch(addr, admin, &text).await;
+    let seen = s.curl("/wp-login.php", "cognito.jar", true, &[]).await;
+    assert_eq!((seen.status, seen.redirects), (200, 3), "{}", seen.out);
+    let asked = idp.asked();
+    let paths: Vec<&str> = asked.iter().map(|a| a.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/oauth2/authorize", "/oauth2/token", "/oauth2/userInfo"]
+    );
+    assert_eq!(asked[0].query["client_id"], "pool-client");
+    let got = origin.seen().into_iter().next_back().unwrap();
+    assert_eq!(got.path, "/wp-login.php");
+    assert_eq!(got.header("x-amzn-oidc-identity"), Some("user-1"));
+    let data = got.header("x-amzn-oidc-data").unwrap();
+    let header: serde_json::Value =
+        serde_json::from_slice(&unb64(data.split('.').next().unwrap())).unwrap();
+    assert_eq!(header["iss"], pool, "the pool is the issuer");
+    assert_eq!(header["client"], "pool-client");
+
+    // An ID token from another issuer than the pool is refused.
+    idp.set_issuer("https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Other");
+    let seen = s.curl("/wp-login.php", "cognito2.jar", true, &[]).await;
+    assert_eq!((seen.status, seen.redirects), (401, 2), "{}", seen.out);
+}
+
 #[test]
 fn authenticate_needs_an_https_listener_and_https_endpoints() {
     let base = |listener: &str, endpoint: &str| {
@@ -706,4 +769,41 @@ targets = [{{ address = "127.0.0.1:9001" }}]
         .unwrap_err()
         .to_string();
     assert!(e.contains("listeners[0].default_authenticate_oidc"), "{e}");
+    // Cognito: one authenticate action per rule, HTTPS only, and a bad pool ARN named.
+    let cognito = |arn: &str| {
+        format!(
+            "[listeners.rules.authenticate_cognito]\nuser_pool_arn = \"{arn}\"\n\
+             user_pool_client_id = \"c\"\nuser_pool_domain = \"wp\"\nclient_secret = \"s\"\n\
+             [target_groups.web]"
+        )
+    };
+    let arn = "arn:aws:cognito-idp:eu-west-1:123456789012:userpool/eu-west-1_AbC12";
+    let both =
+        base(&https, "https://idp.example.com/a").replace("[target_groups.web]", &cognito(arn));
+    let e = parse::<FileAlb>("alb.toml", &both, &cx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rules[0].authenticate_cognito") && e.contains("one authenticate action"),
+        "{e}"
+    );
+    let only = both.replace("[listeners.rules.authenticate_oidc]", "[listeners.rules.x]");
+    let only = only.split("[listeners.rules.x]").next().unwrap().to_owned()
+        + &cognito(arn)
+        + "\ntargets = [{ address = \"127.0.0.1:9001\" }]\n";
+    parse::<FileAlb>("alb.toml", &only, &cx).unwrap_or_else(|e| panic!("{e}\n{only}"));
+    let e = parse::<FileAlb>("alb.toml", &only.replace(&https, ""), &cx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rules[0].authenticate_cognito") && e.contains("HTTPS listeners"),
+        "{e}"
+    );
+    let e = parse::<FileAlb>("alb.toml", &only.replace(arn, "arn:aws:s3:::bucket"), &cx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("alb.toml:") && e.contains("authenticate_cognito.user_pool_arn"),
+        "{e}"
+    );
 }

@@ -282,6 +282,8 @@ pub struct FileListener {
     pub routing: Option<crate::listener_headers::FileListenerRouting>,
     /// ALB's `authenticate-oidc` action before the default action (HTTPS listeners only).
     pub default_authenticate_oidc: Option<crate::oidc::FileAuthenticateOidc>,
+    /// ALB's `authenticate-cognito` action before the default action (HTTPS listeners only).
+    pub default_authenticate_cognito: Option<crate::oidc::FileAuthenticateCognito>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,6 +296,8 @@ pub struct FileRule {
     pub transforms: Vec<FileTransform>,
     /// ALB's `authenticate-oidc` action before this rule's action (HTTPS listeners only).
     pub authenticate_oidc: Option<crate::oidc::FileAuthenticateOidc>,
+    /// ALB's `authenticate-cognito` action before this rule's action (HTTPS listeners only).
+    pub authenticate_cognito: Option<crate::oidc::FileAuthenticateCognito>,
 }
 
 /// A rule transform (ALB's `Transforms`, one rewrite each).
@@ -854,6 +858,7 @@ impl FileRule {
         self,
         path: &str,
         groups: &BTreeMap<String, TargetGroupConfig>,
+        https: bool,
         cx: &Context,
     ) -> Check<Rule> {
         let priority = in_range(&format!("{path}.priority"), self.priority, 1, 50_000)? as u32;
@@ -905,12 +910,14 @@ impl FileRule {
                 replace: t.replace,
             });
         }
-        let authenticate = match self.authenticate_oidc {
-            Some(a) => Some(std::sync::Arc::new(
-                a.validate(&format!("{path}.authenticate_oidc"), cx)?,
-            )),
-            None => None,
-        };
+        let authenticate = crate::oidc::one_authenticate(
+            path,
+            "",
+            self.authenticate_oidc,
+            self.authenticate_cognito,
+            https,
+            cx,
+        )?;
         Ok(Rule {
             priority,
             conditions,
@@ -992,30 +999,18 @@ impl ConfigFile for FileAlb {
             let default_action = l
                 .default_action
                 .validate(&format!("{path}.default_action"), &target_groups)?;
-            let default_authenticate = match l.default_authenticate_oidc {
-                Some(_) if tls.is_none() => {
-                    return Err(Violation::new(
-                        format!("{path}.default_authenticate_oidc"),
-                        "authenticate actions work on HTTPS listeners only",
-                    )
-                    .into())
-                }
-                Some(a) => Some(std::sync::Arc::new(
-                    a.validate(&format!("{path}.default_authenticate_oidc"), cx)?,
-                )),
-                None => None,
-            };
+            let default_authenticate = crate::oidc::one_authenticate(
+                &path,
+                "default_",
+                l.default_authenticate_oidc,
+                l.default_authenticate_cognito,
+                tls.is_some(),
+                cx,
+            )?;
             let mut rules: Vec<Rule> = Vec::new();
             for (j, r) in l.rules.into_iter().enumerate() {
                 let rp = format!("{path}.rules[{j}]");
-                let rule = r.validate(&rp, &target_groups, cx)?;
-                if rule.authenticate.is_some() && tls.is_none() {
-                    return Err(Violation::new(
-                        format!("{rp}.authenticate_oidc"),
-                        "authenticate actions work on HTTPS listeners only",
-                    )
-                    .into());
-                }
+                let rule = r.validate(&rp, &target_groups, tls.is_some(), cx)?;
                 if rules.iter().any(|o| o.priority == rule.priority) {
                     return Err(Violation::new(
                         format!("{rp}.priority"),

@@ -1,5 +1,6 @@
-//! ALB's `authenticate-oidc` action: an OpenID Connect identity provider that a rule's (or a
-//! listener's default action's) requests sign in with before the action runs.
+//! ALB's `authenticate-oidc` and `authenticate-cognito` actions: an OpenID Connect identity
+//! provider (for Cognito, a user pool's) that a rule's (or a listener's default action's)
+//! requests sign in with before the action runs.
 
 use crate::error::{in_range, one_of, Check, Violation};
 use crate::Context;
@@ -218,9 +219,208 @@ impl FileAuthenticateOidc {
     }
 }
 
+/// AWS's `AuthenticateCognitoActionConfig`, in snake case, plus the app client's secret: ALB
+/// reads it from Cognito, Causeway takes it from the config. A user pool is an OpenID Connect
+/// provider, so this validates into an [`AuthenticateOidc`] for the pool's endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuthenticateCognito {
+    /// `arn:aws:cognito-idp:<region>:<account>:userpool/<pool id>`.
+    pub user_pool_arn: String,
+    pub user_pool_client_id: String,
+    /// The pool's domain prefix (`<prefix>.auth.<region>.amazoncognito.com`), or its custom
+    /// domain (a name with a dot, optionally with a port).
+    pub user_pool_domain: String,
+    pub client_secret: String,
+    pub scope: Option<String>,
+    pub session_cookie_name: Option<String>,
+    pub session_timeout_seconds: Option<i64>,
+    pub on_unauthenticated_request: Option<String>,
+    #[serde(default)]
+    pub authentication_request_extra_params: BTreeMap<String, String>,
+    /// Ours, as for `authenticate_oidc`: CAs trusted for the pool's custom domain besides the
+    /// system's.
+    pub trusted_ca_file: Option<String>,
+}
+
+impl FileAuthenticateCognito {
+    /// The user pool's issuer and endpoints, then [`FileAuthenticateOidc::validate`].
+    pub fn validate(self, path: &str, cx: &Context) -> Check<AuthenticateOidc> {
+        let (region, pool) = parse_pool_arn(&self.user_pool_arn)
+            .ok_or_else(|| {
+                Violation::new(
+                    format!("{path}.user_pool_arn"),
+                    "must be a user pool ARN: arn:aws:cognito-idp:<region>:<account>:userpool/<pool id>",
+                )
+            })?;
+        let domain = &self.user_pool_domain;
+        let label = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
+        let base = if domain.contains('.') {
+            if !domain.bytes().all(|b| label(b) || b == b'.' || b == b':') {
+                return Err(Violation::new(
+                    format!("{path}.user_pool_domain"),
+                    "a custom domain must be a host name (with an optional :port)",
+                ));
+            }
+            format!("https://{domain}")
+        } else if !domain.is_empty() && domain.len() <= 63 && domain.bytes().all(label) {
+            format!("https://{domain}.auth.{region}.amazoncognito.com")
+        } else {
+            return Err(Violation::new(
+                format!("{path}.user_pool_domain"),
+                "must be the pool's domain prefix (letters, digits, -) or its custom domain",
+            ));
+        };
+        FileAuthenticateOidc {
+            issuer: format!("https://cognito-idp.{region}.amazonaws.com/{pool}"),
+            authorization_endpoint: format!("{base}/oauth2/authorize"),
+            token_endpoint: format!("{base}/oauth2/token"),
+            user_info_endpoint: format!("{base}/oauth2/userInfo"),
+            client_id: self.user_pool_client_id,
+            client_secret: self.client_secret,
+            scope: self.scope,
+            session_cookie_name: self.session_cookie_name,
+            session_timeout_seconds: self.session_timeout_seconds,
+            on_unauthenticated_request: self.on_unauthenticated_request,
+            authentication_request_extra_params: self.authentication_request_extra_params,
+            trusted_ca_file: self.trusted_ca_file,
+        }
+        .validate(path, cx)
+        .map_err(|v| match v.path.rsplit('.').next() {
+            // The pool's client id is the OIDC client id.
+            Some("client_id") => Violation::new(format!("{path}.user_pool_client_id"), v.rule),
+            _ => v,
+        })
+    }
+}
+
+/// The one authenticate action of a rule (`prefix` empty) or of a listener's default action
+/// (`prefix` `default_`): `authenticate_oidc` or `authenticate_cognito`, on an HTTPS listener.
+pub fn one_authenticate(
+    path: &str,
+    prefix: &str,
+    oidc: Option<FileAuthenticateOidc>,
+    cognito: Option<FileAuthenticateCognito>,
+    https: bool,
+    cx: &Context,
+) -> Check<Option<std::sync::Arc<AuthenticateOidc>>> {
+    let key = |kind: &str| format!("{path}.{prefix}authenticate_{kind}");
+    let (kind, a) = match (oidc, cognito) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(Violation::new(
+                key("cognito"),
+                format!("takes one authenticate action: {prefix}authenticate_oidc or this"),
+            ))
+        }
+        (Some(o), None) => ("oidc", o.validate(&key("oidc"), cx)),
+        (None, Some(c)) => ("cognito", c.validate(&key("cognito"), cx)),
+    };
+    if !https {
+        return Err(Violation::new(
+            key(kind),
+            "authenticate actions work on HTTPS listeners only",
+        ));
+    }
+    a.map(|a| Some(std::sync::Arc::new(a)))
+}
+
+/// The region and pool id of a Cognito user pool ARN.
+fn parse_pool_arn(arn: &str) -> Option<(&str, &str)> {
+    let mut parts = arn.splitn(6, ':');
+    let (arn_, partition, service, region, account, resource) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let pool = resource.strip_prefix("userpool/")?;
+    let region_ok = !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let pool_ok = pool.split_once('_').is_some_and(|(r, id)| {
+        r == region && !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    let ok = arn_ == "arn"
+        && partition.starts_with("aws")
+        && service == "cognito-idp"
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit());
+    (ok && region_ok && pool_ok).then_some((region, pool))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cognito_user_pool_becomes_its_oidc_endpoints() {
+        let file = |arn: &str, domain: &str| FileAuthenticateCognito {
+            user_pool_arn: arn.into(),
+            user_pool_client_id: "abc123".into(),
+            user_pool_domain: domain.into(),
+            client_secret: "s3cret".into(),
+            scope: None,
+            session_cookie_name: None,
+            session_timeout_seconds: None,
+            on_unauthenticated_request: None,
+            authentication_request_extra_params: BTreeMap::new(),
+            trusted_ca_file: None,
+        };
+        let cx = Context { dir: ".".into() };
+        let arn = "arn:aws:cognito-idp:eu-west-1:123456789012:userpool/eu-west-1_AbC12";
+        let a = file(arn, "wp-fleet").validate("r", &cx).unwrap();
+        assert_eq!(
+            a.issuer,
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC12"
+        );
+        assert_eq!(
+            a.authorization_endpoint.raw,
+            "https://wp-fleet.auth.eu-west-1.amazoncognito.com/oauth2/authorize"
+        );
+        assert_eq!(
+            a.token_endpoint.raw,
+            "https://wp-fleet.auth.eu-west-1.amazoncognito.com/oauth2/token"
+        );
+        assert_eq!(
+            a.user_info_endpoint.raw,
+            "https://wp-fleet.auth.eu-west-1.amazoncognito.com/oauth2/userInfo"
+        );
+        assert_eq!(
+            (a.client_id.as_str(), a.scope.as_str()),
+            ("abc123", "openid")
+        );
+        // A custom domain, with a port.
+        let a = file(arn, "login.example.com:8443")
+            .validate("r", &cx)
+            .unwrap();
+        assert_eq!(a.token_endpoint.host, "login.example.com");
+        assert_eq!(a.token_endpoint.port, 8443);
+        assert_eq!(a.token_endpoint.path_and_query, "/oauth2/token");
+        // Bad ARNs and domains name their key.
+        for bad in [
+            "arn:aws:cognito-idp:eu-west-1:123456789012:userpool/us-east-1_AbC12",
+            "arn:aws:cognito-idp:eu-west-1:1234:userpool/eu-west-1_AbC12",
+            "arn:aws:iam::123456789012:role/x",
+            "eu-west-1_AbC12",
+        ] {
+            let e = file(bad, "wp-fleet").validate("r", &cx).unwrap_err();
+            assert_eq!(e.path, "r.user_pool_arn", "{bad}");
+        }
+        for bad in ["", "wp_fleet", "bad domain.com", "https://x.example.com"] {
+            let e = file(arn, bad).validate("r", &cx).unwrap_err();
+            assert_eq!(e.path, "r.user_pool_domain", "{bad:?}");
+        }
+        let mut f = file(arn, "wp-fleet");
+        f.user_pool_client_id = String::new();
+        assert_eq!(
+            f.validate("r", &cx).unwrap_err().path,
+            "r.user_pool_client_id"
+        );
+    }
 
     #[test]
     fn https_urls_are_split_for_the_client() {

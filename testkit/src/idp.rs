@@ -53,6 +53,8 @@ struct State {
     refresh: Vec<String>,
     /// The `expires_in` of the access tokens it issues.
     access_seconds: u64,
+    /// The `iss` of its ID tokens, when not its own URL (a Cognito user pool's).
+    issuer: Option<String>,
     asked: Vec<Asked>,
     next: u64,
 }
@@ -106,6 +108,7 @@ impl Idp {
             tokens: Vec::new(),
             refresh: Vec::new(),
             access_seconds: 3600,
+            issuer: None,
             asked: Vec::new(),
             next: 0,
         }));
@@ -144,6 +147,12 @@ impl Idp {
     /// one end as it is issued.
     pub fn set_access_seconds(&self, seconds: u64) {
         self.state.lock().unwrap().access_seconds = seconds;
+    }
+
+    /// The `iss` of the ID tokens issued from now on, as a Cognito user pool names itself
+    /// (`https://cognito-idp.<region>.amazonaws.com/<pool id>`).
+    pub fn set_issuer(&self, issuer: &str) {
+        self.state.lock().unwrap().issuer = Some(issuer.into());
     }
 
     /// The user's claims from now on (they must hold the same `sub`).
@@ -205,7 +214,14 @@ async fn serve(
             .body(Full::new(Bytes::from(body)))
             .unwrap()
     };
-    match asked.path.as_str() {
+    // A Cognito user pool's domain serves the same endpoints under /oauth2/.
+    let endpoint = match asked.path.as_str() {
+        "/oauth2/authorize" => "/authorize",
+        "/oauth2/token" => "/token",
+        "/oauth2/userInfo" => "/userinfo",
+        p => p,
+    };
+    match endpoint {
         "/authorize" => {
             let q = &asked.query;
             let (Some(redirect), Some(state)) = (q.get("redirect_uri"), q.get("state")) else {
@@ -273,7 +289,7 @@ async fn serve(
                 st.client_id.clone()
             };
             let mut payload = serde_json::json!({
-                "iss": format!("https://127.0.0.1:{}", addr.port()),
+                "iss": st.issuer.clone().unwrap_or(format!("https://127.0.0.1:{}", addr.port())),
                 "aud": aud,
                 "sub": st.claims["sub"],
                 "exp": now() + 3600,
