@@ -68,11 +68,22 @@ action = {{ type = "forward", target_group = "web" }}
 [listeners.rules.authenticate_oidc]
 {auth}on_unauthenticated_request = "allow"
 
+[[listeners.rules]]
+priority = 50
+conditions = [{{ field = "path-pattern", values = ["/dead/*"] }}]
+action = {{ type = "forward", target_group = "dead" }}
+[listeners.rules.authenticate_oidc]
+{auth}
+
 [target_groups.web]
 targets = [{{ address = "{origin}" }}]
 health_check.interval_seconds = 300
+[target_groups.dead]
+targets = [{{ address = "127.0.0.1:{dead}" }}]
+health_check.interval_seconds = 300
 "#,
-        origin = origin.addr()
+        origin = origin.addr(),
+        dead = free_port(),
     );
     launch(addr, admin, &text).await
 }
@@ -542,6 +553,15 @@ async fn claims_are_renewed_with_the_refresh_token_once_the_access_token_ends() 
         assert!(
             head.contains("set-cookie: awselbauthsessioncookie-0="),
             "the renewed session rides on the target's answer: {head}"
+        );
+
+        // So does the alb's own error answer (the target group's one target refuses).
+        let seen = s.curl("/dead/x", jar, false, &[proto]).await;
+        assert!(matches!(seen.status, 502 | 503), "{}", seen.out);
+        let head = last_head(&seen.out);
+        assert!(
+            head.contains("set-cookie: awselbauthsessioncookie-0="),
+            "{proto}: {head}"
         );
 
         // A fixed response (`allow`, with a session) carries the renewed session too.
