@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 cd fuzz
-for t in $(cargo fuzz list 2>/dev/null); do
+targets=$(cargo fuzz list)
+[ -n "$targets" ] || { echo "fuzz: cargo fuzz list found no target"; exit 1; }
+for t in $targets; do
   echo "fuzz: $t for ${secs}s"
   # corpus/<target> is the fuzzer's own (not committed); seeds/<target> is the committed seed corpus.
   mkdir -p "corpus/$t"
