@@ -575,7 +575,7 @@ async fn serve_request<S: ClientStream>(
         (None, Vec::new(), None)
     };
     // `renewed`: a renewed session's cookies (or its removal), for whatever answers the
-    // request but a WebSocket's 101, whose head is the target's own. Most often none.
+    // request. Most often none.
     if signed_in.is_some() {
         if let Some(i) = info.as_mut() {
             i.authenticated = true;

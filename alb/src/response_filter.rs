@@ -43,26 +43,59 @@ pub fn build_response_head(
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     crate::action::push_set_fields(out, mods);
-    // The target's own cookie of a name wins over the alb's: an application that logs its user
-    // out by expiring the session cookie must not see a renewal set it again.
-    let theirs = |c: &&str| {
+    if let Some(c) = sticky {
+        out.extend_from_slice(b"Set-Cookie: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    push_added_cookies(out, ubuf, resp, cookies);
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a `Set-Cookie` line for each of the alb's `cookies` that the target's answer
+/// (`resp` in `ubuf`) does not set itself: the target's own cookie of a name wins, so an
+/// application that logs its user out by expiring the session cookie does not see a renewal
+/// set it again.
+pub fn push_added_cookies(out: &mut Vec<u8>, ubuf: &[u8], resp: &ResponseHead, cookies: &[&str]) {
+    for c in cookies {
         let name = c.split('=').next().unwrap_or_default();
         let sets = resp
             .headers
             .iter()
             .filter(|h| h.name.get(ubuf).eq_ignore_ascii_case(b"set-cookie"))
             .map(|h| h.value.get(ubuf));
-        crate::sticky::sets_cookie(sets, name)
+        if !crate::sticky::sets_cookie(sets, name) {
+            out.extend_from_slice(b"Set-Cookie: ");
+            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// The target's 101 head (`ubuf`, the head `resp` and any bytes after it) with the alb's
+/// `cookies` added as for any answer; borrowed as it is when there are none.
+pub fn switching_head<'a>(
+    ubuf: &'a [u8],
+    resp: &ResponseHead,
+    cookies: &[&str],
+) -> std::borrow::Cow<'a, [u8]> {
+    if cookies.is_empty() {
+        return std::borrow::Cow::Borrowed(ubuf);
+    }
+    // Before the blank line that ends the head (CRLF, or a bare LF).
+    let end = if ubuf[..resp.len].ends_with(b"\r\n\r\n") {
+        resp.len - 2
+    } else {
+        resp.len - 1
     };
-    for c in sticky.iter().chain(cookies.iter().filter(|c| !theirs(c))) {
-        out.extend_from_slice(b"Set-Cookie: ");
-        out.extend_from_slice(c.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let mut out = Vec::with_capacity(ubuf.len() + 256);
+    out.extend_from_slice(&ubuf[..end]);
+    push_added_cookies(&mut out, ubuf, resp, cookies);
+    out.extend_from_slice(&ubuf[end..]);
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -112,6 +145,18 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nSet-Cookie: S-0=; Max-Age=-1\r\nContent-Length: 0\r\nSet-Cookie: S-1=; Max-Age=-1\r\nSet-Cookie: S-00=other\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_switching_head_gets_the_albs_cookies_before_its_end() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi";
+        let mut h = ResponseHead::default();
+        assert!(parse_response(raw, 65536, &mut h).unwrap());
+        assert_eq!(&*switching_head(raw, &h, &[]), raw);
+        assert_eq!(
+            &*switching_head(raw, &h, &["S-0=x; Secure"]),
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSet-Cookie: S-0=x; Secure\r\n\r\n\x81\x02hi"[..]
         );
     }
 

@@ -839,7 +839,8 @@ async fn exchange<S: ClientStream>(
         if !req.websocket {
             return Err(ProxyError::BadResponse);
         }
-        return tunnel(client, &mut up, ubuf, target, target_time, idle)
+        let head = response_filter::switching_head(ubuf, &scratch.resp, cookies);
+        return tunnel(client, &mut up, &head, target, target_time, idle)
             .await
             .map(|o| (o, None));
     }
@@ -1030,7 +1031,7 @@ async fn stream_request_body<S: ClientStream>(
 async fn tunnel<S: ClientStream>(
     client: &mut Client<S>,
     up: &mut Up,
-    ubuf: &mut [u8],
+    ubuf: &[u8],
     target: &Target,
     target_time: Duration,
     idle: Duration,

@@ -78,14 +78,44 @@ action = {{ type = "forward", target_group = "dead" }}
 [target_groups.web]
 targets = [{{ address = "{origin}" }}]
 health_check.interval_seconds = 300
+[[listeners.rules]]
+priority = 60
+conditions = [{{ field = "path-pattern", values = ["/ws/*"] }}]
+action = {{ type = "forward", target_group = "ws" }}
+[listeners.rules.authenticate_oidc]
+{auth}
+
 [target_groups.dead]
 targets = [{{ address = "127.0.0.1:{dead}" }}]
+health_check.interval_seconds = 300
+[target_groups.ws]
+targets = [{{ address = "{ws}" }}]
 health_check.interval_seconds = 300
 "#,
         origin = origin.addr(),
         dead = free_port(),
+        ws = switching_target().await,
     );
     launch(addr, admin, &text).await
+}
+
+/// A target that answers every request with a WebSocket's 101 and closes.
+async fn switching_target() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
 }
 
 /// Starts the alb with config `text` (listening on `addr`, its admin server on `admin`).
@@ -563,6 +593,29 @@ async fn claims_are_renewed_with_the_refresh_token_once_the_access_token_ends() 
             head.contains("set-cookie: awselbauthsessioncookie-0="),
             "{proto}: {head}"
         );
+
+        // So does a WebSocket's 101 over HTTP/1.1 (curl sends the upgrade; the target
+        // switches and hangs up).
+        if proto == "--http1.1" {
+            let upgrade = [
+                proto,
+                "-H",
+                "Connection: Upgrade",
+                "-H",
+                "Upgrade: websocket",
+                "-H",
+                "Sec-WebSocket-Version: 13",
+                "-H",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ];
+            let seen = s.curl("/ws/chat", jar, false, &upgrade).await;
+            let head = last_head(&seen.out);
+            assert!(head.starts_with("http/1.1 101"), "{}", seen.out);
+            assert!(
+                head.contains("set-cookie: awselbauthsessioncookie-0="),
+                "{head}"
+            );
+        }
 
         // A fixed response (`allow`, with a session) carries the renewed session too.
         let before = idp.asked().len();
