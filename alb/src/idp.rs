@@ -14,8 +14,8 @@ use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::Certifica
 
 /// How long one call to the IdP may take, connection and answer together.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest answer read from the IdP.
-const MAX_BODY: usize = 64 * 1024;
+/// The largest answer read from the IdP (a JWKS may take ALB's 150 KB).
+const MAX_BODY: usize = crate::jwt::MAX_JWKS;
 /// Where Debian (and most Linux hosts) keep the system's CA certificates.
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -30,7 +30,7 @@ pub enum IdpError {
     Timeout(String),
     #[error("{0}: answered {1}")]
     Status(String, u16),
-    #[error("{0}: the answer is over 64 KiB or broken")]
+    #[error("{0}: the answer is over 150 KiB or broken")]
     Body(String),
     #[error("{0}: {1}")]
     Request(String, String),
@@ -353,5 +353,103 @@ async fn renew_with_idp(keys: &Keys, p: &Provider, s: &Session) -> Renewed {
     match auth::renewed(keys, p, s, tokens, &info, now) {
         Ok((new, cookies)) => Renewed::Claims(new, cookies),
         Err(reason) => refused(reason),
+    }
+}
+
+/// How old a JWKS may grow before the next request fetches it again.
+const JWKS_FRESH: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How soon a token signed with an unknown key may make the JWKS be fetched again (an IdP
+/// that rotated its keys), so that made-up key ids cannot make the alb hammer the endpoint.
+const JWKS_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Phase `authenticate` for a rule with a `jwt-validation` action: `Ok` lets the request go on
+/// unchanged (the token goes to the target as it came); `Err` is the alb's answer, 401 with a
+/// `WWW-Authenticate` challenge (RFC 6750), or 500 when no JWKS could ever be fetched.
+pub async fn validate_jwt(
+    v: &crate::jwt::Validator,
+    authorization: Option<&[u8]>,
+) -> Result<(), Answer> {
+    use crate::jwt::{self, Refusal};
+    let refuse = |r: Refusal| {
+        let (challenge, reason) = match r {
+            Refusal::Missing => ("Bearer", "JwtMissing"),
+            _ => ("Bearer error=\"invalid_token\"", "JwtInvalid"),
+        };
+        Answer {
+            status: 401,
+            fields: vec![("WWW-Authenticate", challenge.to_owned())],
+            reason,
+        }
+    };
+    let token = jwt::bearer(authorization).map_err(refuse)?;
+    let now = auth::unix_now();
+    let fresh = |k: &Option<(Arc<Vec<jwt::Key>>, std::time::Instant)>| {
+        k.as_ref().is_some_and(|(_, at)| at.elapsed() < JWKS_FRESH)
+    };
+    let mut keys = v.keys();
+    if !fresh(&keys) {
+        keys = fetch_jwks(v, None).await;
+    }
+    let Some((current, _)) = keys else {
+        return Err(Answer {
+            status: 500,
+            fields: Vec::new(),
+            reason: "JwksUnavailable",
+        });
+    };
+    match jwt::check(&v.cfg, &current, token, now) {
+        Ok(()) => Ok(()),
+        Err(Refusal::UnknownKey) => {
+            // The IdP may have rotated its keys: fetch again, at most every JWKS_RETRY.
+            match fetch_jwks(v, Some(JWKS_RETRY)).await {
+                Some((newer, _)) if !Arc::ptr_eq(&newer, &current) => {
+                    jwt::check(&v.cfg, &newer, token, now).map_err(refuse)
+                }
+                _ => Err(refuse(Refusal::Invalid("unknown key"))),
+            }
+        }
+        Err(r) => Err(refuse(r)),
+    }
+}
+
+/// Fetches `v`'s JWKS (one request at a time; the others wait and take its result). A fetch
+/// with a `spacing` (for a token signed with an unknown key) is skipped when the last such
+/// fetch began less than `spacing` ago. Keeps the keys it had if the fetch fails. The keys
+/// after it.
+async fn fetch_jwks(
+    v: &crate::jwt::Validator,
+    spacing: Option<std::time::Duration>,
+) -> Option<(Arc<Vec<crate::jwt::Key>>, std::time::Instant)> {
+    let before = v.keys().map(|(_, at)| at);
+    let mut last_try = v.fetching.lock().await;
+    // Another request fetched while this one waited.
+    let now_keys = v.keys();
+    if now_keys.as_ref().map(|(_, at)| *at) != before {
+        return now_keys;
+    }
+    if let Some(spacing) = spacing {
+        if last_try.is_some_and(|t| t.elapsed() < spacing) {
+            return now_keys;
+        }
+        *last_try = Some(std::time::Instant::now());
+    }
+    let url = &v.cfg.jwks_endpoint;
+    let fetched = match request("GET", url).body(Full::new(Bytes::new())) {
+        Ok(req) => call(&v.tls, url, req).await,
+        Err(e) => Err(IdpError::Request(url.raw.clone(), e.to_string())),
+    };
+    let keys = fetched
+        .map_err(|e| e.to_string())
+        .and_then(|body| crate::jwt::parse_jwks(&body).map_err(str::to_owned));
+    match keys {
+        Ok(keys) => {
+            let entry = (Arc::new(keys), std::time::Instant::now());
+            *v.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
+            Some(entry)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, issuer = %v.cfg.issuer, "JWKS fetch failed");
+            now_keys
+        }
     }
 }

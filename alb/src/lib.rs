@@ -9,6 +9,7 @@ pub mod h2;
 pub mod h2_to_h1;
 pub mod hyper_upstream;
 pub mod idp;
+pub mod jwt;
 pub mod logging;
 pub mod proxy;
 pub mod request_filter;

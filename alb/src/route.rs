@@ -135,6 +135,8 @@ pub struct Router {
     pub request_renames: std::sync::Arc<RequestRenames>,
     /// The authenticate actions, by their rule's priority (0 for the default action's).
     providers: Vec<(u32, std::sync::Arc<crate::auth::Provider>)>,
+    /// The jwt-validation actions, by their rule's priority (0 for the default action's).
+    validators: Vec<(u32, std::sync::Arc<crate::jwt::Validator>)>,
 }
 
 impl Router {
@@ -151,17 +153,46 @@ impl Router {
             let p = crate::auth::Provider::new(a.clone(), tls);
             providers.push((priority, std::sync::Arc::new(p)));
         }
+        let mut validators = Vec::new();
+        let jwts = l.default_jwt.iter().map(|j| (0, j)).chain(
+            l.rules
+                .iter()
+                .filter_map(|r| Some((r.priority, r.jwt.as_ref()?))),
+        );
+        for (priority, j) in jwts {
+            let tls = crate::idp::client_config(j.trusted_ca_file.as_deref())?;
+            let v = crate::jwt::Validator::new(j.clone(), tls);
+            validators.push((priority, std::sync::Arc::new(v)));
+        }
         Ok(Router {
             response_headers: l.response_headers.clone(),
             request_renames: std::sync::Arc::new(l.request_renames.clone()),
             providers,
+            validators,
             ..Self::from_rules(&l.rules, l.default_action.clone())
         })
     }
 
-    /// Whether any of this listener's actions authenticates.
+    /// Whether any of this listener's actions authenticates (a sign-in, or a JWT).
     pub fn authenticates(&self) -> bool {
+        !self.providers.is_empty() || !self.validators.is_empty()
+    }
+
+    /// Whether any of this listener's actions signs users in (and so serves the callback).
+    pub fn signs_in(&self) -> bool {
         !self.providers.is_empty()
+    }
+
+    /// The jwt-validation action of a routed request's rule (`None`: the default action).
+    pub fn validator(
+        &self,
+        priority: Option<u32>,
+    ) -> Option<&std::sync::Arc<crate::jwt::Validator>> {
+        let at = priority.unwrap_or(0);
+        self.validators
+            .iter()
+            .find(|(p, _)| *p == at)
+            .map(|(_, v)| v)
     }
 
     /// The authenticate action of the rule at `priority` (0: the default action).
@@ -200,6 +231,7 @@ impl Router {
             response_headers: ResponseHeaders::default(),
             request_renames: Default::default(),
             providers: Vec::new(),
+            validators: Vec::new(),
         }
     }
 
@@ -265,6 +297,7 @@ mod tests {
             action: fwd(tg),
             transforms: Default::default(),
             authenticate: None,
+            jwt: None,
         }
     }
 

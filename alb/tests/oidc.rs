@@ -1,7 +1,8 @@
 //! `authenticate_oidc`: a browser (curl, following redirects with a cookie jar) signs in
 //! through a real OpenID Connect flow against the testkit IdP over HTTPS, and the target gets
 //! the user's claims signed with ES256; `deny`, `allow` and the sign-in's failures answer as
-//! ALB does.
+//! ALB does. `authenticate_cognito` runs the same flow against a user pool's endpoints, and
+//! `jwt_validation` checks a client's bearer token against the IdP's JWKS.
 
 use causeway_alb::Alb;
 use causeway_config::alb::FileAlb;
@@ -782,6 +783,149 @@ health_check.interval_seconds = 300
     assert_eq!((seen.status, seen.redirects), (401, 2), "{}", seen.out);
 }
 
+/// An RS256 JWT signed with the test key (`jwt-signing.key`, published in `jwks.json`).
+fn signed_jwt(kid: &str, claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pem = std::fs::read_to_string(causeway_testkit::tls::cert("jwt-signing.key")).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let key = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
+    let header = serde_json::json!({ "alg": "RS256", "typ": "JWT", "kid": kid });
+    let mut t = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let mut sig = vec![0; key.public().modulus_len()];
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        t.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    t.push('.');
+    t.push_str(&b64.encode(sig));
+    t
+}
+
+#[tokio::test]
+async fn jwt_validation_takes_a_bearer_token_signed_by_the_jwks_with_its_claims() {
+    let origin = Origin::builder().name("api-1").start().await;
+    let idp = Idp::start("unused", "unused", claims()).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let issuer = idp.issuer();
+    let text = format!(
+        r#"
+[admin]
+address = "{admin}"
+[[listeners]]
+address = "{addr}"
+protocol = "HTTPS"
+certificates = [{certs}]
+default_action = {{ type = "fixed-response", status_code = 404 }}
+[[listeners.rules]]
+priority = 10
+conditions = [{{ field = "path-pattern", values = ["/api/*"] }}]
+action = {{ type = "forward", target_group = "api" }}
+[listeners.rules.jwt_validation]
+issuer = "{issuer}"
+jwks_endpoint = "{issuer}/jwks"
+trusted_ca_file = "{ca}"
+additional_claims = [{{ name = "scope", format = "space-separated-values", values = ["orders:read"] }}]
+[target_groups.api]
+targets = [{{ address = "{origin}" }}]
+health_check.interval_seconds = 300
+"#,
+        certs = causeway_testkit::tls::certificates_toml(),
+        ca = causeway_testkit::tls::cert("idp-ca.pem"),
+        origin = origin.addr()
+    );
+    let s = launch(addr, admin, &text).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = serde_json::json!({
+        "iss": issuer, "sub": "svc-billing", "exp": now + 600, "iat": now - 5,
+        "scope": "orders:read orders:write",
+    });
+    for proto in ["--http1.1", "--http2"] {
+        // No token: 401 with the challenge, and the target never sees it.
+        let before = origin.total();
+        let seen = s.curl("/api/orders", "jwt.jar", false, &[proto]).await;
+        assert_eq!(seen.status, 401, "{}", seen.out);
+        let head = last_head(&seen.out);
+        assert!(
+            head.lines().any(|l| l.trim() == "www-authenticate: bearer"),
+            "{head}"
+        );
+        assert_eq!(origin.total(), before);
+        // A good token: forwarded as it came.
+        let token = signed_jwt("test-key-1", good.clone());
+        let auth = format!("Authorization: Bearer {token}");
+        let seen = s
+            .curl("/api/orders", "jwt.jar", false, &[proto, "-H", &auth])
+            .await;
+        assert_eq!(seen.status, 200, "{proto}: {}", seen.out);
+        let got = origin.seen().into_iter().next_back().unwrap();
+        assert_eq!(got.path, "/api/orders");
+        assert_eq!(
+            got.header("authorization"),
+            Some(format!("Bearer {token}").as_str())
+        );
+        // Expired, another issuer, without the scope, tampered with: 401 invalid_token.
+        let mut bad_claims = Vec::new();
+        for (field, value) in [
+            ("exp", serde_json::json!(now - 1)),
+            ("iss", serde_json::json!("https://evil.example.com")),
+            ("scope", serde_json::json!("orders:write")),
+        ] {
+            let mut c = good.clone();
+            c[field] = value;
+            bad_claims.push(signed_jwt("test-key-1", c));
+        }
+        let (head, rest) = token.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let mut elevated = good.clone();
+        elevated["scope"] = "orders:read admin".into();
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(elevated.to_string());
+        bad_claims.push(format!("{head}.{payload}.{sig}"));
+        for bad in bad_claims {
+            let auth = format!("Authorization: Bearer {bad}");
+            let seen = s
+                .curl("/api/orders", "jwt.jar", false, &[proto, "-H", &auth])
+                .await;
+            assert_eq!(seen.status, 401, "{proto}: {}", seen.out);
+            assert!(
+                last_head(&seen.out).contains("www-authenticate: bearer error=\"invalid_token\""),
+                "{}",
+                seen.out
+            );
+        }
+    }
+    // The JWKS was fetched once for all of that.
+    assert_eq!(paths_since(&idp, 0), ["/jwks"]);
+    // A token signed with a key the JWKS does not hold makes the alb fetch it again (the IdP
+    // may have rotated its keys), at most once per 30 s.
+    for _ in 0..2 {
+        let auth = format!(
+            "Authorization: Bearer {}",
+            signed_jwt("key-2", good.clone())
+        );
+        let seen = s
+            .curl("/api/orders", "jwt.jar", false, &["-H", &auth])
+            .await;
+        assert_eq!(seen.status, 401, "{}", seen.out);
+    }
+    assert_eq!(paths_since(&idp, 0), ["/jwks", "/jwks"]);
+}
+
 #[test]
 fn authenticate_needs_an_https_listener_and_https_endpoints() {
     let base = |listener: &str, endpoint: &str| {
@@ -877,6 +1021,33 @@ targets = [{{ address = "127.0.0.1:9001" }}]
         .to_string();
     assert!(
         e.contains("alb.toml:") && e.contains("authenticate_cognito.user_pool_arn"),
+        "{e}"
+    );
+    // jwt_validation: HTTPS only, and not beside an authenticate action.
+    let jwt = "[listeners.rules.jwt_validation]\nissuer = \"https://idp.example.com\"\n\
+               jwks_endpoint = \"https://idp.example.com/jwks\"\n[target_groups.web]";
+    let with_oidc = base(&https, "https://idp.example.com/a").replace("[target_groups.web]", jwt);
+    let e = parse::<FileAlb>("alb.toml", &with_oidc, &cx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rules[0].jwt_validation") && e.contains("takes one of"),
+        "{e}"
+    );
+    let alone = with_oidc.replace("[listeners.rules.authenticate_oidc]", "[listeners.rules.x]");
+    let alone = alone
+        .split("[listeners.rules.x]")
+        .next()
+        .unwrap()
+        .to_owned()
+        + jwt
+        + "\ntargets = [{ address = \"127.0.0.1:9001\" }]\n";
+    parse::<FileAlb>("alb.toml", &alone, &cx).unwrap_or_else(|e| panic!("{e}\n{alone}"));
+    let e = parse::<FileAlb>("alb.toml", &alone.replace(&https, ""), &cx)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("alb.toml:") && e.contains("rules[0].jwt_validation") && e.contains("HTTPS"),
         "{e}"
     );
 }

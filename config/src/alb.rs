@@ -284,6 +284,8 @@ pub struct FileListener {
     pub default_authenticate_oidc: Option<crate::oidc::FileAuthenticateOidc>,
     /// ALB's `authenticate-cognito` action before the default action (HTTPS listeners only).
     pub default_authenticate_cognito: Option<crate::oidc::FileAuthenticateCognito>,
+    /// ALB's `jwt-validation` action before the default action (HTTPS listeners only).
+    pub default_jwt_validation: Option<crate::jwt::FileJwtValidation>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +300,8 @@ pub struct FileRule {
     pub authenticate_oidc: Option<crate::oidc::FileAuthenticateOidc>,
     /// ALB's `authenticate-cognito` action before this rule's action (HTTPS listeners only).
     pub authenticate_cognito: Option<crate::oidc::FileAuthenticateCognito>,
+    /// ALB's `jwt-validation` action before this rule's action (HTTPS listeners only).
+    pub jwt_validation: Option<crate::jwt::FileJwtValidation>,
 }
 
 /// A rule transform (ALB's `Transforms`, one rewrite each).
@@ -406,6 +410,8 @@ pub struct Listener {
     pub request_renames: crate::listener_headers::RequestRenames,
     /// `authenticate-oidc` before the default action.
     pub default_authenticate: Option<std::sync::Arc<crate::oidc::AuthenticateOidc>>,
+    /// `jwt-validation` before the default action.
+    pub default_jwt: Option<std::sync::Arc<crate::jwt::JwtValidation>>,
 }
 
 /// A listener rule: every condition must match.
@@ -417,6 +423,8 @@ pub struct Rule {
     pub transforms: Transforms,
     /// `authenticate-oidc` before the action.
     pub authenticate: Option<std::sync::Arc<crate::oidc::AuthenticateOidc>>,
+    /// `jwt-validation` before the action.
+    pub jwt: Option<std::sync::Arc<crate::jwt::JwtValidation>>,
 }
 
 /// ALB's rule transforms: rewrites of a forwarded request's Host and URL, after routing.
@@ -910,6 +918,15 @@ impl FileRule {
                 replace: t.replace,
             });
         }
+        let jwt = crate::jwt::validate_action(path, "", self.jwt_validation, https, cx)?;
+        if jwt.is_some()
+            && (self.authenticate_oidc.is_some() || self.authenticate_cognito.is_some())
+        {
+            return Err(Violation::new(
+                format!("{path}.jwt_validation"),
+                "a rule takes one of authenticate_oidc, authenticate_cognito and jwt_validation",
+            ));
+        }
         let authenticate = crate::oidc::one_authenticate(
             path,
             "",
@@ -924,6 +941,7 @@ impl FileRule {
             action,
             transforms,
             authenticate,
+            jwt,
         })
     }
 }
@@ -999,6 +1017,24 @@ impl ConfigFile for FileAlb {
             let default_action = l
                 .default_action
                 .validate(&format!("{path}.default_action"), &target_groups)?;
+            let default_jwt = crate::jwt::validate_action(
+                &path,
+                "default_",
+                l.default_jwt_validation,
+                tls.is_some(),
+                cx,
+            )?;
+            if default_jwt.is_some()
+                && (l.default_authenticate_oidc.is_some()
+                    || l.default_authenticate_cognito.is_some())
+            {
+                return Err(Violation::new(
+                    format!("{path}.default_jwt_validation"),
+                    "a default action takes one of default_authenticate_oidc, \
+                     default_authenticate_cognito and default_jwt_validation",
+                )
+                .into());
+            }
             let default_authenticate = crate::oidc::one_authenticate(
                 &path,
                 "default_",
@@ -1034,6 +1070,7 @@ impl ConfigFile for FileAlb {
             listeners.push(Listener {
                 address,
                 default_authenticate,
+                default_jwt,
                 tls,
                 response_headers,
                 request_renames,

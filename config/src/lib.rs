@@ -9,6 +9,7 @@ pub mod common;
 pub mod control;
 pub mod edge;
 pub mod error;
+pub mod jwt;
 pub mod listener_headers;
 pub mod nlb;
 pub mod oidc;

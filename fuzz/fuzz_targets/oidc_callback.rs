@@ -1,7 +1,8 @@
 //! Fuzzes the alb's authenticate-oidc parsing of what a client sends: the Cookie lookup, the
 //! session cookies, and the `/oauth2/idpresponse` query with its state. No panic; nothing a
 //! client makes up opens a session or a sign-in; a session the alb sealed opens again, and a
-//! changed byte never does.
+//! changed byte never does. The same bytes as a bearer token for `jwt_validation` and as a
+//! JWKS: no panic, and no made-up token passes against the test key.
 #![no_main]
 
 use causeway_alb::auth::{self, Keys, Provider, Session};
@@ -33,7 +34,28 @@ fn fixture() -> &'static (Keys, Provider) {
     })
 }
 
+/// A jwt-validation action and the test JWKS's keys.
+fn jwt_fixture() -> &'static (causeway_config::jwt::JwtValidation, Vec<causeway_alb::jwt::Key>) {
+    static F: OnceLock<(causeway_config::jwt::JwtValidation, Vec<causeway_alb::jwt::Key>)> =
+        OnceLock::new();
+    F.get_or_init(|| {
+        let cfg = causeway_config::jwt::JwtValidation {
+            issuer: "https://idp.example.com".into(),
+            jwks_endpoint: HttpsUrl::parse("https://idp.example.com/jwks").unwrap(),
+            claims: Vec::new(),
+            trusted_ca_file: None,
+        };
+        let jwks = include_bytes!("../../testkit/certs/jwks.json");
+        (cfg, causeway_alb::jwt::parse_jwks(jwks).unwrap())
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
+    let (cfg, jwt_keys) = jwt_fixture();
+    let _ = causeway_alb::jwt::parse_jwks(data);
+    if let Ok(token) = causeway_alb::jwt::bearer(Some(data)) {
+        assert!(causeway_alb::jwt::check(cfg, jwt_keys, token, 1_000).is_err());
+    }
     let (keys, p) = fixture();
     let fields = [data];
     let _ = auth::cookie(&fields, auth::NONCE_COOKIE);

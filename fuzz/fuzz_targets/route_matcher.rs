@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
             action: fwd("host"),
             transforms: Default::default(),
             authenticate: None,
+            jwt: None,
         },
         Rule {
             priority: 2,
@@ -44,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
             action: fwd("path"),
             transforms: Default::default(),
             authenticate: None,
+            jwt: None,
         },
     ];
     let router = Router::from_rules(&rules, fwd("default"));

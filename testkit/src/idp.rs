@@ -2,7 +2,8 @@
 //! 127.0.0.1, under `idp-ca.pem`). Its authorization endpoint signs one user in at once and
 //! redirects back with a code; its token endpoint trades a code (or a refresh token, which it
 //! takes once and replaces) for tokens, checking the client's HTTP Basic credentials and the
-//! redirect URI; its user info endpoint answers the user's claims for a token it issued. It
+//! redirect URI; its user info endpoint answers the user's claims for a token it issued;
+//! `/jwks` publishes the test RSA key that tokens for `jwt_validation` are signed with. It
 //! records every request it was asked.
 
 use bytes::Bytes;
@@ -55,6 +56,8 @@ struct State {
     access_seconds: u64,
     /// The `iss` of its ID tokens, when not its own URL (a Cognito user pool's).
     issuer: Option<String>,
+    /// What `/jwks` answers (`jwks.json` of the test certificates at first).
+    jwks: String,
     asked: Vec<Asked>,
     next: u64,
 }
@@ -109,6 +112,7 @@ impl Idp {
             refresh: Vec::new(),
             access_seconds: 3600,
             issuer: None,
+            jwks: std::fs::read_to_string(crate::tls::cert("jwks.json")).unwrap(),
             asked: Vec::new(),
             next: 0,
         }));
@@ -153,6 +157,11 @@ impl Idp {
     /// (`https://cognito-idp.<region>.amazonaws.com/<pool id>`).
     pub fn set_issuer(&self, issuer: &str) {
         self.state.lock().unwrap().issuer = Some(issuer.into());
+    }
+
+    /// What `/jwks` answers from now on.
+    pub fn set_jwks(&self, jwks: &str) {
+        self.state.lock().unwrap().jwks = jwks.into();
     }
 
     /// The user's claims from now on (they must hold the same `sub`).
@@ -317,6 +326,7 @@ async fn serve(
                 .to_string(),
             )
         }
+        "/jwks" => reply(200, st.jwks.clone()),
         "/userinfo" => {
             let token = asked
                 .authorization
