@@ -516,21 +516,23 @@ async fn authenticate(
         .iter()
         .map(|v| v.as_bytes())
         .collect();
-    if let Some(v) = router.validator(priority) {
-        let authorization = parts
-            .headers
-            .get(hyper::header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        return match crate::idp::validate_jwt(v, authorization).await {
-            Ok(()) => (None, Vec::new(), None),
-            Err(a) => (None, Vec::new(), Some(a)),
-        };
-    }
     if parts.uri.path().as_bytes() == auth::CALLBACK && router.signs_in() {
         let query = parts.uri.query().unwrap_or("").as_bytes();
         let providers = |p| router.provider_at(p).map(|a| &**a);
         let a = crate::idp::callback(keys, providers, authority.as_bytes(), query, &cookies).await;
         return (None, Vec::new(), Some(a));
+    }
+    if let Some(v) = router.validator(priority) {
+        let authorization: smallvec::SmallVec<[&[u8]; 1]> = parts
+            .headers
+            .get_all(hyper::header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        return match crate::idp::validate_jwt(v, &authorization).await {
+            Ok(()) => (None, Vec::new(), None),
+            Err(a) => (None, Vec::new(), Some(a)),
+        };
     }
     let Some(p) = router.provider(priority) else {
         return (None, Vec::new(), None);

@@ -356,18 +356,33 @@ async fn renew_with_idp(keys: &Keys, p: &Provider, s: &Session) -> Renewed {
     }
 }
 
-/// How old a JWKS may grow before the next request fetches it again.
+/// How old a JWKS may grow before a request has it fetched again (in the background: the
+/// keys held serve meanwhile).
 const JWKS_FRESH: std::time::Duration = std::time::Duration::from_secs(3600);
 /// How soon a token signed with an unknown key may make the JWKS be fetched again (an IdP
 /// that rotated its keys), so that made-up key ids cannot make the alb hammer the endpoint.
 const JWKS_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long after a failed fetch no other is tried.
+const JWKS_BACKOFF: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a JWKS is fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// None is held yet.
+    First,
+    /// The one held is over an hour old.
+    Fresh,
+    /// A token names a key the one held lacks.
+    NewKey,
+}
 
 /// Phase `authenticate` for a rule with a `jwt-validation` action: `Ok` lets the request go on
 /// unchanged (the token goes to the target as it came); `Err` is the alb's answer, 401 with a
-/// `WWW-Authenticate` challenge (RFC 6750), or 500 when no JWKS could ever be fetched.
+/// `WWW-Authenticate` challenge (RFC 6750), 400 for several `Authorization` fields, or 500
+/// when no JWKS could be fetched yet.
 pub async fn validate_jwt(
     v: &crate::jwt::Validator,
-    authorization: Option<&[u8]>,
+    authorization: &[&[u8]],
 ) -> Result<(), Answer> {
     use crate::jwt::{self, Refusal};
     let refuse = |r: Refusal| {
@@ -381,15 +396,32 @@ pub async fn validate_jwt(
             reason,
         }
     };
-    let token = jwt::bearer(authorization).map_err(refuse)?;
-    let now = auth::unix_now();
-    let fresh = |k: &Option<(Arc<Vec<jwt::Key>>, std::time::Instant)>| {
-        k.as_ref().is_some_and(|(_, at)| at.elapsed() < JWKS_FRESH)
-    };
-    let mut keys = v.keys();
-    if !fresh(&keys) {
-        keys = fetch_jwks(v, None).await;
+    // A target that reads another of several fields than the one checked here would trust an
+    // unchecked token.
+    if authorization.len() > 1 {
+        return Err(Answer {
+            status: 400,
+            fields: vec![(
+                "WWW-Authenticate",
+                "Bearer error=\"invalid_request\"".to_owned(),
+            )],
+            reason: "JwtInvalid",
+        });
     }
+    let token = jwt::bearer(authorization.first().copied()).map_err(refuse)?;
+    // What needs no key is refused before any fetch.
+    jwt::parse(token).map_err(refuse)?;
+    let now = auth::unix_now();
+    let cache = &v.cache;
+    let keys = match cache.keys() {
+        None => fetch_jwks(cache.clone(), Want::First).await,
+        Some((keys, at)) => {
+            if at.elapsed() >= JWKS_FRESH {
+                tokio::spawn(fetch_locked(cache.clone(), Want::Fresh));
+            }
+            Some((keys, at))
+        }
+    };
     let Some((current, _)) = keys else {
         return Err(Answer {
             status: 500,
@@ -399,57 +431,70 @@ pub async fn validate_jwt(
     };
     match jwt::check(&v.cfg, &current, token, now) {
         Ok(()) => Ok(()),
-        Err(Refusal::UnknownKey) => {
-            // The IdP may have rotated its keys: fetch again, at most every JWKS_RETRY.
-            match fetch_jwks(v, Some(JWKS_RETRY)).await {
-                Some((newer, _)) if !Arc::ptr_eq(&newer, &current) => {
-                    jwt::check(&v.cfg, &newer, token, now).map_err(refuse)
-                }
-                _ => Err(refuse(Refusal::Invalid("unknown key"))),
+        Err(Refusal::UnknownKey) => match fetch_jwks(cache.clone(), Want::NewKey).await {
+            // The IdP may have rotated its keys.
+            Some((newer, _)) if !Arc::ptr_eq(&newer, &current) => {
+                jwt::check(&v.cfg, &newer, token, now).map_err(refuse)
             }
-        }
+            _ => Err(refuse(Refusal::Invalid("unknown key"))),
+        },
         Err(r) => Err(refuse(r)),
     }
 }
 
-/// Fetches `v`'s JWKS (one request at a time; the others wait and take its result). A fetch
-/// with a `spacing` (for a token signed with an unknown key) is skipped when the last such
-/// fetch began less than `spacing` ago. Keeps the keys it had if the fetch fails. The keys
-/// after it.
+/// [`fetch_locked`] in a task of its own, so that a request its client cancels does not cut a
+/// fetch off halfway; the keys after it.
 async fn fetch_jwks(
-    v: &crate::jwt::Validator,
-    spacing: Option<std::time::Duration>,
+    cache: Arc<crate::jwt::KeyCache>,
+    want: Want,
 ) -> Option<(Arc<Vec<crate::jwt::Key>>, std::time::Instant)> {
-    let before = v.keys().map(|(_, at)| at);
-    let mut last_try = v.fetching.lock().await;
-    // Another request fetched while this one waited.
-    let now_keys = v.keys();
-    if now_keys.as_ref().map(|(_, at)| *at) != before {
-        return now_keys;
+    tokio::spawn(fetch_locked(cache, want)).await.ok().flatten()
+}
+
+/// Fetches the JWKS, one fetch at a time: a request that waited while another fetched takes
+/// its result (keys or none) rather than fetching again. No fetch within [`JWKS_BACKOFF`] of
+/// a failed one; for an unknown key, none within [`JWKS_RETRY`] of the last such fetch. A
+/// failed fetch keeps the keys held. The keys after it.
+async fn fetch_locked(
+    cache: Arc<crate::jwt::KeyCache>,
+    want: Want,
+) -> Option<(Arc<Vec<crate::jwt::Key>>, std::time::Instant)> {
+    use std::sync::atomic::Ordering;
+    let seen = cache.attempts.load(Ordering::Acquire);
+    let mut st = cache.state.lock().await;
+    let held = cache.keys();
+    let ended_meanwhile = cache.attempts.load(Ordering::Acquire) != seen;
+    let needless = match (want, &held) {
+        (Want::First, Some(_)) => true,
+        (Want::Fresh, Some((_, at))) => at.elapsed() < JWKS_FRESH,
+        (Want::NewKey, Some(_)) => st.unknown_at.is_some_and(|t| t.elapsed() < JWKS_RETRY),
+        _ => false,
+    };
+    let backing_off = st.failed_at.is_some_and(|t| t.elapsed() < JWKS_BACKOFF);
+    if ended_meanwhile || needless || backing_off {
+        return held;
     }
-    if let Some(spacing) = spacing {
-        if last_try.is_some_and(|t| t.elapsed() < spacing) {
-            return now_keys;
-        }
-        *last_try = Some(std::time::Instant::now());
+    if want == Want::NewKey {
+        st.unknown_at = Some(std::time::Instant::now());
     }
-    let url = &v.cfg.jwks_endpoint;
+    let url = &cache.endpoint;
     let fetched = match request("GET", url).body(Full::new(Bytes::new())) {
-        Ok(req) => call(&v.tls, url, req).await,
+        Ok(req) => call(&cache.tls, url, req).await,
         Err(e) => Err(IdpError::Request(url.raw.clone(), e.to_string())),
     };
     let keys = fetched
         .map_err(|e| e.to_string())
         .and_then(|body| crate::jwt::parse_jwks(&body).map_err(str::to_owned));
+    cache.attempts.fetch_add(1, Ordering::Release);
     match keys {
         Ok(keys) => {
-            let entry = (Arc::new(keys), std::time::Instant::now());
-            *v.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
-            Some(entry)
+            st.failed_at = None;
+            Some(cache.store(keys))
         }
         Err(e) => {
-            tracing::warn!(error = %e, issuer = %v.cfg.issuer, "JWKS fetch failed");
-            now_keys
+            st.failed_at = Some(std::time::Instant::now());
+            tracing::warn!(error = %e, endpoint = %url.raw, "JWKS fetch failed");
+            held
         }
     }
 }

@@ -15,6 +15,8 @@ pub const MAX_JWKS: usize = 150 * 1024;
 const MAX_KEYS: usize = 10;
 /// The largest token taken.
 const MAX_TOKEN: usize = 16 * 1024;
+/// Seconds an `nbf` or `iat` may lie ahead of this host's clock (the IdP's may run ahead).
+const LEEWAY: u64 = 30;
 
 /// An RSA public key of the JWKS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,22 +55,30 @@ pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, &'static str> {
             .and_then(|x| x.as_str())
             .and_then(|x| URL_SAFE_NO_PAD.decode(x.trim_end_matches('=')).ok())
     };
+    // Big-endian integers: some publishers pad `n` with a zero byte, which ring refuses.
+    let unpadded = |mut v: Vec<u8>| {
+        let zeros = v.iter().take_while(|&&b| b == 0).count();
+        v.drain(..zeros);
+        v
+    };
     Ok(keys
         .iter()
-        .filter(|k| k.get("kty").and_then(|t| t.as_str()) == Some("RSA"))
-        .filter(|k| {
-            k.get("use")
-                .and_then(|u| u.as_str())
-                .is_none_or(|u| u == "sig")
-        })
+        .filter(|k| str_of(k, "kty") == Some("RSA"))
+        .filter(|k| str_of(k, "use").is_none_or(|u| u == "sig"))
+        .filter(|k| str_of(k, "alg").is_none_or(|a| a == "RS256"))
         .filter_map(|k| {
             Some(Key {
-                kid: k.get("kid").and_then(|x| x.as_str()).map(str::to_owned),
-                n: field(k, "n")?,
-                e: field(k, "e")?,
+                kid: str_of(k, "kid").map(str::to_owned),
+                n: unpadded(field(k, "n")?),
+                e: unpadded(field(k, "e")?),
             })
         })
         .collect())
+}
+
+/// A JWK's string field.
+fn str_of<'k>(k: &'k serde_json::Value, name: &str) -> Option<&'k str> {
+    k.get(name).and_then(|x| x.as_str())
 }
 
 /// The token of an `Authorization: Bearer <token>` field value.
@@ -86,8 +96,25 @@ pub fn bearer(authorization: Option<&[u8]>) -> Result<&str, Refusal> {
     Ok(token)
 }
 
-/// Checks `token` against the JWKS `keys` and `cfg` at `now` (Unix seconds).
-pub fn check(cfg: &JwtValidation, keys: &[Key], token: &str, now: u64) -> Result<(), Refusal> {
+/// A token's segments and header, read: what can be refused before any key is needed.
+pub struct Parsed<'t> {
+    header: &'t str,
+    claims: &'t str,
+    sig: Vec<u8>,
+    kid: Option<String>,
+}
+
+fn json(seg: &str) -> Result<serde_json::Value, Refusal> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(seg)
+        .map_err(|_| Refusal::Invalid("not base64url"))?;
+    serde_json::from_slice(&raw).map_err(|_| Refusal::Invalid("not JSON"))
+}
+
+/// Reads a token's shape and header: three base64url segments, `alg` RS256 (ALB takes no
+/// other, which also shuts out `none` and HMAC with a public key), and no `crit` extension
+/// (none is understood, RFC 7515 4.1.11).
+pub fn parse(token: &str) -> Result<Parsed<'_>, Refusal> {
     let bad = Refusal::Invalid;
     let mut parts = token.split('.');
     let (Some(h), Some(c), Some(s), None) =
@@ -95,42 +122,50 @@ pub fn check(cfg: &JwtValidation, keys: &[Key], token: &str, now: u64) -> Result
     else {
         return Err(bad("not a JWT"));
     };
-    let json = |seg: &str| -> Result<serde_json::Value, Refusal> {
-        let raw = URL_SAFE_NO_PAD
-            .decode(seg)
-            .map_err(|_| bad("not base64url"))?;
-        serde_json::from_slice(&raw).map_err(|_| bad("not JSON"))
-    };
     let header = json(h)?;
-    // ALB takes RS256 only; naming the algorithm also shuts out `none` and HMAC with a public
-    // key.
     if header.get("alg").and_then(|a| a.as_str()) != Some("RS256") {
         return Err(bad("not signed with RS256"));
     }
-    let kid = header.get("kid").and_then(|k| k.as_str());
-    let sig = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| bad("not base64url"))?;
-    let signed = &token.as_bytes()[..h.len() + 1 + c.len()];
-    let candidates: Vec<&Key> = match kid {
-        Some(kid) => keys
-            .iter()
-            .filter(|k| k.kid.as_deref() == Some(kid))
-            .collect(),
-        None => keys.iter().collect(),
-    };
+    if header.get("crit").is_some() {
+        return Err(bad("a critical extension"));
+    }
+    Ok(Parsed {
+        header: h,
+        claims: c,
+        sig: URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| bad("not base64url"))?,
+        kid: header
+            .get("kid")
+            .and_then(|k| k.as_str())
+            .map(str::to_owned),
+    })
+}
+
+/// Checks `token` against the JWKS `keys` and `cfg` at `now` (Unix seconds). `UnknownKey`
+/// when no key of the JWKS can have signed it: none has the `kid` it names (keys without a
+/// `kid` are tried for any), or, for a token without a `kid`, none verifies; the JWKS may
+/// be out of date.
+pub fn check(cfg: &JwtValidation, keys: &[Key], token: &str, now: u64) -> Result<(), Refusal> {
+    let t = parse(token)?;
+    let signed = &token.as_bytes()[..t.header.len() + 1 + t.claims.len()];
+    let candidates: Vec<&Key> = keys
+        .iter()
+        .filter(|k| t.kid.is_none() || k.kid.is_none() || k.kid == t.kid)
+        .collect();
     if candidates.is_empty() {
         return Err(Refusal::UnknownKey);
     }
     let verified = candidates.iter().any(|k| {
         ring::signature::RsaPublicKeyComponents { n: &k.n, e: &k.e }
-            .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, signed, &sig)
+            .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, signed, &t.sig)
             .is_ok()
     });
-    if !verified {
-        return Err(bad("bad signature"));
+    match (verified, &t.kid) {
+        (true, _) => claims(cfg, &json(t.claims)?, now).map_err(Refusal::Invalid),
+        (false, None) => Err(Refusal::UnknownKey),
+        (false, Some(_)) => Err(Refusal::Invalid("bad signature")),
     }
-    claims(cfg, &json(c)?, now).map_err(bad)
 }
 
 /// The claims' checks: `iss` is the issuer; `exp` is present and to come; `nbf` and `iat`, if
@@ -148,7 +183,7 @@ fn claims(cfg: &JwtValidation, c: &serde_json::Value, now: u64) -> Result<(), &'
     for name in ["nbf", "iat"] {
         match time(name) {
             None => {}
-            Some(Some(t)) if t <= now => {}
+            Some(Some(t)) if t <= now + LEEWAY => {}
             Some(_) => return Err("not valid yet"),
         }
     }
@@ -174,16 +209,10 @@ fn claims(cfg: &JwtValidation, c: &serde_json::Value, now: u64) -> Result<(), &'
     Ok(())
 }
 
-/// A `jwt-validation` action as compiled at load: its config, the TLS client settings for its
-/// JWKS endpoint, and the keys last fetched.
+/// A `jwt-validation` action as compiled at load: its config and the keys of its JWKS.
 pub struct Validator {
     pub cfg: Arc<JwtValidation>,
-    pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
-    /// The JWKS's keys and when they were fetched; `None` before the first fetch.
-    pub keys: std::sync::RwLock<Option<(Arc<Vec<Key>>, Instant)>>,
-    /// Held while the JWKS is fetched, so that one request fetches it and the others wait;
-    /// when the last fetch for an unknown key began.
-    pub fetching: tokio::sync::Mutex<Option<Instant>>,
+    pub cache: Arc<KeyCache>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -194,20 +223,68 @@ impl std::fmt::Debug for Validator {
     }
 }
 
-impl Validator {
-    pub fn new(cfg: Arc<JwtValidation>, tls: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
-        Validator {
-            cfg,
-            tls,
-            keys: std::sync::RwLock::new(None),
-            fetching: tokio::sync::Mutex::new(None),
-        }
-    }
+/// The keys of one JWKS endpoint, shared by the actions that name it and kept across reloads
+/// (a reload while the IdP is down keeps the keys it had).
+pub struct KeyCache {
+    pub endpoint: causeway_config::oidc::HttpsUrl,
+    pub tls: Arc<tokio_rustls::rustls::ClientConfig>,
+    /// The keys and when they were fetched; `None` before the first fetch that worked.
+    keys: std::sync::RwLock<Option<(Arc<Vec<Key>>, Instant)>>,
+    /// Fetches ended, for requests that waited on one to take its result.
+    pub attempts: std::sync::atomic::AtomicU64,
+    /// Held while fetching; what spaces the fetches out.
+    pub state: tokio::sync::Mutex<FetchState>,
+}
 
+/// What spaces a JWKS endpoint's fetches out.
+#[derive(Debug, Default)]
+pub struct FetchState {
+    /// When the last fetch failed (cleared by one that works).
+    pub failed_at: Option<Instant>,
+    /// When the last fetch for a token signed with an unknown key began.
+    pub unknown_at: Option<Instant>,
+}
+
+impl KeyCache {
     /// The keys last fetched, and when.
     pub fn keys(&self) -> Option<(Arc<Vec<Key>>, Instant)> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Stores freshly fetched keys.
+    pub fn store(&self, keys: Vec<Key>) -> (Arc<Vec<Key>>, Instant) {
+        let entry = (Arc::new(keys), Instant::now());
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(entry.clone());
+        entry
+    }
+}
+
+/// The key cache of `endpoint` (with CAs from `ca`), made on first use (with the TLS client
+/// settings `tls` makes) and then shared by every action and every config load naming them.
+pub fn cache_for(
+    endpoint: &causeway_config::oidc::HttpsUrl,
+    ca: Option<&std::path::Path>,
+    tls: impl FnOnce() -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String>,
+) -> Result<Arc<KeyCache>, String> {
+    type Caches = std::collections::HashMap<(String, Option<std::path::PathBuf>), Arc<KeyCache>>;
+    static CACHES: std::sync::OnceLock<std::sync::Mutex<Caches>> = std::sync::OnceLock::new();
+    let mut caches = CACHES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let key = (endpoint.raw.clone(), ca.map(|p| p.to_path_buf()));
+    if let Some(c) = caches.get(&key) {
+        return Ok(c.clone());
+    }
+    let cache = Arc::new(KeyCache {
+        endpoint: endpoint.clone(),
+        tls: tls()?,
+        keys: std::sync::RwLock::new(None),
+        attempts: std::sync::atomic::AtomicU64::new(0),
+        state: tokio::sync::Mutex::new(FetchState::default()),
+    });
+    caches.insert(key, cache.clone());
+    Ok(cache)
 }
 
 #[cfg(test)]
@@ -286,8 +363,8 @@ mod tests {
         for (field, value) in [
             ("iss", serde_json::json!("https://evil.example.com")),
             ("exp", serde_json::json!(1_000)),
-            ("nbf", serde_json::json!(1_001)),
-            ("iat", serde_json::json!(1_001)),
+            ("nbf", serde_json::json!(1_031)),
+            ("iat", serde_json::json!(1_031)),
             ("aud", serde_json::json!("other")),
             ("scope", serde_json::json!("read")),
             ("groups", serde_json::json!(["dev"])),
@@ -339,6 +416,64 @@ mod tests {
         );
         assert!(matches!(
             check(&c, &keys, "a.b", 1_000),
+            Err(Refusal::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn keys_without_a_kid_and_tokens_without_one_and_the_clock_s_leeway() {
+        let c = cfg(Vec::new());
+        let good = serde_json::json!({ "iss": "https://idp.example.com", "exp": 2_000 });
+        let plain = serde_json::json!({ "alg": "RS256" });
+        // A token without a kid: any key that verifies it.
+        assert_eq!(
+            check(&c, &jwks(), &token(plain.clone(), good.clone()), 1_000),
+            Ok(())
+        );
+        // A JWKS whose key has no kid serves a token that names one; a zero-padded modulus and
+        // a key for another algorithm are handled.
+        let text =
+            String::from_utf8(std::fs::read(causeway_testkit::tls::cert("jwks.json")).unwrap())
+                .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut key = v["keys"][0].clone();
+        key.as_object_mut().unwrap().remove("kid");
+        let n = URL_SAFE_NO_PAD.decode(key["n"].as_str().unwrap()).unwrap();
+        key["n"] = URL_SAFE_NO_PAD.encode([&[0u8][..], &n].concat()).into();
+        let mut rs512 = v["keys"][0].clone();
+        rs512["alg"] = "RS512".into();
+        let doc = serde_json::json!({ "keys": [rs512, key] });
+        let keys = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.len(), 1, "the RS512 key is skipped");
+        assert_eq!(
+            check(&c, &keys, &token(rs256(), good.clone()), 1_000),
+            Ok(())
+        );
+        // A token without a kid that no key verifies may mean new keys.
+        let other = serde_json::json!({ "keys": [] });
+        assert_eq!(
+            check(
+                &c,
+                &parse_jwks(other.to_string().as_bytes()).unwrap(),
+                &token(plain, good.clone()),
+                1_000
+            ),
+            Err(Refusal::UnknownKey)
+        );
+        // nbf and iat may be 30 s ahead of this clock, not more.
+        for (t, ok) in [(1_030, true), (1_031, false)] {
+            let mut c2 = good.clone();
+            c2["nbf"] = t.into();
+            assert_eq!(
+                check(&c, &jwks(), &token(rs256(), c2), 1_000).is_ok(),
+                ok,
+                "{t}"
+            );
+        }
+        // A critical extension is refused.
+        let crit = serde_json::json!({ "alg": "RS256", "kid": "test-key-1", "crit": ["exp"] });
+        assert!(matches!(
+            check(&c, &jwks(), &token(crit, good), 1_000),
             Err(Refusal::Invalid(_))
         ));
     }

@@ -862,14 +862,20 @@ async fn authenticate<S: ClientStream>(
             .collect();
         let host = head.header(buf, "host").unwrap_or_default();
         let (path, query) = split_target(head.target(buf));
-        if let Some(v) = router.validator(priority) {
-            match crate::idp::validate_jwt(v, head.header(buf, "authorization")).await {
+        if path == auth::CALLBACK && router.signs_in() {
+            let providers = |p| router.provider_at(p).map(|a| &**a);
+            crate::idp::callback(keys, providers, host, query, &cookies).await
+        } else if let Some(v) = router.validator(priority) {
+            let authorization: smallvec::SmallVec<[&[u8]; 1]> = head
+                .headers
+                .iter()
+                .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"authorization"))
+                .map(|h| h.value.get(buf))
+                .collect();
+            match crate::idp::validate_jwt(v, &authorization).await {
                 Ok(()) => return Authenticated::Pass(None, Vec::new()),
                 Err(a) => a,
             }
-        } else if path == auth::CALLBACK && router.signs_in() {
-            let providers = |p| router.provider_at(p).map(|a| &**a);
-            crate::idp::callback(keys, providers, host, query, &cookies).await
         } else {
             let Some(p) = router.provider(priority) else {
                 return Authenticated::Pass(None, Vec::new());

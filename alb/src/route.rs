@@ -160,8 +160,13 @@ impl Router {
                 .filter_map(|r| Some((r.priority, r.jwt.as_ref()?))),
         );
         for (priority, j) in jwts {
-            let tls = crate::idp::client_config(j.trusted_ca_file.as_deref())?;
-            let v = crate::jwt::Validator::new(j.clone(), tls);
+            let ca = j.trusted_ca_file.as_deref();
+            let cache =
+                crate::jwt::cache_for(&j.jwks_endpoint, ca, || crate::idp::client_config(ca))?;
+            let v = crate::jwt::Validator {
+                cfg: j.clone(),
+                cache,
+            };
             validators.push((priority, std::sync::Arc::new(v)));
         }
         Ok(Router {

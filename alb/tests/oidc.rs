@@ -837,6 +837,14 @@ issuer = "{issuer}"
 jwks_endpoint = "{issuer}/jwks"
 trusted_ca_file = "{ca}"
 additional_claims = [{{ name = "scope", format = "space-separated-values", values = ["orders:read"] }}]
+[[listeners.rules]]
+priority = 20
+conditions = [{{ field = "path-pattern", values = ["/down/*"] }}]
+action = {{ type = "forward", target_group = "api" }}
+[listeners.rules.jwt_validation]
+issuer = "{issuer}"
+jwks_endpoint = "{issuer}/no-such-jwks"
+trusted_ca_file = "{ca}"
 [target_groups.api]
 targets = [{{ address = "{origin}" }}]
 health_check.interval_seconds = 300
@@ -896,6 +904,10 @@ health_check.interval_seconds = 300
         use base64::Engine;
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(elevated.to_string());
         bad_claims.push(format!("{head}.{payload}.{sig}"));
+        // Two Authorization fields: a target might read the other one.
+        let twice = [proto, "-H", &auth, "-H", "Authorization: Bearer forged"];
+        let seen = s.curl("/api/orders", "jwt.jar", false, &twice).await;
+        assert_eq!(seen.status, 400, "{proto}: {}", seen.out);
         for bad in bad_claims {
             let auth = format!("Authorization: Bearer {bad}");
             let seen = s
@@ -911,8 +923,20 @@ health_check.interval_seconds = 300
     }
     // The JWKS was fetched once for all of that.
     assert_eq!(paths_since(&idp, 0), ["/jwks"]);
-    // A token signed with a key the JWKS does not hold makes the alb fetch it again (the IdP
-    // may have rotated its keys), at most once per 30 s.
+    // The IdP rotates its key: a token naming the new key makes the alb fetch the JWKS again,
+    // and it is taken.
+    let jwks = std::fs::read_to_string(causeway_testkit::tls::cert("jwks.json")).unwrap();
+    idp.set_jwks(&jwks.replace("test-key-1", "rotated-1"));
+    let auth = format!(
+        "Authorization: Bearer {}",
+        signed_jwt("rotated-1", good.clone())
+    );
+    let seen = s
+        .curl("/api/orders", "jwt.jar", false, &["-H", &auth])
+        .await;
+    assert_eq!(seen.status, 200, "{}", seen.out);
+    assert_eq!(paths_since(&idp, 0), ["/jwks", "/jwks"]);
+    // Made-up key ids make it fetch again at most once per 30 s.
     for _ in 0..2 {
         let auth = format!(
             "Authorization: Bearer {}",
@@ -924,6 +948,17 @@ health_check.interval_seconds = 300
         assert_eq!(seen.status, 401, "{}", seen.out);
     }
     assert_eq!(paths_since(&idp, 0), ["/jwks", "/jwks"]);
+    // A JWKS endpoint that fails: 500, and the next request does not ask again at once.
+    let before = idp.asked().len();
+    for _ in 0..2 {
+        let auth = format!(
+            "Authorization: Bearer {}",
+            signed_jwt("test-key-1", good.clone())
+        );
+        let seen = s.curl("/down/x", "jwt.jar", false, &["-H", &auth]).await;
+        assert_eq!(seen.status, 500, "{}", seen.out);
+    }
+    assert_eq!(paths_since(&idp, before), ["/no-such-jwks"]);
 }
 
 #[test]
