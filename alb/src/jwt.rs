@@ -302,36 +302,13 @@ mod tests {
         }
     }
 
-    fn signer() -> ring::signature::RsaKeyPair {
-        let pem = std::fs::read_to_string(causeway_testkit::tls::cert("jwt-signing.key")).unwrap();
-        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap();
-        ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap()
-    }
-
     fn jwks() -> Vec<Key> {
         let text = std::fs::read(causeway_testkit::tls::cert("jwks.json")).unwrap();
         parse_jwks(&text).unwrap()
     }
 
     fn token(header: serde_json::Value, claims: serde_json::Value) -> String {
-        let mut t = URL_SAFE_NO_PAD.encode(header.to_string());
-        t.push('.');
-        t.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
-        let mut sig = vec![0; signer().public().modulus_len()];
-        signer()
-            .sign(
-                &ring::signature::RSA_PKCS1_SHA256,
-                &ring::rand::SystemRandom::new(),
-                t.as_bytes(),
-                &mut sig,
-            )
-            .unwrap();
-        t.push('.');
-        t.push_str(&URL_SAFE_NO_PAD.encode(sig));
-        t
+        causeway_testkit::jwt::sign(&header, &claims)
     }
 
     fn rs256() -> serde_json::Value {

@@ -785,31 +785,8 @@ health_check.interval_seconds = 300
 
 /// An RS256 JWT signed with the test key (`jwt-signing.key`, published in `jwks.json`).
 fn signed_jwt(kid: &str, claims: serde_json::Value) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let pem = std::fs::read_to_string(causeway_testkit::tls::cert("jwt-signing.key")).unwrap();
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .unwrap();
-    let key = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
     let header = serde_json::json!({ "alg": "RS256", "typ": "JWT", "kid": kid });
-    let mut t = format!(
-        "{}.{}",
-        b64.encode(header.to_string()),
-        b64.encode(claims.to_string())
-    );
-    let mut sig = vec![0; key.public().modulus_len()];
-    key.sign(
-        &ring::signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
-        t.as_bytes(),
-        &mut sig,
-    )
-    .unwrap();
-    t.push('.');
-    t.push_str(&b64.encode(sig));
-    t
+    causeway_testkit::jwt::sign(&header, &claims)
 }
 
 #[tokio::test]

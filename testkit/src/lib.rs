@@ -4,6 +4,7 @@
 pub mod h2raw;
 pub mod h3client;
 pub mod idp;
+pub mod jwt;
 pub mod lifecycle;
 pub mod load;
 pub mod moto;
