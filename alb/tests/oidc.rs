@@ -24,21 +24,9 @@ struct Stack {
 }
 
 async fn start(origin: &Origin, idp: &Idp, lb_extra: &str) -> Stack {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let certs = causeway_testkit::tls::certificates_toml();
     let auth = idp.toml();
     let text = format!(
-        r#"
-[admin]
-address = "{admin}"
-[load_balancer]
-{lb_extra}
-[[listeners]]
-address = "{addr}"
-protocol = "HTTPS"
-certificates = [{certs}]
-default_action = {{ type = "forward", target_group = "web" }}
+        r#"default_action = {{ type = "forward", target_group = "web" }}
 
 [[listeners.rules]]
 priority = 10
@@ -97,7 +85,7 @@ health_check.interval_seconds = 300
         dead = free_port(),
         ws = switching_target().await,
     );
-    launch(addr, admin, &text).await
+    launch(lb_extra, &text).await
 }
 
 /// A target that answers every request with a WebSocket's 101 and closes.
@@ -119,9 +107,18 @@ async fn switching_target() -> SocketAddr {
     addr
 }
 
-/// Starts the alb with config `text` (listening on `addr`, its admin server on `admin`).
-async fn launch(addr: SocketAddr, admin: SocketAddr, text: &str) -> Stack {
-    let cfg = parse::<FileAlb>("alb.toml", text, &Context { dir: ".".into() })
+/// Starts the alb with one HTTPS listener (on a free port, with the test certificates, its
+/// admin server on another): `[load_balancer]` holds `lb_extra`, and `listener` goes on with
+/// the listener's other fields, its rules and the target groups.
+async fn launch(lb_extra: &str, listener: &str) -> Stack {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        "[admin]\naddress = \"{admin}\"\n[load_balancer]\n{lb_extra}\n[[listeners]]\n\
+         address = \"{addr}\"\nprotocol = \"HTTPS\"\ncertificates = [{}]\n{listener}",
+        causeway_testkit::tls::certificates_toml()
+    );
+    let cfg = parse::<FileAlb>("alb.toml", &text, &Context { dir: ".".into() })
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
     let server = Server::<Alb>::start(Path::new("alb.toml"), cfg, Arc::new(NetProber))
         .await
@@ -733,17 +730,8 @@ async fn a_cognito_user_pool_signs_a_browser_in_through_its_oauth2_endpoints() {
     let pool = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC12";
     idp.set_issuer(pool);
     let domain = idp.issuer().trim_start_matches("https://").to_owned();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let text = format!(
-        r#"
-[admin]
-address = "{admin}"
-[[listeners]]
-address = "{addr}"
-protocol = "HTTPS"
-certificates = [{certs}]
-default_action = {{ type = "forward", target_group = "web" }}
+        r#"default_action = {{ type = "forward", target_group = "web" }}
 [listeners.default_authenticate_cognito]
 user_pool_arn = "arn:aws:cognito-idp:eu-west-1:123456789012:userpool/eu-west-1_AbC12"
 user_pool_client_id = "pool-client"
@@ -754,11 +742,10 @@ trusted_ca_file = "{ca}"
 targets = [{{ address = "{origin}" }}]
 health_check.interval_seconds = 300
 "#,
-        certs = causeway_testkit::tls::certificates_toml(),
         ca = causeway_testkit::tls::cert("idp-ca.pem"),
         origin = origin.addr()
     );
-    let s = launch(addr, admin, &text).await;
+    let s = launch("", &text).await;
     let seen = s.curl("/wp-login.php", "cognito.jar", true, &[]).await;
     assert_eq!((seen.status, seen.redirects), (200, 3), "{}", seen.out);
     let asked = idp.asked();
@@ -793,18 +780,9 @@ fn signed_jwt(kid: &str, claims: serde_json::Value) -> String {
 async fn jwt_validation_takes_a_bearer_token_signed_by_the_jwks_with_its_claims() {
     let origin = Origin::builder().name("api-1").start().await;
     let idp = Idp::start("unused", "unused", claims()).await;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let issuer = idp.issuer();
     let text = format!(
-        r#"
-[admin]
-address = "{admin}"
-[[listeners]]
-address = "{addr}"
-protocol = "HTTPS"
-certificates = [{certs}]
-default_action = {{ type = "fixed-response", status_code = 404 }}
+        r#"default_action = {{ type = "fixed-response", status_code = 404 }}
 [[listeners.rules]]
 priority = 10
 conditions = [{{ field = "path-pattern", values = ["/api/*"] }}]
@@ -826,11 +804,10 @@ trusted_ca_file = "{ca}"
 targets = [{{ address = "{origin}" }}]
 health_check.interval_seconds = 300
 "#,
-        certs = causeway_testkit::tls::certificates_toml(),
         ca = causeway_testkit::tls::cert("idp-ca.pem"),
         origin = origin.addr()
     );
-    let s = launch(addr, admin, &text).await;
+    let s = launch("", &text).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
