@@ -83,28 +83,13 @@ health_check.interval_seconds = 300
 "#,
         origin = origin.addr(),
         dead = free_port(),
-        ws = switching_target().await,
+        ws = causeway_testkit::raw::canned_target(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        )
+        .await,
     );
     launch(lb_extra, &text).await
-}
-
-/// A target that answers every request with a WebSocket's 101 and closes.
-async fn switching_target() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-                let _ = s.write_all(answer).await;
-            });
-        }
-    });
-    addr
 }
 
 /// Starts the alb with one HTTPS listener (on a free port, with the test certificates, its

@@ -17,7 +17,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -81,22 +80,6 @@ async fn ws_target() -> (SocketAddr, Seen) {
         }
     });
     (addr, seen)
-}
-
-/// A target that answers every request with `answer` and closes.
-async fn raw_target(answer: &'static [u8]) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
-                let _ = s.write_all(answer).await;
-            });
-        }
-    });
-    addr
 }
 
 /// An alb forwarding `/ws*` to `ws`, `/h2*` to an h2 group, everything else to `other`.
@@ -287,7 +270,7 @@ async fn a_websocket_over_h2_reaches_an_http1_target_as_a_get_upgrade() {
 #[tokio::test]
 async fn h2_websocket_refusals_are_relayed_and_a_2xx_without_101_is_a_502() {
     let (ws, _) = ws_target().await;
-    let forbidden = raw_target(
+    let forbidden = causeway_testkit::raw::canned_target(
         b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\nConnection: close\r\n\r\nnope\n",
     )
     .await;

@@ -194,3 +194,26 @@ pub async fn check_drain_closes_idle_connections(
         "the drain waited for the silent connection's linger only"
     );
 }
+
+/// A target on 127.0.0.1 that reads each connection's request head, answers `answer`
+/// verbatim and hangs up (a WebSocket's 101, a refusal, a broken response).
+pub async fn canned_target(answer: &'static [u8]) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
