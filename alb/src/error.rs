@@ -13,6 +13,10 @@ pub enum ProxyError {
     /// The target group has no target to try.
     #[error("no target available")]
     NoTargets,
+    /// Every target is at its concurrency limit (`target_control`), and the request could not
+    /// wait or waited past the queue timeout.
+    #[error("every target is at its concurrency limit")]
+    TargetsAtCapacity,
     /// Connecting to the target failed (refused, reset, unreachable).
     #[error("target connection failed")]
     ConnectFailed,
@@ -42,7 +46,7 @@ impl ProxyError {
         match self {
             ProxyError::Client(s, _) => Some(s),
             ProxyError::ClientGone | ProxyError::ResponseCut => None,
-            ProxyError::NoTargets => Some(503),
+            ProxyError::NoTargets | ProxyError::TargetsAtCapacity => Some(503),
             ProxyError::Transform(_) => Some(500),
             ProxyError::ConnectFailed | ProxyError::UpstreamFailed | ProxyError::BadResponse => {
                 Some(502)
@@ -78,6 +82,9 @@ mod tests {
     fn statuses_and_retries() {
         assert_eq!(ProxyError::Client(431, "x").status(), Some(431));
         assert_eq!(ProxyError::NoTargets.status(), Some(503));
+        assert_eq!(ProxyError::TargetsAtCapacity.status(), Some(503));
+        assert!(!ProxyError::TargetsAtCapacity.retryable(true, true));
+        assert!(!ProxyError::TargetsAtCapacity.blames_target());
         assert_eq!(
             ProxyError::Transform(crate::transform::TransformError::Url).status(),
             Some(500)

@@ -472,15 +472,29 @@ impl Plan<'_> {
         }
     }
 
-    /// The next target to try, within the retry budget.
-    fn next(&self, attempt: usize, tried: &[SocketAddr]) -> Option<Arc<Target>> {
+    /// The next target to try, within the retry budget, claimed for the request; `last`
+    /// becomes why there is none when no target was tried yet.
+    async fn next(
+        &self,
+        attempt: usize,
+        tried: &[SocketAddr],
+        last: &mut ProxyError,
+    ) -> Option<(Arc<Target>, InFlight)> {
         if attempt > 1 && !self.group.retry_budget.withdraw(Instant::now()) {
             metrics::counter!("causeway_alb_retry_budget_exhausted_total",
                 "target_group" => self.group.cfg.name.clone())
             .increment(1);
             return None;
         }
-        upstream::upstream_peer(self.group, tried, self.hash, self.stuck.as_ref())
+        match upstream::claim_peer(self.group, tried, self.hash, self.stuck.as_ref()).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                if tried.is_empty() {
+                    *last = e;
+                }
+                None
+            }
+        }
     }
 
     fn connect_failed(&self, target: &Target) {
@@ -608,11 +622,10 @@ async fn forward_h1(
     let mut ubuf = Vec::new();
     let mut resp = causeway_dataplane::http1::ResponseHead::default();
     for attempt in 1..=MAX_ATTEMPTS {
-        let Some(target) = plan.next(attempt, &tried) else {
+        let Some((target, in_flight)) = plan.next(attempt, &tried, &mut last).await else {
             break;
         };
         let addr = target.cfg.address;
-        let in_flight = target.begin();
         let pooled = match upgrade {
             Some(_) => None,
             None => Up::pooled(&target, plan.tls),
@@ -771,7 +784,7 @@ async fn forward_h2(
     let mut tried: smallvec::SmallVec<[SocketAddr; 4]> = smallvec::SmallVec::new();
     let mut last = ProxyError::NoTargets;
     for attempt in 1..=MAX_ATTEMPTS {
-        let Some(target) = plan.next(attempt, &tried) else {
+        let Some((target, in_flight)) = plan.next(attempt, &tried, &mut last).await else {
             break;
         };
         let Some(req) = pending
@@ -781,7 +794,6 @@ async fn forward_h2(
             break;
         };
         let addr = target.cfg.address;
-        let in_flight = target.begin();
         let (mut s, reused) = match h2_sender(pools, addr, plan.tls).await {
             Ok(s) => s,
             Err(e) => {

@@ -14,11 +14,12 @@ use crate::Alb;
 use causeway_config::alb::{LoadBalancerAttributes, XffMode};
 use causeway_config::common::Stickiness;
 use causeway_config::listener_headers::{RequestRenames, ResponseHeaders};
+use causeway_dataplane::capacity::{Attempt, Refusal};
 use causeway_dataplane::http1::head::ConnectionList;
 use causeway_dataplane::http1::{
     parse_response, ChunkedScanner, Framing, RequestHead, ResponseHead,
 };
-use causeway_dataplane::target::{Target, TargetGroup};
+use causeway_dataplane::target::{InFlight, Target, TargetGroup};
 use causeway_dataplane::{buffers, Snapshot};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -199,15 +200,15 @@ pub fn sticky_target(
         .cloned()
 }
 
-/// Phase `upstream_peer`: the sticky target if there is one, else the group's algorithm's
-/// choice; never a target already tried.
+/// Phase `upstream_peer`: the sticky target if there is one (and it is under its concurrency
+/// limit), else the group's algorithm's choice; never a target already tried.
 pub fn upstream_peer(
     group: &TargetGroup,
     tried: &[SocketAddr],
     hash: u64,
     sticky: Option<&Arc<Target>>,
 ) -> Option<Arc<Target>> {
-    if let Some(t) = sticky.filter(|t| !tried.contains(&t.cfg.address)) {
+    if let Some(t) = sticky.filter(|t| !tried.contains(&t.cfg.address) && t.has_room()) {
         return Some(t.clone());
     }
     if let Some(t) = group.select(hash) {
@@ -219,6 +220,50 @@ pub fn upstream_peer(
         .preference(hash)
         .into_iter()
         .find(|t| !tried.contains(&t.cfg.address))
+}
+
+/// Phase `upstream_peer` with the request counted on its target: a target not yet tried,
+/// claimed for this request. Under `target_control` the target must be under its concurrency
+/// limit; when every target is at it, a first attempt waits its turn in the group's queue (up
+/// to the queue timeout), and a retry gives up at once.
+pub async fn claim_peer(
+    group: &TargetGroup,
+    tried: &[SocketAddr],
+    hash: u64,
+    sticky: Option<&Arc<Target>>,
+) -> Result<(Arc<Target>, InFlight), ProxyError> {
+    let pick = || upstream_peer(group, tried, hash, sticky);
+    let Some(tc) = group.cfg.target_control else {
+        return match group.claim(tried, pick) {
+            Attempt::Claimed(c) => Ok(c),
+            _ => Err(ProxyError::NoTargets),
+        };
+    };
+    let (timeout, max) = if tried.is_empty() {
+        (tc.queue_timeout, tc.max_queued)
+    } else {
+        (Duration::ZERO, 0)
+    };
+    let name = &group.cfg.name;
+    let gauge = || {
+        metrics::gauge!("causeway_alb_target_control_queued_requests",
+            "target_group" => name.clone())
+    };
+    match group
+        .queue
+        .admit(timeout, max, gauge, || group.claim(tried, pick))
+        .await
+    {
+        Ok(c) => Ok(c),
+        Err(Refusal::NoTarget) => Err(ProxyError::NoTargets),
+        Err(Refusal::Full | Refusal::TimedOut) => {
+            // ALB's TargetControlRequestRejectCount.
+            metrics::counter!("causeway_alb_target_control_request_reject_count",
+                "target_group" => name.clone())
+            .increment(1);
+            Err(ProxyError::TargetsAtCapacity)
+        }
+    }
 }
 
 /// What a target may be told about a request that came over TLS.
@@ -650,8 +695,14 @@ pub async fn forward<S: ClientStream>(
             .increment(1);
             break;
         }
-        let Some(target) = upstream_peer(group, &tried, hash, stuck.as_ref()) else {
-            break;
+        let (target, _in_flight) = match claim_peer(group, &tried, hash, stuck.as_ref()).await {
+            Ok(c) => c,
+            Err(e) => {
+                if tried.is_empty() {
+                    last = e;
+                }
+                break;
+            }
         };
         // The cookie names this target (re-sticking after a failover). lb_cookie: every
         // response refreshes it; app_cookie: responses that set the application's cookie.
@@ -665,7 +716,6 @@ pub async fn forward<S: ClientStream>(
             (line, m.app_cookie)
         });
         let addr = target.cfg.address;
-        let _in_flight = target.begin();
         let pooled = Up::pooled(&target, tls);
         let reused = pooled.is_some();
         let mut up = match pooled {

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -868,4 +869,61 @@ async fn h2c_is_refused_when_http2_is_turned_off() {
     assert!(web.seen().is_empty() && grpc.seen().is_empty());
     let r = causeway_testkit::raw::get(addr, "/one", &[]).await.unwrap();
     assert_eq!(r.status, 200);
+}
+
+/// `target_control` over h2: streams are requests, so each counts against its target's
+/// limit, whether the target speaks HTTP/1.1 or h2; a stream that finds every target full
+/// gets a 503 at once (no queue, as on ALB) and reaches no target.
+#[tokio::test]
+async fn h2_streams_count_against_each_targets_concurrency_limit() {
+    for version in ["HTTP1", "HTTP2"] {
+        let os = [
+            Origin::builder().name("a").start().await,
+            Origin::builder().name("b").start().await,
+        ];
+        let grpc = Origin::builder().name("grpc-1").start().await;
+        for o in &os {
+            o.hold("/slow");
+        }
+        let extra = format!(
+            "protocol_version = \"{version}\"\ntarget_control.max_concurrent_requests = 1\n"
+        );
+        let (_s, addr) = start_with("HTTP", &targets(&[&os[0], &os[1]]), &extra, &grpc).await;
+        let s = h2c(addr).await;
+        let uri = format!("http://a.example.test:{}/slow", addr.port());
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                let (mut s, uri) = (s.clone(), uri.clone());
+                tokio::spawn(async move { send(&mut s, "GET", &uri, &[], b"").await })
+            })
+            .collect();
+        for _ in 0..2000 {
+            if os.iter().map(Origin::active).sum::<usize>() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(os.iter().map(Origin::active).sum::<usize>(), 2, "{version}");
+        let refused = send(&mut s.clone(), "GET", &uri, &[], b"").await;
+        assert_eq!(refused.status, 503, "{version}");
+        assert_eq!(
+            os[0].total() + os[1].total(),
+            2,
+            "{version}: no target saw it"
+        );
+        for o in &os {
+            o.let_through("/slow", 1);
+        }
+        let mut who = Vec::new();
+        for h in held {
+            let a = h.await.unwrap();
+            assert_eq!(a.status, 200, "{version}");
+            who.push(a.headers["x-origin"].to_str().unwrap().to_owned());
+        }
+        who.sort();
+        assert_eq!(who, ["a", "b"], "{version}: one each");
+        for o in &os {
+            assert_eq!(o.peak_active(), 1, "{version}: {}", o.name());
+        }
+    }
 }

@@ -1536,3 +1536,137 @@ async fn health_check_logs_have_a_line_per_check() {
         "{gone}"
     );
 }
+
+/// Waits (at most 2 s of the test's clock, in 1 ms steps) until `cond` holds.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..2000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// `GET /slow` with `Connection: close`, read to its end however long the alb takes (at most
+/// 120 s of the test's clock).
+async fn patient_get(addr: SocketAddr) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: capped.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut out))
+        .await
+        .expect("an answer")
+        .unwrap();
+    RawResponse::parse(&out).unwrap_or_else(|| panic!("{:?}", String::from_utf8_lossy(&out)))
+}
+
+/// `target_control` (ALB's Target Optimizer, HAProxy's `maxconn` and queue): no target ever
+/// answers more requests at once than its limit. Without a queue (ALB's way) a request that
+/// finds every target full gets a 503 at once and reaches no target; with one, it waits its
+/// turn and takes the first target to free up, until the queue is full (503 at once) or its
+/// timeout ends (503 then).
+#[tokio::test(start_paused = true)]
+async fn target_control_caps_requests_per_target_and_queues_or_refuses_the_rest() {
+    causeway_dataplane::telemetry::metrics();
+    let os = origins(&["a", "b"]).await;
+    for o in &os {
+        o.hold("/slow");
+    }
+    let fwd = r#"{ type = "forward", target_group = "capped" }"#;
+    let busy = |os: &[Origin]| os.iter().map(Origin::active).sum::<usize>();
+    let get = |addr: SocketAddr| tokio::spawn(patient_get(addr));
+
+    // ALB's way: no queue.
+    let alb = start(
+        &format!(
+            "{}target_control.max_concurrent_requests = 1\n",
+            group("capped", &[&os[0], &os[1]])
+        ),
+        fwd,
+        "",
+    )
+    .await;
+    let held = [get(alb.addr), get(alb.addr)];
+    until("both targets busy", || busy(&os) == 2).await;
+    let started = tokio::time::Instant::now();
+    let refused = patient_get(alb.addr).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
+    assert_eq!(
+        os[0].hits("/slow") + os[1].hits("/slow"),
+        2,
+        "no target saw it"
+    );
+    for o in &os {
+        o.let_through("/slow", 1);
+    }
+    let mut who = Vec::new();
+    for h in held {
+        let r = h.await.unwrap();
+        assert_eq!(r.status, 200);
+        who.push(r.header("x-origin").unwrap().to_owned());
+    }
+    who.sort();
+    assert_eq!(who, ["a", "b"], "one each");
+    let text = causeway_dataplane::telemetry::metrics().render();
+    assert_eq!(
+        causeway_testkit::metric(
+            &text,
+            "causeway_alb_target_control_request_reject_count{target_group=\"capped\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    // HAProxy's way: a queue of one, waiting up to 30 s.
+    let alb = start(
+        &format!(
+            "{}target_control = {{ max_concurrent_requests = 1, queue_timeout_seconds = 30, max_queued_requests = 1 }}\n",
+            group("capped", &[&os[0], &os[1]])
+        ),
+        fwd,
+        "",
+    )
+    .await;
+    let held = [get(alb.addr), get(alb.addr)];
+    until("both targets busy", || busy(&os) == 2).await;
+    let queued = get(alb.addr);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!queued.is_finished(), "it waits");
+    assert_eq!(busy(&os), 2, "and reaches no target yet");
+    let full = patient_get(alb.addr).await;
+    assert_eq!(full.status, 503, "the queue holds one");
+    // Target b frees up: the queued request takes it, and waits there in turn.
+    os[1].let_through("/slow", 1);
+    until("the queued request reaches b", || os[1].hits("/slow") == 3).await;
+    assert_eq!(os[0].hits("/slow"), 2, "a was never asked twice at once");
+    os[0].let_through("/slow", 1);
+    os[1].let_through("/slow", 1);
+    let mut who = Vec::new();
+    for h in held.into_iter().chain([queued]) {
+        let r = h.await.unwrap();
+        assert_eq!(r.status, 200);
+        who.push(r.header("x-origin").unwrap().to_owned());
+    }
+    assert_eq!(
+        who[2], "b",
+        "the queued request went to the target that freed up"
+    );
+    // Nothing frees up: a queued request gives up at the timeout.
+    let held = [get(alb.addr), get(alb.addr)];
+    until("both targets busy", || busy(&os) == 2).await;
+    let started = tokio::time::Instant::now();
+    let late = patient_get(alb.addr).await;
+    assert_eq!(late.status, 503);
+    assert_eq!(started.elapsed().as_secs(), 30, "after the queue timeout");
+    for o in &os {
+        o.let_through("/slow", 1);
+        assert_eq!(o.peak_active(), 1, "never two at once on {}", o.name());
+    }
+    for h in held {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+}

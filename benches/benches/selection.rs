@@ -14,6 +14,7 @@ use std::time::Duration;
 fn group(n: usize, algorithm: Algorithm) -> TargetGroupConfig {
     TargetGroupConfig {
         minimum_healthy: Default::default(),
+        target_control: None,
         name: "bench".into(),
         protocol: "HTTP".into(),
         protocol_version: Default::default(),

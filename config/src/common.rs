@@ -133,6 +133,18 @@ pub struct FileTargetGroup {
     pub preserve_client_ip: FileEnabled,
     #[serde(default)]
     pub target_group_health: FileTargetGroupHealth,
+    #[serde(default)]
+    pub target_control: FileTargetControl,
+}
+
+/// Per-target concurrency limits (alb): ALB's Target Optimizer, whose agent caps the
+/// requests a target gets at once, and HAProxy's `maxconn` with its queue.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTargetControl {
+    pub max_concurrent_requests: Option<i64>,
+    pub queue_timeout_seconds: Option<i64>,
+    pub max_queued_requests: Option<i64>,
 }
 
 /// AWS's `target_group_health.*` attributes (routing failover only: there is no DNS here).
@@ -254,6 +266,18 @@ impl MinimumHealthy {
         healthy < self.count as usize
             || (self.percentage > 0 && healthy * 100 < self.percentage as usize * total)
     }
+}
+
+/// Validated per-target concurrency limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetControl {
+    /// Requests one target may have in flight at once.
+    pub max_concurrent: u64,
+    /// How long a request waits for a target with room before a 503; zero (the default, as
+    /// on ALB) answers 503 at once.
+    pub queue_timeout: Duration,
+    /// Requests that may wait at once (per target group); more get a 503 at once.
+    pub max_queued: usize,
 }
 
 /// Validated outlier ejection settings.
@@ -463,6 +487,8 @@ pub struct TargetGroupConfig {
     pub local_zone: Option<String>,
     /// Routing failover thresholds.
     pub minimum_healthy: MinimumHealthy,
+    /// alb: per-target concurrency limits, off when `None`.
+    pub target_control: Option<TargetControl>,
 }
 
 /// Which data plane a target group belongs to: decides protocols and defaults.
@@ -920,7 +946,11 @@ impl FileTargetGroup {
                 }
             },
         };
+        let target_control = self
+            .target_control
+            .validate(&format!("{path}.target_control"), plane)?;
         Ok(TargetGroupConfig {
+            target_control,
             cross_zone,
             local_zone: None,
             minimum_healthy,
@@ -939,6 +969,53 @@ impl FileTargetGroup {
             anomaly_mitigation,
             stickiness,
         })
+    }
+}
+
+impl FileTargetControl {
+    fn validate(self, path: &str, plane: Plane) -> Check<Option<TargetControl>> {
+        let Some(max) = self.max_concurrent_requests else {
+            for (key, set) in [
+                (
+                    "queue_timeout_seconds",
+                    self.queue_timeout_seconds.is_some(),
+                ),
+                ("max_queued_requests", self.max_queued_requests.is_some()),
+            ] {
+                if set {
+                    return Err(Violation::new(
+                        format!("{path}.{key}"),
+                        "needs target_control.max_concurrent_requests: without a limit nothing \
+                         waits",
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        let mp = format!("{path}.max_concurrent_requests");
+        if plane == Plane::Nlb {
+            return Err(Violation::new(
+                mp,
+                "target_control is an alb target group attribute (the nlb relays flows, not \
+                 requests)",
+            ));
+        }
+        Ok(Some(TargetControl {
+            max_concurrent: in_range(&mp, max, 1, 100_000)? as u64,
+            queue_timeout: secs(
+                &format!("{path}.queue_timeout_seconds"),
+                self.queue_timeout_seconds,
+                0,
+                0,
+                3600,
+            )?,
+            max_queued: in_range(
+                &format!("{path}.max_queued_requests"),
+                self.max_queued_requests.unwrap_or(1024),
+                0,
+                1_000_000,
+            )? as usize,
+        }))
     }
 }
 

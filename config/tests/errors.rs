@@ -899,3 +899,70 @@ fn anomaly_mitigation_needs_weighted_random() {
             .contains("load_balancing.algorithm.anomaly_mitigation")
     );
 }
+
+#[test]
+fn target_control_limits_requests_per_target_on_the_alb_only() {
+    let with = |lines: &str| {
+        let text = BASE
+            .replace("  interval_seconds = 0", "interval_seconds = 5")
+            .replace(
+                "targets = [{ address = \"127.0.0.1:9001\" }]",
+                &format!("targets = [{{ address = \"127.0.0.1:9001\" }}]\n{lines}"),
+            );
+        parse::<FileAlb>("alb.toml", &text, &cx()).map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        with("").unwrap().target_groups["wordpress"].target_control,
+        None
+    );
+    let defaults = with("target_control.max_concurrent_requests = 8").unwrap();
+    assert_eq!(
+        defaults.target_groups["wordpress"].target_control,
+        Some(causeway_config::common::TargetControl {
+            max_concurrent: 8,
+            queue_timeout: Duration::ZERO,
+            max_queued: 1024,
+        }),
+        "by default a busy group answers 503 at once, as ALB does"
+    );
+    let queued = with(
+        "target_control = { max_concurrent_requests = 1, queue_timeout_seconds = 30, max_queued_requests = 50 }",
+    )
+    .unwrap();
+    assert_eq!(
+        queued.target_groups["wordpress"].target_control,
+        Some(causeway_config::common::TargetControl {
+            max_concurrent: 1,
+            queue_timeout: Duration::from_secs(30),
+            max_queued: 50,
+        })
+    );
+    let p = "target_groups.wordpress.target_control";
+    for (lines, want) in [
+        (
+            "target_control.max_concurrent_requests = 0",
+            format!("{p}.max_concurrent_requests: must be 1..=100000, got 0"),
+        ),
+        (
+            "target_control = { max_concurrent_requests = 4, queue_timeout_seconds = 3601 }",
+            format!("{p}.queue_timeout_seconds: must be 0..=3600, got 3601"),
+        ),
+        (
+            "target_control.queue_timeout_seconds = 5",
+            format!("{p}.queue_timeout_seconds: needs target_control.max_concurrent_requests"),
+        ),
+        (
+            "target_control.max_waiting = 5",
+            "unknown field `max_waiting`".to_owned(),
+        ),
+    ] {
+        let err = with(lines).unwrap_err();
+        assert!(err.contains(&want), "{lines}: {err}");
+        assert!(err.starts_with("alb.toml:"), "{err}");
+    }
+    let err = nlb("", "target_control.max_concurrent_requests = 4").unwrap_err();
+    assert!(
+        err.contains("target_groups.t.target_control.max_concurrent_requests: target_control is an alb target group attribute"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod anomaly;
 pub mod buffers;
+pub mod capacity;
 pub mod check;
 pub mod cli;
 pub mod client;

@@ -1,6 +1,7 @@
 //! Targets and target groups at run time: health, in-flight counts, latency, draining, and the
 //! selection of a target for a request or flow.
 
+use crate::capacity::{Attempt, Queue};
 use crate::health::{HealthMachine, Outcome, Reason, State, Transition};
 use crate::outlier::{OutlierPolicy, OutlierState};
 use crate::select::{self, Maglev, PeakEwma, SmoothWrr};
@@ -46,6 +47,10 @@ pub struct Target {
     atw_errors: AtomicU64,
     atw_anomalous: AtomicBool,
     atw_factor: AtomicU32,
+    /// The group's `target_control.max_concurrent_requests` (0: no limit), and the group's
+    /// queue, woken when a request here ends.
+    limit: AtomicU64,
+    queue: std::sync::OnceLock<Arc<Queue>>,
 }
 
 /// Counts one request or connection in flight on a target while it lives.
@@ -55,6 +60,11 @@ pub struct InFlight(Arc<Target>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.limit.load(Ordering::Relaxed) != 0 {
+            if let Some(q) = self.0.queue.get() {
+                q.release();
+            }
+        }
     }
 }
 
@@ -109,6 +119,8 @@ impl Target {
             atw_errors: AtomicU64::new(0),
             atw_anomalous: AtomicBool::new(false),
             atw_factor: AtomicU32::new(crate::anomaly::FULL),
+            limit: AtomicU64::new(0),
+            queue: std::sync::OnceLock::new(),
         })
     }
 
@@ -148,6 +160,34 @@ impl Target {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Like [`Self::begin`], but only while the target is under its group's concurrency limit
+    /// (`target_control`).
+    pub fn try_begin(self: &Arc<Self>) -> Option<InFlight> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return Some(self.begin());
+        }
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(self.clone()))
+    }
+
+    /// Whether the target is under its group's concurrency limit (always, without one).
+    pub fn has_room(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit == 0 || self.in_flight() < limit
+    }
+
+    /// Sets the group's concurrency limit (0: none) and queue.
+    fn set_control(&self, limit: u64, queue: &Arc<Queue>) {
+        self.limit.store(limit, Ordering::Relaxed);
+        // A target keeps its group's queue: groups carry their queue over reloads.
+        let _ = self.queue.set(queue.clone());
     }
 
     /// With `unhealthy.connection_termination` off: cuts the connections of a target that has
@@ -202,6 +242,10 @@ impl Target {
             *lock(&self.healthy_since) = Some(Instant::now());
             // Back in service: connections opened from now on are not cut by an old verdict.
             self.terminate_tx.send_replace(false);
+            // Requests waiting for room may take this target now.
+            if let Some(q) = self.queue.get() {
+                q.wake_all();
+            }
         }
         *lock(&self.unhealthy_since) = (t.to == State::Unhealthy).then(Instant::now);
         if t.to == State::Unhealthy && lock(&self.termination).on_unhealthy {
@@ -312,6 +356,9 @@ pub struct TargetGroup {
     unhealthy_routing: metrics::Counter,
     /// When automatic target weights last judged the targets.
     atw_last: Mutex<Instant>,
+    /// Requests waiting for a target under its concurrency limit (`target_control`); the
+    /// same queue across reloads.
+    pub queue: Arc<Queue>,
 }
 
 impl TargetGroup {
@@ -354,9 +401,14 @@ impl TargetGroup {
                 }
             }
         }
+        let queue = old.map(|o| o.queue.clone()).unwrap_or_default();
+        let limit = cfg.target_control.map_or(0, |c| c.max_concurrent);
         for t in &targets {
             t.set_termination(cfg.termination);
+            t.set_control(limit, &queue);
         }
+        // Targets or limits may have changed: waiting requests look again.
+        queue.wake_all();
         let maglev = (cfg.algorithm == Algorithm::Maglev).then(|| {
             let names: Vec<String> = targets.iter().map(|t| t.cfg.id.clone()).collect();
             Maglev::new(&names)
@@ -380,6 +432,7 @@ impl TargetGroup {
             retry_budget: crate::retry::RetryBudget::default(),
             unhealthy_routing,
             atw_last: Mutex::new(now),
+            queue,
         }
     }
 
@@ -404,13 +457,52 @@ impl TargetGroup {
 
     /// [`Self::usable`], with whether the group fails open already known.
     fn usable_when(&self, fail_open: bool) -> impl Fn(usize) -> bool + '_ {
+        self.usable_with(fail_open, self.cfg.target_control.is_some())
+    }
+
+    /// [`Self::usable_when`]; `room`: only targets under their concurrency limit.
+    fn usable_with(&self, fail_open: bool, room: bool) -> impl Fn(usize) -> bool + '_ {
         let base = move |i: usize| {
             let t = &self.targets[i];
-            (fail_open || t.state().routable()) && !t.is_ejected() && t.cfg.weight > 0
+            (fail_open || t.state().routable())
+                && !t.is_ejected()
+                && t.cfg.weight > 0
+                && (!room || t.has_room())
         };
         let zoned =
             !self.local.is_empty() && (0..self.targets.len()).any(|i| self.local[i] && base(i));
         move |i| base(i) && (!zoned || self.local[i])
+    }
+
+    /// With `target_control`, one try at a target with room for a request: `pick` chooses
+    /// among the usable targets with room (the algorithm's choice, or the sticky target) and
+    /// the choice is claimed if it still has room. `Busy` when usable targets not yet tried
+    /// exist but are all at their limit; `Nothing` when there are none. Without
+    /// `target_control`, the pick is claimed as is.
+    pub fn claim(
+        &self,
+        tried: &[std::net::SocketAddr],
+        pick: impl Fn() -> Option<Arc<Target>>,
+    ) -> Attempt<(Arc<Target>, InFlight)> {
+        // Another request may take the last slot between the pick and the claim (with
+        // several workers): a few picks, then it counts as busy.
+        for _ in 0..3 {
+            let Some(t) = pick() else { break };
+            if let Some(f) = t.try_begin() {
+                return Attempt::Claimed((t, f));
+            }
+        }
+        if self.cfg.target_control.is_none() {
+            return Attempt::Nothing;
+        }
+        let usable = self.usable_with(self.fails_open(), false);
+        let waiting_helps = (0..self.targets.len())
+            .any(|i| usable(i) && !tried.contains(&self.targets[i].cfg.address));
+        if waiting_helps {
+            Attempt::Busy
+        } else {
+            Attempt::Nothing
+        }
     }
 
     /// Records the outcome of one exchange with `t` for outlier ejection: `failed` for a 5xx
@@ -628,6 +720,7 @@ pub(crate) mod tests {
     pub(crate) fn tg(addrs: &[u16], algorithm: Algorithm) -> TargetGroupConfig {
         TargetGroupConfig {
             minimum_healthy: Default::default(),
+            target_control: None,
             name: "web".into(),
             protocol: "HTTP".into(),
             protocol_version: Default::default(),
@@ -767,6 +860,74 @@ pub(crate) mod tests {
                 "an unhealthy target takes work only while the group fails open"
             );
         }
+    }
+
+    /// `target_control`: a target at its limit gets no new request until one of its requests
+    /// ends, whatever the algorithm; the limit follows a reload; and a group whose usable
+    /// targets are all full is busy (waiting helps), unlike one with none usable.
+    #[tokio::test]
+    async fn targets_at_their_concurrency_limit_are_skipped_until_a_request_ends() {
+        use causeway_config::common::TargetControl;
+        let limited = |algorithm| {
+            let mut cfg = tg(&[1, 2], algorithm);
+            cfg.target_control = Some(TargetControl {
+                max_concurrent: 2,
+                queue_timeout: Duration::ZERO,
+                max_queued: 0,
+            });
+            cfg
+        };
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::LeastOutstandingRequests,
+            Algorithm::WeightedRandom,
+            Algorithm::P2cEwma,
+        ] {
+            let g = TargetGroup::build(limited(algorithm), None);
+            let claim = |g: &TargetGroup| g.claim(&[], || g.select(0));
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                match claim(&g) {
+                    Attempt::Claimed((_, f)) => held.push(f),
+                    other => panic!("{algorithm:?}: room left, got {other:?}"),
+                }
+            }
+            assert_eq!(
+                (g.targets[0].in_flight(), g.targets[1].in_flight()),
+                (2, 2),
+                "{algorithm:?}: two each, never three on one"
+            );
+            assert!(g.select(0).is_none(), "{algorithm:?}: both full");
+            assert!(matches!(claim(&g), Attempt::Busy), "{algorithm:?}");
+            let addrs: Vec<_> = g.targets.iter().map(|t| t.cfg.address).collect();
+            assert!(
+                matches!(g.claim(&addrs, || g.select(0)), Attempt::Nothing),
+                "{algorithm:?}: every target tried already: nothing to wait for"
+            );
+            // A request on target 2 ends: its slot is the one free.
+            let i = held.iter().position(|f| port(f.target()) == 2).unwrap();
+            held.remove(i);
+            match claim(&g) {
+                Attempt::Claimed((t, f)) => {
+                    assert_eq!(port(&t), 2, "{algorithm:?}");
+                    held.push(f);
+                }
+                other => panic!("{algorithm:?}: {other:?}"),
+            }
+        }
+        // A reload that lifts the limit makes the same targets take more at once.
+        let g = TargetGroup::build(limited(Algorithm::RoundRobin), None);
+        let held: Vec<_> = (0..4).map(|_| g.targets[0].try_begin()).collect();
+        assert_eq!(held.iter().filter(|f| f.is_some()).count(), 2);
+        let g2 = TargetGroup::build(tg(&[1, 2], Algorithm::RoundRobin), Some(&g));
+        assert!(
+            Arc::ptr_eq(&g.queue, &g2.queue),
+            "the queue outlives a reload"
+        );
+        assert!(g2.targets[0].has_room());
+        assert!(g2.targets[0].try_begin().is_some());
+        let free = g.targets[1].try_begin();
+        assert!(free.is_some(), "no limit, no refusal");
     }
 
     #[tokio::test]

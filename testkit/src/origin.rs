@@ -76,6 +76,27 @@ struct State {
     /// Requests from Causeway's health checker, kept apart so that tests counting traffic are
     /// not disturbed by a check that happens to land during them.
     health_checks: Vec<Seen>,
+    /// Requests (not health checks) being answered now, and the most there were at once.
+    active: usize,
+    peak: usize,
+}
+
+/// Counts a request as being answered while it lives.
+struct Active(Arc<Mutex<State>>);
+
+impl Active {
+    fn enter(state: &Arc<Mutex<State>>) -> Active {
+        let mut st = state.lock().unwrap();
+        st.active += 1;
+        st.peak = st.peak.max(st.active);
+        Active(state.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().active -= 1;
+    }
 }
 
 /// Per-path behaviour besides the status; changeable while the origin runs.
@@ -89,6 +110,8 @@ struct Extras {
     bodies: HashMap<String, Bytes>,
     /// Status overrides set while running (win over the builder's).
     statuses: HashMap<String, u16>,
+    /// Paths whose answers wait for a pass (`hold`, `let_through`).
+    gates: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
 /// Builds an [`Origin`].
@@ -272,6 +295,33 @@ impl Origin {
             .insert(path.to_owned(), status);
     }
 
+    /// From now on, requests for `path` wait (after being counted as seen and active) until
+    /// [`Self::let_through`] lets them go, one pass each.
+    pub fn hold(&self, path: &str) {
+        self.extras
+            .lock()
+            .unwrap()
+            .gates
+            .insert(path.to_owned(), Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets `n` held requests for `path` (present or future) be answered.
+    pub fn let_through(&self, path: &str, n: usize) {
+        if let Some(g) = self.extras.lock().unwrap().gates.get(path) {
+            g.add_permits(n);
+        }
+    }
+
+    /// Requests being answered now (health checks not included).
+    pub fn active(&self) -> usize {
+        self.state.lock().unwrap().active
+    }
+
+    /// The most requests this origin was answering at once (health checks not included).
+    pub fn peak_active(&self) -> usize {
+        self.state.lock().unwrap().peak
+    }
+
     /// From now on, waits `delay` before answering `path`.
     pub fn set_delay(&self, path: &str, delay: std::time::Duration) {
         self.extras
@@ -357,6 +407,11 @@ async fn accept(
                         } else {
                             st.seen.push(seen);
                         }
+                    }
+                    let _active = (!is_check).then(|| Active::enter(&state));
+                    let gate = extras.lock().unwrap().gates.get(&path).cloned();
+                    if let (Some(g), false) = (gate, is_check) {
+                        g.acquire().await.unwrap().forget();
                     }
                     let (delay, cookie, headers, body, status_override) = {
                         let x = extras.lock().unwrap();

@@ -1,0 +1,313 @@
+//! Per-target concurrency limits (ALB's Target Optimizer, HAProxy's `maxconn`): the queue where
+//! a target group's requests wait, in turn, for a target with room.
+
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// One try at claiming a target with room.
+#[derive(Debug)]
+pub enum Attempt<T> {
+    /// A target with room, claimed.
+    Claimed(T),
+    /// Every usable target is at its limit: waiting may help.
+    Busy,
+    /// No usable target at all: waiting would not help.
+    Nothing,
+}
+
+/// Why a request got no target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no usable target")]
+    NoTarget,
+    /// Every target was at its limit and the request could not wait (no queue, or it was
+    /// full).
+    #[error("every target is at its concurrency limit")]
+    Full,
+    #[error("no target had room within the queue timeout")]
+    TimedOut,
+}
+
+/// A target group's waiting requests. Its targets hold it too, so that a request ending on
+/// one of them wakes the longest waiter. Kept across reloads of the group.
+#[derive(Debug, Default)]
+pub struct Queue {
+    notify: Notify,
+    waiting: AtomicUsize,
+}
+
+/// Counts one waiting request while it lives; one that leaves without a target hands its
+/// turn on.
+struct Turn<'q> {
+    queue: &'q Queue,
+    gauge: metrics::Gauge,
+    claimed: bool,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.gauge.decrement(1.0);
+        let left = self.queue.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
+        if !self.claimed && left > 0 {
+            // It may have been woken for a slot it never took (a timeout or a client that went
+            // away): the next in line looks instead.
+            self.queue.notify.notify_one();
+        }
+    }
+}
+
+impl Queue {
+    /// Requests waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// A request on a limited target ended: wakes the longest waiter, if any.
+    pub fn release(&self) {
+        // Pairs with the fence in `admit`: either a waiter sees the freed slot, or this sees
+        // the waiter.
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The targets changed (one turned healthy, a reload): every waiter looks again.
+    pub fn wake_all(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// Runs `claim` until it claims a target. With nobody waiting it tries at once; otherwise,
+    /// or when every target is busy, the request waits its turn (first come, first served) for
+    /// up to `timeout`, unless `max` requests already wait. `gauge` (made only for a request
+    /// that waits) counts the waiting requests.
+    pub async fn admit<T>(
+        &self,
+        timeout: Duration,
+        max: usize,
+        gauge: impl FnOnce() -> metrics::Gauge,
+        mut claim: impl FnMut() -> Attempt<T>,
+    ) -> Result<T, Refusal> {
+        if self.waiting() == 0 {
+            match claim() {
+                Attempt::Claimed(t) => return Ok(t),
+                Attempt::Nothing => return Err(Refusal::NoTarget),
+                Attempt::Busy => {}
+            }
+        }
+        if timeout.is_zero() || self.waiting() >= max {
+            return Err(Refusal::Full);
+        }
+        let sleep = tokio::time::sleep_until(Instant::now() + timeout);
+        tokio::pin!(sleep);
+        let gauge = gauge();
+        gauge.increment(1.0);
+        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut turn = Turn {
+            queue: self,
+            gauge,
+            claimed: false,
+        };
+        // The first in line looks at once (a slot may have opened since the try above); the
+        // others wait to be woken, so that a request never overtakes one waiting before it.
+        let mut look = ahead == 0;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            fence(Ordering::SeqCst);
+            if look {
+                match claim() {
+                    Attempt::Claimed(t) => {
+                        turn.claimed = true;
+                        return Ok(t);
+                    }
+                    Attempt::Nothing => return Err(Refusal::NoTarget),
+                    Attempt::Busy => {}
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => look = true,
+                _ = &mut sleep => return Err(Refusal::TimedOut),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    /// A pool of `room` slots standing in for a target group's limited targets.
+    #[derive(Debug)]
+    struct Slots {
+        free: AtomicU64,
+        queue: Queue,
+    }
+
+    impl Slots {
+        fn new(room: u64) -> Arc<Slots> {
+            Arc::new(Slots {
+                free: AtomicU64::new(room),
+                queue: Queue::default(),
+            })
+        }
+
+        fn claim(&self) -> Attempt<()> {
+            match self
+                .free
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            {
+                Ok(_) => Attempt::Claimed(()),
+                Err(_) => Attempt::Busy,
+            }
+        }
+
+        fn free_one(&self) {
+            self.free.fetch_add(1, Ordering::AcqRel);
+            self.queue.release();
+        }
+
+        async fn admit(self: &Arc<Self>, timeout: u64, max: usize) -> Result<(), Refusal> {
+            self.queue
+                .admit(
+                    Duration::from_secs(timeout),
+                    max,
+                    metrics::Gauge::noop,
+                    || self.claim(),
+                )
+                .await
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_queue_a_busy_group_refuses_at_once() {
+        let s = Slots::new(1);
+        assert_eq!(s.admit(0, 100).await, Ok(()));
+        assert_eq!(s.admit(0, 100).await, Err(Refusal::Full));
+        let none = Queue::default()
+            .admit(Duration::from_secs(5), 10, metrics::Gauge::noop, || {
+                Attempt::<()>::Nothing
+            })
+            .await;
+        assert_eq!(none, Err(Refusal::NoTarget), "nothing to wait for");
+        assert_eq!(s.queue.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_in_arrival_order_as_slots_free() {
+        let s = Slots::new(0);
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let (s, order) = (s.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = s.admit(10, 100).await;
+                order.lock().unwrap().push(i);
+                r
+            }));
+            settle().await;
+        }
+        assert_eq!(s.queue.waiting(), 3);
+        for served in 1..=3 {
+            s.free_one();
+            settle().await;
+            assert_eq!(order.lock().unwrap().len(), served);
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(()));
+        }
+        assert_eq!(s.queue.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newcomer_does_not_overtake_a_waiting_request() {
+        let s = Slots::new(0);
+        let first = tokio::spawn({
+            let s = s.clone();
+            async move { s.admit(10, 100).await }
+        });
+        settle().await;
+        // A slot frees and, before the waiter runs, a new request arrives: it queues behind.
+        s.free_one();
+        let mut late = Box::pin(s.admit(10, 100));
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(late.as_mut(), cx))
+        })
+        .await;
+        assert!(polled.is_pending(), "the newcomer waits its turn");
+        settle().await;
+        assert!(first.is_finished(), "the waiter got the slot");
+        assert_eq!(first.await.unwrap(), Ok(()));
+        s.free_one();
+        assert_eq!(late.await, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_at_its_timeout_and_a_full_queue_refuses() {
+        let s = Slots::new(0);
+        let started = Instant::now();
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { s.admit(5, 1).await }
+        });
+        settle().await;
+        assert_eq!(s.admit(5, 1).await, Err(Refusal::Full), "one may wait");
+        assert_eq!(waiting.await.unwrap(), Err(Refusal::TimedOut));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(s.queue.waiting(), 0);
+    }
+
+    /// A waiter woken for a slot that leaves without it (its client went away) hands the
+    /// slot to the next in line instead of leaving it unused until another request ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_leaves_hands_its_turn_on() {
+        let s = Slots::new(0);
+        let gone = tokio::spawn({
+            let s = s.clone();
+            async move { s.admit(10, 100).await }
+        });
+        settle().await;
+        let next = tokio::spawn({
+            let s = s.clone();
+            async move { s.admit(10, 100).await }
+        });
+        settle().await;
+        // The slot frees and the first waiter is cancelled before it can run.
+        s.free.fetch_add(1, Ordering::AcqRel);
+        s.queue.release();
+        gone.abort();
+        settle().await;
+        assert!(next.is_finished(), "the next waiter took the slot");
+        assert_eq!(next.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_room_wakes_every_waiter() {
+        let s = Slots::new(0);
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.admit(10, 100).await })
+            })
+            .collect();
+        settle().await;
+        // A limit raised by a reload, or a target back in service: two slots at once.
+        s.free.fetch_add(2, Ordering::AcqRel);
+        s.queue.wake_all();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(()));
+        }
+    }
+}
