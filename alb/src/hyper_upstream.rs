@@ -473,7 +473,7 @@ impl Plan<'_> {
     }
 
     /// The next target to try, within the retry budget, claimed for the request; `last`
-    /// becomes why there is none when no target was tried yet.
+    /// becomes why there is none on the first attempt.
     async fn next(
         &self,
         attempt: usize,
@@ -486,10 +486,11 @@ impl Plan<'_> {
             .increment(1);
             return None;
         }
-        match upstream::claim_peer(self.group, tried, self.hash, self.stuck.as_ref()).await {
+        let retry = attempt > 1;
+        match upstream::claim_peer(self.group, tried, self.hash, self.stuck.as_ref(), retry).await {
             Ok(c) => Some(c),
             Err(e) => {
-                if tried.is_empty() {
+                if !retry {
                     *last = e;
                 }
                 None

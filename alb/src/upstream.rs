@@ -225,42 +225,69 @@ pub fn upstream_peer(
 /// Phase `upstream_peer` with the request counted on its target: a target not yet tried,
 /// claimed for this request. Under `target_control` the target must be under its concurrency
 /// limit; when every target is at it, a first attempt waits its turn in the group's queue (up
-/// to the queue timeout), and a retry gives up at once.
+/// to the queue timeout), and a `retry` gives up at once.
 pub async fn claim_peer(
     group: &TargetGroup,
     tried: &[SocketAddr],
     hash: u64,
     sticky: Option<&Arc<Target>>,
+    retry: bool,
 ) -> Result<(Arc<Target>, InFlight), ProxyError> {
-    let pick = || upstream_peer(group, tried, hash, sticky);
-    let Some(tc) = group.cfg.target_control else {
-        return match group.claim(tried, pick) {
-            Attempt::Claimed(c) => Ok(c),
-            _ => Err(ProxyError::NoTargets),
-        };
-    };
-    let (timeout, max) = if tried.is_empty() {
-        (tc.queue_timeout, tc.max_queued)
-    } else {
-        (Duration::ZERO, 0)
+    if group.cfg.target_control.is_none() || group.queue.waiting() == 0 {
+        match group.claim(tried, || upstream_peer(group, tried, hash, sticky)) {
+            Attempt::Claimed(c) => return Ok(c),
+            Attempt::Nothing => return Err(ProxyError::NoTargets),
+            // Only groups with target_control are ever busy.
+            Attempt::Busy => {}
+        }
+    }
+    let sticky = sticky.map(|t| t.cfg.address);
+    // Boxed: the common case above keeps the request's future small.
+    Box::pin(queue_for_peer(group, tried, hash, sticky, retry)).await
+}
+
+/// [`claim_peer`] for a group with `target_control` whose targets are full or that has
+/// requests waiting: waits in the group's queue, or gets `TargetsAtCapacity`. Each look is at
+/// the group as it is now (a reload may have changed its targets and limits), and at the
+/// sticky target only while it still takes requests.
+async fn queue_for_peer(
+    group: &TargetGroup,
+    tried: &[SocketAddr],
+    hash: u64,
+    sticky: Option<SocketAddr>,
+    retry: bool,
+) -> Result<(Arc<Target>, InFlight), ProxyError> {
+    let (timeout, max) = match group.cfg.target_control {
+        Some(tc) if !retry => (tc.queue_timeout, tc.max_queued),
+        _ => (Duration::ZERO, 0),
     };
     let name = &group.cfg.name;
     let gauge = || {
         metrics::gauge!("causeway_alb_target_control_queued_requests",
             "target_group" => name.clone())
     };
-    match group
-        .queue
-        .admit(timeout, max, gauge, || group.claim(tried, pick))
-        .await
-    {
+    let look = || {
+        let newest = group.latest();
+        let g = newest.as_deref().unwrap_or(group);
+        let stuck = sticky.and_then(|a| {
+            g.targets
+                .iter()
+                .find(|t| t.cfg.address == a && g.accepts(t) && !t.is_ejected())
+                .cloned()
+        });
+        g.claim(tried, || upstream_peer(g, tried, hash, stuck.as_ref()))
+    };
+    match group.queue.admit(timeout, max, gauge, look).await {
         Ok(c) => Ok(c),
         Err(Refusal::NoTarget) => Err(ProxyError::NoTargets),
         Err(Refusal::Full | Refusal::TimedOut) => {
-            // ALB's TargetControlRequestRejectCount.
-            metrics::counter!("causeway_alb_target_control_request_reject_count",
-                "target_group" => name.clone())
-            .increment(1);
+            // ALB's TargetControlRequestRejectCount. A retry that finds no room is not a
+            // rejection: the client gets the first attempt's error.
+            if !retry {
+                metrics::counter!("causeway_alb_target_control_request_reject_count",
+                    "target_group" => name.clone())
+                .increment(1);
+            }
             Err(ProxyError::TargetsAtCapacity)
         }
     }
@@ -695,10 +722,11 @@ pub async fn forward<S: ClientStream>(
             .increment(1);
             break;
         }
-        let (target, _in_flight) = match claim_peer(group, &tried, hash, stuck.as_ref()).await {
+        let claimed = claim_peer(group, &tried, hash, stuck.as_ref(), attempt > 1).await;
+        let (target, _in_flight) = match claimed {
             Ok(c) => c,
             Err(e) => {
-                if tried.is_empty() {
+                if attempt == 1 {
                     last = e;
                 }
                 break;

@@ -904,7 +904,12 @@ async fn h2_streams_count_against_each_targets_concurrency_limit() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert_eq!(os.iter().map(Origin::active).sum::<usize>(), 2, "{version}");
-        let refused = send(&mut s.clone(), "GET", &uri, &[], b"").await;
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            send(&mut s.clone(), "GET", &uri, &[], b""),
+        )
+        .await
+        .expect("refused, not held");
         assert_eq!(refused.status, 503, "{version}");
         assert_eq!(
             os[0].total() + os[1].total(),

@@ -1637,8 +1637,10 @@ async fn target_control_caps_requests_per_target_and_queues_or_refuses_the_rest(
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!queued.is_finished(), "it waits");
     assert_eq!(busy(&os), 2, "and reaches no target yet");
+    let started = tokio::time::Instant::now();
     let full = patient_get(alb.addr).await;
     assert_eq!(full.status, 503, "the queue holds one");
+    assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
     // Target b frees up: the queued request takes it, and waits there in turn.
     os[1].let_through("/slow", 1);
     until("the queued request reaches b", || os[1].hits("/slow") == 3).await;
@@ -1669,4 +1671,49 @@ async fn target_control_caps_requests_per_target_and_queues_or_refuses_the_rest(
     for h in held {
         assert_eq!(h.await.unwrap().status, 200);
     }
+}
+
+/// A reload while requests wait for room: they look at the group as it is now, so a target
+/// the reload adds serves them at once; and a target the reload carries over (its health
+/// check changed) keeps counting the requests it already has against its limit.
+#[tokio::test(start_paused = true)]
+async fn requests_waiting_for_room_take_a_target_a_reload_adds() {
+    let a = Origin::builder().name("a").start().await;
+    let c = Origin::builder().name("c").start().await;
+    a.hold("/slow");
+    let dir = causeway_testkit::lifecycle::TempDir::new("capped-reload");
+    let file = dir.path().join("alb.toml");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = free_port();
+    let config = |targets: &str, interval: u32| {
+        format!(
+            "[admin]\naddress = \"127.0.0.1:{admin}\"\n[[listeners]]\naddress = \"{listen}\"\ndefault_action = {{ type = \"forward\", target_group = \"web\" }}\n[target_groups.web]\ntargets = [{targets}]\nhealth_check.interval_seconds = {interval}\ntarget_control = {{ max_concurrent_requests = 1, queue_timeout_seconds = 30 }}\n"
+        )
+    };
+    std::fs::write(&file, config(&targets(&[&a]), 300)).unwrap();
+    let cfg = causeway_config::load::<FileAlb>(&file).unwrap();
+    let server = Server::<Alb>::start(&file, cfg, Arc::new(NetProber))
+        .await
+        .unwrap();
+    let first = tokio::spawn(patient_get(listen));
+    until("a busy", || a.active() == 1).await;
+    let queued = tokio::spawn(patient_get(listen));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!queued.is_finished(), "a is full: it waits");
+    let started = tokio::time::Instant::now();
+    std::fs::write(&file, config(&targets(&[&a, &c]), 299)).unwrap();
+    server.reload().await.unwrap();
+    let r = queued.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-origin"), Some("c"), "the added target");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    // a was carried over with its request still running: it stays full.
+    for _ in 0..3 {
+        let r = patient_get(listen).await;
+        assert_eq!(r.header("x-origin"), Some("c"));
+    }
+    a.let_through("/slow", 1);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(a.peak_active(), 1);
+    assert_eq!(a.hits("/slow"), 1);
 }

@@ -1,7 +1,9 @@
 //! Per-target concurrency limits (ALB's Target Optimizer, HAProxy's `maxconn`): the queue where
 //! a target group's requests wait, in turn, for a target with room.
 
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -30,18 +32,35 @@ pub enum Refusal {
     TimedOut,
 }
 
-/// A target group's waiting requests. Its targets hold it too, so that a request ending on
-/// one of them wakes the longest waiter. Kept across reloads of the group.
+/// A target group's waiting requests, in arrival order. Its targets hold it too, so that a
+/// request ending on one of them hands the freed slot to the longest waiter. Kept across
+/// reloads of the group.
 #[derive(Debug, Default)]
 pub struct Queue {
-    notify: Notify,
+    line: Mutex<VecDeque<Arc<Waiter>>>,
+    /// Requests waiting: those in the line, and those a freed slot took out of it that have
+    /// not claimed it yet (so that a newcomer does not take it first).
     waiting: AtomicUsize,
 }
 
-/// Counts one waiting request while it lives; one that leaves without a target hands its
-/// turn on.
+/// One waiting request.
+#[derive(Debug, Default)]
+struct Waiter {
+    notify: Notify,
+    /// In the line (false once a freed slot took it out).
+    queued: AtomicBool,
+}
+
+/// How often the first in line looks on its own, for room that appears without a request
+/// ending (an ejection that ran out, a group that began to fail open).
+pub const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// A waiting request's place while it lives. When it leaves, its place goes; if a freed slot
+/// had taken it out of the line and it leaves without the slot (a timeout, a client that
+/// went away), the slot goes to the next in line.
 struct Turn<'q> {
     queue: &'q Queue,
+    me: Arc<Waiter>,
     gauge: metrics::Gauge,
     claimed: bool,
 }
@@ -49,13 +68,26 @@ struct Turn<'q> {
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
         self.gauge.decrement(1.0);
+        let was_queued = {
+            let mut line = lock(&self.queue.line);
+            let queued = self.me.queued.swap(false, Ordering::SeqCst);
+            if queued {
+                line.retain(|w| !Arc::ptr_eq(w, &self.me));
+            }
+            queued
+        };
         let left = self.queue.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
-        if !self.claimed && left > 0 {
-            // It may have been woken for a slot it never took (a timeout or a client that went
-            // away): the next in line looks instead.
-            self.queue.notify.notify_one();
+        // Handed a slot it did not take: the next in line gets it. Took one: the next in line
+        // looks too, for a slot freed while the line was empty (nobody to hand it to); it
+        // goes back to the front if there is none.
+        if (!was_queued && !self.claimed) || (self.claimed && left > 0) {
+            self.queue.release();
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Queue {
@@ -64,25 +96,43 @@ impl Queue {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    /// A request on a limited target ended: wakes the longest waiter, if any.
+    /// A request on a limited target ended: its slot goes to the longest waiter, if any.
     pub fn release(&self) {
         // Pairs with the fence in `admit`: either a waiter sees the freed slot, or this sees
         // the waiter.
         fence(Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.notify.notify_one();
+        if self.waiting() == 0 {
+            return;
+        }
+        let first = {
+            let first = lock(&self.line).pop_front();
+            if let Some(w) = &first {
+                w.queued.store(false, Ordering::SeqCst);
+            }
+            first
+        };
+        if let Some(w) = first {
+            w.notify.notify_one();
         }
     }
 
-    /// The targets changed (one turned healthy, a reload): every waiter looks again.
+    /// The targets changed (one turned healthy, a reload): every waiter looks again, keeping
+    /// its place.
     pub fn wake_all(&self) {
-        self.notify.notify_waiters();
+        for w in lock(&self.line).iter() {
+            w.notify.notify_one();
+        }
     }
 
-    /// Runs `claim` until it claims a target. With nobody waiting it tries at once; otherwise,
-    /// or when every target is busy, the request waits its turn (first come, first served) for
-    /// up to `timeout`, unless `max` requests already wait. `gauge` (made only for a request
-    /// that waits) counts the waiting requests.
+    /// Whether `me` is first in line.
+    fn first(&self, me: &Arc<Waiter>) -> bool {
+        lock(&self.line).front().is_some_and(|w| Arc::ptr_eq(w, me))
+    }
+
+    /// Runs `claim` until it claims a target. With nobody waiting (or when it may not wait)
+    /// it tries at once; otherwise, or when every target is busy, the request waits its turn
+    /// (first come, first served) for up to `timeout`, unless `max` requests already wait.
+    /// `gauge` (made only for a request that waits) counts the waiting requests.
     pub async fn admit<T>(
         &self,
         timeout: Duration,
@@ -90,7 +140,7 @@ impl Queue {
         gauge: impl FnOnce() -> metrics::Gauge,
         mut claim: impl FnMut() -> Attempt<T>,
     ) -> Result<T, Refusal> {
-        if self.waiting() == 0 {
+        if self.waiting() == 0 || timeout.is_zero() {
             match claim() {
                 Attempt::Claimed(t) => return Ok(t),
                 Attempt::Nothing => return Err(Refusal::NoTarget),
@@ -100,23 +150,31 @@ impl Queue {
         if timeout.is_zero() || self.waiting() >= max {
             return Err(Refusal::Full);
         }
-        let sleep = tokio::time::sleep_until(Instant::now() + timeout);
-        tokio::pin!(sleep);
+        let deadline = tokio::time::sleep_until(Instant::now() + timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(LOOK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
         let gauge = gauge();
         gauge.increment(1.0);
-        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let me = Arc::new(Waiter::default());
+        let ahead = {
+            let mut line = lock(&self.line);
+            me.queued.store(true, Ordering::SeqCst);
+            line.push_back(me.clone());
+            self.waiting.fetch_add(1, Ordering::SeqCst)
+        };
         let mut turn = Turn {
             queue: self,
+            me,
             gauge,
             claimed: false,
         };
-        // The first in line looks at once (a slot may have opened since the try above); the
-        // others wait to be woken, so that a request never overtakes one waiting before it.
+        // The only waiter looks at once (a slot may have opened since the try above); the
+        // others wait to be handed a slot, so that a request never overtakes one waiting
+        // before it (nor one handed a slot it has yet to claim).
         let mut look = ahead == 0;
         loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             fence(Ordering::SeqCst);
             if look {
                 match claim() {
@@ -127,10 +185,17 @@ impl Queue {
                     Attempt::Nothing => return Err(Refusal::NoTarget),
                     Attempt::Busy => {}
                 }
+                // Handed a slot someone else took: back to the front, keeping its turn.
+                let mut line = lock(&self.line);
+                if !turn.me.queued.swap(true, Ordering::SeqCst) {
+                    line.push_front(turn.me.clone());
+                }
             }
             tokio::select! {
-                _ = &mut notified => look = true,
-                _ = &mut sleep => return Err(Refusal::TimedOut),
+                biased;
+                _ = turn.me.notify.notified() => look = true,
+                _ = &mut deadline => return Err(Refusal::TimedOut),
+                _ = tick.tick() => look = self.first(&turn.me),
             }
         }
     }
@@ -291,6 +356,63 @@ mod tests {
         settle().await;
         assert!(next.is_finished(), "the next waiter took the slot");
         assert_eq!(next.await.unwrap(), Ok(()));
+    }
+
+    /// A later request that gives up (a shorter timeout here) changes no one's place, and
+    /// slots freed together go to as many waiters.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_times_out_leaves_the_others_their_places() {
+        let s = Slots::new(0);
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, timeout) in [(0, 10), (1, 10), (2, 10), (3, 2)] {
+            let (s, order) = (s.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = s.admit(timeout, 100).await;
+                order.lock().unwrap().push(i);
+                r
+            }));
+            settle().await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(*order.lock().unwrap(), vec![3], "the short timeout gave up");
+        s.free_one();
+        s.free_one();
+        settle().await;
+        s.free_one();
+        settle().await;
+        assert_eq!(*order.lock().unwrap(), vec![3, 0, 1, 2]);
+        let results: Vec<_> = outcomes(tasks).await;
+        assert_eq!(
+            results,
+            vec![Ok(()), Ok(()), Ok(()), Err(Refusal::TimedOut)]
+        );
+    }
+
+    async fn outcomes(
+        tasks: Vec<tokio::task::JoinHandle<Result<(), Refusal>>>,
+    ) -> Vec<Result<(), Refusal>> {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    /// Room that appears without a request ending (an ejection that ran out) is found by the
+    /// first in line within `LOOK_EVERY`.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_in_line_looks_on_its_own_every_second() {
+        let s = Slots::new(0);
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.admit(10, 100).await }
+        });
+        settle().await;
+        let started = Instant::now();
+        s.free.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert!(started.elapsed() <= LOOK_EVERY, "{:?}", started.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

@@ -532,6 +532,13 @@ impl<P: Plane> Server<P> {
             groups,
             loaded_at: SystemTime::now(),
         }));
+        // Requests waiting for room since before the reload look at the new targets.
+        let now = self.snapshot();
+        for (name, g) in &now.groups {
+            if let Some(o) = old.groups.get(name) {
+                o.succeeded_by(g);
+            }
+        }
         self.start_checkers();
         self.refresh_gauges();
         for (addr, l) in fresh {

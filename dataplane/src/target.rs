@@ -21,7 +21,9 @@ pub struct Target {
     pub health_check: HealthCheckConfig,
     state: AtomicU8,
     machine: Mutex<HealthMachine>,
-    in_flight: AtomicU64,
+    /// Requests or connections in flight; shared with the object this one replaced after a
+    /// reload (`carry`), whose requests still run on the same address.
+    in_flight: Arc<AtomicU64>,
     healthy_since: Mutex<Option<Instant>>,
     ewma: Mutex<PeakEwma>,
     drain_deadline: Mutex<Option<Instant>>,
@@ -81,7 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Target {
     pub fn new(cfg: TargetConfig, group: Arc<str>, hc: &HealthCheckConfig) -> Arc<Self> {
         let machine = HealthMachine::new(hc);
-        Self::with_machine(cfg, group, hc, machine, None)
+        Self::with_machine(cfg, group, hc, machine, None, Arc::default())
     }
 
     fn with_machine(
@@ -90,6 +92,7 @@ impl Target {
         hc: &HealthCheckConfig,
         machine: HealthMachine,
         healthy_since: Option<Instant>,
+        in_flight: Arc<AtomicU64>,
     ) -> Arc<Self> {
         let healthy_since = healthy_since.or_else(|| machine.state().routable().then(Instant::now));
         let unhealthy_since = (machine.state() == State::Unhealthy).then(Instant::now);
@@ -99,7 +102,7 @@ impl Target {
             health_check: hc.clone(),
             state: AtomicU8::new(machine.state().as_u8()),
             machine: Mutex::new(machine),
-            in_flight: AtomicU64::new(0),
+            in_flight,
             healthy_since: Mutex::new(healthy_since),
             ewma: Mutex::new(PeakEwma::new(
                 Duration::from_secs(10),
@@ -133,7 +136,7 @@ impl Target {
     ) -> Arc<Self> {
         let machine = HealthMachine::carried(&lock(&old.machine), hc);
         let since = *lock(&old.healthy_since);
-        let t = Self::with_machine(cfg, group, hc, machine, since);
+        let t = Self::with_machine(cfg, group, hc, machine, since, old.in_flight.clone());
         *lock(&t.ewma) = *lock(&old.ewma);
         *lock(&t.unhealthy_since) = *lock(&old.unhealthy_since);
         old.retired.store(true, Ordering::Release);
@@ -359,6 +362,9 @@ pub struct TargetGroup {
     /// Requests waiting for a target under its concurrency limit (`target_control`); the
     /// same queue across reloads.
     pub queue: Arc<Queue>,
+    /// The group that replaced this one at a reload, so that a request waiting since before
+    /// it sees the targets as they are now.
+    successor: std::sync::OnceLock<Arc<TargetGroup>>,
 }
 
 impl TargetGroup {
@@ -407,8 +413,6 @@ impl TargetGroup {
             t.set_termination(cfg.termination);
             t.set_control(limit, &queue);
         }
-        // Targets or limits may have changed: waiting requests look again.
-        queue.wake_all();
         let maglev = (cfg.algorithm == Algorithm::Maglev).then(|| {
             let names: Vec<String> = targets.iter().map(|t| t.cfg.id.clone()).collect();
             Maglev::new(&names)
@@ -433,7 +437,24 @@ impl TargetGroup {
             unhealthy_routing,
             atw_last: Mutex::new(now),
             queue,
+            successor: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records that `next` replaced this group at a reload (once the new snapshot is live),
+    /// and has the requests waiting in its queue look at the new targets.
+    pub fn succeeded_by(&self, next: &Arc<TargetGroup>) {
+        let _ = self.successor.set(next.clone());
+        next.queue.wake_all();
+    }
+
+    /// The group as it is now: the last of the groups that replaced this one, if any.
+    pub fn latest(&self) -> Option<Arc<TargetGroup>> {
+        let mut g = self.successor.get()?.clone();
+        while let Some(next) = g.successor.get().cloned() {
+            g = next;
+        }
+        Some(g)
     }
 
     /// Whether the group fails open: fewer of its targets routable than its routing failover
