@@ -233,11 +233,15 @@ pub async fn claim_peer(
     sticky: Option<&Arc<Target>>,
     retry: bool,
 ) -> Result<(Arc<Target>, InFlight), ProxyError> {
-    if group.cfg.target_control.is_none() || group.queue.waiting() == 0 {
+    if group.cfg.target_control.is_none() {
+        let t = upstream_peer(group, tried, hash, sticky).ok_or(ProxyError::NoTargets)?;
+        let f = t.begin();
+        return Ok((t, f));
+    }
+    if group.queue.waiting() == 0 {
         match group.claim(tried, || upstream_peer(group, tried, hash, sticky)) {
             Attempt::Claimed(c) => return Ok(c),
             Attempt::Nothing => return Err(ProxyError::NoTargets),
-            // Only groups with target_control are ever busy.
             Attempt::Busy => {}
         }
     }
