@@ -265,11 +265,6 @@ async fn queue_for_peer(
         Some(tc) if !retry => (tc.queue_timeout, tc.max_queued),
         _ => (Duration::ZERO, 0),
     };
-    let name = &group.cfg.name;
-    let gauge = || {
-        metrics::gauge!("causeway_alb_target_control_queued_requests",
-            "target_group" => name.clone())
-    };
     let look = || {
         let newest = group.latest();
         let g = newest.as_deref().unwrap_or(group);
@@ -281,16 +276,14 @@ async fn queue_for_peer(
         });
         g.claim(tried, || upstream_peer(g, tried, hash, stuck.as_ref()))
     };
-    match group.queue.admit(timeout, max, gauge, look).await {
+    match group.queue.admit(timeout, max, &group.queued, look).await {
         Ok(c) => Ok(c),
         Err(Refusal::NoTarget) => Err(ProxyError::NoTargets),
         Err(Refusal::Full | Refusal::TimedOut) => {
             // ALB's TargetControlRequestRejectCount. A retry that finds no room is not a
             // rejection: the client gets the first attempt's error.
             if !retry {
-                metrics::counter!("causeway_alb_target_control_request_reject_count",
-                    "target_group" => name.clone())
-                .increment(1);
+                group.rejected.increment(1);
             }
             Err(ProxyError::TargetsAtCapacity)
         }

@@ -1706,7 +1706,11 @@ async fn requests_waiting_for_room_take_a_target_a_reload_adds() {
     let r = queued.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-origin"), Some("c"), "the added target");
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     // a was carried over with its request still running: it stays full.
     for _ in 0..3 {
         let r = patient_get(listen).await;

@@ -132,12 +132,12 @@ impl Queue {
     /// Runs `claim` until it claims a target. With nobody waiting (or when it may not wait)
     /// it tries at once; otherwise, or when every target is busy, the request waits its turn
     /// (first come, first served) for up to `timeout`, unless `max` requests already wait.
-    /// `gauge` (made only for a request that waits) counts the waiting requests.
+    /// `gauge` counts the waiting requests.
     pub async fn admit<T>(
         &self,
         timeout: Duration,
         max: usize,
-        gauge: impl FnOnce() -> metrics::Gauge,
+        gauge: &metrics::Gauge,
         mut claim: impl FnMut() -> Attempt<T>,
     ) -> Result<T, Refusal> {
         if self.waiting() == 0 || timeout.is_zero() {
@@ -150,12 +150,11 @@ impl Queue {
         if timeout.is_zero() || self.waiting() >= max {
             return Err(Refusal::Full);
         }
-        let deadline = tokio::time::sleep_until(Instant::now() + timeout);
-        tokio::pin!(deadline);
-        let mut tick = tokio::time::interval(LOOK_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.reset();
-        let gauge = gauge();
+        // One timer: the next look of its own, or the deadline if that comes first.
+        let deadline = Instant::now() + timeout;
+        let timer = tokio::time::sleep_until(deadline.min(Instant::now() + LOOK_EVERY));
+        tokio::pin!(timer);
+        let gauge = gauge.clone();
         gauge.increment(1.0);
         let me = Arc::new(Waiter::default());
         let ahead = {
@@ -194,8 +193,14 @@ impl Queue {
             tokio::select! {
                 biased;
                 _ = turn.me.notify.notified() => look = true,
-                _ = &mut deadline => return Err(Refusal::TimedOut),
-                _ = tick.tick() => look = self.first(&turn.me),
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Refusal::TimedOut);
+                    }
+                    timer.as_mut().reset(deadline.min(now + LOOK_EVERY));
+                    look = self.first(&turn.me);
+                }
             }
         }
     }
@@ -242,7 +247,7 @@ mod tests {
                 .admit(
                     Duration::from_secs(timeout),
                     max,
-                    metrics::Gauge::noop,
+                    &metrics::Gauge::noop(),
                     || self.claim(),
                 )
                 .await
@@ -261,7 +266,7 @@ mod tests {
         assert_eq!(s.admit(0, 100).await, Ok(()));
         assert_eq!(s.admit(0, 100).await, Err(Refusal::Full));
         let none = Queue::default()
-            .admit(Duration::from_secs(5), 10, metrics::Gauge::noop, || {
+            .admit(Duration::from_secs(5), 10, &metrics::Gauge::noop(), || {
                 Attempt::<()>::Nothing
             })
             .await;

@@ -362,6 +362,10 @@ pub struct TargetGroup {
     /// Requests waiting for a target under its concurrency limit (`target_control`); the
     /// same queue across reloads.
     pub queue: Arc<Queue>,
+    /// With `target_control`: ALB's TargetControlRequestRejectCount, and the requests waiting
+    /// now (no-ops without it).
+    pub rejected: metrics::Counter,
+    pub queued: metrics::Gauge,
     /// The group that replaced this one at a reload, so that a request waiting since before
     /// it sees the targets as they are now.
     successor: std::sync::OnceLock<Arc<TargetGroup>>,
@@ -426,6 +430,15 @@ impl TargetGroup {
         };
         let unhealthy_routing = metrics::counter!("causeway_unhealthy_routing_count",
             "target_group" => cfg.name.clone());
+        let (rejected, queued) = match cfg.target_control {
+            None => (metrics::Counter::noop(), metrics::Gauge::noop()),
+            Some(_) => (
+                metrics::counter!("causeway_alb_target_control_request_reject_count",
+                    "target_group" => cfg.name.clone()),
+                metrics::gauge!("causeway_alb_target_control_queued_requests",
+                    "target_group" => cfg.name.clone()),
+            ),
+        };
         TargetGroup {
             cfg,
             targets,
@@ -437,6 +450,8 @@ impl TargetGroup {
             unhealthy_routing,
             atw_last: Mutex::new(now),
             queue,
+            rejected,
+            queued,
             successor: std::sync::OnceLock::new(),
         }
     }
