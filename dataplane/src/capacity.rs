@@ -37,10 +37,19 @@ pub enum Refusal {
 /// reloads of the group.
 #[derive(Debug, Default)]
 pub struct Queue {
-    line: Mutex<VecDeque<Arc<Waiter>>>,
+    line: Mutex<Line>,
     /// Requests waiting: those in the line, and those a freed slot took out of it that have
     /// not claimed it yet (so that a newcomer does not take it first).
     waiting: AtomicUsize,
+}
+
+/// The waiters in arrival order, and the slots freed while requests waited but none was in
+/// line to be handed one (all handed slots they had yet to claim): the next to join the line
+/// looks at once.
+#[derive(Debug, Default)]
+struct Line {
+    waiters: VecDeque<Arc<Waiter>>,
+    spare: usize,
 }
 
 /// One waiting request.
@@ -72,15 +81,13 @@ impl Drop for Turn<'_> {
             let mut line = lock(&self.queue.line);
             let queued = self.me.queued.swap(false, Ordering::SeqCst);
             if queued {
-                line.retain(|w| !Arc::ptr_eq(w, &self.me));
+                line.waiters.retain(|w| !Arc::ptr_eq(w, &self.me));
             }
             queued
         };
-        let left = self.queue.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
-        // Handed a slot it did not take: the next in line gets it. Took one: the next in line
-        // looks too, for a slot freed while the line was empty (nobody to hand it to); it
-        // goes back to the front if there is none.
-        if (!was_queued && !self.claimed) || (self.claimed && left > 0) {
+        self.queue.waiting.fetch_sub(1, Ordering::SeqCst);
+        // Handed a slot it did not take: the next in line gets it.
+        if !was_queued && !self.claimed {
             self.queue.release();
         }
     }
@@ -105,9 +112,11 @@ impl Queue {
             return;
         }
         let first = {
-            let first = lock(&self.line).pop_front();
-            if let Some(w) = &first {
-                w.queued.store(false, Ordering::SeqCst);
+            let mut line = lock(&self.line);
+            let first = line.waiters.pop_front();
+            match &first {
+                Some(w) => w.queued.store(false, Ordering::SeqCst),
+                None => line.spare += 1,
             }
             first
         };
@@ -119,14 +128,17 @@ impl Queue {
     /// The targets changed (one turned healthy, a reload): every waiter looks again, keeping
     /// its place.
     pub fn wake_all(&self) {
-        for w in lock(&self.line).iter() {
+        for w in lock(&self.line).waiters.iter() {
             w.notify.notify_one();
         }
     }
 
     /// Whether `me` is first in line.
     fn first(&self, me: &Arc<Waiter>) -> bool {
-        lock(&self.line).front().is_some_and(|w| Arc::ptr_eq(w, me))
+        lock(&self.line)
+            .waiters
+            .front()
+            .is_some_and(|w| Arc::ptr_eq(w, me))
     }
 
     /// Runs `claim` until it claims a target. With nobody waiting (or when it may not wait)
@@ -157,11 +169,12 @@ impl Queue {
         let gauge = gauge.clone();
         gauge.increment(1.0);
         let me = Arc::new(Waiter::default());
-        let ahead = {
+        let (ahead, spare) = {
             let mut line = lock(&self.line);
             me.queued.store(true, Ordering::SeqCst);
-            line.push_back(me.clone());
-            self.waiting.fetch_add(1, Ordering::SeqCst)
+            line.waiters.push_back(me.clone());
+            let spare = std::mem::take(&mut line.spare);
+            (self.waiting.fetch_add(1, Ordering::SeqCst), spare)
         };
         let mut turn = Turn {
             queue: self,
@@ -169,10 +182,11 @@ impl Queue {
             gauge,
             claimed: false,
         };
-        // The only waiter looks at once (a slot may have opened since the try above); the
-        // others wait to be handed a slot, so that a request never overtakes one waiting
-        // before it (nor one handed a slot it has yet to claim).
-        let mut look = ahead == 0;
+        // The only waiter looks at once (a slot may have opened since the try above), and so
+        // does one that finds a spare slot; the others wait to be handed a slot, so that a
+        // request never overtakes one waiting before it (nor one handed a slot it has yet to
+        // claim).
+        let mut look = ahead == 0 || spare > 0;
         loop {
             fence(Ordering::SeqCst);
             if look {
@@ -187,7 +201,7 @@ impl Queue {
                 // Handed a slot someone else took: back to the front, keeping its turn.
                 let mut line = lock(&self.line);
                 if !turn.me.queued.swap(true, Ordering::SeqCst) {
-                    line.push_front(turn.me.clone());
+                    line.waiters.push_front(turn.me.clone());
                 }
             }
             tokio::select! {
@@ -418,6 +432,27 @@ mod tests {
         s.free.fetch_add(1, Ordering::AcqRel);
         assert_eq!(waiter.await.unwrap(), Ok(()));
         assert!(started.elapsed() <= LOOK_EVERY, "{:?}", started.elapsed());
+    }
+
+    /// A slot freed while the only waiter holds a slot it has yet to claim has nobody to go
+    /// to: the next request to wait finds it at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_with_nobody_in_line_goes_to_the_next_to_wait() {
+        let s = Slots::new(0);
+        let first = tokio::spawn({
+            let s = s.clone();
+            async move { s.admit(10, 100).await }
+        });
+        settle().await;
+        s.free_one();
+        s.free_one();
+        let mut next = Box::pin(s.admit(10, 100));
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(next.as_mut(), cx))
+        })
+        .await;
+        assert_eq!(polled, std::task::Poll::Ready(Ok(())), "took the spare slot");
+        assert_eq!(first.await.unwrap(), Ok(()));
     }
 
     #[tokio::test(start_paused = true)]
