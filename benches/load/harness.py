@@ -277,9 +277,12 @@ def tls_pem():
     return path
 
 
-def haproxy_cfg(port, mode, maxconn=4000, tls=False):
-    servers = "\n".join(f"  server s{i} {a}" for i, a in enumerate(upstreams()))
+def haproxy_cfg(port, mode, maxconn=4000, tls=False, server_maxconn=None):
+    cap = f" maxconn {server_maxconn}" if server_maxconn else ""
+    servers = "\n".join(f"  server s{i} {a}{cap}" for i, a in enumerate(upstreams()))
     reuse = "  http-reuse always\n" if mode == "http" else ""
+    if server_maxconn:
+        reuse += "  timeout queue 5s\n"
     conf = f"""global
   nbthread 1
   maxconn {maxconn}
@@ -295,7 +298,7 @@ backend b
   balance roundrobin
 {servers}
 """
-    path = os.path.join(TMP, f"haproxy-{mode}.cfg")
+    path = os.path.join(TMP, f"haproxy-{mode}{'-capped' if server_maxconn else ''}.cfg")
     open(path, "w").write(conf)
     return path
 
@@ -362,7 +365,7 @@ http {{
     return path
 
 
-def causeway_cfg(kind, port, admin, relay=None):
+def causeway_cfg(kind, port, admin, relay=None, target_control=None):
     targets = ", ".join(f'{{ address = "{a}" }}' for a in upstreams())
     if kind in ("alb", "alb-tls"):
         tls = ""
@@ -377,6 +380,9 @@ address = "127.0.0.1:{port}"
 targets = [{targets}]
 health_check = {{ path = "/", interval_seconds = 5, timeout_seconds = 2 }}
 """
+        if target_control:
+            body += (f"target_control = {{ max_concurrent_requests = {target_control}, "
+                     "queue_timeout_seconds = 5 }\n")
     elif kind == "nlb":
         mode = f'relay = "{relay}"\n' if relay else ""
         body = f"""[[listeners]]
@@ -417,14 +423,14 @@ workers = 1
 [admin]
 address = "127.0.0.1:{admin}"
 {body}"""
-    path = os.path.join(TMP, f"causeway-{kind}.toml")
+    path = os.path.join(TMP, f"causeway-{kind}-{port}.toml")
     open(path, "w").write(conf)
     return path
 
 
 # ------------------------------------------------------------------ scenarios
 
-def causeway(kind, bin_dir, path="/", relay=None):
+def causeway(kind, bin_dir, path="/", relay=None, target_control=None):
     name = {"alb": "causeway-alb", "alb-tls": "causeway-alb", "nlb": "causeway-nlb",
             "edge": "causeway-edge",
             "edge-tls": "causeway-edge", "edge-miss": "causeway-edge"}[kind]
@@ -435,7 +441,8 @@ def causeway(kind, bin_dir, path="/", relay=None):
     admin = free_port()
     while admin in (port, port + 1):
         admin = free_port()
-    p = start([binary, "--config", causeway_cfg(kind, port, admin, relay)], 1, name)
+    cfg = causeway_cfg(kind, port, admin, relay, target_control)
+    p = start([binary, "--config", cfg], 1, name)
     wait_port(admin)
     wait_port(port)
     url = f"{'https' if kind == 'alb-tls' else 'http'}://127.0.0.1:{port}{path}"
@@ -444,14 +451,18 @@ def causeway(kind, bin_dir, path="/", relay=None):
     if status == 501:
         return None, f"{name}: answers 501 Not Implemented; its engine is not built yet"
     label = f"{name} ({relay})" if relay else name
+    if target_control:
+        label += f", {target_control} per target, queued"
     return {"name": label, "pid": p.pid, "url": url}, None
 
 
-def haproxy(mode, path="/", maxconn=4000, tls=False):
+def haproxy(mode, path="/", maxconn=4000, tls=False, server_maxconn=None):
     port = free_port()
-    p = start(["haproxy", "-db", "-f", haproxy_cfg(port, mode, maxconn, tls)], 1, f"haproxy-{mode}")
+    cfg = haproxy_cfg(port, mode, maxconn, tls, server_maxconn)
+    p = start(["haproxy", "-db", "-f", cfg], 1, f"haproxy-{mode}{'-capped' if server_maxconn else ''}")
     wait_port(port)
-    return {"name": "HAProxy 2.6" + (" (tcp)" if mode == "tcp" else ""), "pid": p.pid,
+    cap = f", maxconn {server_maxconn} per server, queued" if server_maxconn else ""
+    return {"name": "HAProxy 2.6" + (" (tcp)" if mode == "tcp" else "") + cap, "pid": p.pid,
             "url": f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}"}
 
 
@@ -585,6 +596,17 @@ def scenario_proxies(args):
             proxies.append(c)
     if args.scenario == "http":
         proxies += [haproxy("http", tls=args.tls), nginx_peer(False, tls=args.tls)]
+        if args.target_control:
+            # Per-target concurrency limits with a queue: the alb's target_control beside
+            # HAProxy's server maxconn and `timeout queue`, both 5 s.
+            if not args.peers_only:
+                c, note = causeway("alb-tls" if args.tls else "alb", args.bin_dir, path,
+                                   target_control=args.target_control)
+                if c:
+                    proxies.append(c)
+                if note:
+                    notes.append(note)
+            proxies.append(haproxy("http", tls=args.tls, server_maxconn=args.target_control))
     elif args.scenario == "tcp":
         proxies += [haproxy("tcp")]
     else:
@@ -633,6 +655,10 @@ def main():
     ap.add_argument("--extra-proxy", action="append", default=[], metavar="NAME=COMMAND",
                     help="http, tcp and bulk scenarios: also run this command on CPU 1 as a row "
                          "({port}: where it listens; {origin}: the first origin's port)")
+    ap.add_argument("--target-control", type=int, metavar="N",
+                    help="http scenario: also run the alb with target_control (N requests per "
+                         "target, a 5 s queue) and HAProxy with `maxconn N` per server and "
+                         "`timeout queue 5s`")
     ap.add_argument("--kernel-threads", action="store_true",
                     help="count kworker and ksoftirqd CPU in every row's CPU (for in-kernel relays)")
     ap.add_argument("--json", help="write raw per-round numbers here")
