@@ -1563,6 +1563,30 @@ async fn patient_get(addr: SocketAddr) -> RawResponse {
     RawResponse::parse(&out).unwrap_or_else(|| panic!("{:?}", String::from_utf8_lossy(&out)))
 }
 
+/// An alb forwarding to a `capped` group of `os` with this `target_control` table.
+async fn capped_alb(os: &[Origin], control: &str) -> Alb1 {
+    let refs: Vec<&Origin> = os.iter().collect();
+    start(
+        &format!("{}target_control = {control}\n", group("capped", &refs)),
+        r#"{ type = "forward", target_group = "capped" }"#,
+        "",
+    )
+    .await
+}
+
+/// Two `GET /slow` in flight, once both of `os` (holding `/slow`) are answering one.
+async fn fill_both(addr: SocketAddr, os: &[Origin]) -> [tokio::task::JoinHandle<RawResponse>; 2] {
+    let held = [
+        tokio::spawn(patient_get(addr)),
+        tokio::spawn(patient_get(addr)),
+    ];
+    until("both targets busy", || {
+        os.iter().map(Origin::active).sum::<usize>() == 2
+    })
+    .await;
+    held
+}
+
 /// `target_control` (ALB's Target Optimizer, HAProxy's `maxconn` and queue): no target ever
 /// answers more requests at once than its limit. Without a queue (ALB's way) a request that
 /// finds every target full gets a 503 at once and reaches no target; with one, it waits its
@@ -1575,22 +1599,12 @@ async fn target_control_caps_requests_per_target_and_queues_or_refuses_the_rest(
     for o in &os {
         o.hold("/slow");
     }
-    let fwd = r#"{ type = "forward", target_group = "capped" }"#;
     let busy = |os: &[Origin]| os.iter().map(Origin::active).sum::<usize>();
     let get = |addr: SocketAddr| tokio::spawn(patient_get(addr));
 
     // ALB's way: no queue.
-    let alb = start(
-        &format!(
-            "{}target_control.max_concurrent_requests = 1\n",
-            group("capped", &[&os[0], &os[1]])
-        ),
-        fwd,
-        "",
-    )
-    .await;
-    let held = [get(alb.addr), get(alb.addr)];
-    until("both targets busy", || busy(&os) == 2).await;
+    let alb = capped_alb(&os, "{ max_concurrent_requests = 1 }").await;
+    let held = fill_both(alb.addr, &os).await;
     let started = tokio::time::Instant::now();
     let refused = patient_get(alb.addr).await;
     assert_eq!(refused.status, 503, "{}", refused.text());
@@ -1622,17 +1636,12 @@ async fn target_control_caps_requests_per_target_and_queues_or_refuses_the_rest(
     );
 
     // HAProxy's way: a queue of one, waiting up to 30 s.
-    let alb = start(
-        &format!(
-            "{}target_control = {{ max_concurrent_requests = 1, queue_timeout_seconds = 30, max_queued_requests = 1 }}\n",
-            group("capped", &[&os[0], &os[1]])
-        ),
-        fwd,
-        "",
+    let alb = capped_alb(
+        &os,
+        "{ max_concurrent_requests = 1, queue_timeout_seconds = 30, max_queued_requests = 1 }",
     )
     .await;
-    let held = [get(alb.addr), get(alb.addr)];
-    until("both targets busy", || busy(&os) == 2).await;
+    let held = fill_both(alb.addr, &os).await;
     let queued = get(alb.addr);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!queued.is_finished(), "it waits");
@@ -1658,8 +1667,7 @@ async fn target_control_caps_requests_per_target_and_queues_or_refuses_the_rest(
         "the queued request went to the target that freed up"
     );
     // Nothing frees up: a queued request gives up at the timeout.
-    let held = [get(alb.addr), get(alb.addr)];
-    until("both targets busy", || busy(&os) == 2).await;
+    let held = fill_both(alb.addr, &os).await;
     let started = tokio::time::Instant::now();
     let late = patient_get(alb.addr).await;
     assert_eq!(late.status, 503);

@@ -870,17 +870,20 @@ fn rule_transforms_are_checked() {
     }
 }
 
+/// The base alb config with `lines` added to its `wordpress` target group.
+fn wordpress_group_with(lines: &str) -> Result<causeway_config::alb::AlbConfig, String> {
+    let text = BASE
+        .replace("  interval_seconds = 0", "interval_seconds = 5")
+        .replace(
+            "targets = [{ address = \"127.0.0.1:9001\" }]",
+            &format!("targets = [{{ address = \"127.0.0.1:9001\" }}]\n{lines}"),
+        );
+    parse::<FileAlb>("alb.toml", &text, &cx()).map_err(|e| e.to_string())
+}
+
 #[test]
 fn anomaly_mitigation_needs_weighted_random() {
-    let with = |lines: &str| {
-        let text = BASE
-            .replace("  interval_seconds = 0", "interval_seconds = 5")
-            .replace(
-                "targets = [{ address = \"127.0.0.1:9001\" }]",
-                &format!("targets = [{{ address = \"127.0.0.1:9001\" }}]\n{lines}"),
-            );
-        parse::<FileAlb>("alb.toml", &text, &cx()).map_err(|e| e.to_string())
-    };
+    let with = wordpress_group_with;
     let on = with(
         "load_balancing.algorithm.type = \"weighted_random\"\nload_balancing.algorithm.anomaly_mitigation = \"on\"",
     )
@@ -902,15 +905,7 @@ fn anomaly_mitigation_needs_weighted_random() {
 
 #[test]
 fn target_control_limits_requests_per_target_on_the_alb_only() {
-    let with = |lines: &str| {
-        let text = BASE
-            .replace("  interval_seconds = 0", "interval_seconds = 5")
-            .replace(
-                "targets = [{ address = \"127.0.0.1:9001\" }]",
-                &format!("targets = [{{ address = \"127.0.0.1:9001\" }}]\n{lines}"),
-            );
-        parse::<FileAlb>("alb.toml", &text, &cx()).map_err(|e| e.to_string())
-    };
+    let with = wordpress_group_with;
     assert_eq!(
         with("").unwrap().target_groups["wordpress"].target_control,
         None

@@ -268,6 +268,28 @@ mod tests {
         }
     }
 
+    impl Slots {
+        /// A request waiting in its own task, settled in its place.
+        async fn waiter(
+            self: &Arc<Self>,
+            timeout: u64,
+            max: usize,
+        ) -> tokio::task::JoinHandle<Result<(), Refusal>> {
+            let s = self.clone();
+            let t = tokio::spawn(async move { s.admit(timeout, max).await });
+            settle().await;
+            t
+        }
+    }
+
+    /// Polls `f` once, in this task, before anything else runs.
+    async fn poll_once<F: std::future::Future>(
+        f: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        let mut f = Some(f);
+        std::future::poll_fn(|cx| std::task::Poll::Ready(f.take().unwrap().poll(cx))).await
+    }
+
     async fn settle() {
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -318,18 +340,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_newcomer_does_not_overtake_a_waiting_request() {
         let s = Slots::new(0);
-        let first = tokio::spawn({
-            let s = s.clone();
-            async move { s.admit(10, 100).await }
-        });
-        settle().await;
+        let first = s.waiter(10, 100).await;
         // A slot frees and, before the waiter runs, a new request arrives: it queues behind.
         s.free_one();
         let mut late = Box::pin(s.admit(10, 100));
-        let polled = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(std::future::Future::poll(late.as_mut(), cx))
-        })
-        .await;
+        let polled = poll_once(late.as_mut()).await;
         assert!(polled.is_pending(), "the newcomer waits its turn");
         settle().await;
         assert!(first.is_finished(), "the waiter got the slot");
@@ -342,11 +357,7 @@ mod tests {
     async fn a_waiter_gives_up_at_its_timeout_and_a_full_queue_refuses() {
         let s = Slots::new(0);
         let started = Instant::now();
-        let waiting = tokio::spawn({
-            let s = s.clone();
-            async move { s.admit(5, 1).await }
-        });
-        settle().await;
+        let waiting = s.waiter(5, 1).await;
         assert_eq!(s.admit(5, 1).await, Err(Refusal::Full), "one may wait");
         assert_eq!(waiting.await.unwrap(), Err(Refusal::TimedOut));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
@@ -358,16 +369,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_leaves_hands_its_turn_on() {
         let s = Slots::new(0);
-        let gone = tokio::spawn({
-            let s = s.clone();
-            async move { s.admit(10, 100).await }
-        });
-        settle().await;
-        let next = tokio::spawn({
-            let s = s.clone();
-            async move { s.admit(10, 100).await }
-        });
-        settle().await;
+        let gone = s.waiter(10, 100).await;
+        let next = s.waiter(10, 100).await;
         // The slot frees and the first waiter is cancelled before it can run.
         s.free.fetch_add(1, Ordering::AcqRel);
         s.queue.release();
@@ -423,11 +426,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_first_in_line_looks_on_its_own_every_second() {
         let s = Slots::new(0);
-        let waiter = tokio::spawn({
-            let s = s.clone();
-            async move { s.admit(10, 100).await }
-        });
-        settle().await;
+        let waiter = s.waiter(10, 100).await;
         let started = Instant::now();
         s.free.fetch_add(1, Ordering::AcqRel);
         assert_eq!(waiter.await.unwrap(), Ok(()));
@@ -439,19 +438,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slot_freed_with_nobody_in_line_goes_to_the_next_to_wait() {
         let s = Slots::new(0);
-        let first = tokio::spawn({
-            let s = s.clone();
-            async move { s.admit(10, 100).await }
-        });
-        settle().await;
+        let first = s.waiter(10, 100).await;
         s.free_one();
         s.free_one();
         let mut next = Box::pin(s.admit(10, 100));
-        let polled = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(std::future::Future::poll(next.as_mut(), cx))
-        })
-        .await;
-        assert_eq!(polled, std::task::Poll::Ready(Ok(())), "took the spare slot");
+        let polled = poll_once(next.as_mut()).await;
+        assert_eq!(
+            polled,
+            std::task::Poll::Ready(Ok(())),
+            "took the spare slot"
+        );
         assert_eq!(first.await.unwrap(), Ok(()));
     }
 
