@@ -83,9 +83,12 @@ impl Drop for Turn<'_> {
             if queued {
                 line.waiters.retain(|w| !Arc::ptr_eq(w, &self.me));
             }
+            if self.queue.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+                // Nobody waits: a newcomer tries at once, spare slots or not.
+                line.spare = 0;
+            }
             queued
         };
-        self.queue.waiting.fetch_sub(1, Ordering::SeqCst);
         // Handed a slot it did not take: the next in line gets it.
         if !was_queued && !self.claimed {
             self.queue.release();
@@ -173,7 +176,8 @@ impl Queue {
             let mut line = lock(&self.line);
             me.queued.store(true, Ordering::SeqCst);
             line.waiters.push_back(me.clone());
-            let spare = std::mem::take(&mut line.spare);
+            let spare = line.spare > 0;
+            line.spare = line.spare.saturating_sub(1);
             (self.waiting.fetch_add(1, Ordering::SeqCst), spare)
         };
         let mut turn = Turn {
@@ -186,7 +190,7 @@ impl Queue {
         // does one that finds a spare slot; the others wait to be handed a slot, so that a
         // request never overtakes one waiting before it (nor one handed a slot it has yet to
         // claim).
-        let mut look = ahead == 0 || spare > 0;
+        let mut look = ahead == 0 || spare;
         loop {
             fence(Ordering::SeqCst);
             if look {
@@ -433,22 +437,27 @@ mod tests {
         assert!(started.elapsed() <= LOOK_EVERY, "{:?}", started.elapsed());
     }
 
-    /// A slot freed while the only waiter holds a slot it has yet to claim has nobody to go
-    /// to: the next request to wait finds it at once.
+    /// Slots freed while the only waiter holds a slot it has yet to claim have nobody to go
+    /// to: each of the next requests to wait finds one at once.
     #[tokio::test(start_paused = true)]
-    async fn a_slot_freed_with_nobody_in_line_goes_to_the_next_to_wait() {
+    async fn slots_freed_with_nobody_in_line_go_to_the_next_to_wait() {
         let s = Slots::new(0);
         let first = s.waiter(10, 100).await;
-        s.free_one();
-        s.free_one();
-        let mut next = Box::pin(s.admit(10, 100));
-        let polled = poll_once(next.as_mut()).await;
-        assert_eq!(
-            polled,
-            std::task::Poll::Ready(Ok(())),
-            "took the spare slot"
-        );
+        for _ in 0..3 {
+            s.free_one();
+        }
+        for i in 0..2 {
+            let mut next = Box::pin(s.admit(10, 100));
+            let polled = poll_once(next.as_mut()).await;
+            assert_eq!(
+                polled,
+                std::task::Poll::Ready(Ok(())),
+                "request {i} took a spare slot"
+            );
+        }
         assert_eq!(first.await.unwrap(), Ok(()));
+        let mut last = Box::pin(s.admit(10, 100));
+        assert!(poll_once(last.as_mut()).await.is_pending(), "no slot left");
     }
 
     #[tokio::test(start_paused = true)]
