@@ -457,8 +457,14 @@ impl TargetGroup {
     }
 
     /// Records that `next` replaced this group at a reload (once the new snapshot is live),
-    /// and has the requests waiting in its queue look at the new targets.
+    /// and has the requests waiting in its queue look at the new targets. Only groups with
+    /// `target_control` on either side are linked: nothing else looks for the newest group,
+    /// and a link keeps every later group alive as long as something holds this one (an nlb
+    /// flow holds its snapshot for its whole life).
     pub fn succeeded_by(&self, next: &Arc<TargetGroup>) {
+        if self.cfg.target_control.is_none() && next.cfg.target_control.is_none() {
+            return;
+        }
         let _ = self.successor.set(next.clone());
         next.queue.wake_all();
     }
@@ -964,6 +970,21 @@ pub(crate) mod tests {
         assert!(g2.targets[0].try_begin().is_some());
         let free = g.targets[1].try_begin();
         assert!(free.is_some(), "no limit, no refusal");
+        // Waiting requests find the newest group through the old one; groups without limits
+        // on either side are not linked (an nlb flow's snapshot would keep them all alive).
+        let g2 = Arc::new(g2);
+        g.succeeded_by(&g2);
+        assert!(Arc::ptr_eq(&g.latest().unwrap(), &g2));
+        let g3 = Arc::new(TargetGroup::build(
+            tg(&[1, 2], Algorithm::RoundRobin),
+            Some(&g2),
+        ));
+        g2.succeeded_by(&g3);
+        assert!(g2.latest().is_none());
+        assert!(
+            Arc::ptr_eq(&g.latest().unwrap(), &g2),
+            "the chain ends there"
+        );
     }
 
     #[tokio::test]
