@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 async fn alb_to(target: SocketAddr) -> SocketAddr {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -125,31 +125,6 @@ async fn a_get_with_a_body_is_refused_in_strictest_mode() {
     assert_eq!(origin.seen()[0].path, "/z");
 }
 
-/// A target that answers every request with `response`, verbatim.
-async fn raw_target(response: &'static [u8]) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                if s.write_all(response).await.is_ok() {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn bad_response_framing_from_a_target_is_a_502() {
     for bad in [
@@ -159,7 +134,7 @@ async fn bad_response_framing_from_a_target_is_a_502() {
         b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
         b"garbage\r\n\r\n",
     ] {
-        let target = raw_target(bad).await;
+        let target = raw::canned_target_lingering(bad, Duration::from_millis(500)).await;
         let alb = alb_to(target).await;
         let rs = send(alb, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
         assert_eq!(rs.len(), 1, "{:?}", String::from_utf8_lossy(bad));

@@ -198,6 +198,11 @@ pub async fn check_drain_closes_idle_connections(
 /// A target on 127.0.0.1 that reads each connection's request head, answers `answer`
 /// verbatim and hangs up (a WebSocket's 101, a refusal, a broken response).
 pub async fn canned_target(answer: &'static [u8]) -> SocketAddr {
+    canned_target_lingering(answer, Duration::ZERO).await
+}
+
+/// [`canned_target`], holding each connection open for `linger` after the answer.
+pub async fn canned_target_lingering(answer: &'static [u8], linger: Duration) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -211,7 +216,9 @@ pub async fn canned_target(answer: &'static [u8]) -> SocketAddr {
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = s.write_all(answer).await;
+                if s.write_all(answer).await.is_ok() && !linger.is_zero() {
+                    tokio::time::sleep(linger).await;
+                }
             });
         }
     });
