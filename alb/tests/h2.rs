@@ -10,7 +10,7 @@ use causeway_config::alb::FileAlb;
 use causeway_config::{parse, Context};
 use causeway_dataplane::check::NetProber;
 use causeway_dataplane::Server;
-use causeway_testkit::{closed_port, free_port, Origin};
+use causeway_testkit::{closed_port, free_port, until, Origin};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper::header::HeaderMap;
@@ -897,13 +897,10 @@ async fn h2_streams_count_against_each_targets_concurrency_limit() {
                 tokio::spawn(async move { send(&mut s, "GET", &uri, &[], b"").await })
             })
             .collect();
-        for _ in 0..2000 {
-            if os.iter().map(Origin::active).sum::<usize>() == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert_eq!(os.iter().map(Origin::active).sum::<usize>(), 2, "{version}");
+        until(Duration::from_secs(2), "both targets busy", || {
+            os.iter().map(Origin::active).sum::<usize>() == 2
+        })
+        .await;
         let refused = tokio::time::timeout(
             Duration::from_secs(5),
             send(&mut s.clone(), "GET", &uri, &[], b""),

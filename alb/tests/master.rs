@@ -5,10 +5,10 @@
 
 use causeway_testkit::load::Clients;
 use causeway_testkit::process::{http_get, wait_for_port, Proc};
-use causeway_testkit::{free_port, Origin};
+use causeway_testkit::{free_port, until, Origin};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_causeway-alb");
 
@@ -51,15 +51,6 @@ fn serving_pid(admin: SocketAddr) -> u32 {
 /// Whether `pid` is still a process (not yet reaped).
 fn exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Polls `f` every 20 ms until it holds, or fails after `wait` with `what`.
-async fn until(wait: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < wait, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

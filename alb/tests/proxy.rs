@@ -8,7 +8,7 @@ use causeway_dataplane::check::NetProber;
 use causeway_dataplane::park::PARK_AFTER;
 use causeway_dataplane::Server;
 use causeway_testkit::raw::{self, read_response, RawResponse};
-use causeway_testkit::{free_port, Origin};
+use causeway_testkit::{free_port, until, Origin};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -1537,17 +1537,6 @@ async fn health_check_logs_have_a_line_per_check() {
     );
 }
 
-/// Waits (at most 2 s of the test's clock, in 1 ms steps) until `cond` holds.
-async fn until(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..2000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("never: {what}");
-}
-
 /// `GET /slow` with `Connection: close`, read to its end however long the alb takes (at most
 /// 120 s of the test's clock).
 async fn patient_get(addr: SocketAddr) -> RawResponse {
@@ -1580,7 +1569,7 @@ async fn fill_both(addr: SocketAddr, os: &[Origin]) -> [tokio::task::JoinHandle<
         tokio::spawn(patient_get(addr)),
         tokio::spawn(patient_get(addr)),
     ];
-    until("both targets busy", || {
+    until(Duration::from_secs(2), "both targets busy", || {
         os.iter().map(Origin::active).sum::<usize>() == 2
     })
     .await;
@@ -1652,7 +1641,12 @@ async fn target_control_caps_requests_per_target_and_queues_or_refuses_the_rest(
     assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
     // Target b frees up: the queued request takes it, and waits there in turn.
     os[1].let_through("/slow", 1);
-    until("the queued request reaches b", || os[1].hits("/slow") == 3).await;
+    until(
+        Duration::from_secs(2),
+        "the queued request reaches b",
+        || os[1].hits("/slow") == 3,
+    )
+    .await;
     assert_eq!(os[0].hits("/slow"), 2, "a was never asked twice at once");
     os[0].let_through("/slow", 1);
     os[1].let_through("/slow", 1);
@@ -1704,7 +1698,7 @@ async fn requests_waiting_for_room_take_a_target_a_reload_adds() {
         .await
         .unwrap();
     let first = tokio::spawn(patient_get(listen));
-    until("a busy", || a.active() == 1).await;
+    until(Duration::from_secs(2), "a busy", || a.active() == 1).await;
     let queued = tokio::spawn(patient_get(listen));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!queued.is_finished(), "a is full: it waits");

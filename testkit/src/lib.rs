@@ -17,6 +17,16 @@ pub use origin::{Origin, Seen};
 
 use std::net::SocketAddr;
 
+/// Polls `cond` every 20 ms of the test's clock (tokio's: a paused clock moves on) until it
+/// holds; panics with `what` once `wait` has passed.
+pub async fn until(wait: std::time::Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < wait, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A loopback port with nothing listening on it (bound, then released).
 pub async fn closed_port() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
